@@ -1,0 +1,61 @@
+# Shared set-up for scripts/demo.sh and scripts/test.sh: Debian packages,
+# build and install, and a throwaway PostgreSQL 15 cluster.  Source it.
+
+PG_BIN=/usr/lib/postgresql/15/bin
+BST_PORT=${BST_PORT:-54329}
+BST_PACKAGES="make gcc postgresql-15 postgresql-server-dev-15 libopenblas-dev zlib1g-dev postgresql-15-pgtap pgtap"
+
+log() { printf '== %s\n' "$*" >&2; }
+
+# Install what is missing, and nothing when all is there (no network needed).
+ensure_packages() {
+    local missing=""
+    for p in $BST_PACKAGES; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing="$missing $p"
+    done
+    [ -z "$missing" ] && return 0
+    if [ "$(id -u)" != 0 ]; then
+        echo "missing Debian packages:$missing (run as root, or: sudo apt-get install$missing)" >&2
+        return 1
+    fi
+    log "installing Debian packages:$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends $missing >/dev/null
+}
+
+build_install() {
+    log "building and installing the extension"
+    make -s -j2 >/dev/null && make -s install >/dev/null
+}
+
+# Run a command as the cluster owner: initdb refuses root.
+as_owner() {
+    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+# Start a private cluster in a fresh temporary directory; exports the libpq
+# environment (PGHOST, PGPORT, PGUSER, PGDATABASE) for everything after.
+cluster_start() {
+    BST_CLUSTER_DIR=$(mktemp -d /tmp/bst-cluster.XXXXXX)
+    chmod 755 "$BST_CLUSTER_DIR"
+    [ "$(id -u)" = 0 ] && chown postgres: "$BST_CLUSTER_DIR"
+    log "starting a throwaway cluster in $BST_CLUSTER_DIR on port $BST_PORT"
+    as_owner "$PG_BIN/initdb" -D "$BST_CLUSTER_DIR/data" -U postgres --auth=trust \
+        --encoding=UTF8 --locale=C.UTF-8 >"$BST_CLUSTER_DIR/initdb.log" 2>&1 ||
+        { cat "$BST_CLUSTER_DIR/initdb.log" >&2; return 1; }
+    as_owner "$PG_BIN/pg_ctl" -D "$BST_CLUSTER_DIR/data" -l "$BST_CLUSTER_DIR/server.log" -w \
+        -o "-p $BST_PORT -k $BST_CLUSTER_DIR -c listen_addresses='' -c fsync=off \
+            -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=512MB \
+            -c max_wal_size=4GB -c work_mem=64MB -c maintenance_work_mem=512MB" \
+        start >/dev/null ||
+        { cat "$BST_CLUSTER_DIR/server.log" >&2; return 1; }
+    export PGHOST=$BST_CLUSTER_DIR PGPORT=$BST_PORT PGUSER=postgres PGDATABASE=postgres
+}
+
+cluster_stop() {
+    [ -n "${BST_CLUSTER_DIR:-}" ] && [ -d "$BST_CLUSTER_DIR" ] || return 0
+    log "stopping the cluster"
+    as_owner "$PG_BIN/pg_ctl" -D "$BST_CLUSTER_DIR/data" -m immediate stop >/dev/null 2>&1
+    rm -rf "$BST_CLUSTER_DIR"
+    BST_CLUSTER_DIR=
+}

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Every test suite of bst, on a throwaway cluster:
+#   scripts/test.sh
+# installs what is missing, builds and installs the extension, starts a
+# private cluster, runs pg_regress (make installcheck), pgTAP (pg_prove),
+# the loader tests and the C unit tests of the numerical core, prints one
+# summary line per suite, stops the cluster (also on failure or Ctrl-C) and
+# exits non-zero when any suite failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+ensure_packages || exit 1
+build_install || exit 1
+trap cluster_stop EXIT
+trap 'exit 130' INT TERM
+cluster_start || exit 1
+
+summary=()
+failed=0
+run_suite() {
+    local name=$1 start=$SECONDS
+    shift
+    log "suite: $name"
+    if "$@"; then
+        summary+=("PASS  $name ($((SECONDS - start)) s)")
+    else
+        summary+=("FAIL  $name ($((SECONDS - start)) s)")
+        failed=1
+    fi
+}
+
+regress() {
+    make -s installcheck || { cat regression.diffs 2>/dev/null; return 1; }
+}
+
+pgtap() {
+    psql -X -q -c "DROP DATABASE IF EXISTS bst_tap" -c "CREATE DATABASE bst_tap" &&
+        psql -X -q -d bst_tap -c "CREATE EXTENSION pgtap" -c "CREATE EXTENSION bst" &&
+        pg_prove -d bst_tap --failures test/pgtap/*.sql
+}
+
+run_suite "pg_regress (make installcheck)" regress
+run_suite "pgTAP (pg_prove test/pgtap)" pgtap
+run_suite "loader (test/loader)" bash test/loader/test_loader.sh
+run_suite "C unit tests (make -C test/c check)" make -s -C test/c check
+
+printf '\n'
+printf '%s\n' "${summary[@]}"
+[ $failed = 0 ] && echo "all suites passed" || echo "SOME SUITES FAILED"
+exit $failed

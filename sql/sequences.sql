@@ -1,0 +1,71 @@
+-- bst_window_agg and bst_sequences on a small hand-made history
+SET extra_float_digits = 0;
+CREATE TABLE r (user_id int, movie_id int, rating real, unix_timestamp bigint);
+INSERT INTO r VALUES
+  -- user 1: five ratings: windows at 0 and the tail (1..4)
+  (1, 10, 1, 100), (1, 11, 2, 200), (1, 12, 3, 300), (1, 13, 4, 400), (1, 14, 5, 500),
+  -- user 2: exactly seq_len ratings: the window, then the tail again
+  (2, 20, 5, 10), (2, 21, 4, 20), (2, 22, 3, 30), (2, 23, 2, 40),
+  -- user 3: too few ratings for a window
+  (3, 30, 1, 1), (3, 31, 1, 2), (3, 32, 1, 3),
+  -- user 4: six ratings, a timestamp tie broken by movie id (42 before 43)
+  (4, 43, 3, 7), (4, 40, 1, 5), (4, 41, 2, 6), (4, 42, 4, 7), (4, 44, 5, 8), (4, 45, 1, 9);
+
+-- The window aggregate over a sliding frame, and as a plain aggregate.
+SELECT user_id, bst_window_agg(movie_id) OVER w AS movie_ids, bst_window_agg(rating) OVER w AS ratings
+FROM r WHERE user_id = 1
+WINDOW w AS (PARTITION BY user_id ORDER BY unix_timestamp, movie_id ROWS BETWEEN 2 PRECEDING AND CURRENT ROW);
+SELECT user_id, bst_window_agg(movie_id ORDER BY unix_timestamp) FROM r GROUP BY user_id ORDER BY user_id;
+
+-- Windows of 4 every 2, with the tail window (user 2's repeats).
+SELECT * FROM bst_sequences('r');
+-- Other shapes.
+SELECT * FROM bst_sequences('r', seq_len => 2, step => 3) WHERE user_id IN (1, 4);
+SELECT count(*) FROM bst_sequences('r', 3, 1);
+
+-- Column names given by name, types converted.
+CREATE TABLE events (who smallint, what bigint, stars numeric, at timestamptz);
+INSERT INTO events SELECT 7, 100 + i, i % 5 + 1, '2024-01-01'::timestamptz + i * interval '1 day' FROM generate_series(1, 5) i;
+SELECT * FROM bst_sequences('events', user_column => 'who', movie_column => 'what',
+                            rating_column => 'stars', time_column => 'at');
+
+-- The holdout rule: (user 1, movie 10) and a few well-known cases.
+SELECT u, m, bst_holdout(u, m),
+       mod(mod((u::numeric * 1000003 + m) * 2654435761, 4294967296), 100) AS bucket
+FROM (VALUES (1, 10), (1, 1193), (6040, 3952), (196, 242), (2147483647, 2147483647)) v(u, m);
+SELECT bst_holdout(NULL, 1) IS NULL AS null_in_null_out;
+
+-- Empty source: no rows, no error.
+CREATE TABLE empty_ratings (LIKE r);
+SELECT count(*) FROM bst_sequences('empty_ratings');
+
+-- Bad inputs: each a clear error.
+SELECT * FROM bst_sequences(NULL);
+SELECT * FROM bst_sequences('no_such_table');
+SELECT * FROM bst_sequences('r', NULL);
+SELECT * FROM bst_sequences('r', 1);
+SELECT * FROM bst_sequences('r', 100000);
+SELECT * FROM bst_sequences('r', 4, 0);
+SELECT * FROM bst_sequences('r', 4, NULL);
+SELECT * FROM bst_sequences('r', movie_column => 'film_id');
+SELECT * FROM bst_sequences('r', rating_column => NULL);
+SELECT * FROM bst_sequences('events', user_column => 'who', movie_column => 'what',
+                            rating_column => 'at', time_column => 'at');
+SELECT * FROM bst_sequences('events', user_column => 'stars', movie_column => 'what',
+                            rating_column => 'stars', time_column => 'at');
+CREATE TABLE texts (user_id int, movie_id int, rating text, unix_timestamp bigint);
+SELECT * FROM bst_sequences('texts');
+
+INSERT INTO r VALUES (5, 50, NULL, 1), (5, 51, 1, 2);
+SELECT * FROM bst_sequences('r');
+UPDATE r SET rating = 'NaN' WHERE user_id = 5 AND movie_id = 50;
+SELECT * FROM bst_sequences('r');
+UPDATE r SET rating = 1, movie_id = NULL WHERE user_id = 5 AND movie_id = 50;
+SELECT * FROM bst_sequences('r');
+UPDATE r SET movie_id = 50, unix_timestamp = NULL WHERE user_id = 5 AND movie_id IS NULL;
+SELECT * FROM bst_sequences('r');
+UPDATE r SET user_id = NULL, unix_timestamp = 1 WHERE user_id = 5;
+SELECT * FROM bst_sequences('r');
+SELECT bst_window_agg(x) FROM (VALUES (1::real), ('Infinity')) v(x);
+DELETE FROM r WHERE user_id IS NULL;
+SELECT count(*) FROM bst_sequences('r');

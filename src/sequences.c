@@ -1,0 +1,214 @@
+/*
+ * sequences.c
+ *	  bst_sequences(): cut each user's time-ordered ratings into windows,
+ *	  exactly as the Keras BST example does.
+ *
+ * Windows start at positions 0, step, 2*step, ... of a user's ratings while
+ * a whole window fits; then the user's last seq_len ratings are appended as
+ * a final window, even when that repeats the window before it (the example
+ * does so whenever (n - seq_len) is a multiple of step, and its published
+ * counts include those repeats).  Users with fewer than seq_len ratings give
+ * no window.  Ratings with equal timestamps are ordered by movie id, so the
+ * result does not depend on the physical order of the table.
+ *
+ * The work is one SQL query over the bst_window_agg window aggregate: the
+ * executor sorts and slides the frame; this file validates the arguments
+ * with proper error codes, builds that query and streams its rows into the
+ * function's result.
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/tuplestore.h"
+
+#include "bst.h"
+
+PG_FUNCTION_INFO_V1(bst_sequences);
+
+#define SEQUENCES_FETCH_ROWS 10000
+
+typedef enum ColumnKind
+{
+	COLUMN_ID,					/* user or movie id: an integer */
+	COLUMN_RATING,				/* any number */
+	COLUMN_TIME					/* anything ordered in time */
+} ColumnKind;
+
+static bool
+column_type_fits(Oid type, ColumnKind kind)
+{
+	switch (type)
+	{
+		case INT2OID:
+		case INT4OID:
+			return true;
+		case INT8OID:
+		case FLOAT4OID:
+		case FLOAT8OID:
+		case NUMERICOID:
+			return kind != COLUMN_ID || type == INT8OID;
+		case DATEOID:
+		case TIMESTAMPOID:
+		case TIMESTAMPTZOID:
+			return kind == COLUMN_TIME;
+		default:
+			return false;
+	}
+}
+
+/*
+ * Look up a column of the source by name and check its type; returns the
+ * column name quoted for SQL.
+ */
+static const char *
+source_column(Oid relid, FunctionCallInfo fcinfo, int argno,
+			  const char *argname, ColumnKind kind)
+{
+	char	   *colname;
+	AttrNumber	attnum;
+	Oid			type;
+	static const char *const expected[] = {
+		[COLUMN_ID] = "an integer type",
+		[COLUMN_RATING] = "a numeric type",
+		[COLUMN_TIME] = "a numeric, date or timestamp type",
+	};
+
+	bst_arg_not_null(fcinfo, argno, argname);
+	colname = text_to_cstring(PG_GETARG_TEXT_PP(argno));
+	attnum = get_attnum(relid, colname);
+	if (attnum == InvalidAttrNumber)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_COLUMN),
+				 errmsg("column \"%s\" of relation \"%s\" does not exist",
+						colname, get_rel_name(relid)),
+				 errhint("Name the column with the %s argument.", argname)));
+
+	type = get_atttype(relid, attnum);
+	if (!column_type_fits(type, kind))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("column \"%s\" of relation \"%s\" has type %s, but %s must be %s",
+						colname, get_rel_name(relid), format_type_be(type),
+						argname, expected[kind])));
+
+	return quote_identifier(colname);
+}
+
+Datum
+bst_sequences(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Oid			relid;
+	int32		seq_len;
+	int32		step;
+	const char *user_col;
+	const char *movie_col;
+	const char *rating_col;
+	const char *time_col;
+	const char *schema;
+	StringInfoData query;
+	Portal		portal;
+
+	bst_arg_not_null(fcinfo, 0, "source");
+	bst_arg_not_null(fcinfo, 1, "seq_len");
+	bst_arg_not_null(fcinfo, 2, "step");
+	relid = PG_GETARG_OID(0);
+	seq_len = PG_GETARG_INT32(1);
+	step = PG_GETARG_INT32(2);
+
+	if (seq_len < 2 || seq_len > BST_MAX_SEQ_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("seq_len must be between 2 and %d, not %d",
+						BST_MAX_SEQ_LEN, seq_len),
+				 errdetail("A sequence is at least one rated movie followed by the target movie.")));
+	if (step < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("step must be at least 1, not %d", step)));
+	if (get_rel_name(relid) == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation with OID %u does not exist", relid)));
+
+	user_col = source_column(relid, fcinfo, 3, "user_column", COLUMN_ID);
+	movie_col = source_column(relid, fcinfo, 4, "movie_column", COLUMN_ID);
+	rating_col = source_column(relid, fcinfo, 5, "rating_column", COLUMN_RATING);
+	time_col = source_column(relid, fcinfo, 6, "time_column", COLUMN_TIME);
+	schema = quote_identifier(get_namespace_name(get_func_namespace(fcinfo->flinfo->fn_oid)));
+
+	/*
+	 * pos is the 1-based position of the window's last rating.  A window
+	 * ends at pos when it starts at a multiple of step; the user's last row
+	 * (pos = n) ends the tail window, a second copy when the regular windows
+	 * already ended there.  "bad" flags NULL user ids and NULL timestamps
+	 * (whose order would be arbitrary) without a second scan of the source.
+	 */
+	initStringInfo(&query);
+	appendStringInfo(&query,
+					 "SELECT user_id, movie_ids, ratings, bad "
+					 "FROM (SELECT u AS user_id, "
+					 "             %s.bst_window_agg(m) OVER w AS movie_ids, "
+					 "             %s.bst_window_agg(r) OVER w AS ratings, "
+					 "             row_number() OVER w AS pos, "
+					 "             count(*) OVER p AS n, "
+					 "             u IS NULL OR count(t) OVER p < count(*) OVER p AS bad "
+					 "      FROM (SELECT %s::int4 AS u, %s::int4 AS m, %s::float4 AS r, %s AS t "
+					 "            FROM %s) AS s "
+					 "      WINDOW p AS (PARTITION BY u), "
+					 "             w AS (p ORDER BY t, m ROWS BETWEEN %d PRECEDING AND CURRENT ROW)"
+					 "     ) AS windows "
+					 "CROSS JOIN LATERAL generate_series(1, CASE WHEN bad THEN 1 ELSE "
+					 "    ((pos - %d) %% %d = 0)::int + (pos = n)::int END) "
+					 "WHERE pos >= %d OR bad",
+					 schema, schema,
+					 user_col, movie_col, rating_col, time_col,
+					 quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+												get_rel_name(relid)),
+					 seq_len - 1, seq_len, step, seq_len);
+
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+
+	portal = SPI_cursor_open_with_args(NULL, query.data, 0, NULL, NULL, NULL,
+									   true, CURSOR_OPT_NO_SCROLL);
+	for (;;)
+	{
+		SPI_cursor_fetch(portal, true, SEQUENCES_FETCH_ROWS);
+		if (SPI_processed == 0)
+			break;
+
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			HeapTuple	row = SPI_tuptable->vals[i];
+			Datum		values[3];
+			bool		nulls[3];
+			bool		isnull;
+
+			if (DatumGetBool(SPI_getbinval(row, SPI_tuptable->tupdesc, 4, &isnull)))
+				ereport(ERROR,
+						(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+						 errmsg("bst_sequences does not accept NULL user ids or timestamps"),
+						 errhint("Filter out rows where user_column or time_column is NULL.")));
+
+			for (int c = 0; c < 3; c++)
+				values[c] = SPI_getbinval(row, SPI_tuptable->tupdesc, c + 1, &nulls[c]);
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		}
+		SPI_freetuptable(SPI_tuptable);
+		CHECK_FOR_INTERRUPTS();
+	}
+	SPI_cursor_close(portal);
+	SPI_finish();
+
+	return (Datum) 0;
+}

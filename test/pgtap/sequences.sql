@@ -1,0 +1,96 @@
+-- Properties of bst_sequences and bst_window_agg on generated data,
+-- checked against an independent computation in plain SQL.
+BEGIN;
+SELECT plan(12);
+
+SELECT setseed(0.42);
+-- 300 users with 0..40 ratings each; timestamps drawn from a small range so
+-- that ties are common and must be broken by movie id.
+CREATE TEMP TABLE gen AS
+SELECT u AS user_id, m AS movie_id, (1 + floor(random() * 5))::real AS rating,
+       (floor(random() * 30))::bigint AS unix_timestamp
+FROM generate_series(1, 300) u,
+     LATERAL (SELECT DISTINCT (1 + floor(random() * 500 + u * 0))::int AS m
+              FROM generate_series(1, (u * 7919) % 41)) ms;
+
+-- The Keras windowing, written out: starts 0, step, ... while a window fits,
+-- then the tail (start n - seq_len) once more, for users with n >= seq_len.
+CREATE TEMP TABLE ranked AS
+SELECT *, row_number() OVER (PARTITION BY user_id ORDER BY unix_timestamp, movie_id) - 1 AS pos,
+       count(*) OVER (PARTITION BY user_id) AS n
+FROM gen;
+
+CREATE FUNCTION pg_temp.reference(seq_len int, step int)
+RETURNS TABLE (user_id int, movie_ids int[], ratings real[]) LANGUAGE sql AS $$
+    WITH users AS (SELECT DISTINCT user_id, n FROM ranked WHERE n >= seq_len),
+    starts AS (
+        SELECT user_id, s AS start FROM users, generate_series(0, n - seq_len, step) s
+        UNION ALL
+        SELECT user_id, n - seq_len FROM users
+    ),
+    numbered AS (SELECT row_number() OVER () AS window_id, * FROM starts)
+    SELECT w.user_id, array_agg(r.movie_id ORDER BY r.pos), array_agg(r.rating ORDER BY r.pos)
+    FROM numbered w JOIN ranked r
+      ON r.user_id = w.user_id AND r.pos >= w.start AND r.pos < w.start + seq_len
+    GROUP BY w.window_id, w.user_id
+$$;
+
+SELECT cmp_ok((SELECT count(*) FROM gen), '>', 5000::bigint, 'generated data has thousands of ratings');
+SELECT ok((SELECT count(*) FROM (SELECT user_id, unix_timestamp FROM gen GROUP BY 1, 2 HAVING count(*) > 1) t) > 100,
+          'generated data has many timestamp ties');
+
+SELECT bag_eq($$SELECT * FROM bst_sequences('gen')$$, $$SELECT * FROM pg_temp.reference(4, 2)$$,
+              'seq_len 4, step 2 matches the reference windowing');
+SELECT bag_eq($$SELECT * FROM bst_sequences('gen', 5, 3)$$, $$SELECT * FROM pg_temp.reference(5, 3)$$,
+              'seq_len 5, step 3 matches the reference windowing');
+SELECT bag_eq($$SELECT * FROM bst_sequences('gen', 2, 1)$$, $$SELECT * FROM pg_temp.reference(2, 1)$$,
+              'seq_len 2, step 1 matches the reference windowing');
+SELECT bag_eq($$SELECT * FROM bst_sequences('gen', 8, 8)$$, $$SELECT * FROM pg_temp.reference(8, 8)$$,
+              'seq_len 8, step 8 matches the reference windowing');
+
+-- Counts by formula: floor((n - L) / s) + 2 windows per user with n >= L.
+SELECT is((SELECT count(*) FROM bst_sequences('gen')),
+          (SELECT sum((n - 4) / 2 + 2) FROM (SELECT DISTINCT user_id, n FROM ranked WHERE n >= 4) u)::bigint,
+          'window count is floor((n - 4) / 2) + 2 per user with at least 4 ratings');
+
+-- The tail window: every user's last window ends with their latest rating.
+SELECT is_empty($$
+    SELECT s.user_id FROM (SELECT DISTINCT ON (user_id) user_id, movie_ids FROM
+                             (SELECT *, row_number() OVER () AS k FROM bst_sequences('gen')) t
+                           ORDER BY user_id, k DESC) s
+    JOIN ranked r ON r.user_id = s.user_id AND r.pos = r.n - 1
+    WHERE s.movie_ids[4] <> r.movie_id$$,
+    'each user''s last window ends with the latest rating');
+
+-- A user with (n - L) divisible by step gets the tail window twice.
+SELECT is((SELECT count(*) FROM bst_sequences('gen') s JOIN ranked r USING (user_id)
+           WHERE r.pos = 0 AND r.n = 6)::bigint,
+          (SELECT 3 * count(DISTINCT user_id) FROM ranked WHERE n = 6),
+          'six ratings give windows at 0 and 2 plus a repeated tail');
+
+-- Ties: a reversed physical order gives the same sequences.
+CREATE TEMP TABLE gen_reversed AS SELECT * FROM gen ORDER BY user_id DESC, unix_timestamp DESC, movie_id DESC;
+SELECT set_eq($$SELECT * FROM bst_sequences('gen')$$, $$SELECT * FROM bst_sequences('gen_reversed')$$,
+              'result does not depend on the physical row order');
+
+-- The moving aggregate agrees with re-aggregating every frame from scratch
+-- (an ORDER BY inside the aggregate call forbids the moving-aggregate path).
+SELECT results_eq(
+    $$SELECT bst_window_agg(movie_id) OVER w FROM gen
+      WINDOW w AS (PARTITION BY user_id ORDER BY unix_timestamp, movie_id ROWS BETWEEN 3 PRECEDING AND CURRENT ROW)
+      ORDER BY user_id, unix_timestamp, movie_id$$,
+    $$SELECT (SELECT array_agg(movie_id ORDER BY pos) FROM ranked r2
+              WHERE r2.user_id = r.user_id AND r2.pos BETWEEN r.pos - 3 AND r.pos)
+      FROM ranked r ORDER BY user_id, unix_timestamp, movie_id$$,
+    'sliding bst_window_agg equals array_agg over the same frame');
+
+-- The holdout rule in bigint arithmetic (mod 2^32 first keeps it in range).
+SELECT is_empty($$
+    SELECT 1 FROM generate_series(1, 2000) u, generate_series(1, 50) m
+    WHERE bst_holdout(u, m * 37) <>
+          ((((u::bigint * 1000003 + m * 37) % 4294967296) * (2654435761 % 4294967296)::numeric
+            % 4294967296) % 100 >= 85)$$,
+    'bst_holdout agrees with an independent computation');
+
+SELECT * FROM finish();
+ROLLBACK;
