@@ -65,3 +65,58 @@ ROWS 100000;
 CREATE FUNCTION bst_holdout(user_id integer, target_movie_id integer) RETURNS boolean
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
 RETURN mod(mod(($1::numeric * 1000003 + $2) * 2654435761, 4294967296), 100) >= 85;
+
+--------------------------------------------------------------------------
+-- Models
+--------------------------------------------------------------------------
+
+-- Every trained version of every model.  weights is the numerical core's
+-- versioned, checksummed binary layout; config and metrics are for people.
+CREATE TABLE bst_models (
+    model_id bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
+    name text NOT NULL,
+    version integer NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    config jsonb NOT NULL,
+    metrics jsonb NOT NULL,
+    history text,               -- relation bst_predict(user_id, movie_id) reads histories from
+    weights bytea NOT NULL,
+    PRIMARY KEY (name, version)
+);
+SELECT pg_catalog.pg_extension_config_dump('bst_models', '');
+SELECT pg_catalog.pg_extension_config_dump('bst_models_model_id_seq', '');
+
+CREATE FUNCTION bst_train(
+    model text,
+    query text,
+    epochs integer DEFAULT 5,
+    batch_size integer DEFAULT 265,
+    learning_rate real DEFAULT 0.01,
+    heads integer DEFAULT 3,
+    hidden integer[] DEFAULT '{256,128}',
+    dropout real DEFAULT 0.1,
+    optimizer text DEFAULT 'adagrad',
+    seed integer DEFAULT 42,
+    history regclass DEFAULT 'ratings'::text::regclass,  -- resolved at call time
+    embed_dim integer DEFAULT NULL,
+    vocabulary text DEFAULT 'SELECT movie_id FROM movies',
+    OUT model text,
+    OUT version integer,
+    OUT training_rows bigint,
+    OUT epochs integer,
+    OUT final_loss double precision,
+    OUT final_mae double precision,
+    OUT seconds double precision)
+RETURNS record
+AS 'MODULE_PATHNAME' LANGUAGE C CALLED ON NULL INPUT VOLATILE PARALLEL UNSAFE;
+
+CREATE FUNCTION bst_predict(user_id integer, movie_id integer) RETURNS real
+AS 'MODULE_PATHNAME', 'bst_predict_user' LANGUAGE C STABLE STRICT PARALLEL SAFE;
+
+CREATE FUNCTION bst_predict(model text, movie_ids integer[], ratings real[]) RETURNS real
+AS 'MODULE_PATHNAME', 'bst_predict_window' LANGUAGE C STABLE STRICT PARALLEL SAFE;
+
+CREATE FUNCTION bst_evaluate(model text, query text,
+    OUT n bigint, OUT mae double precision, OUT rmse double precision)
+RETURNS record
+AS 'MODULE_PATHNAME' LANGUAGE C CALLED ON NULL INPUT STABLE PARALLEL UNSAFE;

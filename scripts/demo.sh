@@ -54,4 +54,22 @@ run_sql -c "CREATE TABLE windows AS
               FROM bst_sequences('ratings', seq_len => 4, step => 2)" \
         -c "SELECT count(*) AS windows, count(*) FILTER (WHERE held_out) AS held_out FROM windows"
 
+log "training BST with the Keras example's defaults (5 epochs, Adagrad 0.01, batch 265)"
+run_sql -c "SELECT * FROM bst_train('movielens', 'SELECT movie_ids, ratings FROM windows WHERE NOT held_out')"
+
+log "evaluating on the held-out windows"
+run_sql -c "SELECT * FROM bst_evaluate('movielens', 'SELECT movie_ids, ratings FROM windows WHERE held_out')"
+
+log "a few held-out windows, predicted"
+run_sql -c "SELECT w.user_id, m.title AS target_movie, w.ratings[4] AS rating,
+                   round(bst_predict('movielens', w.movie_ids, w.ratings)::numeric, 2) AS predicted
+            FROM windows w JOIN movies m ON m.movie_id = w.movie_ids[4]
+            WHERE w.held_out ORDER BY w.user_id LIMIT 8"
+
+log "the five movies user 1 has not rated that the model says they would like most"
+run_sql -c "SELECT m.movie_id, m.title, round(bst_predict(1, m.movie_id)::numeric, 2) AS predicted
+            FROM movies m
+            WHERE NOT EXISTS (SELECT FROM ratings r WHERE r.user_id = 1 AND r.movie_id = m.movie_id)
+            ORDER BY predicted DESC LIMIT 5"
+
 log "done"

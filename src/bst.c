@@ -1,14 +1,67 @@
 /*
  * bst.c
- *	  Module entry point and helpers shared by the SQL-facing files.
+ *	  Module entry point: GUCs, the core's allocator hook, and helpers shared
+ *	  by the SQL-facing files.
  */
 #include "postgres.h"
 
 #include "fmgr.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
 
 #include "bst.h"
+#include "core/bst_alloc.h"
 
 PG_MODULE_MAGIC;
+
+void		_PG_init(void);
+
+char	   *bst_default_model = NULL;
+
+/* Where the numerical core's allocations go; see bst_core_memory(). */
+static MemoryContext core_context = NULL;
+
+static void *
+core_alloc(size_t size)
+{
+	Assert(core_context != NULL);
+	/* NULL on failure: the core reports it and the caller raises the error. */
+	return MemoryContextAllocExtended(core_context, size,
+									  MCXT_ALLOC_HUGE | MCXT_ALLOC_NO_OOM);
+}
+
+static void
+core_free(void *ptr)
+{
+	pfree(ptr);
+}
+
+MemoryContext
+bst_core_memory(MemoryContext cxt)
+{
+	MemoryContext old = core_context;
+
+	core_context = cxt;
+	return old;
+}
+
+void
+_PG_init(void)
+{
+	bst_set_allocator(core_alloc, core_free);
+
+	DefineCustomStringVariable("bst.model",
+							   "Model used by bst_predict(user_id, movie_id).",
+							   "Empty means the most recently trained model.",
+							   &bst_default_model,
+							   "",
+							   PGC_USERSET,
+							   0,
+							   NULL, NULL, NULL);
+	MarkGUCPrefixReserved("bst");
+}
 
 void
 bst_arg_not_null(FunctionCallInfo fcinfo, int argno, const char *argname)
@@ -17,4 +70,14 @@ bst_arg_not_null(FunctionCallInfo fcinfo, int argno, const char *argname)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("%s must not be NULL", argname)));
+}
+
+/*
+ * The extension is not relocatable, so the schema of the function being
+ * called is the schema of all its objects.
+ */
+const char *
+bst_schema(FunctionCallInfo fcinfo)
+{
+	return quote_identifier(get_namespace_name(get_func_namespace(fcinfo->flinfo->fn_oid)));
 }

@@ -2,17 +2,71 @@
  * bst.h
  *	  Declarations shared by the SQL-facing files of the bst extension.
  *	  The numerical core (src/core) does not include this file, nor any
- *	  PostgreSQL header.
+ *	  PostgreSQL header; these files are the thin layer between the two.
  */
 #ifndef BST_H
 #define BST_H
 
 #include "fmgr.h"
+#include "executor/spi.h"
+#include "utils/memutils.h"
+
+#include "core/model.h"
 
 /* Longest window bst_sequences builds: far beyond any useful model. */
 #define BST_MAX_SEQ_LEN 1024
 
+/* GUC bst.model: the model bst_predict(user_id, movie_id) uses. */
+extern char *bst_default_model;
+
 /* Raise a clear error when argument argno (named argname) is NULL. */
 extern void bst_arg_not_null(FunctionCallInfo fcinfo, int argno, const char *argname);
+
+/* The extension's schema, quoted for SQL. */
+extern const char *bst_schema(FunctionCallInfo fcinfo);
+
+/*
+ * The numerical core allocates through a hook; these route it into a
+ * PostgreSQL memory context, so an error or a cancel frees everything.
+ * Returns the previous context.
+ */
+extern MemoryContext bst_core_memory(MemoryContext cxt);
+
+/* A batch of windows read from a query: what training and evaluation eat. */
+typedef struct BstDataset
+{
+	int32		seq_len;
+	int64		n;				/* windows */
+	int64		capacity;
+	int32	   *movies;			/* [n * seq_len] movie ids, mapped in place to
+								 * vocabulary indices by bst_dataset_map */
+	float	   *ratings;		/* [n * (seq_len - 1)] history ratings */
+	float	   *targets;		/* [n] the last rating of each window */
+} BstDataset;
+
+extern void bst_dataset_read(BstDataset *ds, const char *query, int32 seq_len,
+							 const char *purpose);
+extern void bst_dataset_map(BstDataset *ds, const BstModel *model);
+
+/* A stored model, deserialized and cached for the life of the backend. */
+typedef struct BstStoredModel
+{
+	int64		model_id;		/* bst_models.model_id and the row's xmin: */
+	TransactionId xmin;			/* together they identify the weights */
+	char	   *name;
+	int32		version;
+	char	   *history;		/* relation of the rating histories, or NULL */
+	float		fallback_rating;	/* mean training target, for short histories */
+	BstModel   *model;
+	BstPredictor *predictor;
+	SPIPlanPtr	history_plan;	/* latest ratings of a user, prepared once */
+	MemoryContext context;		/* holds all of the above */
+} BstStoredModel;
+
+extern BstStoredModel *bst_model_get(FunctionCallInfo fcinfo, const char *name);
+extern BstStoredModel *bst_model_find(int64 model_id, TransactionId xmin);
+extern int32 bst_model_store(FunctionCallInfo fcinfo, const char *name, const BstModel *model,
+							 const char *config_json, const char *metrics_json,
+							 const char *history);
 
 #endif							/* BST_H */

@@ -142,7 +142,7 @@ bst_sequences(PG_FUNCTION_ARGS)
 	movie_col = source_column(relid, fcinfo, 4, "movie_column", COLUMN_ID);
 	rating_col = source_column(relid, fcinfo, 5, "rating_column", COLUMN_RATING);
 	time_col = source_column(relid, fcinfo, 6, "time_column", COLUMN_TIME);
-	schema = quote_identifier(get_namespace_name(get_func_namespace(fcinfo->flinfo->fn_oid)));
+	schema = bst_schema(fcinfo);
 
 	/*
 	 * pos is the 1-based position of the window's last rating.  A window

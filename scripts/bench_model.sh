@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Benchmark of the BST model: quality (protocol P1) and speed.
+#   scripts/bench_model.sh [DATA_ROOT]     (default ../shared/data)
+#
+# P1, the Keras example's protocol on ML-100K: bst_sequences(ratings, 4, 2),
+#   windows held out by bst_holdout, bst_train with its defaults (5 epochs)
+#   on the rest, bst_evaluate on the held-out windows: MAE and RMSE.
+# Speed on ml-1m-shuffled (ML-1M's shape: 498,623 windows): seconds of one
+#   training epoch over all windows; bst_predict(model, movie_ids, ratings)
+#   over 75,000 windows in rows/s; one bst_predict(user_id, movie_id) from a
+#   warm backend, measured by pgbench (client round trip included) and
+#   server-side over 10,000 calls.
+# Uses the cluster of the libpq environment when PGHOST is set, else a
+# throwaway one. A data set that is absent is skipped with a message.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=${1:-../shared/data}
+source scripts/lib.sh
+if [ -z "${PGHOST:-}" ]; then
+    ensure_packages && build_install
+    trap cluster_stop EXIT
+    cluster_start
+fi
+PGBENCH=$PG_BIN/pgbench
+export PGDATABASE=bst_bench_model
+
+fresh_db() {
+    psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $PGDATABASE" -c "CREATE DATABASE $PGDATABASE"
+    psql -X -q -c "CREATE EXTENSION bst"
+    scripts/load_movielens.sh "$1"
+    psql -X -q -c "CREATE TABLE windows AS
+                     SELECT *, bst_holdout(user_id, movie_ids[cardinality(movie_ids)]) AS held_out
+                     FROM bst_sequences('ratings', 4, 2)" -c "VACUUM ANALYZE"
+}
+q() { psql -X -At -F ' ' -v ON_ERROR_STOP=1 -c "SET client_min_messages = warning" -c "$1"; }
+
+if [ -f "$root/ml-100k/u.data" ]; then
+    echo "== P1 on ML-100K (defaults, 5 epochs)"
+    fresh_db "$root/ml-100k"
+    q "SELECT 'train: ' || training_rows || ' windows, ' || round(seconds::numeric, 1) || ' s, final loss ' || round(final_loss::numeric, 4)
+       FROM bst_train('p1', 'SELECT movie_ids, ratings FROM windows WHERE NOT held_out')"
+    q "SELECT 'test:  ' || n || ' held-out windows, MAE ' || round(mae::numeric, 4) || ', RMSE ' || round(rmse::numeric, 4)
+       FROM bst_evaluate('p1', 'SELECT movie_ids, ratings FROM windows WHERE held_out')"
+else
+    echo "skipped: P1 ($root/ml-100k not found)"
+fi
+
+if [ -f "$root/ml-1m-shuffled/ratings.dat" ]; then
+    echo "== speed on ml-1m-shuffled ($(nproc) cores)"
+    fresh_db "$root/ml-1m-shuffled"
+    q "SELECT FROM bst_train('speed', 'SELECT movie_ids, ratings FROM windows', epochs => 1)"
+    q "SELECT 'bst_train, 1 epoch over ' || (metrics->>'training_rows') || ' windows: '
+              || round((metrics->'epochs'->0->>'seconds')::numeric, 2) || ' s in the epoch, '
+              || round((metrics->>'seconds')::numeric, 2) || ' s in all (reading the query included)'
+       FROM bst_models WHERE name = 'speed'"
+    start=$(date +%s%N)
+    q "SELECT count(bst_predict('speed', movie_ids, ratings)) FROM (SELECT * FROM windows LIMIT 75000) w" >/dev/null
+    ns=$(( $(date +%s%N) - start ))
+    echo "bst_predict(model, movie_ids, ratings) over 75,000 windows: $((ns / 1000000)) ms, $((75000 * 1000000000 / ns)) rows/s"
+    q "SET bst.model = 'speed'; SELECT bst_predict(1, 1193)" >/dev/null
+    printf '\\set u random(1, 6040)\nSELECT bst_predict(:u, 1193);\n' >/tmp/bst_bench_predict.sql
+    PGOPTIONS="-c bst.model=speed" "$PGBENCH" -n -c 1 -T 5 -f /tmp/bst_bench_predict.sql 2>/dev/null |
+        awk '/latency average/ { print "bst_predict(user_id, movie_id), pgbench, 1 client, round trip included: " $4 " ms per call" }'
+    rm -f /tmp/bst_bench_predict.sql
+    start=$(date +%s%N)
+    q "SET bst.model = 'speed'; SELECT count(bst_predict(1 + (i * 7919) % 6040, 1193)) FROM generate_series(1, 10000) i" >/dev/null
+    ns=$(( $(date +%s%N) - start ))
+    echo "bst_predict(user_id, movie_id), 10,000 calls in one statement: $((ns / 10000 / 1000)) us per call"
+else
+    echo "skipped: speed ($root/ml-1m-shuffled not found)"
+fi
+psql -X -q -d postgres -c "DROP DATABASE $PGDATABASE"

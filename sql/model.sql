@@ -1,0 +1,134 @@
+-- bst_train, bst_predict and bst_evaluate on small generated data.
+-- Floating-point results depend on the CPU's OpenBLAS kernels, so only
+-- properties of them are printed.
+SET client_min_messages = warning;
+
+-- 60 movies, 40 users, 30 ratings each; a rating is a per-movie quality
+-- plus a per-user bias, so there is something to learn.
+CREATE TABLE movies (movie_id int PRIMARY KEY, title text, genres text[]);
+INSERT INTO movies SELECT m, 'movie ' || m, '{}' FROM generate_series(1, 60) m;
+CREATE TABLE ratings (user_id int, movie_id int, rating real, unix_timestamp bigint);
+INSERT INTO ratings
+SELECT u, 1 + (u * 7 + k * 13) % 60,
+       greatest(1, least(5, 1 + ((1 + (u * 7 + k * 13) % 60) % 5) + (u % 3) - 1)),
+       1000 * u + k
+FROM generate_series(1, 40) u, generate_series(1, 30) k;
+CREATE INDEX ON ratings (user_id, unix_timestamp, movie_id) INCLUDE (rating);
+CREATE TABLE windows AS
+  SELECT *, bst_holdout(user_id, movie_ids[cardinality(movie_ids)]) AS held_out
+  FROM bst_sequences('ratings');
+
+SELECT model, version, training_rows, epochs, final_loss > 0 AS loss_positive, seconds >= 0 AS timed
+FROM bst_train('tiny', 'SELECT movie_ids, ratings FROM windows WHERE NOT held_out',
+               epochs => 3, batch_size => 32, hidden => '{16,8}');
+
+SELECT name, version, config->>'seq_len' AS seq_len, config->>'n_movies' AS n_movies,
+       config->>'embed_dim' AS embed_dim, config->'hidden' AS hidden, config->>'optimizer' AS optimizer,
+       jsonb_array_length(metrics->'epochs') AS epochs_logged, history,
+       octet_length(weights) > 1000 AS has_weights
+FROM bst_models;
+
+-- A second training is a new version; the first stays.
+SELECT version FROM bst_train('tiny', 'SELECT movie_ids, ratings FROM windows WHERE NOT held_out',
+                              epochs => 1, hidden => '{16,8}', optimizer => 'adam', learning_rate => 0.001);
+SELECT name, version, config->>'optimizer' AS optimizer FROM bst_models ORDER BY version;
+
+-- Predictions are finite ratings.
+SELECT count(*) AS windows, count(*) FILTER (WHERE p BETWEEN -5 AND 10) AS finite
+FROM (SELECT bst_predict('tiny', movie_ids, ratings) AS p FROM windows WHERE held_out) t;
+-- The target's rating is optional.
+SELECT bst_predict('tiny', '{1,2,3,4}', '{5,4,3,2}') = bst_predict('tiny', '{1,2,3,4}', '{5,4,3}') AS target_rating_ignored;
+-- A movie outside the vocabulary uses the out-of-vocabulary embedding.
+SELECT bst_predict('tiny', '{1,2,3,99999}', '{5,4,3}') BETWEEN -5 AND 10 AS unknown_movie_ok;
+-- From a user's history (bst.model, else the most recent model).
+SELECT bst_predict(1, 10) BETWEEN -5 AND 10 AS user_prediction_ok;
+SET bst.model = 'tiny';
+SELECT bst_predict(1, 10) = bst_predict('tiny', (SELECT array_agg(movie_id ORDER BY unix_timestamp) || 10
+                                               FROM (SELECT * FROM ratings WHERE user_id = 1
+                                                     ORDER BY unix_timestamp DESC LIMIT 3) h),
+                                        (SELECT array_agg(rating ORDER BY unix_timestamp)
+                                         FROM (SELECT * FROM ratings WHERE user_id = 1
+                                               ORDER BY unix_timestamp DESC LIMIT 3) h)) AS same_as_explicit_window;
+-- A user without enough history gets the mean training rating.
+SELECT bst_predict(424242, 10) = (SELECT (metrics->>'train_mean_rating')::real FROM bst_models
+                                  WHERE name = 'tiny' ORDER BY version DESC LIMIT 1) AS fallback_is_mean;
+SELECT bst_predict(NULL, 10) IS NULL AS strict;
+RESET bst.model;
+
+-- Evaluation over the held-out windows.
+SELECT n = (SELECT count(*) FROM windows WHERE held_out) AS all_rows, mae > 0 AS mae_positive,
+       rmse >= mae AS rmse_at_least_mae
+FROM bst_evaluate('tiny', 'SELECT movie_ids, ratings FROM windows WHERE held_out');
+
+-- Vocabulary from the training windows; no history relation.
+SELECT version FROM bst_train('nohist', 'SELECT movie_ids, ratings FROM windows', epochs => 1,
+                              hidden => '{8}', vocabulary => NULL, history => NULL, embed_dim => 3);
+SELECT config->>'n_movies' AS n_movies, config->>'embed_dim' AS embed_dim, history FROM bst_models WHERE name = 'nohist';
+SET bst.model = 'nohist';
+SELECT bst_predict(1, 10);
+RESET bst.model;
+
+-- Bad arguments: each a clear error.
+SELECT * FROM bst_train(NULL, 'SELECT movie_ids, ratings FROM windows');
+SELECT * FROM bst_train('', 'SELECT movie_ids, ratings FROM windows');
+SELECT * FROM bst_train('x', NULL);
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows WHERE false');
+SELECT * FROM bst_train('x', 'SELECT movie_ids FROM windows');
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings::float8[] AS ratings FROM windows');
+SELECT * FROM bst_train('x', 'SELECT movie_ids[1:2 + user_id % 2] AS movie_ids, ratings[1:2 + user_id % 2] AS ratings FROM windows');
+SELECT * FROM bst_train('x', 'SELECT ''{1}''::int[] AS movie_ids, ''{1}''::real[] AS ratings');
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ''{1,NaN,3,4}''::real[] AS ratings FROM windows');
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings[1:3] || NULL::real AS ratings FROM windows');
+SELECT * FROM bst_train('x', 'SELECT NULL::int[] AS movie_ids, ratings FROM windows');
+SELECT * FROM bst_train('x', 'not sql');
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', epochs => 0);
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', batch_size => 0);
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', batch_size => 10000000);
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', learning_rate => -1);
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', learning_rate => 'NaN');
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', heads => 0);
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', hidden => '{0}');
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', hidden => '{16,NULL}');
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', hidden => '{1,2,3,4,5,6,7,8,9}');
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', dropout => 1);
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', dropout => NULL);
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', optimizer => 'sgd');
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', embed_dim => 0);
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', embed_dim => 100000);
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', vocabulary => 'SELECT movie_id FROM movies WHERE false');
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', vocabulary => 'SELECT title FROM movies');
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', history => 'movies');
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', history => 'no_such_table');
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', hidden => '{8}', learning_rate => 1e30);
+SELECT count(*) AS failed_trainings_stored_nothing FROM bst_models WHERE name = 'x';
+
+SELECT bst_predict('nope', '{1,2,3,4}', '{5,4,3}');
+SELECT bst_predict('tiny', '{1,2,3}', '{5,4,3}');
+SELECT bst_predict('tiny', '{1,2,3,4}', '{5,4}');
+SELECT bst_predict('tiny', '{1,2,NULL,4}', '{5,4,3}');
+SELECT bst_predict('tiny', '{1,2,3,4}', '{5,NaN,3}');
+SELECT bst_predict('tiny', '{{1,2},{3,4}}', '{5,4,3}');
+SELECT bst_predict('tiny', NULL, '{5,4,3}') IS NULL AS strict;
+SELECT * FROM bst_evaluate('nope', 'SELECT movie_ids, ratings FROM windows');
+SELECT * FROM bst_evaluate(NULL, 'SELECT movie_ids, ratings FROM windows');
+SELECT * FROM bst_evaluate('tiny', 'SELECT movie_ids, ratings FROM windows WHERE false');
+SELECT * FROM bst_evaluate('tiny', 'SELECT movie_ids[1:3] AS movie_ids, ratings[1:3] AS ratings FROM windows');
+
+-- Damaged weights are refused, never read past their end.
+UPDATE bst_models SET weights = substring(weights FROM 1 FOR 200) WHERE name = 'tiny' AND version = 2;
+SELECT bst_predict('tiny', '{1,2,3,4}', '{5,4,3}');
+UPDATE bst_models SET weights = '\x0000'::bytea WHERE name = 'tiny' AND version = 2;
+SELECT bst_predict('tiny', '{1,2,3,4}', '{5,4,3}');
+UPDATE bst_models SET weights = overlay(w.weights PLACING '\xff'::bytea FROM 500 FOR 1)
+FROM (SELECT weights FROM bst_models WHERE name = 'tiny' AND version = 1) w
+WHERE name = 'tiny' AND version = 2;
+SELECT bst_predict('tiny', '{1,2,3,4}', '{5,4,3}');
+UPDATE bst_models SET weights = overlay(weights PLACING 'XXXX'::bytea FROM 1 FOR 4) WHERE name = 'tiny' AND version = 2;
+SELECT bst_predict('tiny', '{1,2,3,4}', '{5,4,3}');
+-- Deleting the broken version makes the previous one current again.
+DELETE FROM bst_models WHERE name = 'tiny' AND version = 2;
+SELECT bst_predict('tiny', '{1,2,3,4}', '{5,4,3}') BETWEEN -5 AND 10 AS previous_version_used;
+
+-- No model at all.
+DELETE FROM bst_models;
+SELECT bst_predict(1, 10);

@@ -1,0 +1,567 @@
+#include "model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "bst_alloc.h"
+#include "layers.h"
+
+/* ---------------------------------------------------------------- config */
+
+void bst_config_default(BstConfig *cfg, int32_t n_movies, int32_t seq_len)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    int32_t d = 1;
+    while ((int64_t)(d + 1) * (d + 1) <= n_movies)
+        d++;
+    cfg->n_movies = n_movies;
+    cfg->embed_dim = d;
+    cfg->seq_len = seq_len;
+    cfg->heads = 3;
+    cfg->n_hidden = 2;
+    cfg->hidden[0] = 256;
+    cfg->hidden[1] = 128;
+    cfg->dropout = 0.1f;
+    cfg->leaky_slope = 0.3f;
+    cfg->ln_eps = 1e-3f;
+    cfg->bn_eps = 1e-3f;
+    cfg->bn_momentum = 0.99f;
+}
+
+/* --------------------------------------------------------- parameter layout */
+
+enum { INIT_ZERO, INIT_ONE, INIT_EMBEDDING, INIT_GLOROT };
+
+/* The single description of the parameter tensors: order (= slab and
+ * serialization order), names, sizes and Keras initialisers. */
+typedef struct ParamSpec {
+    char name[16];
+    float **slot;
+    size_t size;
+    int init;
+    double fan_in, fan_out;
+} ParamSpec;
+
+static void spec(ParamSpec *s, int *n, const char *name, float **slot, size_t size,
+                 int init, double fan_in, double fan_out)
+{
+    ParamSpec *e = &s[(*n)++];
+    snprintf(e->name, sizeof(e->name), "%s", name);
+    e->slot = slot;
+    e->size = size;
+    e->init = init;
+    e->fan_in = fan_in;
+    e->fan_out = fan_out;
+}
+
+static int param_specs(const BstConfig *c, BstParams *p, ParamSpec *s)
+{
+    const size_t d = (size_t)c->embed_dim, L = (size_t)c->seq_len, H = (size_t)c->heads;
+    const size_t key_dim = d;  /* Keras: key_dim = embedding width */
+    const size_t hd = H * key_dim;
+    int n = 0;
+    char name[16];
+
+    /* movie_emb must stay first: the trainer updates the rest of the slab as
+     * one dense range. */
+    spec(s, &n, "movie_emb", &p->movie_emb, ((size_t)c->n_movies + 1) * d, INIT_EMBEDDING, 0, 0);
+    spec(s, &n, "pos_emb", &p->pos_emb, (L - 1) * d, INIT_EMBEDDING, 0, 0);
+    /* EinsumDense kernels (d, H, key_dim): Keras' fans treat all but the last
+     * two dims as a receptive field, so fan_in = H*d, fan_out = key_dim*d.
+     * The three kernels share these fans, so one Glorot draw over the fused
+     * matrix has exactly their distribution. */
+    spec(s, &n, "wqkv", &p->wqkv, d * 3 * hd, INIT_GLOROT, (double)(H * d), (double)(key_dim * d));
+    spec(s, &n, "bqkv", &p->bqkv, 3 * hd, INIT_ZERO, 0, 0);
+    /* Output kernel (H, key_dim, d): fan_in = key_dim*H, fan_out = d*H. */
+    spec(s, &n, "wo", &p->wo, hd * d, INIT_GLOROT, (double)(key_dim * H), (double)(d * H));
+    spec(s, &n, "bo", &p->bo, d, INIT_ZERO, 0, 0);
+    spec(s, &n, "ln1_g", &p->ln1_g, d, INIT_ONE, 0, 0);
+    spec(s, &n, "ln1_b", &p->ln1_b, d, INIT_ZERO, 0, 0);
+    spec(s, &n, "ffn_w", &p->ffn_w, d * d, INIT_GLOROT, (double)d, (double)d);
+    spec(s, &n, "ffn_b", &p->ffn_b, d, INIT_ZERO, 0, 0);
+    spec(s, &n, "ln2_g", &p->ln2_g, d, INIT_ONE, 0, 0);
+    spec(s, &n, "ln2_b", &p->ln2_b, d, INIT_ZERO, 0, 0);
+    size_t in = L * d;
+    for (int i = 0; i < c->n_hidden; i++) {
+        size_t u = (size_t)c->hidden[i];
+        snprintf(name, sizeof(name), "mlp%d_w", i);
+        spec(s, &n, name, &p->mlp_w[i], in * u, INIT_GLOROT, (double)in, (double)u);
+        snprintf(name, sizeof(name), "mlp%d_b", i);
+        spec(s, &n, name, &p->mlp_b[i], u, INIT_ZERO, 0, 0);
+        snprintf(name, sizeof(name), "bn%d_g", i);
+        spec(s, &n, name, &p->bn_g[i], u, INIT_ONE, 0, 0);
+        snprintf(name, sizeof(name), "bn%d_b", i);
+        spec(s, &n, name, &p->bn_b[i], u, INIT_ZERO, 0, 0);
+        in = u;
+    }
+    spec(s, &n, "out_w", &p->out_w, in, INIT_GLOROT, (double)in, 1.0);
+    spec(s, &n, "out_b", &p->out_b, 1, INIT_ZERO, 0, 0);
+    return n;
+}
+
+/* Parameter count in 64 bits, for validating configs before any size_t math. */
+static uint64_t param_count(const BstConfig *c)
+{
+    uint64_t d = (uint64_t)c->embed_dim, L = (uint64_t)c->seq_len, hd = (uint64_t)c->heads * d;
+    uint64_t n = ((uint64_t)c->n_movies + 1) * d + (L - 1) * d + 4 * d * hd + 3 * hd;  /* wqkv, wo, bqkv */
+    n += d + 4 * d + d * d + d;
+    uint64_t in = L * d;
+    for (int i = 0; i < c->n_hidden; i++) {
+        uint64_t u = (uint64_t)c->hidden[i];
+        n += in * u + 3 * u;
+        in = u;
+    }
+    return n + in + 1;
+}
+
+const char *bst_config_check(const BstConfig *c)
+{
+    if (c->n_movies < 1)
+        return "n_movies must be at least 1";
+    if (c->embed_dim < 1 || c->embed_dim > 4096)
+        return "embed_dim must be between 1 and 4096";
+    if (c->seq_len < 2 || c->seq_len > 1024)
+        return "seq_len must be between 2 and 1024";
+    if (c->heads < 1 || c->heads > 64)
+        return "heads must be between 1 and 64";
+    if (c->n_hidden < 0 || c->n_hidden > BST_MAX_HIDDEN)
+        return "n_hidden must be between 0 and 8";
+    for (int i = 0; i < c->n_hidden; i++)
+        if (c->hidden[i] < 1 || c->hidden[i] > 65536)
+            return "hidden units must be between 1 and 65536";
+    /* Written so that NaN fails every test. */
+    if (!(c->dropout >= 0.0f && c->dropout < 1.0f))
+        return "dropout must be in [0, 1)";
+    if (!isfinite(c->leaky_slope))
+        return "leaky_slope must be finite";
+    if (!(c->ln_eps > 0.0f && isfinite(c->ln_eps)))
+        return "ln_eps must be finite and positive";
+    if (!(c->bn_eps > 0.0f && isfinite(c->bn_eps)))
+        return "bn_eps must be finite and positive";
+    if (!(c->bn_momentum >= 0.0f && c->bn_momentum < 1.0f))
+        return "bn_momentum must be in [0, 1)";
+    /* All fields are bounded above, so this cannot overflow 64 bits. */
+    if (param_count(c) > BST_MAX_PARAMS)
+        return "model too large (more than 200 million parameters)";
+    return NULL;
+}
+
+size_t bst_config_num_params(const BstConfig *cfg)
+{
+    return (size_t)param_count(cfg);
+}
+
+int bst_param_tensors(const BstConfig *cfg, const BstParams *p, BstTensor out[BST_MAX_TENSORS])
+{
+    ParamSpec s[BST_MAX_TENSORS];
+    BstParams copy = *p;
+    int n = param_specs(cfg, &copy, s);
+    for (int i = 0; i < n; i++) {
+        memcpy(out[i].name, s[i].name, sizeof(out[i].name));
+        out[i].data = *s[i].slot;
+        out[i].size = s[i].size;
+    }
+    return n;
+}
+
+int bst_params_alloc(BstParams *p, const BstConfig *cfg)
+{
+    ParamSpec s[BST_MAX_TENSORS];
+    memset(p, 0, sizeof(*p));
+    int n = param_specs(cfg, p, s);
+    size_t total = 0;
+    for (int i = 0; i < n; i++)
+        total += s[i].size;
+    p->slab = bst_alloc_zero(total, sizeof(float));
+    if (!p->slab)
+        return -1;
+    p->size = total;
+    float *cur = p->slab;
+    for (int i = 0; i < n; i++) {
+        *s[i].slot = cur;
+        cur += s[i].size;
+    }
+    return 0;
+}
+
+void bst_params_free(BstParams *p)
+{
+    bst_free(p->slab);
+    memset(p, 0, sizeof(*p));
+}
+
+void bst_zero_grads(BstParams *grads)
+{
+    memset(grads->slab, 0, grads->size * sizeof(float));
+}
+
+static void params_init(const BstConfig *cfg, BstParams *p, BstRng *rng)
+{
+    ParamSpec s[BST_MAX_TENSORS];
+    int n = param_specs(cfg, p, s);
+    for (int i = 0; i < n; i++) {
+        float *w = *s[i].slot;
+        float limit = 0.0f;
+        switch (s[i].init) {
+        case INIT_ZERO:
+            memset(w, 0, s[i].size * sizeof(float));
+            continue;
+        case INIT_ONE:
+            for (size_t j = 0; j < s[i].size; j++)
+                w[j] = 1.0f;
+            continue;
+        case INIT_EMBEDDING:  /* Keras Embedding: uniform(-0.05, 0.05) */
+            limit = 0.05f;
+            break;
+        case INIT_GLOROT:
+            limit = (float)sqrt(6.0 / (s[i].fan_in + s[i].fan_out));
+            break;
+        }
+        for (size_t j = 0; j < s[i].size; j++)
+            w[j] = (2.0f * bst_rng_uniform(rng) - 1.0f) * limit;
+    }
+}
+
+/* ------------------------------------------------------------------- model */
+
+/* Allocates a model with zeroed parameters and default moving statistics. */
+static BstModel *model_alloc(const BstConfig *cfg)
+{
+    if (bst_config_check(cfg))
+        return NULL;
+    BstModel *m = bst_alloc_zero(1, sizeof(BstModel));
+    if (!m)
+        return NULL;
+    m->cfg = *cfg;
+    m->movie_ids = bst_alloc((size_t)cfg->n_movies * sizeof(int32_t));
+    if (!m->movie_ids || bst_params_alloc(&m->params, cfg) != 0) {
+        bst_model_free(m);
+        return NULL;
+    }
+    size_t total = 0;
+    for (int i = 0; i < cfg->n_hidden; i++)
+        total += 2 * (size_t)cfg->hidden[i];
+    if (total > 0) {
+        m->bn.slab = bst_alloc(total * sizeof(float));
+        if (!m->bn.slab) {
+            bst_model_free(m);
+            return NULL;
+        }
+    }
+    m->bn.size = total;
+    float *cur = m->bn.slab;
+    for (int i = 0; i < cfg->n_hidden; i++) {
+        size_t u = (size_t)cfg->hidden[i];
+        m->bn.moving_mean[i] = cur;
+        m->bn.moving_var[i] = cur + u;
+        for (size_t j = 0; j < u; j++) {
+            cur[j] = 0.0f;
+            cur[u + j] = 1.0f;
+        }
+        cur += 2 * u;
+    }
+    return m;
+}
+
+BstModel *bst_model_create(const BstConfig *cfg, const int32_t *movie_ids, uint64_t seed)
+{
+    for (int32_t i = 1; i < cfg->n_movies; i++)
+        if (movie_ids[i] <= movie_ids[i - 1])
+            return NULL;
+    BstModel *m = model_alloc(cfg);
+    if (!m)
+        return NULL;
+    memcpy(m->movie_ids, movie_ids, (size_t)cfg->n_movies * sizeof(int32_t));
+    BstRng rng;
+    bst_rng_seed(&rng, seed);
+    params_init(cfg, &m->params, &rng);
+    return m;
+}
+
+BstModel *bst_model_alloc(const BstConfig *cfg)
+{
+    return model_alloc(cfg);
+}
+
+void bst_model_free(BstModel *m)
+{
+    if (!m)
+        return;
+    bst_free(m->movie_ids);
+    bst_params_free(&m->params);
+    bst_free(m->bn.slab);
+    bst_free(m);
+}
+
+const BstConfig *bst_model_config(const BstModel *m)
+{
+    return &m->cfg;
+}
+
+int32_t bst_model_movie_index(const BstModel *m, int32_t movie_id)
+{
+    int32_t lo = 0, hi = m->cfg.n_movies - 1;
+    while (lo <= hi) {
+        int32_t mid = lo + (hi - lo) / 2;
+        if (m->movie_ids[mid] < movie_id)
+            lo = mid + 1;
+        else if (m->movie_ids[mid] > movie_id)
+            hi = mid - 1;
+        else
+            return mid + 1;
+    }
+    return 0;
+}
+
+size_t bst_model_num_params(const BstModel *m)
+{
+    return m->params.size;
+}
+
+/* ------------------------------------------------------------- activations */
+
+/* Hands out consecutive ranges of one slab; with base == NULL it only counts,
+ * so sizing and layout share one code path. */
+typedef struct Carver {
+    float *base;
+    size_t used;
+} Carver;
+
+static float *carve(Carver *c, size_t n)
+{
+    float *p = c->base ? c->base + c->used : NULL;
+    c->used += n;
+    return p;
+}
+
+static void acts_layout(BstActs *a, const BstConfig *c, size_t N, int for_grads, Carver *cv)
+{
+    const size_t L = (size_t)c->seq_len, d = (size_t)c->embed_dim, H = (size_t)c->heads;
+    const size_t hd = H * d, bld = N * L * d;
+    /* Statistics and masks have no gradient. */
+    const int fwd = !for_grads;
+
+    a->x = carve(cv, bld);
+    a->qkv = carve(cv, N * L * 3 * hd);
+    a->probs = carve(cv, N * H * L * L);
+    a->probs_mask = fwd ? carve(cv, N * H * L * L) : NULL;
+    a->ctx = carve(cv, N * L * hd);
+    a->attn = carve(cv, bld);
+    a->attn_mask = fwd ? carve(cv, bld) : NULL;
+    a->res1 = carve(cv, bld);
+    a->x1 = carve(cv, bld);
+    a->ln1_mean = fwd ? carve(cv, N * L) : NULL;
+    a->ln1_rstd = fwd ? carve(cv, N * L) : NULL;
+    a->ffn_in = carve(cv, bld);
+    a->ffn = carve(cv, bld);
+    a->ffn_mask = fwd ? carve(cv, bld) : NULL;
+    a->res2 = carve(cv, bld);
+    a->y = carve(cv, bld);
+    a->ln2_mean = fwd ? carve(cv, N * L) : NULL;
+    a->ln2_rstd = fwd ? carve(cv, N * L) : NULL;
+    for (int i = 0; i < c->n_hidden; i++) {
+        size_t u = (size_t)c->hidden[i];
+        a->h[i] = carve(cv, N * u);
+        a->bn_mean[i] = fwd ? carve(cv, u) : NULL;
+        a->bn_var[i] = fwd ? carve(cv, u) : NULL;
+        a->bn[i] = carve(cv, N * u);
+        a->act[i] = carve(cv, N * u);
+        a->drop_mask[i] = fwd ? carve(cv, N * u) : NULL;
+        a->drop[i] = carve(cv, N * u);
+    }
+    a->pred = carve(cv, N);
+}
+
+int bst_acts_alloc(BstActs *a, const BstConfig *cfg, int32_t max_batch, int for_grads)
+{
+    memset(a, 0, sizeof(*a));
+    /* Bounds rows (B*L) well inside BLAS's int dimensions and keeps every
+     * buffer size far from size_t overflow. */
+    if (max_batch < 1 || (int64_t)max_batch * cfg->seq_len > (1 << 24))
+        return -1;
+    Carver cv = {NULL, 0};
+    acts_layout(a, cfg, (size_t)max_batch, for_grads, &cv);
+    float *slab = bst_alloc_zero(cv.used, sizeof(float));
+    if (!slab)
+        return -1;
+    cv.base = slab;
+    cv.used = 0;
+    acts_layout(a, cfg, (size_t)max_batch, for_grads, &cv);
+    a->slab = slab;
+    a->max_batch = max_batch;
+    return 0;
+}
+
+void bst_acts_free(BstActs *a)
+{
+    bst_free(a->slab);
+    memset(a, 0, sizeof(*a));
+}
+
+/* ------------------------------------------------------- forward/backward */
+
+static void add_inplace(float *acc, const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        acc[i] += x[i];
+}
+
+float bst_forward(const BstModel *m, BstActs *a, const BstBatch *b, int training, BstRng *rng)
+{
+    const BstConfig *c = &m->cfg;
+    const BstParams *p = &m->params;
+    const int B = b->n, L = c->seq_len, d = c->embed_dim, H = c->heads;
+    const int key_dim = d, hd = H * key_dim, BL = B * L;
+    const size_t bld = (size_t)BL * d;
+    const float pd = c->dropout;
+    BstRng *drop_rng = training ? rng : NULL;
+
+    if (B < 1 || B > a->max_batch)
+        return NAN;
+    embedding_forward(a->x, b->movies, b->ratings, p->movie_emb, p->pos_emb,
+                      c->n_movies + 1, B, L, d);
+
+    /* Self-attention block. */
+    linear_forward(a->qkv, a->x, p->wqkv, p->bqkv, BL, d, 3 * hd);
+    attention_forward(a->ctx, a->probs, a->probs_mask, a->qkv, B, L, H, key_dim, pd, drop_rng);
+    linear_forward(a->attn, a->ctx, p->wo, p->bo, BL, hd, d);
+    dropout_forward(a->res1, a->attn_mask, a->attn, bld, pd, drop_rng);
+    add_inplace(a->res1, a->x, bld);
+    layernorm_forward(a->x1, a->ln1_mean, a->ln1_rstd, a->res1, p->ln1_g, p->ln1_b,
+                      BL, d, c->ln_eps);
+
+    /* Feed-forward block. */
+    leaky_relu_forward(a->ffn_in, a->x1, bld, c->leaky_slope);
+    linear_forward(a->ffn, a->ffn_in, p->ffn_w, p->ffn_b, BL, d, d);
+    dropout_forward(a->res2, a->ffn_mask, a->ffn, bld, pd, drop_rng);
+    add_inplace(a->res2, a->x1, bld);
+    layernorm_forward(a->y, a->ln2_mean, a->ln2_rstd, a->res2, p->ln2_g, p->ln2_b,
+                      BL, d, c->ln_eps);
+
+    /* MLP on the flattened sequence: y is already [B, L*d] in memory. */
+    const float *in = a->y;
+    int in_dim = L * d;
+    for (int i = 0; i < c->n_hidden; i++) {
+        const int u = c->hidden[i];
+        const size_t bu = (size_t)B * u;
+        linear_forward(a->h[i], in, p->mlp_w[i], p->mlp_b[i], B, in_dim, u);
+        if (training)
+            batchnorm_forward(a->bn[i], a->bn_mean[i], a->bn_var[i], a->h[i],
+                              p->bn_g[i], p->bn_b[i], B, u, c->bn_eps);
+        else
+            batchnorm_forward_infer(a->bn[i], a->h[i], p->bn_g[i], p->bn_b[i],
+                                    m->bn.moving_mean[i], m->bn.moving_var[i], B, u, c->bn_eps);
+        leaky_relu_forward(a->act[i], a->bn[i], bu, c->leaky_slope);
+        dropout_forward(a->drop[i], a->drop_mask[i], a->act[i], bu, pd, drop_rng);
+        in = a->drop[i];
+        in_dim = u;
+    }
+    linear_forward(a->pred, in, p->out_w, p->out_b, B, in_dim, 1);
+
+    return b->targets ? mse_forward(a->pred, b->targets, B) : 0.0f;
+}
+
+void bst_update_bn_moving(BstModel *m, const BstActs *a)
+{
+    const BstConfig *c = &m->cfg;
+    for (int i = 0; i < c->n_hidden; i++)
+        batchnorm_update_moving(m->bn.moving_mean[i], m->bn.moving_var[i],
+                                a->bn_mean[i], a->bn_var[i], c->hidden[i], c->bn_momentum);
+}
+
+void bst_backward(const BstModel *m, const BstActs *a, BstActs *da, BstParams *g,
+                  const BstBatch *b)
+{
+    const BstConfig *c = &m->cfg;
+    const BstParams *p = &m->params;
+    const int B = b->n, L = c->seq_len, d = c->embed_dim, H = c->heads;
+    const int key_dim = d, hd = H * key_dim, BL = B * L;
+    const size_t bld = (size_t)BL * d;
+    const int nh = c->n_hidden;
+
+    mse_backward(da->pred, a->pred, b->targets, B);
+
+    /* MLP, last layer first; layer i reads drop[i-1] (or y for i = 0). */
+    linear_backward(nh ? da->drop[nh - 1] : da->y, g->out_w, g->out_b, da->pred,
+                    nh ? a->drop[nh - 1] : a->y, p->out_w, B, nh ? c->hidden[nh - 1] : L * d, 1);
+    for (int i = nh - 1; i >= 0; i--) {
+        const int u = c->hidden[i];
+        const size_t bu = (size_t)B * u;
+        dropout_backward(da->act[i], da->drop[i], a->drop_mask[i], bu);
+        leaky_relu_backward(da->bn[i], da->act[i], a->bn[i], bu, c->leaky_slope);
+        batchnorm_backward(da->h[i], g->bn_g[i], g->bn_b[i], da->bn[i], a->h[i],
+                           a->bn_mean[i], a->bn_var[i], p->bn_g[i], B, u, c->bn_eps);
+        linear_backward(i ? da->drop[i - 1] : da->y, g->mlp_w[i], g->mlp_b[i], da->h[i],
+                        i ? a->drop[i - 1] : a->y, p->mlp_w[i], B,
+                        i ? c->hidden[i - 1] : L * d, u);
+    }
+
+    /* Feed-forward block; x1 feeds both the branch and the residual. */
+    layernorm_backward(da->res2, g->ln2_g, g->ln2_b, da->y, a->res2, a->ln2_mean,
+                       a->ln2_rstd, p->ln2_g, BL, d);
+    dropout_backward(da->ffn, da->res2, a->ffn_mask, bld);
+    linear_backward(da->ffn_in, g->ffn_w, g->ffn_b, da->ffn, a->ffn_in, p->ffn_w, BL, d, d);
+    leaky_relu_backward(da->x1, da->ffn_in, a->x1, bld, c->leaky_slope);
+    add_inplace(da->x1, da->res2, bld);
+
+    /* Attention block. */
+    layernorm_backward(da->res1, g->ln1_g, g->ln1_b, da->x1, a->res1, a->ln1_mean,
+                       a->ln1_rstd, p->ln1_g, BL, d);
+    dropout_backward(da->attn, da->res1, a->attn_mask, bld);
+    linear_backward(da->ctx, g->wo, g->bo, da->attn, a->ctx, p->wo, BL, hd, d);
+    attention_backward(da->qkv, da->probs, da->ctx, a->probs, a->probs_mask, a->qkv,
+                       B, L, H, key_dim);
+    /* x feeds the fused projection and the residual. */
+    linear_backward(da->x, g->wqkv, g->bqkv, da->qkv, a->x, p->wqkv, BL, d, 3 * hd);
+    add_inplace(da->x, da->res1, bld);
+
+    embedding_backward(g->movie_emb, g->pos_emb, da->x, b->movies, b->ratings,
+                       c->n_movies + 1, B, L, d);
+}
+
+/* -------------------------------------------------------------- prediction */
+
+struct BstPredictor {
+    const BstModel *model;
+    BstActs acts;
+};
+
+BstPredictor *bst_predictor_create(const BstModel *m, int32_t max_batch)
+{
+    BstPredictor *p = bst_alloc(sizeof(BstPredictor));
+    if (!p)
+        return NULL;
+    p->model = m;
+    if (bst_acts_alloc(&p->acts, &m->cfg, max_batch, 0) != 0) {
+        bst_free(p);
+        return NULL;
+    }
+    return p;
+}
+
+void bst_predict(BstPredictor *p, const BstBatch *b, float *out)
+{
+    const int L = p->model->cfg.seq_len;
+    for (int32_t start = 0; start < b->n; start += p->acts.max_batch) {
+        int32_t n = b->n - start;
+        if (n > p->acts.max_batch)
+            n = p->acts.max_batch;
+        BstBatch chunk = {
+            .n = n,
+            .movies = b->movies + (size_t)start * L,
+            .ratings = b->ratings + (size_t)start * (L - 1),
+            .targets = NULL,
+        };
+        bst_forward(p->model, &p->acts, &chunk, 0, NULL);
+        memcpy(out + start, p->acts.pred, (size_t)n * sizeof(float));
+    }
+}
+
+void bst_predictor_free(BstPredictor *p)
+{
+    if (!p)
+        return;
+    bst_acts_free(&p->acts);
+    bst_free(p);
+}

@@ -1,0 +1,180 @@
+/*
+ * Behavior Sequence Transformer (Keras example
+ * "movielens_recommendations_transformers"): configuration, parameters,
+ * activations, forward and backward passes, prediction.
+ */
+#ifndef BST_MODEL_H
+#define BST_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "rng.h"
+
+#define BST_MAX_HIDDEN 8
+/* Keeps every tensor (and the serialized model) below PostgreSQL's 1 GB
+ * allocation and varlena limits. */
+#define BST_MAX_PARAMS 200000000
+
+typedef struct BstConfig {
+    int32_t n_movies;     /* vocabulary size; embedding table has n_movies + 1 rows, row 0 = out-of-vocabulary */
+    int32_t embed_dim;    /* d; the caller passes floor(sqrt(n_movies)) by default */
+    int32_t seq_len;      /* L: L-1 history movies + 1 target movie */
+    int32_t heads;        /* 3 */
+    int32_t n_hidden;     /* 2 */
+    int32_t hidden[BST_MAX_HIDDEN]; /* {256, 128} */
+    float   dropout;      /* 0.1, used in attention-prob dropout, block dropouts and MLP dropouts */
+    float   leaky_slope;  /* 0.3 (Keras LeakyReLU default) */
+    float   ln_eps;       /* 1e-3 */
+    float   bn_eps;       /* 1e-3 */
+    float   bn_momentum;  /* 0.99 */
+} BstConfig;
+
+/* Fills the Keras defaults (embed_dim = max(1, floor(sqrt(n_movies)))). */
+void bst_config_default(BstConfig *cfg, int32_t n_movies, int32_t seq_len);
+/* NULL if valid, else a static human-readable message. */
+const char *bst_config_check(const BstConfig *cfg);
+/* Trainable parameter count of a valid config (no allocation needed). */
+size_t bst_config_num_params(const BstConfig *cfg);
+
+/*
+ * Trainable parameters: named tensors pointing into one contiguous slab.
+ * The same struct holds gradients and optimizer state.  movie_emb is always
+ * first in the slab (the trainer relies on it to update the rest densely).
+ * The query, key and value projections are fused into one matrix so that a
+ * single sgemm computes all three (and a single one their input gradient):
+ * wqkv[:, 0:H*dk] is the Keras query kernel (d, H, key_dim) flattened
+ * row-major, then the key and the value kernels; likewise bqkv.  wo is the
+ * output kernel (H, key_dim, d) flattened to [H*key_dim, d].
+ */
+typedef struct BstParams {
+    float *movie_emb;                 /* [n_movies + 1, d] */
+    float *pos_emb;                   /* [L - 1, d] */
+    float *wqkv, *bqkv;               /* [d, 3*H*dk], [3*H*dk] */
+    float *wo, *bo;                   /* [H*dk, d], [d] */
+    float *ln1_g, *ln1_b;             /* [d] */
+    float *ffn_w, *ffn_b;             /* [d, d], [d] */
+    float *ln2_g, *ln2_b;             /* [d] */
+    float *mlp_w[BST_MAX_HIDDEN];     /* [in, hidden[i]], in = L*d or hidden[i-1] */
+    float *mlp_b[BST_MAX_HIDDEN];
+    float *bn_g[BST_MAX_HIDDEN];
+    float *bn_b[BST_MAX_HIDDEN];
+    float *out_w, *out_b;             /* [hidden[last] (or L*d), 1], [1] */
+    float *slab;
+    size_t size;                      /* floats in the slab */
+} BstParams;
+
+/* A view of one named tensor, for code that treats all of them alike
+ * (optimizer, serializer, tests). */
+#define BST_MAX_TENSORS (16 + 4 * BST_MAX_HIDDEN)
+typedef struct BstTensor {
+    char name[16];
+    float *data;
+    size_t size;
+} BstTensor;
+
+/* Fills out[] in slab order; returns the number of tensors. */
+int bst_param_tensors(const BstConfig *cfg, const BstParams *p, BstTensor out[BST_MAX_TENSORS]);
+/* Allocates a zeroed slab shaped for cfg; 0 on success, -1 on allocation failure. */
+int bst_params_alloc(BstParams *p, const BstConfig *cfg);
+void bst_params_free(BstParams *p);
+void bst_zero_grads(BstParams *grads);
+
+/* BatchNorm moving statistics: state, not trained, serialized after the params. */
+typedef struct BstBnStats {
+    float *moving_mean[BST_MAX_HIDDEN];
+    float *moving_var[BST_MAX_HIDDEN];
+    float *slab;
+    size_t size;
+} BstBnStats;
+
+typedef struct BstModel {
+    BstConfig cfg;
+    int32_t *movie_ids;   /* [n_movies], strictly ascending; index = position + 1 */
+    BstParams params;
+    BstBnStats bn;
+} BstModel;
+
+/* NULL on bad config, unsorted vocabulary or allocation failure. */
+BstModel *bst_model_create(const BstConfig *cfg, const int32_t *movie_ids, uint64_t seed);
+/* Parameters zeroed, moving statistics at their initial values, vocabulary
+ * uninitialised: for the deserializer, which fills both.  NULL on bad config
+ * or allocation failure. */
+BstModel *bst_model_alloc(const BstConfig *cfg);
+void bst_model_free(BstModel *m);
+const BstConfig *bst_model_config(const BstModel *m);
+/* Vocabulary index of movie_id (1..n_movies), 0 when out of vocabulary. */
+int32_t bst_model_movie_index(const BstModel *m, int32_t movie_id);
+size_t bst_model_num_params(const BstModel *m);
+
+typedef struct BstBatch {
+    int32_t n;               /* windows */
+    const int32_t *movies;   /* [n * L] vocabulary indices (already mapped) */
+    const float *ratings;    /* [n * (L-1)] */
+    const float *targets;    /* [n]; may be NULL for prediction */
+} BstBatch;
+
+/*
+ * Activations for up to max_batch windows; a second instance allocated with
+ * for_grads = 1 holds the gradients w.r.t. each activation (fields that have
+ * no gradient -- statistics and masks -- are then NULL).  Shapes use
+ * N = max_batch, dk = key_dim = d.
+ */
+typedef struct BstActs {
+    int32_t max_batch;
+    float *x;                         /* [N, L, d] embedded input */
+    float *qkv;                       /* [N, L, 3*H*dk] rows [q | k | v] */
+    float *probs;                     /* [N, H, L, L] softmax (grads: scratch) */
+    float *probs_mask;                /* [N, H, L, L] attention dropout factors */
+    float *ctx;                       /* [N, L, H*dk] */
+    float *attn;                      /* [N, L, d] attention output projection */
+    float *attn_mask;                 /* [N, L, d] */
+    float *res1;                      /* [N, L, d] x + dropout(attn) */
+    float *x1;                        /* [N, L, d] layernorm 1 */
+    float *ln1_mean, *ln1_rstd;       /* [N, L] */
+    float *ffn_in;                    /* [N, L, d] leaky_relu(x1) */
+    float *ffn;                       /* [N, L, d] */
+    float *ffn_mask;                  /* [N, L, d] */
+    float *res2;                      /* [N, L, d] x1 + dropout(ffn) */
+    float *y;                         /* [N, L*d] layernorm 2, flattened */
+    float *ln2_mean, *ln2_rstd;       /* [N, L] */
+    float *h[BST_MAX_HIDDEN];         /* [N, hidden[i]] dense */
+    float *bn_mean[BST_MAX_HIDDEN];   /* [hidden[i]] batch statistics */
+    float *bn_var[BST_MAX_HIDDEN];
+    float *bn[BST_MAX_HIDDEN];        /* [N, hidden[i]] batchnorm */
+    float *act[BST_MAX_HIDDEN];       /* [N, hidden[i]] leaky_relu */
+    float *drop_mask[BST_MAX_HIDDEN];
+    float *drop[BST_MAX_HIDDEN];      /* [N, hidden[i]] dropout, input of the next dense */
+    float *pred;                      /* [N] */
+    float *slab;
+} BstActs;
+
+/* 0 on success, -1 on bad max_batch or allocation failure. */
+int bst_acts_alloc(BstActs *a, const BstConfig *cfg, int32_t max_batch, int for_grads);
+void bst_acts_free(BstActs *a);
+
+/*
+ * Forward pass over b (b->n <= a->max_batch); predictions land in a->pred.
+ * training = 0: inference (no dropout, BatchNorm moving statistics).
+ * training = 1: BatchNorm batch statistics; dropout drawn from rng, or
+ *               disabled when rng is NULL (deterministic, for gradient checks).
+ * Does not update the moving statistics (see bst_update_bn_moving).
+ * Returns the mean squared error if b->targets is set, else 0; NaN (and
+ * nothing computed) unless 1 <= b->n <= a->max_batch.
+ */
+float bst_forward(const BstModel *m, BstActs *a, const BstBatch *b, int training, BstRng *rng);
+/* Moving-statistics update for a training-mode forward held in a. */
+void bst_update_bn_moving(BstModel *m, const BstActs *a);
+/* Backward of the last training-mode forward of the MSE loss: accumulates
+ * into grads (zero them first), using da as gradient buffers. */
+void bst_backward(const BstModel *m, const BstActs *a, BstActs *da, BstParams *grads,
+                  const BstBatch *b);
+
+/* Prediction workspace: activations for up to max_batch windows, inference mode. */
+typedef struct BstPredictor BstPredictor;
+BstPredictor *bst_predictor_create(const BstModel *m, int32_t max_batch);
+/* Any b->n >= 0: larger batches are processed in chunks of max_batch. */
+void bst_predict(BstPredictor *p, const BstBatch *b, float *out /* [n] */);
+void bst_predictor_free(BstPredictor *p);
+
+#endif

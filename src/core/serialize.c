@@ -1,0 +1,201 @@
+#include "serialize.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <zlib.h>
+
+#define HEADER_SIZE 100u
+static const unsigned char MAGIC[4] = {'B', 'S', 'T', 'W'};
+
+/* Explicit byte order so blobs move between hosts unchanged. */
+static void put_u32(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char)v;
+    p[1] = (unsigned char)(v >> 8);
+    p[2] = (unsigned char)(v >> 16);
+    p[3] = (unsigned char)(v >> 24);
+}
+
+static void put_u64(unsigned char *p, uint64_t v)
+{
+    put_u32(p, (uint32_t)v);
+    put_u32(p + 4, (uint32_t)(v >> 32));
+}
+
+static void put_f32(unsigned char *p, float f)
+{
+    uint32_t v;
+    memcpy(&v, &f, sizeof(v));
+    put_u32(p, v);
+}
+
+static uint32_t get_u32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint64_t get_u64(const unsigned char *p)
+{
+    return (uint64_t)get_u32(p) | (uint64_t)get_u32(p + 4) << 32;
+}
+
+static float get_f32(const unsigned char *p)
+{
+    uint32_t v = get_u32(p);
+    float f;
+    memcpy(&f, &v, sizeof(f));
+    return f;
+}
+
+/* CRC-32 over a buffer that may exceed zlib's uInt length. */
+static uint32_t crc32_buf(const unsigned char *p, size_t n)
+{
+    uLong crc = crc32(0L, Z_NULL, 0);
+    while (n > 0) {
+        uInt chunk = n > (1u << 30) ? (1u << 30) : (uInt)n;
+        crc = crc32(crc, p, chunk);
+        p += chunk;
+        n -= chunk;
+    }
+    return (uint32_t)crc;
+}
+
+/* Blob size implied by a (validated) config, computed in 64 bits. */
+static uint64_t blob_size(const BstConfig *c, uint64_t n_params)
+{
+    uint64_t bn = 0;
+    for (int i = 0; i < c->n_hidden; i++)
+        bn += 2 * (uint64_t)c->hidden[i];
+    return HEADER_SIZE + 4 * ((uint64_t)c->n_movies + n_params + bn) + 4;
+}
+
+size_t bst_model_serialized_size(const BstModel *m)
+{
+    return (size_t)blob_size(&m->cfg, m->params.size);
+}
+
+void bst_model_serialize(const BstModel *m, void *buf)
+{
+    const BstConfig *c = &m->cfg;
+    unsigned char *p = buf;
+    size_t total = bst_model_serialized_size(m);
+
+    memset(p, 0, HEADER_SIZE);
+    memcpy(p, MAGIC, 4);
+    put_u32(p + 4, BST_FORMAT_VERSION);
+    put_u32(p + 8, HEADER_SIZE);
+    put_u64(p + 12, total);
+    unsigned char *q = p + 20;
+    put_u32(q, (uint32_t)c->n_movies);
+    put_u32(q + 4, (uint32_t)c->embed_dim);
+    put_u32(q + 8, (uint32_t)c->seq_len);
+    put_u32(q + 12, (uint32_t)c->heads);
+    put_u32(q + 16, (uint32_t)c->n_hidden);
+    for (int i = 0; i < BST_MAX_HIDDEN; i++)
+        put_u32(q + 20 + 4 * i, (uint32_t)(i < c->n_hidden ? c->hidden[i] : 0));
+    q += 20 + 4 * BST_MAX_HIDDEN;
+    put_f32(q, c->dropout);
+    put_f32(q + 4, c->leaky_slope);
+    put_f32(q + 8, c->ln_eps);
+    put_f32(q + 12, c->bn_eps);
+    put_f32(q + 16, c->bn_momentum);
+    put_u64(p + 92, m->params.size);
+
+    q = p + HEADER_SIZE;
+    for (int32_t i = 0; i < c->n_movies; i++, q += 4)
+        put_u32(q, (uint32_t)m->movie_ids[i]);
+    /* The slab is the tensors in bst_param_tensors() order. */
+    for (size_t i = 0; i < m->params.size; i++, q += 4)
+        put_f32(q, m->params.slab[i]);
+    for (size_t i = 0; i < m->bn.size; i++, q += 4)
+        put_f32(q, m->bn.slab[i]);
+    put_u32(q, crc32_buf(p, total - 4));
+}
+
+static BstModel *fail(char *err, size_t errlen, const char *msg)
+{
+    if (err && errlen > 0)
+        snprintf(err, errlen, "%s", msg);
+    return NULL;
+}
+
+BstModel *bst_model_deserialize(const void *buf, size_t len, char *err, size_t errlen)
+{
+    const unsigned char *p = buf;
+    char msg[128];
+
+    if (len < 12)
+        return fail(err, errlen, "truncated");
+    if (memcmp(p, MAGIC, 4) != 0)
+        return fail(err, errlen, "not a bst model (bad magic)");
+    uint32_t version = get_u32(p + 4);
+    if (version != BST_FORMAT_VERSION) {
+        snprintf(msg, sizeof(msg), "unsupported format version %u", (unsigned)version);
+        return fail(err, errlen, msg);
+    }
+    uint32_t header_size = get_u32(p + 8);
+    if (header_size != HEADER_SIZE) {
+        snprintf(msg, sizeof(msg), "inconsistent shapes (header size %u, expected %u)",
+                 (unsigned)header_size, HEADER_SIZE);
+        return fail(err, errlen, msg);
+    }
+    if (len < HEADER_SIZE)
+        return fail(err, errlen, "truncated");
+    /* The recorded size tells truncation apart from corruption, and locates
+     * the checksum without trusting anything else in the header. */
+    uint64_t total = get_u64(p + 12);
+    if (total > len)
+        return fail(err, errlen, "truncated");
+    if (total < (uint64_t)HEADER_SIZE + 4 || total < len) {
+        snprintf(msg, sizeof(msg), "inconsistent shapes (blob is %zu bytes, header says %llu)",
+                 len, (unsigned long long)total);
+        return fail(err, errlen, msg);
+    }
+    if (crc32_buf(p, len - 4) != get_u32(p + len - 4))
+        return fail(err, errlen, "checksum mismatch");
+
+    BstConfig c;
+    memset(&c, 0, sizeof(c));
+    const unsigned char *q = p + 20;
+    c.n_movies = (int32_t)get_u32(q);
+    c.embed_dim = (int32_t)get_u32(q + 4);
+    c.seq_len = (int32_t)get_u32(q + 8);
+    c.heads = (int32_t)get_u32(q + 12);
+    c.n_hidden = (int32_t)get_u32(q + 16);
+    for (int i = 0; i < BST_MAX_HIDDEN; i++)
+        c.hidden[i] = (int32_t)get_u32(q + 20 + 4 * i);
+    q += 20 + 4 * BST_MAX_HIDDEN;
+    c.dropout = get_f32(q);
+    c.leaky_slope = get_f32(q + 4);
+    c.ln_eps = get_f32(q + 8);
+    c.bn_eps = get_f32(q + 12);
+    c.bn_momentum = get_f32(q + 16);
+    const char *bad = bst_config_check(&c);
+    if (bad) {
+        snprintf(msg, sizeof(msg), "invalid config: %s", bad);
+        return fail(err, errlen, msg);
+    }
+    /* The config is bounded now, so these sizes cannot overflow; they are
+     * checked before allocating anything the blob asks for. */
+    uint64_t n_params = get_u64(p + 92);
+    if (n_params != bst_config_num_params(&c) || blob_size(&c, n_params) != len)
+        return fail(err, errlen, "inconsistent shapes (sizes do not match the config)");
+    BstModel *m = bst_model_alloc(&c);
+    if (!m)
+        return fail(err, errlen, "out of memory");
+
+    q = p + HEADER_SIZE;
+    for (int32_t i = 0; i < c.n_movies; i++, q += 4) {
+        m->movie_ids[i] = (int32_t)get_u32(q);
+        if (i > 0 && m->movie_ids[i] <= m->movie_ids[i - 1]) {
+            bst_model_free(m);
+            return fail(err, errlen, "vocabulary not strictly ascending");
+        }
+    }
+    for (size_t i = 0; i < m->params.size; i++, q += 4)
+        m->params.slab[i] = get_f32(q);
+    for (size_t i = 0; i < m->bn.size; i++, q += 4)
+        m->bn.slab[i] = get_f32(q);
+    return m;
+}

@@ -1,0 +1,34 @@
+/*
+ * Mini-batch training of a BstModel: owns gradients, optimizer state,
+ * activations for one batch and the dropout generator, all allocated once.
+ */
+#ifndef BST_TRAINER_H
+#define BST_TRAINER_H
+
+#include "model.h"
+#include "optimizer.h"
+
+typedef struct BstTrainOptions {
+    BstOptimizerKind optimizer;
+    float learning_rate;
+    int32_t batch_size;
+    uint64_t seed;           /* dropout masks */
+} BstTrainOptions;
+
+/* Keras example defaults: Adagrad, learning rate 0.01, batch size 265. */
+void bst_train_options_default(BstTrainOptions *o);
+/* NULL if valid, else a static human-readable message. */
+const char *bst_train_options_check(const BstTrainOptions *o);
+
+typedef struct BstTrainer BstTrainer;
+/* NULL on invalid options or allocation failure.  The model must outlive the trainer. */
+BstTrainer *bst_trainer_create(BstModel *m, const BstTrainOptions *o);
+/*
+ * One forward + backward + update on b (1 <= b->n <= batch_size, targets set).
+ * Returns the batch's mean squared error before the update (NaN if b is
+ * invalid); adds sum |pred - target| to *abs_err_sum if not NULL.
+ */
+float bst_train_step(BstTrainer *t, const BstBatch *b, double *abs_err_sum);
+void bst_trainer_free(BstTrainer *t);
+
+#endif

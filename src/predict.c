@@ -1,0 +1,232 @@
+/*
+ * predict.c
+ *	  bst_predict() for a user and a movie or for an explicit window, and
+ *	  bst_evaluate() over a query of windows.
+ *
+ * A statement resolves the model name once (the first call stores the
+ * resolved model_id in fn_extra) and every later row only looks the model up
+ * in the backend's cache, so scoring a table costs one forward pass a row.
+ * The next statement resolves the name again, which is how a newly trained
+ * version is noticed.
+ */
+#include "postgres.h"
+
+#include <math.h>
+
+#include "access/htup_details.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+
+#include "bst.h"
+
+PG_FUNCTION_INFO_V1(bst_predict_window);
+PG_FUNCTION_INFO_V1(bst_predict_user);
+PG_FUNCTION_INFO_V1(bst_evaluate);
+
+/* What a call site remembers between rows of one statement. */
+typedef struct CallModel
+{
+	char	   *name;			/* as the caller gave it; "" for the default */
+	int64		model_id;
+	TransactionId xmin;
+} CallModel;
+
+static BstStoredModel *
+model_for_call(FunctionCallInfo fcinfo, const char *name)
+{
+	CallModel  *call = fcinfo->flinfo->fn_extra;
+	BstStoredModel *entry;
+
+	if (call && strcmp(call->name, name) == 0 &&
+		(entry = bst_model_find(call->model_id, call->xmin)) != NULL)
+		return entry;
+
+	entry = bst_model_get(fcinfo, name);
+	if (call == NULL)
+		call = fcinfo->flinfo->fn_extra =
+			MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(CallModel));
+	else
+		pfree(call->name);
+	call->name = MemoryContextStrdup(fcinfo->flinfo->fn_mcxt, name);
+	call->model_id = entry->model_id;
+	call->xmin = entry->xmin;
+	return entry;
+}
+
+static float
+predict_one(BstStoredModel *entry, const int32 *movie_ids, const float *ratings)
+{
+	const BstConfig *cfg = bst_model_config(entry->model);
+	int32		movies[BST_MAX_SEQ_LEN];
+	BstBatch	batch;
+	float		out;
+
+	for (int i = 0; i < cfg->seq_len; i++)
+		movies[i] = bst_model_movie_index(entry->model, movie_ids[i]);
+	batch.n = 1;
+	batch.movies = movies;
+	batch.ratings = ratings;
+	batch.targets = NULL;
+	bst_predict(entry->predictor, &batch, &out);
+	return out;
+}
+
+/*
+ * bst_predict(model, movie_ids, ratings): the window's history is every
+ * element but the last; the last movie is the target, and its rating (when
+ * given, as in a row of bst_sequences) is ignored.
+ */
+Datum
+bst_predict_window(PG_FUNCTION_ARGS)
+{
+	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	ArrayType  *movies = PG_GETARG_ARRAYTYPE_P(1);
+	ArrayType  *ratings = PG_GETARG_ARRAYTYPE_P(2);
+	BstStoredModel *entry = model_for_call(fcinfo, name);
+	int			L = bst_model_config(entry->model)->seq_len;
+	int			n_movies = ArrayGetNItems(ARR_NDIM(movies), ARR_DIMS(movies));
+	int			n_ratings = ArrayGetNItems(ARR_NDIM(ratings), ARR_DIMS(ratings));
+	float	   *rating_values;
+
+	if (ARR_NDIM(movies) > 1 || ARR_NDIM(ratings) > 1 ||
+		array_contains_nulls(movies) || array_contains_nulls(ratings))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("movie_ids and ratings must be one-dimensional arrays without NULLs")));
+	if (n_movies != L || (n_ratings != L && n_ratings != L - 1))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("model \"%s\" takes windows of %d movie ids and %d or %d ratings, not %d and %d",
+						entry->name, L, L - 1, L, n_movies, n_ratings),
+				 errdetail("The last movie is the target; its rating, if given, is ignored.")));
+	rating_values = (float *) ARR_DATA_PTR(ratings);
+	for (int i = 0; i < L - 1; i++)
+		if (!isfinite(rating_values[i]))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("ratings must not be NaN or infinite")));
+
+	PG_RETURN_FLOAT4(predict_one(entry, (int32 *) ARR_DATA_PTR(movies), rating_values));
+}
+
+/*
+ * bst_predict(user_id, movie_id): the rating the user would give the movie
+ * now, from the user's latest seq_len - 1 ratings in the model's history
+ * relation (one index lookup).  A user with fewer ratings than that gets
+ * the mean rating of the model's training windows.
+ */
+Datum
+bst_predict_user(PG_FUNCTION_ARGS)
+{
+	int32		user_id = PG_GETARG_INT32(0);
+	int32		movie_id = PG_GETARG_INT32(1);
+	BstStoredModel *entry = model_for_call(fcinfo, "");
+	int			L = bst_model_config(entry->model)->seq_len;
+	int32		movies[BST_MAX_SEQ_LEN];
+	float		ratings[BST_MAX_SEQ_LEN];
+	Datum		arg[1] = {Int32GetDatum(user_id)};
+	uint64		found;
+
+	if (entry->history == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("model \"%s\" was trained without a history relation", entry->name),
+				 errhint("Use bst_predict(model, movie_ids, ratings), or train with history => 'ratings'.")));
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (entry->history_plan == NULL)
+	{
+		Oid			argtype[1] = {INT4OID};
+		char	   *sql = psprintf("SELECT movie_id::int4, rating::float4 FROM %s "
+								   "WHERE user_id = $1 "
+								   "ORDER BY unix_timestamp DESC, movie_id DESC LIMIT %d",
+								   entry->history, L - 1);
+		SPIPlanPtr	plan = SPI_prepare(sql, 1, argtype);
+
+		if (plan == NULL)
+			elog(ERROR, "could not prepare the history query of model \"%s\": %s",
+				 entry->name, SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		entry->history_plan = plan;
+	}
+	SPI_execute_plan(entry->history_plan, arg, NULL, true, L - 1);
+	found = SPI_processed;
+	/* Newest first from the index; the model wants oldest first. */
+	for (uint64 i = 0; i < found; i++)
+	{
+		HeapTuple	row = SPI_tuptable->vals[i];
+		bool		null_movie;
+		bool		null_rating;
+		int			pos = L - 2 - i;
+
+		movies[pos] = DatumGetInt32(SPI_getbinval(row, SPI_tuptable->tupdesc, 1, &null_movie));
+		ratings[pos] = DatumGetFloat4(SPI_getbinval(row, SPI_tuptable->tupdesc, 2, &null_rating));
+		if (null_movie || null_rating || !isfinite(ratings[pos]))
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("history of user %d in %s has a NULL movie id or a NULL or NaN rating",
+							user_id, entry->history)));
+	}
+	SPI_finish();
+
+	if (found < (uint64) (L - 1))
+		PG_RETURN_FLOAT4(entry->fallback_rating);
+	movies[L - 1] = movie_id;
+	PG_RETURN_FLOAT4(predict_one(entry, movies, ratings));
+}
+
+/* bst_evaluate(model, query): error of the model on the query's windows. */
+Datum
+bst_evaluate(PG_FUNCTION_ARGS)
+{
+	BstStoredModel *entry;
+	BstDataset	ds;
+	int			L;
+	float	   *pred;
+	double		abs_sum = 0;
+	double		sq_sum = 0;
+	TupleDesc	desc;
+	Datum		values[3];
+	bool		nulls[3] = {0};
+
+	bst_arg_not_null(fcinfo, 0, "model");
+	bst_arg_not_null(fcinfo, 1, "query");
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "bst_evaluate must return a record");
+
+	entry = bst_model_get(fcinfo, text_to_cstring(PG_GETARG_TEXT_PP(0)));
+	L = bst_model_config(entry->model)->seq_len;
+	bst_dataset_read(&ds, text_to_cstring(PG_GETARG_TEXT_PP(1)), L, "evaluation");
+	bst_dataset_map(&ds, entry->model);
+
+	pred = palloc_extended(ds.n * sizeof(float), MCXT_ALLOC_HUGE);
+	for (int64 first = 0; first < ds.n; first += 4096)
+	{
+		BstBatch	batch;
+
+		CHECK_FOR_INTERRUPTS();
+		batch.n = (int32) Min((int64) 4096, ds.n - first);
+		batch.movies = ds.movies + first * L;
+		batch.ratings = ds.ratings + first * (L - 1);
+		batch.targets = NULL;
+		bst_predict(entry->predictor, &batch, pred + first);
+	}
+	for (int64 i = 0; i < ds.n; i++)
+	{
+		double		err = (double) pred[i] - ds.targets[i];
+
+		abs_sum += fabs(err);
+		sq_sum += err * err;
+	}
+
+	values[0] = Int64GetDatum(ds.n);
+	values[1] = Float8GetDatum(abs_sum / ds.n);
+	values[2] = Float8GetDatum(sqrt(sq_sum / ds.n));
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), values, nulls)));
+}

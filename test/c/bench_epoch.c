@@ -1,0 +1,122 @@
+/*
+ * Training/prediction throughput at the MovieLens-1M shape of the Keras
+ * example: 3883 movies (d = 62), windows of 4, 3 heads, MLP {256, 128},
+ * batch 265, ~424k training windows.
+ *
+ *   ./bench_epoch [threads...] [adam]     default: 1 2
+ */
+#define _POSIX_C_SOURCE 199309L
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "model.h"
+#include "trainer.h"
+#include "test_util.h"
+
+enum { N_MOVIES = 3883, L = 4, N_WINDOWS = 424000, BATCH = 265 };
+/* Forward + backward floating-point work per window, dominated by the
+ * projections and the first MLP layer. */
+#define FLOP_PER_WINDOW 1.8e6
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+int main(int argc, char **argv)
+{
+    int threads[8], n_threads = 0;
+    BstOptimizerKind kind = BST_OPT_ADAGRAD;
+    for (int i = 1; i < argc && n_threads < 8; i++) {
+        if (strcmp(argv[i], "adam") == 0)
+            kind = BST_OPT_ADAM;
+        else
+            threads[n_threads++] = atoi(argv[i]);
+    }
+    if (n_threads == 0) {
+        threads[0] = 1;
+        threads[1] = 2;
+        n_threads = 2;
+    }
+
+    /* Zipf(1) popularity, as movie ratings roughly are. */
+    BstRng rng;
+    bst_rng_seed(&rng, 1);
+    double *cdf = malloc(N_MOVIES * sizeof(double)), total = 0.0;
+    for (int i = 0; i < N_MOVIES; i++)
+        cdf[i] = (total += 1.0 / (i + 1));
+    int32_t *movies = malloc((size_t)N_WINDOWS * L * sizeof(int32_t));
+    float *ratings = new_floats((size_t)N_WINDOWS * (L - 1)), *targets = new_floats(N_WINDOWS);
+    for (size_t i = 0; i < (size_t)N_WINDOWS * L; i++) {
+        double u = bst_rng_uniform(&rng) * total;
+        int lo = 0, hi = N_MOVIES - 1;
+        while (lo < hi) {
+            int mid = (lo + hi) / 2;
+            if (cdf[mid] < u)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        movies[i] = lo + 1;
+    }
+    for (size_t i = 0; i < (size_t)N_WINDOWS * (L - 1); i++)
+        ratings[i] = (float)(1 + bst_rng_next(&rng) % 5);
+    for (size_t i = 0; i < N_WINDOWS; i++)
+        targets[i] = (float)(1 + bst_rng_next(&rng) % 5);
+    int32_t *ids = malloc(N_MOVIES * sizeof(int32_t));
+    for (int i = 0; i < N_MOVIES; i++)
+        ids[i] = i + 1;
+
+    BstConfig cfg;
+    bst_config_default(&cfg, N_MOVIES, L);
+    printf("bench: %d windows, n_movies %d, d %d, L %d, heads %d, hidden {%d,%d}, batch %d, %s\n",
+           N_WINDOWS, cfg.n_movies, cfg.embed_dim, L, cfg.heads, cfg.hidden[0], cfg.hidden[1],
+           BATCH, kind == BST_OPT_ADAM ? "adam" : "adagrad");
+
+    for (int ti = 0; ti < n_threads; ti++) {
+        openblas_set_num_threads(threads[ti]);
+        BstModel *m = bst_model_create(&cfg, ids, 42);
+        BstTrainOptions o = {kind, 0.01f, BATCH, 42};
+        BstTrainer *t = bst_trainer_create(m, &o);
+        if (!m || !t) {
+            fprintf(stderr, "allocation failed\n");
+            return 1;
+        }
+        double t0 = now(), loss = 0.0, abs_err = 0.0;
+        int steps = 0;
+        for (int32_t s = 0; s < N_WINDOWS; s += BATCH, steps++) {
+            int32_t n = N_WINDOWS - s < BATCH ? N_WINDOWS - s : BATCH;
+            BstBatch b = {n, movies + (size_t)s * L, ratings + (size_t)s * (L - 1), targets + s};
+            loss += bst_train_step(t, &b, &abs_err);
+        }
+        double train_s = now() - t0;
+
+        BstPredictor *p = bst_predictor_create(m, BATCH);
+        float *out = new_floats(N_WINDOWS);
+        BstBatch all = {N_WINDOWS, movies, ratings, NULL};
+        t0 = now();
+        bst_predict(p, &all, out);
+        double pred_s = now() - t0;
+
+        printf("threads %d: epoch %.2f s, %.0f windows/s, %.1f GFLOP/s (loss %.3f, mae %.3f); "
+               "predict %.2f s, %.0f windows/s\n",
+               threads[ti], train_s, N_WINDOWS / train_s, N_WINDOWS * FLOP_PER_WINDOW / train_s * 1e-9,
+               loss / steps, abs_err / N_WINDOWS, pred_s, N_WINDOWS / pred_s);
+        free(out);
+        bst_predictor_free(p);
+        bst_trainer_free(t);
+        bst_model_free(m);
+    }
+    free(cdf);
+    free(movies);
+    free(ratings);
+    free(targets);
+    free(ids);
+    return 0;
+}

@@ -1,0 +1,400 @@
+/*
+ * Training, determinism, serialization and robustness tests of the core.
+ */
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+
+#include "bst_alloc.h"
+#include "model.h"
+#include "serialize.h"
+#include "trainer.h"
+#include "test_util.h"
+
+enum { N_MOVIES = 30, L = 4, N_TRAIN = 3000, N_EVAL = 1000, BATCH = 32 };
+
+typedef struct Data {
+    int32_t n;
+    int32_t *movies;
+    float *ratings, *targets;
+} Data;
+
+/*
+ * A learnable rule: each movie has a hidden score; the rating of the target
+ * movie mixes its score with the user's mean history rating.  The model has
+ * to learn the score table through the embedding and read the ratings
+ * through the rating-scaled history embeddings.
+ */
+static Data make_data(int32_t n, const float *score, BstRng *rng)
+{
+    Data d = {n, malloc((size_t)n * L * sizeof(int32_t)), new_floats((size_t)n * (L - 1)),
+              new_floats((size_t)n)};
+    for (int32_t w = 0; w < n; w++) {
+        float mean = 0.0f;
+        for (int i = 0; i < L; i++)
+            d.movies[w * L + i] = 1 + (int32_t)(bst_rng_next(rng) % N_MOVIES);
+        for (int i = 0; i < L - 1; i++) {
+            float r = (float)(1 + bst_rng_next(rng) % 5);
+            d.ratings[w * (L - 1) + i] = r;
+            mean += r / (L - 1);
+        }
+        d.targets[w] = 0.7f * score[d.movies[w * L + L - 1]] + 0.3f * mean;
+    }
+    return d;
+}
+
+static void free_data(Data *d)
+{
+    free(d->movies);
+    free(d->ratings);
+    free(d->targets);
+}
+
+static BstBatch slice(const Data *d, int32_t start, int32_t n)
+{
+    BstBatch b = {n, d->movies + (size_t)start * L, d->ratings + (size_t)start * (L - 1),
+                  d->targets + start};
+    return b;
+}
+
+static void tiny_config(BstConfig *cfg)
+{
+    bst_config_default(cfg, N_MOVIES, L);
+    cfg->heads = 2;
+    cfg->hidden[0] = 16;
+    cfg->hidden[1] = 8;
+}
+
+static int32_t g_ids[N_MOVIES];
+
+static double eval_mse(const BstModel *m, const Data *d)
+{
+    BstPredictor *p = bst_predictor_create(m, 100);
+    float *out = new_floats((size_t)d->n);
+    BstBatch b = {d->n, d->movies, d->ratings, NULL};
+    bst_predict(p, &b, out);
+    double s = 0.0;
+    for (int32_t i = 0; i < d->n; i++)
+        s += ((double)out[i] - d->targets[i]) * ((double)out[i] - d->targets[i]);
+    free(out);
+    bst_predictor_free(p);
+    return s / d->n;
+}
+
+static void train_epochs(BstTrainer *t, const Data *d, int epochs)
+{
+    for (int e = 0; e < epochs; e++)
+        for (int32_t s = 0; s < d->n; s += BATCH) {
+            BstBatch b = slice(d, s, d->n - s < BATCH ? d->n - s : BATCH);
+            bst_train_step(t, &b, NULL);
+        }
+}
+
+/* (a), (e): both optimizers learn the rule. */
+static void test_learns(BstOptimizerKind kind, const char *name, float lr, const Data *train,
+                        const Data *eval)
+{
+    BstConfig cfg;
+    tiny_config(&cfg);
+    BstModel *m = bst_model_create(&cfg, g_ids, 1);
+    BstTrainOptions o = {kind, lr, BATCH, 5};
+    BstTrainer *t = bst_trainer_create(m, &o);
+    CHECK(m && t, "%s: create", name);
+    if (!m || !t)
+        return;
+    double mean = 0.0, var = 0.0;
+    for (int32_t i = 0; i < train->n; i++)
+        mean += train->targets[i] / train->n;
+    for (int32_t i = 0; i < eval->n; i++)
+        var += (eval->targets[i] - mean) * (eval->targets[i] - mean) / eval->n;
+    double before = eval_mse(m, eval);
+    train_epochs(t, train, 30);
+    double after = eval_mse(m, eval);
+    printf("  %s: eval MSE %.4f -> %.4f (predicting the mean: %.4f)\n", name, before, after, var);
+    CHECK(after < 0.5 * before, "%s: loss %.4f not under half of initial %.4f", name, after, before);
+    CHECK(after < 0.5 * var, "%s: loss %.4f not under half of the mean predictor's %.4f", name,
+          after, var);
+    bst_trainer_free(t);
+    bst_model_free(m);
+}
+
+static unsigned char *train_and_serialize(const Data *train, uint64_t seed, size_t *len)
+{
+    BstConfig cfg;
+    tiny_config(&cfg);
+    BstModel *m = bst_model_create(&cfg, g_ids, seed);
+    BstTrainOptions o = {BST_OPT_ADAGRAD, 0.05f, BATCH, seed};
+    BstTrainer *t = bst_trainer_create(m, &o);
+    train_epochs(t, train, 2);
+    *len = bst_model_serialized_size(m);
+    unsigned char *buf = malloc(*len);
+    bst_model_serialize(m, buf);
+    bst_trainer_free(t);
+    bst_model_free(m);
+    return buf;
+}
+
+/* (b) */
+static void test_determinism(const Data *train)
+{
+    size_t l1, l2;
+    unsigned char *a = train_and_serialize(train, 99, &l1);
+    unsigned char *b = train_and_serialize(train, 99, &l2);
+    unsigned char *c = train_and_serialize(train, 100, &l2);
+    CHECK(l1 == l2 && memcmp(a, b, l1) == 0, "same seed gave different weights");
+    CHECK(memcmp(a, c, l1) != 0, "different seeds gave identical weights");
+    free(a);
+    free(b);
+    free(c);
+}
+
+static void expect_reject(const unsigned char *buf, size_t len, const char *want, const char *what)
+{
+    char err[128] = "";
+    BstModel *m = bst_model_deserialize(buf, len, err, sizeof(err));
+    CHECK(m == NULL && strncmp(err, want, strlen(want)) == 0,
+          "%s: expected \"%s\", got %s \"%s\"", what, want, m ? "a model and" : "", err);
+    bst_model_free(m);
+}
+
+/* Rewrites the trailing CRC so a deliberately edited blob gets past it. */
+static void fix_crc(unsigned char *buf, size_t len)
+{
+    uint32_t crc = (uint32_t)crc32(0L, buf, (uInt)(len - 4));
+    for (int i = 0; i < 4; i++)
+        buf[len - 4 + i] = (unsigned char)(crc >> (8 * i));
+}
+
+/* (c), (d) */
+static void test_serialization(const Data *train, const Data *eval)
+{
+    size_t len;
+    unsigned char *blob = train_and_serialize(train, 7, &len);
+    char err[128] = "";
+    BstModel *m = bst_model_deserialize(blob, len, err, sizeof(err));
+    CHECK(m != NULL, "deserialize failed: %s", err);
+    if (!m)
+        return;
+    unsigned char *again = malloc(len);
+    bst_model_serialize(m, again);
+    CHECK(bst_model_serialized_size(m) == len && memcmp(blob, again, len) == 0,
+          "serialize(deserialize(x)) != x");
+    free(again);
+
+    /* Identical predictions from the reloaded model. */
+    BstModel *m2 = bst_model_deserialize(blob, len, err, sizeof(err));
+    BstModel *orig = NULL;
+    {
+        BstConfig cfg;
+        tiny_config(&cfg);
+        /* Re-train the same seed to get the original in-memory model. */
+        orig = bst_model_create(&cfg, g_ids, 7);
+        BstTrainOptions o = {BST_OPT_ADAGRAD, 0.05f, BATCH, 7};
+        BstTrainer *t = bst_trainer_create(orig, &o);
+        train_epochs(t, train, 2);
+        bst_trainer_free(t);
+    }
+    size_t n = (size_t)eval->n;
+    float *p0 = new_floats(n), *p1 = new_floats(n), *p2 = new_floats(n);
+    BstPredictor *pr0 = bst_predictor_create(orig, 64), *pr1 = bst_predictor_create(m, 64);
+    BstPredictor *pr2 = bst_predictor_create(m2, 1000);
+    BstBatch b = {eval->n, eval->movies, eval->ratings, NULL};
+    bst_predict(pr0, &b, p0);
+    bst_predict(pr1, &b, p1);
+    bst_predict(pr2, &b, p2);
+    CHECK(memcmp(p0, p1, n * sizeof(float)) == 0, "reloaded model predicts differently");
+    /* Chunking only changes BLAS blocking, hence rounding, never the result. */
+    double worst = 0.0;
+    for (size_t i = 0; i < n; i++)
+        worst = fmax(worst, fabs((double)p1[i] - p2[i]));
+    CHECK(worst < 1e-4, "chunked prediction differs by %g", worst);
+    bst_predictor_free(pr0);
+    bst_model_free(orig);
+    free(p0);
+
+    /* (d) out-of-vocabulary: index 0 and out-of-range indices both read row 0. */
+    CHECK(bst_model_movie_index(m, g_ids[0]) == 1 && bst_model_movie_index(m, g_ids[N_MOVIES - 1]) == N_MOVIES,
+          "movie_index of known ids");
+    CHECK(bst_model_movie_index(m, g_ids[0] - 1) == 0 && bst_model_movie_index(m, g_ids[3] + 1) == 0 &&
+          bst_model_movie_index(m, 1 << 30) == 0, "movie_index of unknown ids");
+    int32_t oov[2 * L] = {0, 0, 0, 0, N_MOVIES + 5, -7, 0, 1 << 30};
+    float oov_r[2 * (L - 1)] = {1, 2, 3, 1, 2, 3};
+    float oov_p[2];
+    BstBatch ob = {2, oov, oov_r, NULL};
+    bst_predict(pr1, &ob, oov_p);
+    CHECK(isfinite(oov_p[0]) && isfinite(oov_p[1]) && oov_p[0] == oov_p[1],
+          "OOV predictions %g %g (should be finite and equal)", oov_p[0], oov_p[1]);
+    bst_predictor_free(pr1);
+    bst_predictor_free(pr2);
+    free(p1);
+    free(p2);
+    bst_model_free(m);
+    bst_model_free(m2);
+
+    /* Truncation at every length, through a copy of exactly that size so that
+     * valgrind sees any read past it. */
+    int trunc_ok = 1;
+    for (size_t n = 0; n < len; n++) {
+        unsigned char *cut = malloc(n ? n : 1);
+        memcpy(cut, blob, n);
+        err[0] = 0;
+        BstModel *bad = bst_model_deserialize(cut, n, err, sizeof(err));
+        if (bad || strcmp(err, "truncated") != 0) {
+            trunc_ok = 0;
+            fprintf(stderr, "length %zu: \"%s\"\n", n, err);
+        }
+        bst_model_free(bad);
+        free(cut);
+    }
+    CHECK(trunc_ok, "every truncated length is rejected as \"truncated\"");
+
+    unsigned char *x = malloc(len + 1);
+    /* A flipped bit anywhere after the fixed header fields. */
+    size_t positions[] = {20, 24, 60, 100, 101, len / 2, len - 5, len - 1};
+    for (size_t i = 0; i < sizeof(positions) / sizeof(positions[0]); i++) {
+        memcpy(x, blob, len);
+        x[positions[i]] ^= 0x10;
+        char what[64];
+        snprintf(what, sizeof(what), "flipped byte at %zu", positions[i]);
+        expect_reject(x, len, "checksum mismatch", what);
+    }
+    memcpy(x, blob, len);
+    x[0] = 'X';
+    expect_reject(x, len, "not a bst model (bad magic)", "bad magic");
+    memcpy(x, blob, len);
+    x[4] = 2;
+    expect_reject(x, len, "unsupported format version 2", "version 2");
+    memcpy(x, blob, len);
+    x[len] = 0;
+    expect_reject(x, len + 1, "inconsistent shapes", "trailing byte");
+    /* Edits with a valid checksum must still be caught by validation. */
+    memcpy(x, blob, len);
+    x[32] = 0;  /* heads = 0 */
+    fix_crc(x, len);
+    expect_reject(x, len, "invalid config: heads must be between 1 and 64", "heads 0");
+    memcpy(x, blob, len);
+    x[36] = 1;  /* n_hidden 2 -> 1: sizes no longer add up */
+    fix_crc(x, len);
+    expect_reject(x, len, "inconsistent shapes", "n_hidden changed");
+    memcpy(x, blob, len);
+    memcpy(x + 104, x + 100, 4);  /* vocabulary[1] = vocabulary[0] */
+    fix_crc(x, len);
+    expect_reject(x, len, "vocabulary not strictly ascending", "duplicate movie id");
+    free(x);
+    free(blob);
+}
+
+static void test_config_check(void)
+{
+    BstConfig cfg;
+    bst_config_default(&cfg, 3883, 4);
+    CHECK(cfg.embed_dim == 62 && bst_config_check(&cfg) == NULL, "default config for MovieLens-1M");
+    bst_config_default(&cfg, 1, 2);
+    CHECK(cfg.embed_dim == 1 && bst_config_check(&cfg) == NULL, "smallest config");
+    bst_config_default(&cfg, 100, 4);
+    cfg.heads = 65;
+    CHECK(bst_config_check(&cfg) && strcmp(bst_config_check(&cfg), "heads must be between 1 and 64") == 0, "heads 65");
+    bst_config_default(&cfg, 100, 4);
+    cfg.dropout = NAN;
+    CHECK(bst_config_check(&cfg) != NULL, "dropout NaN");
+    bst_config_default(&cfg, 100, 4);
+    cfg.dropout = 1.0f;
+    CHECK(bst_config_check(&cfg) != NULL, "dropout 1");
+    bst_config_default(&cfg, 100, 1);
+    CHECK(bst_config_check(&cfg) != NULL, "seq_len 1");
+    bst_config_default(&cfg, 0, 4);
+    CHECK(bst_config_check(&cfg) != NULL, "n_movies 0");
+    bst_config_default(&cfg, 100, 4);
+    cfg.n_hidden = 9;
+    CHECK(bst_config_check(&cfg) != NULL, "n_hidden 9");
+    bst_config_default(&cfg, 100, 4);
+    cfg.hidden[1] = 0;
+    CHECK(bst_config_check(&cfg) != NULL, "hidden 0");
+    bst_config_default(&cfg, 100, 4);
+    cfg.bn_eps = 0.0f;
+    CHECK(bst_config_check(&cfg) != NULL, "bn_eps 0");
+    bst_config_default(&cfg, 2000000000, 1024);
+    CHECK(bst_config_check(&cfg) != NULL, "huge model rejected");
+    int32_t unsorted[3] = {1, 3, 2};
+    bst_config_default(&cfg, 3, 4);
+    CHECK(bst_model_create(&cfg, unsorted, 1) == NULL, "unsorted vocabulary rejected");
+}
+
+/* Counting allocator that can be told to fail after a number of calls. */
+static long g_allocs, g_fail_after = -1;
+static void *counting_alloc(size_t n)
+{
+    if (g_fail_after >= 0 && g_allocs >= g_fail_after)
+        return NULL;
+    g_allocs++;
+    return malloc(n);
+}
+
+/* The per-batch path must not allocate; every allocation failure must
+ * surface as NULL, not a crash. */
+static void test_allocator(const Data *train)
+{
+    BstConfig cfg;
+    tiny_config(&cfg);
+    bst_set_allocator(counting_alloc, free);
+    g_allocs = 0;
+    BstModel *m = bst_model_create(&cfg, g_ids, 3);
+    BstTrainOptions o = {BST_OPT_ADAM, 0.01f, BATCH, 3};
+    BstTrainer *t = bst_trainer_create(m, &o);
+    BstPredictor *p = bst_predictor_create(m, BATCH);
+    long setup = g_allocs;
+    train_epochs(t, train, 1);
+    float out[BATCH];
+    BstBatch b = slice(train, 0, BATCH);
+    bst_predict(p, &b, out);
+    CHECK(g_allocs == setup, "%ld allocations in the training/prediction loop", g_allocs - setup);
+    bst_predictor_free(p);
+    bst_trainer_free(t);
+    bst_model_free(m);
+
+    int ok = 1;
+    for (long k = 0; k < setup; k++) {
+        g_allocs = 0;
+        g_fail_after = k;
+        m = bst_model_create(&cfg, g_ids, 3);
+        t = m ? bst_trainer_create(m, &o) : NULL;
+        p = t ? bst_predictor_create(m, BATCH) : NULL;
+        if (p)
+            ok = 0;  /* some allocation should have failed */
+        bst_predictor_free(p);
+        bst_trainer_free(t);
+        bst_model_free(m);
+    }
+    g_fail_after = -1;
+    CHECK(ok, "allocation failures are reported as NULL");
+    bst_set_allocator(NULL, NULL);
+}
+
+int main(void)
+{
+    openblas_set_num_threads(1);
+    BstRng rng;
+    bst_rng_seed(&rng, 77);
+    float score[N_MOVIES + 1];
+    for (int i = 0; i < N_MOVIES; i++) {
+        g_ids[i] = 10 + 3 * i;
+        score[i + 1] = 1.0f + 4.0f * bst_rng_uniform(&rng);
+    }
+    score[0] = 3.0f;
+    Data train = make_data(N_TRAIN, score, &rng);
+    Data eval = make_data(N_EVAL, score, &rng);
+
+    test_config_check();
+    test_learns(BST_OPT_ADAGRAD, "adagrad", 0.05f, &train, &eval);
+    test_learns(BST_OPT_ADAM, "adam", 0.003f, &train, &eval);
+    test_determinism(&train);
+    test_serialization(&train, &eval);
+    test_allocator(&train);
+
+    free_data(&train);
+    free_data(&eval);
+    return test_summary("test_train");
+}

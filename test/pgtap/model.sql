@@ -1,0 +1,95 @@
+-- Properties of training and prediction on generated data.
+BEGIN;
+SELECT plan(13);
+SET client_min_messages = warning;
+DELETE FROM bst_models;  -- rolled back at the end
+
+-- 80 movies with a hidden quality; 120 users, each with a bias; a rating is
+-- quality + bias, clipped to 1..5: learnable from the windows.
+CREATE TEMP TABLE movies (movie_id int PRIMARY KEY, title text, genres text[]);
+INSERT INTO movies SELECT m, 'movie ' || m, '{}' FROM generate_series(1, 80) m;
+CREATE TEMP TABLE ratings (user_id int, movie_id int, rating real, unix_timestamp bigint);
+INSERT INTO ratings
+SELECT u, m, greatest(1, least(5, 1 + m % 5 + (u % 3) - 1)), 1000 * u + k
+FROM generate_series(1, 120) u, generate_series(1, 40) k,
+     LATERAL (SELECT 1 + (u * 17 + k * 29) % 80 AS m) mm;
+CREATE INDEX ON ratings (user_id, unix_timestamp, movie_id) INCLUDE (rating);
+CREATE TEMP TABLE windows AS
+  SELECT *, bst_holdout(user_id, movie_ids[cardinality(movie_ids)]) AS held_out
+  FROM bst_sequences('ratings');
+
+-- Training learns: far better than an untrained model and than the mean.
+SELECT bst_train('learned', 'SELECT movie_ids, ratings FROM windows', epochs => 10, batch_size => 32, hidden => '{32,16}',
+                 history => 'pg_temp.ratings', vocabulary => 'SELECT movie_id FROM pg_temp.movies');
+SELECT bst_train('untrained', 'SELECT movie_ids, ratings FROM windows', epochs => 1, hidden => '{32,16}',
+                 learning_rate => 1e-9, history => 'pg_temp.ratings', vocabulary => 'SELECT movie_id FROM pg_temp.movies');
+CREATE TEMP TABLE mean_mae AS
+  SELECT avg(abs(ratings[4] - (SELECT avg(ratings[4]) FROM windows))) AS mae FROM windows;
+SELECT cmp_ok((SELECT mae FROM bst_evaluate('learned', 'SELECT movie_ids, ratings FROM windows')),
+              '<', (SELECT mae / 2 FROM mean_mae),
+              'trained model has under half the MAE of predicting the mean');
+SELECT cmp_ok((SELECT mae FROM bst_evaluate('learned', 'SELECT movie_ids, ratings FROM windows')),
+              '<', (SELECT mae / 2 FROM bst_evaluate('untrained', 'SELECT movie_ids, ratings FROM windows')),
+              'trained model has under half the MAE of an untrained one');
+SELECT cmp_ok((SELECT (metrics->'epochs'->-1->>'loss')::float8 FROM bst_models WHERE name = 'learned'),
+              '<', (SELECT (metrics->'epochs'->0->>'loss')::float8 / 2 FROM bst_models WHERE name = 'learned'),
+              'training loss of the last epoch is under half that of the first');
+
+-- bst_evaluate agrees with bst_predict row by row.
+SELECT ok(abs((SELECT mae FROM bst_evaluate('learned', 'SELECT movie_ids, ratings FROM windows WHERE held_out'))
+              - (SELECT avg(abs(bst_predict('learned', movie_ids, ratings) - ratings[4])) FROM windows WHERE held_out)) < 1e-4,
+          'bst_evaluate MAE equals the mean error of bst_predict');
+
+-- The same seed gives the same weights.
+SELECT bst_train('again', 'SELECT movie_ids, ratings FROM windows', epochs => 10, batch_size => 32, hidden => '{32,16}',
+                 history => 'pg_temp.ratings', vocabulary => 'SELECT movie_id FROM pg_temp.movies');
+SELECT ok((SELECT weights FROM bst_models WHERE name = 'learned') = (SELECT weights FROM bst_models WHERE name = 'again'),
+          'same data, options and seed give bit-identical weights');
+SELECT bst_train('other_seed', 'SELECT movie_ids, ratings FROM windows', epochs => 1, hidden => '{32,16}', seed => 7,
+                 history => 'pg_temp.ratings', vocabulary => 'SELECT movie_id FROM pg_temp.movies');
+SELECT ok((SELECT weights FROM bst_models WHERE name = 'learned') <> (SELECT weights FROM bst_models WHERE name = 'other_seed'),
+          'another seed gives other weights');
+
+-- bst_predict(user, movie) reads the user's latest ratings.
+SET bst.model = 'learned';
+CREATE TEMP TABLE before AS SELECT bst_predict(5, 10) AS p;
+INSERT INTO ratings VALUES (5, 3, 1, 999999), (5, 4, 1, 999998), (5, 6, 1, 999997);
+SELECT isnt(bst_predict(5, 10), (SELECT p FROM before), 'newer ratings change the user''s prediction');
+SELECT is(bst_predict(5, 10), bst_predict('learned', '{6,4,3,10}', '{1,1,1}'),
+          'the user prediction is the explicit window of the latest ratings, oldest first');
+
+-- The backend's cache notices a newer version.
+CREATE TEMP TABLE v1 AS SELECT bst_predict('learned', '{1,2,3,4}', '{5,4,3}') AS p;
+SELECT bst_train('learned', 'SELECT movie_ids, ratings FROM windows', epochs => 1, hidden => '{32,16}', seed => 11,
+                 history => 'pg_temp.ratings', vocabulary => 'SELECT movie_id FROM pg_temp.movies');
+SELECT isnt(bst_predict('learned', '{1,2,3,4}', '{5,4,3}'), (SELECT p FROM v1),
+            'a new version is used from the next statement on');
+
+-- Cancelling a training (statement_timeout) leaves the earlier versions alone.
+CREATE TEMP TABLE big AS SELECT w.* FROM windows w, generate_series(1, 20);
+CREATE FUNCTION pg_temp.train_until_cancelled() RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM bst_train('learned', 'SELECT movie_ids, ratings FROM big', epochs => 1000,
+                      history => 'pg_temp.ratings', vocabulary => 'SELECT movie_id FROM pg_temp.movies');
+    RETURN 'finished';
+EXCEPTION WHEN query_canceled THEN
+    RETURN SQLSTATE;
+END $$;
+CREATE TEMP TABLE versions_before AS SELECT version, weights FROM bst_models WHERE name = 'learned';
+CREATE TEMP TABLE started AS SELECT clock_timestamp() AS t;
+SET statement_timeout = '1s';
+CREATE TEMP TABLE cancel AS SELECT pg_temp.train_until_cancelled() AS outcome;
+RESET statement_timeout;
+SELECT is((SELECT outcome FROM cancel), '57014', 'statement_timeout cancels a long training');
+SELECT cmp_ok(clock_timestamp() - (SELECT t FROM started), '<', interval '30 s',
+              'the cancel is noticed mid-training, not after 1000 epochs');
+SELECT set_eq('SELECT version, weights FROM bst_models WHERE name = ''learned''',
+              'SELECT version, weights FROM versions_before',
+              'a cancelled training stores nothing and changes no earlier version');
+
+-- pg_dump includes the models.
+SELECT ok((SELECT 'bst_models'::regclass = ANY (extconfig) FROM pg_extension WHERE extname = 'bst'),
+          'bst_models is dumped by pg_dump');
+
+SELECT * FROM finish();
+ROLLBACK;
