@@ -43,6 +43,7 @@ pgtap() {
 run_suite "pg_regress (make installcheck)" regress
 run_suite "pgTAP (pg_prove test/pgtap)" pgtap
 run_suite "loader (test/loader)" bash test/loader/test_loader.sh
+run_suite "pg_dump round trip (test/dump)" bash test/dump/test_dump.sh
 run_suite "C unit tests (make -C test/c check)" make -s -C test/c check
 
 printf '\n'
