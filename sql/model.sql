@@ -60,6 +60,13 @@ SELECT n = (SELECT count(*) FROM windows WHERE held_out) AS all_rows, mae > 0 AS
        rmse >= mae AS rmse_at_least_mae
 FROM bst_evaluate('tiny', 'SELECT movie_ids, ratings FROM windows WHERE held_out');
 
+-- One thread gives the same kind of model; the setting is bounded.
+SET bst.threads = 1;
+SELECT version FROM bst_train('one_thread', 'SELECT movie_ids, ratings FROM windows', epochs => 1, hidden => '{8}');
+RESET bst.threads;
+SET bst.threads = -1;
+SET bst.threads = 1000;
+
 -- Vocabulary from the training windows; no history relation.
 SELECT version FROM bst_train('nohist', 'SELECT movie_ids, ratings FROM windows', epochs => 1,
                               hidden => '{8}', vocabulary => NULL, history => NULL, embed_dim => 3);

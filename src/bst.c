@@ -13,12 +13,14 @@
 
 #include "bst.h"
 #include "core/bst_alloc.h"
+#include "core/parallel.h"
 
 PG_MODULE_MAGIC;
 
 void		_PG_init(void);
 
 char	   *bst_default_model = NULL;
+static int	bst_threads = 0;
 
 /* Where the numerical core's allocations go; see bst_core_memory(). */
 static MemoryContext core_context = NULL;
@@ -60,7 +62,26 @@ _PG_init(void)
 							   PGC_USERSET,
 							   0,
 							   NULL, NULL, NULL);
+	DefineCustomIntVariable("bst.threads",
+							"Threads one backend uses to train and evaluate bst models.",
+							"0 means every core this process may run on.",
+							&bst_threads,
+							0, 0, 64,
+							PGC_USERSET,
+							0,
+							NULL, NULL, NULL);
 	MarkGUCPrefixReserved("bst");
+}
+
+/*
+ * Apply bst.threads before the core runs.  Not an assign hook: the core
+ * starts its thread pool here, which must not happen while GUCs are being
+ * loaded.
+ */
+void
+bst_use_threads(void)
+{
+	bst_set_num_threads(bst_threads);
 }
 
 void

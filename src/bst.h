@@ -19,6 +19,9 @@
 /* GUC bst.model: the model bst_predict(user_id, movie_id) uses. */
 extern char *bst_default_model;
 
+/* Apply the bst.threads setting to the numerical core. */
+extern void bst_use_threads(void);
+
 /* Raise a clear error when argument argno (named argname) is NULL. */
 extern void bst_arg_not_null(FunctionCallInfo fcinfo, int argno, const char *argname);
 

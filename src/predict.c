@@ -205,6 +205,7 @@ bst_evaluate(PG_FUNCTION_ARGS)
 	bst_dataset_read(&ds, text_to_cstring(PG_GETARG_TEXT_PP(1)), L, "evaluation");
 	bst_dataset_map(&ds, entry->model);
 
+	bst_use_threads();
 	pred = palloc_extended(ds.n * sizeof(float), MCXT_ALLOC_HUGE);
 	for (int64 first = 0; first < ds.n; first += 4096)
 	{

@@ -322,6 +322,7 @@ bst_train(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid model configuration: %s", bst_config_check(&args.config))));
 
+	bst_use_threads();
 	train_cxt = AllocSetContextCreate(CurrentMemoryContext, "bst_train", ALLOCSET_DEFAULT_SIZES);
 	old_core = bst_core_memory(train_cxt);
 	model = bst_model_create(&args.config, vocabulary, args.options.seed);

@@ -4,7 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The only mutable global state of the core: set once by the host. */
+/* Mutable global state of the core, with the thread settings of parallel.c:
+ * set by the host, never from a parallel region. */
 static void *(*g_alloc)(size_t) = malloc;
 static void (*g_free)(void *) = free;
 

@@ -4,6 +4,29 @@
 #include <math.h>
 #include <string.h>
 
+#include "parallel.h"
+
+/*
+ * Parallel split (see parallel.h): each public function below runs a serial
+ * kernel over a range [lo, hi) of its output, one range per thread.  Grains:
+ * element-wise loops split at multiples of 16 floats (a cache line); sgemm
+ * blocks hold at least SGEMM_GRAIN rows or columns, below which packing the
+ * whole other operand once more costs about what the split saves (a single
+ * window, 4 rows, runs serially), and which still splits 265 windows evenly.
+ */
+#define ELT_GRAIN 16
+#define SGEMM_GRAIN 8
+
+/*
+ * Parameter gradients of per-feature parameters (biases, norm scales) are
+ * sums over all rows, computed by the thread that owns the feature.  They
+ * are accumulated in blocks of COL_BLOCK features in local arrays and stored
+ * once: storing every row would bounce the cache line that two threads'
+ * blocks share, and chain each row's add on the previous row's store.  Each
+ * sum still starts from the stored value and adds the rows in order.
+ */
+#define COL_BLOCK 32
+
 /*
  * Float reductions: compilers may not reorder a single running sum without
  * -ffast-math, which leaves it scalar.  Eight independent partial sums
@@ -68,22 +91,61 @@ static inline int32_t clamp_row(int32_t idx, int32_t n_rows)
     return (idx >= 0 && idx < n_rows) ? idx : 0;
 }
 
-void embedding_forward(float *out, const int32_t *movies, const float *ratings,
-                       const float *movie_emb, const float *pos_emb,
-                       int32_t n_rows, int B, int L, int d)
+/* Windows [b0, b1). */
+static void embedding_forward_windows(float *out, const int32_t *movies, const float *ratings,
+                                      const float *movie_emb, const float *pos_emb,
+                                      int32_t n_rows, size_t b0, size_t b1, int L, int d)
 {
-    for (int b = 0; b < B; b++) {
+    for (size_t b = b0; b < b1; b++) {
         for (int i = 0; i < L; i++) {
-            const float *e = movie_emb + (size_t)clamp_row(movies[(size_t)b * L + i], n_rows) * d;
-            float *o = out + ((size_t)b * L + i) * d;
+            const float *e = movie_emb + (size_t)clamp_row(movies[b * L + i], n_rows) * d;
+            float *o = out + (b * L + i) * d;
             if (i == L - 1) {
                 memcpy(o, e, (size_t)d * sizeof(float));
                 continue;
             }
             const float *pe = pos_emb + (size_t)i * d;
-            float r = ratings[(size_t)b * (L - 1) + i];
+            float r = ratings[b * (L - 1) + i];
             for (int c = 0; c < d; c++)
                 o[c] = (e[c] + pe[c]) * r;
+        }
+    }
+}
+
+void embedding_forward(float *out, const int32_t *movies, const float *ratings,
+                       const float *movie_emb, const float *pos_emb,
+                       int32_t n_rows, int B, int L, int d)
+{
+    PARALLEL_FOR((size_t)B, 1, (double)B * L * d, lo, hi,
+                 embedding_forward_windows(out, movies, ratings, movie_emb, pos_emb, n_rows,
+                                           lo, hi, L, d));
+}
+
+/*
+ * Scatter-add restricted to embedding columns [c0, c1).  Windows repeat
+ * movies, so splitting windows between threads would race on the rows they
+ * share; splitting columns cannot, and keeps every element's sum in window
+ * order.
+ */
+static void embedding_backward_cols(float *d_movie_emb, float *d_pos_emb, const float *d_out,
+                                    const int32_t *movies, const float *ratings,
+                                    int32_t n_rows, int B, int L, int d, size_t c0, size_t c1)
+{
+    for (size_t b = 0; b < (size_t)B; b++) {
+        for (int i = 0; i < L; i++) {
+            float *de = d_movie_emb + (size_t)clamp_row(movies[b * L + i], n_rows) * d;
+            const float *g = d_out + (b * L + i) * d;
+            if (i == L - 1) {
+                for (size_t c = c0; c < c1; c++)
+                    de[c] += g[c];
+                continue;
+            }
+            float *dpe = d_pos_emb + (size_t)i * d;
+            float r = ratings[b * (L - 1) + i];
+            for (size_t c = c0; c < c1; c++) {
+                de[c] += g[c] * r;
+                dpe[c] += g[c] * r;
+            }
         }
     }
 }
@@ -92,60 +154,97 @@ void embedding_backward(float *d_movie_emb, float *d_pos_emb, const float *d_out
                         const int32_t *movies, const float *ratings,
                         int32_t n_rows, int B, int L, int d)
 {
-    for (int b = 0; b < B; b++) {
-        for (int i = 0; i < L; i++) {
-            float *de = d_movie_emb + (size_t)clamp_row(movies[(size_t)b * L + i], n_rows) * d;
-            const float *g = d_out + ((size_t)b * L + i) * d;
-            if (i == L - 1) {
-                for (int c = 0; c < d; c++)
-                    de[c] += g[c];
-                continue;
-            }
-            float *dpe = d_pos_emb + (size_t)i * d;
-            float r = ratings[(size_t)b * (L - 1) + i];
-            for (int c = 0; c < d; c++) {
-                de[c] += g[c] * r;
-                dpe[c] += g[c] * r;
-            }
-        }
+    PARALLEL_FOR((size_t)d, 1, 2.0 * B * L * d, lo, hi,
+                 embedding_backward_cols(d_movie_emb, d_pos_emb, d_out, movies, ratings,
+                                         n_rows, B, L, d, lo, hi));
+}
+
+/*
+ * The projections are the bulk of the work, but at these sizes (1060 x 62 by
+ * 62 x 558 at most) OpenBLAS's own threading spends more time waiting than
+ * computing.  Each thread instead makes one single-threaded sgemm call on its
+ * block of the output: rows of Y = X W + b and of dX = dY W^T, columns of
+ * dW = X^T dY (the sum over the batch stays inside one call, so no thread
+ * ever adds into another's output).  Whether an element comes out the same
+ * in a block as in the whole product is up to the BLAS kernels (parallel.h).
+ */
+
+/* Rows [r0, r1) of out = in . w + b. */
+static void linear_forward_rows(float *out, const float *in, const float *w, const float *b,
+                                size_t r0, size_t r1, int in_dim, int out_dim)
+{
+    if (r1 <= r0)
+        return;
+    /* Pre-fill with the bias so one sgemm with beta = 1 adds the product. */
+    if (b) {
+        for (size_t r = r0; r < r1; r++)
+            memcpy(out + r * out_dim, b, (size_t)out_dim * sizeof(float));
     }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(r1 - r0), out_dim, in_dim,
+                1.0f, in + r0 * in_dim, in_dim, w, out_dim, b ? 1.0f : 0.0f,
+                out + r0 * out_dim, out_dim);
 }
 
 void linear_forward(float *out, const float *in, const float *w, const float *b,
                     int n, int in_dim, int out_dim)
 {
-    /* Pre-fill with the bias so one sgemm with beta = 1 adds the product. */
-    if (b) {
-        for (int r = 0; r < n; r++)
-            memcpy(out + (size_t)r * out_dim, b, (size_t)out_dim * sizeof(float));
+    PARALLEL_FOR((size_t)n, SGEMM_GRAIN, 2.0 * n * in_dim * out_dim, lo, hi,
+                 linear_forward_rows(out, in, w, b, lo, hi, in_dim, out_dim));
+}
+
+/* Rows [r0, r1) of d_in = d_out . w^T. */
+static void linear_backward_input_rows(float *d_in, const float *d_out, const float *w,
+                                       size_t r0, size_t r1, int in_dim, int out_dim)
+{
+    if (r1 <= r0)
+        return;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(r1 - r0), in_dim, out_dim,
+                1.0f, d_out + r0 * out_dim, out_dim, w, out_dim, 0.0f,
+                d_in + r0 * in_dim, in_dim);
+}
+
+/* Columns [c0, c1) of d_w += in^T . d_out and of d_b += column sums of d_out. */
+static void linear_backward_param_cols(float *d_w, float *d_b, const float *d_out,
+                                       const float *in, int n, int in_dim, int out_dim,
+                                       size_t c0, size_t c1)
+{
+    if (c1 <= c0)
+        return;
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, in_dim, (int)(c1 - c0), n,
+                1.0f, in, in_dim, d_out + c0, out_dim, 1.0f, d_w + c0, out_dim);
+    if (!d_b)
+        return;
+    for (size_t b0 = c0; b0 < c1; b0 += COL_BLOCK) {
+        const int w = c1 - b0 < COL_BLOCK ? (int)(c1 - b0) : COL_BLOCK;
+        float acc[COL_BLOCK];
+        memcpy(acc, d_b + b0, (size_t)w * sizeof(float));
+        for (size_t r = 0; r < (size_t)n; r++) {
+            const float *g = d_out + r * out_dim + b0;
+            for (int j = 0; j < w; j++)
+                acc[j] += g[j];
+        }
+        memcpy(d_b + b0, acc, (size_t)w * sizeof(float));
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, out_dim, in_dim,
-                1.0f, in, in_dim, w, out_dim, b ? 1.0f : 0.0f, out, out_dim);
 }
 
 void linear_backward(float *d_in, float *d_w, float *d_b, const float *d_out,
                      const float *in, const float *w, int n, int in_dim, int out_dim)
 {
+    const double flops = 2.0 * n * in_dim * out_dim;
     if (d_in)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, in_dim, out_dim,
-                    1.0f, d_out, out_dim, w, out_dim, 0.0f, d_in, in_dim);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, in_dim, out_dim, n,
-                1.0f, in, in_dim, d_out, out_dim, 1.0f, d_w, out_dim);
-    if (d_b) {
-        for (int r = 0; r < n; r++) {
-            const float *g = d_out + (size_t)r * out_dim;
-            for (int c = 0; c < out_dim; c++)
-                d_b[c] += g[c];
-        }
-    }
+        PARALLEL_FOR((size_t)n, SGEMM_GRAIN, flops, lo, hi,
+                     linear_backward_input_rows(d_in, d_out, w, lo, hi, in_dim, out_dim));
+    PARALLEL_FOR((size_t)out_dim, SGEMM_GRAIN, flops, lo, hi,
+                 linear_backward_param_cols(d_w, d_b, d_out, in, n, in_dim, out_dim, lo, hi));
 }
 
-void layernorm_forward(float *out, float *mean, float *rstd, const float *in,
-                       const float *gamma, const float *beta, int n, int d, float eps)
+static void layernorm_forward_rows(float *out, float *mean, float *rstd, const float *in,
+                                   const float *gamma, const float *beta, size_t r0, size_t r1,
+                                   int d, float eps)
 {
-    for (int r = 0; r < n; r++) {
-        const float *x = in + (size_t)r * d;
-        float *o = out + (size_t)r * d;
+    for (size_t r = r0; r < r1; r++) {
+        const float *x = in + r * d;
+        float *o = out + r * d;
         float m = sum8(x, d) / (float)d;
         /* Two-pass variance: the one-pass form cancels badly when |mean| >> std. */
         float v = sumsq_centered8(x, m, d) / (float)d;
@@ -157,24 +256,28 @@ void layernorm_forward(float *out, float *mean, float *rstd, const float *in,
     }
 }
 
-void layernorm_backward(float *d_in, float *d_gamma, float *d_beta, const float *d_out,
-                        const float *in, const float *mean, const float *rstd,
-                        const float *gamma, int n, int d)
+void layernorm_forward(float *out, float *mean, float *rstd, const float *in,
+                       const float *gamma, const float *beta, int n, int d, float eps)
 {
-    for (int r = 0; r < n; r++) {
-        const float *x = in + (size_t)r * d;
-        const float *g = d_out + (size_t)r * d;
-        float *dx = d_in + (size_t)r * d;
+    PARALLEL_FOR((size_t)n, 1, 6.0 * n * d, lo, hi,
+                 layernorm_forward_rows(out, mean, rstd, in, gamma, beta, lo, hi, d, eps));
+}
+
+/* Input gradient of rows [r0, r1). */
+static void layernorm_backward_rows(float *d_in, const float *d_out, const float *in,
+                                    const float *mean, const float *rstd, const float *gamma,
+                                    size_t r0, size_t r1, int d)
+{
+    for (size_t r = r0; r < r1; r++) {
+        const float *x = in + r * d;
+        const float *g = d_out + r * d;
+        float *dx = d_in + r * d;
         float m = mean[r], s = rstd[r];
         /* The mean and variance depend on every input of the row, hence the two
-         * row-wide terms subtracted from each element's direct gradient. */
-        for (int c = 0; c < d; c++) {
-            float xhat = (x[c] - m) * s;
-            d_gamma[c] += g[c] * xhat;
-            d_beta[c] += g[c];
-            /* dx stages dnorm = g * gamma, overwritten below. */
+         * row-wide terms subtracted from each element's direct gradient.
+         * dx stages dnorm = g * gamma, overwritten below. */
+        for (int c = 0; c < d; c++)
             dx[c] = g[c] * gamma[c];
-        }
         float dnorm_mean = sum8(dx, d) / (float)d;
         float dnorm_xhat_mean = dot_centered8(dx, x, m, d) * s / (float)d;
         for (int c = 0; c < d; c++) {
@@ -184,19 +287,58 @@ void layernorm_backward(float *d_in, float *d_gamma, float *d_beta, const float 
     }
 }
 
+/* gamma and beta gradients of features [c0, c1): sums over all rows. */
+static void layernorm_backward_param_cols(float *d_gamma, float *d_beta, const float *d_out,
+                                          const float *in, const float *mean, const float *rstd,
+                                          int n, int d, size_t c0, size_t c1)
+{
+    for (size_t b0 = c0; b0 < c1; b0 += COL_BLOCK) {
+        const int w = c1 - b0 < COL_BLOCK ? (int)(c1 - b0) : COL_BLOCK;
+        float acc_g[COL_BLOCK], acc_b[COL_BLOCK];
+        memcpy(acc_g, d_gamma + b0, (size_t)w * sizeof(float));
+        memcpy(acc_b, d_beta + b0, (size_t)w * sizeof(float));
+        for (size_t r = 0; r < (size_t)n; r++) {
+            const float *x = in + r * d + b0;
+            const float *g = d_out + r * d + b0;
+            float m = mean[r], s = rstd[r];
+            for (int j = 0; j < w; j++) {
+                float xhat = (x[j] - m) * s;
+                acc_g[j] += g[j] * xhat;
+                acc_b[j] += g[j];
+            }
+        }
+        memcpy(d_gamma + b0, acc_g, (size_t)w * sizeof(float));
+        memcpy(d_beta + b0, acc_b, (size_t)w * sizeof(float));
+    }
+}
+
+void layernorm_backward(float *d_in, float *d_gamma, float *d_beta, const float *d_out,
+                        const float *in, const float *mean, const float *rstd,
+                        const float *gamma, int n, int d)
+{
+    PARALLEL_FOR((size_t)n, 1, 8.0 * n * d, lo, hi,
+                 layernorm_backward_rows(d_in, d_out, in, mean, rstd, gamma, lo, hi, d));
+    PARALLEL_FOR((size_t)d, 1, 4.0 * n * d, lo, hi,
+                 layernorm_backward_param_cols(d_gamma, d_beta, d_out, in, mean, rstd, n, d,
+                                               lo, hi));
+}
+
 /*
  * BatchNorm reduces each feature over the rows.  Walking the row-major
  * [n, d] matrix in blocks of columns keeps the accesses contiguous and the
  * per-feature sums in small stack arrays (no scratch buffers), and the inner
- * loops run across independent features, so they vectorise.
+ * loops run across independent features, so they vectorise.  Threads take
+ * whole blocks of features.
  */
 #define BN_BLOCK 32
 
-void batchnorm_forward(float *out, float *mean, float *var, const float *in,
-                       const float *gamma, const float *beta, int n, int d, float eps)
+/* Features [f0, f1). */
+static void batchnorm_forward_cols(float *out, float *mean, float *var, const float *in,
+                                   const float *gamma, const float *beta, int n, int d,
+                                   float eps, size_t f0, size_t f1)
 {
-    for (int c0 = 0; c0 < d; c0 += BN_BLOCK) {
-        const int w = d - c0 < BN_BLOCK ? d - c0 : BN_BLOCK;
+    for (size_t c0 = f0; c0 < f1; c0 += BN_BLOCK) {
+        const int w = f1 - c0 < BN_BLOCK ? (int)(f1 - c0) : BN_BLOCK;
         float m[BN_BLOCK] = {0}, v[BN_BLOCK] = {0}, k[BN_BLOCK];
         for (int r = 0; r < n; r++) {
             const float *x = in + (size_t)r * d + c0;
@@ -225,12 +367,20 @@ void batchnorm_forward(float *out, float *mean, float *var, const float *in,
     }
 }
 
-void batchnorm_forward_infer(float *out, const float *in, const float *gamma,
-                             const float *beta, const float *moving_mean,
-                             const float *moving_var, int n, int d, float eps)
+void batchnorm_forward(float *out, float *mean, float *var, const float *in,
+                       const float *gamma, const float *beta, int n, int d, float eps)
 {
-    for (int c0 = 0; c0 < d; c0 += BN_BLOCK) {
-        const int w = d - c0 < BN_BLOCK ? d - c0 : BN_BLOCK;
+    PARALLEL_FOR((size_t)d, BN_BLOCK, 6.0 * n * d, lo, hi,
+                 batchnorm_forward_cols(out, mean, var, in, gamma, beta, n, d, eps, lo, hi));
+}
+
+static void batchnorm_forward_infer_cols(float *out, const float *in, const float *gamma,
+                                         const float *beta, const float *moving_mean,
+                                         const float *moving_var, int n, int d, float eps,
+                                         size_t f0, size_t f1)
+{
+    for (size_t c0 = f0; c0 < f1; c0 += BN_BLOCK) {
+        const int w = f1 - c0 < BN_BLOCK ? (int)(f1 - c0) : BN_BLOCK;
         float k[BN_BLOCK];
         for (int j = 0; j < w; j++)
             k[j] = gamma[c0 + j] / sqrtf(moving_var[c0 + j] + eps);
@@ -243,12 +393,22 @@ void batchnorm_forward_infer(float *out, const float *in, const float *gamma,
     }
 }
 
-void batchnorm_backward(float *d_in, float *d_gamma, float *d_beta, const float *d_out,
-                        const float *in, const float *mean, const float *var,
-                        const float *gamma, int n, int d, float eps)
+void batchnorm_forward_infer(float *out, const float *in, const float *gamma,
+                             const float *beta, const float *moving_mean,
+                             const float *moving_var, int n, int d, float eps)
 {
-    for (int c0 = 0; c0 < d; c0 += BN_BLOCK) {
-        const int w = d - c0 < BN_BLOCK ? d - c0 : BN_BLOCK;
+    PARALLEL_FOR((size_t)d, BN_BLOCK, 2.0 * n * d, lo, hi,
+                 batchnorm_forward_infer_cols(out, in, gamma, beta, moving_mean, moving_var,
+                                              n, d, eps, lo, hi));
+}
+
+static void batchnorm_backward_cols(float *d_in, float *d_gamma, float *d_beta,
+                                    const float *d_out, const float *in, const float *mean,
+                                    const float *var, const float *gamma, int n, int d,
+                                    float eps, size_t f0, size_t f1)
+{
+    for (size_t c0 = f0; c0 < f1; c0 += BN_BLOCK) {
+        const int w = f1 - c0 < BN_BLOCK ? (int)(f1 - c0) : BN_BLOCK;
         float s[BN_BLOCK], sum_g[BN_BLOCK] = {0}, sum_g_xhat[BN_BLOCK] = {0}, k[BN_BLOCK];
         for (int j = 0; j < w; j++)
             s[j] = 1.0f / sqrtf(var[c0 + j] + eps);
@@ -280,6 +440,15 @@ void batchnorm_backward(float *d_in, float *d_gamma, float *d_beta, const float 
     }
 }
 
+void batchnorm_backward(float *d_in, float *d_gamma, float *d_beta, const float *d_out,
+                        const float *in, const float *mean, const float *var,
+                        const float *gamma, int n, int d, float eps)
+{
+    PARALLEL_FOR((size_t)d, BN_BLOCK, 8.0 * n * d, lo, hi,
+                 batchnorm_backward_cols(d_in, d_gamma, d_beta, d_out, in, mean, var, gamma,
+                                         n, d, eps, lo, hi));
+}
+
 void batchnorm_update_moving(float *moving_mean, float *moving_var, const float *mean,
                              const float *var, int d, float momentum)
 {
@@ -289,66 +458,115 @@ void batchnorm_update_moving(float *moving_mean, float *moving_var, const float 
     }
 }
 
-void leaky_relu_forward(float *out, const float *in, size_t n, float slope)
+static void leaky_relu_forward_range(float *out, const float *in, size_t lo, size_t hi,
+                                     float slope)
 {
     /* Branch-free: signs are random, so a branch mispredicts half the time;
      * this form vectorises (fmaxf/fminf would be library calls). */
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = lo; i < hi; i++) {
         float k = (float)(in[i] > 0.0f) * (1.0f - slope) + slope;
         out[i] = in[i] * k;
+    }
+}
+
+void leaky_relu_forward(float *out, const float *in, size_t n, float slope)
+{
+    PARALLEL_FOR(n, ELT_GRAIN, (double)n, lo, hi,
+                 leaky_relu_forward_range(out, in, lo, hi, slope));
+}
+
+static void leaky_relu_backward_range(float *d_in, const float *d_out, const float *in,
+                                      size_t lo, size_t hi, float slope)
+{
+    for (size_t i = lo; i < hi; i++) {
+        float k = (float)(in[i] > 0.0f) * (1.0f - slope) + slope;
+        d_in[i] = d_out[i] * k;
     }
 }
 
 void leaky_relu_backward(float *d_in, const float *d_out, const float *in, size_t n,
                          float slope)
 {
-    for (size_t i = 0; i < n; i++) {
-        float k = (float)(in[i] > 0.0f) * (1.0f - slope) + slope;
-        d_in[i] = d_out[i] * k;
-    }
+    PARALLEL_FOR(n, ELT_GRAIN, (double)n, lo, hi,
+                 leaky_relu_backward_range(d_in, d_out, in, lo, hi, slope));
 }
 
-/* Fills mask with inverted-dropout factors: 0 with probability p, else 1/(1-p). */
-static void dropout_mask(float *mask, size_t n, float p, BstRng *rng)
+/*
+ * Dropout factors of units [lo, hi): 0 with probability p, else 1/(1-p).
+ * Unit i keeps iff u >= p as Keras/TF does, with u a 24-bit fraction taken
+ * from output i / 2 of the stream `key` (two units per 64-bit draw halve the
+ * generator cost).  The factor of a unit depends only on (key, i), so any
+ * split of the units between threads gives the same mask.
+ */
+static void dropout_mask_range(float *mask, size_t lo, size_t hi, float p, uint64_t key)
 {
-    if (rng == NULL || p <= 0.0f) {
-        for (size_t i = 0; i < n; i++)
+    if (p <= 0.0f) {
+        for (size_t i = lo; i < hi; i++)
             mask[i] = 1.0f;
         return;
     }
-    /* Keep iff u >= p as Keras/TF does, with u a 24-bit fraction; two are
-     * taken from each 64-bit draw to halve the generator cost. */
     float scale = 1.0f / (1.0f - p);
     uint32_t threshold = (uint32_t)ceilf(p * 16777216.0f);
-    size_t i = 0;
-    for (; i + 1 < n; i += 2) {
-        uint64_t r = bst_rng_next(rng);
-        mask[i] = ((uint32_t)(r >> 40) >= threshold) ? scale : 0.0f;
-        mask[i + 1] = ((uint32_t)((r >> 8) & 0xffffff) >= threshold) ? scale : 0.0f;
+    size_t i = lo;
+    if (i < hi && (i & 1)) {  /* odd start: the second half of a draw */
+        mask[i] = ((uint32_t)(bst_rng_at(key, i / 2) & 0xffffff) >= threshold) ? scale : 0.0f;
+        i++;
     }
-    if (i < n)
-        mask[i] = ((uint32_t)(bst_rng_next(rng) >> 40) >= threshold) ? scale : 0.0f;
+    for (; i + 1 < hi; i += 2) {
+        uint64_t r = bst_rng_at(key, i / 2);
+        mask[i] = ((uint32_t)(r >> 40) >= threshold) ? scale : 0.0f;
+        mask[i + 1] = ((uint32_t)(r & 0xffffff) >= threshold) ? scale : 0.0f;
+    }
+    if (i < hi)
+        mask[i] = ((uint32_t)(bst_rng_at(key, i / 2) >> 40) >= threshold) ? scale : 0.0f;
+}
+
+/* One stream per call, drawn in the calling thread; p = 0 when disabled. */
+static float dropout_stream(float p, BstRng *rng, uint64_t *key)
+{
+    if (rng == NULL || p <= 0.0f) {
+        *key = 0;
+        return 0.0f;
+    }
+    *key = bst_rng_next(rng);
+    return p;
+}
+
+static void dropout_forward_range(float *out, float *mask, const float *in, size_t lo,
+                                  size_t hi, float p, uint64_t key)
+{
+    if (p <= 0.0f) {
+        if (out != in)
+            memmove(out + lo, in + lo, (hi - lo) * sizeof(float));
+        if (mask)
+            dropout_mask_range(mask, lo, hi, 0.0f, 0);
+        return;
+    }
+    dropout_mask_range(mask, lo, hi, p, key);
+    for (size_t i = lo; i < hi; i++)
+        out[i] = in[i] * mask[i];
 }
 
 void dropout_forward(float *out, float *mask, const float *in, size_t n, float p,
                      BstRng *rng)
 {
-    if (rng == NULL || p <= 0.0f) {
-        if (out != in)
-            memmove(out, in, n * sizeof(float));
-        if (mask)
-            dropout_mask(mask, n, 0.0f, NULL);
-        return;
-    }
-    dropout_mask(mask, n, p, rng);
-    for (size_t i = 0; i < n; i++)
-        out[i] = in[i] * mask[i];
+    uint64_t key;
+    p = dropout_stream(p, rng, &key);
+    PARALLEL_FOR(n, ELT_GRAIN, (p > 0.0f ? 4.0 : 1.0) * n, lo, hi,
+                 dropout_forward_range(out, mask, in, lo, hi, p, key));
+}
+
+static void dropout_backward_range(float *d_in, const float *d_out, const float *mask,
+                                   size_t lo, size_t hi)
+{
+    for (size_t i = lo; i < hi; i++)
+        d_in[i] = d_out[i] * mask[i];
 }
 
 void dropout_backward(float *d_in, const float *d_out, const float *mask, size_t n)
 {
-    for (size_t i = 0; i < n; i++)
-        d_in[i] = d_out[i] * mask[i];
+    PARALLEL_FOR(n, ELT_GRAIN, (double)n, lo, hi,
+                 dropout_backward_range(d_in, d_out, mask, lo, hi));
 }
 
 /*
@@ -356,23 +574,25 @@ void dropout_backward(float *d_in, const float *d_out, const float *mask, size_t
  * small for a BLAS call to pay off: one sgemm per (window, head) costs more in
  * call overhead than the arithmetic, so these stay as plain loops.  All
  * mini-batch products (the projections) go through sgemm in linear_*.
+ * Windows are independent: threads take ranges of windows.
  */
-void attention_forward(float *ctx, float *probs, float *mask, const float *qkv,
-                       int B, int L, int H, int dk, float p, BstRng *rng)
+static void attention_forward_windows(float *ctx, float *probs, float *mask, const float *qkv,
+                                      size_t b0, size_t b1, int L, int H, int dk, float p,
+                                      uint64_t key)
 {
     const int hd = H * dk, stride = 3 * hd;
     const float *q = qkv, *k = qkv + hd, *v = qkv + 2 * hd;
     /* Keras scales the query by 1/sqrt(key_dim) before the dot product. */
     const float scale = 1.0f / sqrtf((float)dk);
-    for (int b = 0; b < B; b++) {
+    for (size_t b = b0; b < b1; b++) {
         for (int h = 0; h < H; h++) {
-            float *pr = probs + ((size_t)b * H + h) * L * L;
+            float *pr = probs + (b * H + h) * L * L;
             for (int i = 0; i < L; i++) {
-                const float *qi = q + ((size_t)b * L + i) * stride + (size_t)h * dk;
+                const float *qi = q + (b * L + i) * stride + (size_t)h * dk;
                 float *row = pr + (size_t)i * L;
                 float maxv = -INFINITY;
                 for (int j = 0; j < L; j++) {
-                    const float *kj = k + ((size_t)b * L + j) * stride + (size_t)h * dk;
+                    const float *kj = k + (b * L + j) * stride + (size_t)h * dk;
                     float s = dot8(qi, kj, dk) * scale;
                     row[j] = s;
                     if (s > maxv)
@@ -391,17 +611,18 @@ void attention_forward(float *ctx, float *probs, float *mask, const float *qkv,
     }
     /* The dropped probabilities are never stored: ctx uses probs * mask, which
      * keeps probs intact for the softmax backward. */
-    dropout_mask(mask, (size_t)B * H * L * L, p, rng);
-    for (int b = 0; b < B; b++) {
+    const size_t per_window = (size_t)H * L * L;
+    dropout_mask_range(mask, b0 * per_window, b1 * per_window, p, key);
+    for (size_t b = b0; b < b1; b++) {
         for (int h = 0; h < H; h++) {
-            const float *pr = probs + ((size_t)b * H + h) * L * L;
-            const float *mk = mask + ((size_t)b * H + h) * L * L;
+            const float *pr = probs + (b * H + h) * L * L;
+            const float *mk = mask + (b * H + h) * L * L;
             for (int i = 0; i < L; i++) {
-                float *ci = ctx + ((size_t)b * L + i) * hd + (size_t)h * dk;
+                float *ci = ctx + (b * L + i) * hd + (size_t)h * dk;
                 memset(ci, 0, (size_t)dk * sizeof(float));
                 for (int j = 0; j < L; j++) {
                     float w = pr[(size_t)i * L + j] * mk[(size_t)i * L + j];
-                    const float *vj = v + ((size_t)b * L + j) * stride + (size_t)h * dk;
+                    const float *vj = v + (b * L + j) * stride + (size_t)h * dk;
                     for (int c = 0; c < dk; c++)
                         ci[c] += w * vj[c];
                 }
@@ -410,28 +631,39 @@ void attention_forward(float *ctx, float *probs, float *mask, const float *qkv,
     }
 }
 
-void attention_backward(float *d_qkv, float *d_probs, const float *d_ctx,
-                        const float *probs, const float *mask, const float *qkv,
-                        int B, int L, int H, int dk)
+void attention_forward(float *ctx, float *probs, float *mask, const float *qkv,
+                       int B, int L, int H, int dk, float p, BstRng *rng)
+{
+    uint64_t key;
+    p = dropout_stream(p, rng, &key);
+    PARALLEL_FOR((size_t)B, 1, 4.0 * B * H * L * L * dk, lo, hi,
+                 attention_forward_windows(ctx, probs, mask, qkv, lo, hi, L, H, dk, p, key));
+}
+
+static void attention_backward_windows(float *d_qkv, float *d_probs, const float *d_ctx,
+                                       const float *probs, const float *mask, const float *qkv,
+                                       size_t b0, size_t b1, int L, int H, int dk)
 {
     const int hd = H * dk, stride = 3 * hd;
     const float scale = 1.0f / sqrtf((float)dk);
     const float *q = qkv, *k = qkv + hd, *v = qkv + 2 * hd;
     float *d_q = d_qkv, *d_k = d_qkv + hd, *d_v = d_qkv + 2 * hd;
-    /* Keys and values receive contributions from every query: accumulate. */
-    memset(d_qkv, 0, (size_t)B * L * stride * sizeof(float));
-    for (int b = 0; b < B; b++) {
+    for (size_t b = b0; b < b1; b++) {
+        /* Keys and values receive contributions from every query of the
+         * window: accumulate (zeroed here, where the window is about to be
+         * used, rather than all at once). */
+        memset(d_qkv + b * L * stride, 0, (size_t)L * stride * sizeof(float));
         for (int h = 0; h < H; h++) {
-            size_t blk = ((size_t)b * H + h) * L * L;
+            size_t blk = (b * H + h) * L * L;
             for (int i = 0; i < L; i++) {
                 const float *pr = probs + blk + (size_t)i * L;
                 const float *mk = mask + blk + (size_t)i * L;
                 float *dp = d_probs + blk + (size_t)i * L;
-                size_t qi_off = ((size_t)b * L + i) * stride + (size_t)h * dk;
-                const float *gi = d_ctx + ((size_t)b * L + i) * hd + (size_t)h * dk;
+                size_t qi_off = (b * L + i) * stride + (size_t)h * dk;
+                const float *gi = d_ctx + (b * L + i) * hd + (size_t)h * dk;
                 /* Through ctx = (probs * mask) . V */
                 for (int j = 0; j < L; j++) {
-                    size_t j_off = ((size_t)b * L + j) * stride + (size_t)h * dk;
+                    size_t j_off = (b * L + j) * stride + (size_t)h * dk;
                     const float *vj = v + j_off;
                     float *dvj = d_v + j_off;
                     float w = pr[j] * mk[j];
@@ -447,7 +679,7 @@ void attention_backward(float *d_qkv, float *d_probs, const float *d_ctx,
                 float *dqi = d_q + qi_off;
                 for (int j = 0; j < L; j++) {
                     float ds = pr[j] * (dp[j] - dot) * scale;
-                    size_t j_off = ((size_t)b * L + j) * stride + (size_t)h * dk;
+                    size_t j_off = (b * L + j) * stride + (size_t)h * dk;
                     const float *kj = k + j_off;
                     float *dkj = d_k + j_off;
                     for (int c = 0; c < dk; c++) {
@@ -458,6 +690,15 @@ void attention_backward(float *d_qkv, float *d_probs, const float *d_ctx,
             }
         }
     }
+}
+
+void attention_backward(float *d_qkv, float *d_probs, const float *d_ctx,
+                        const float *probs, const float *mask, const float *qkv,
+                        int B, int L, int H, int dk)
+{
+    PARALLEL_FOR((size_t)B, 1, 8.0 * B * H * L * L * dk, lo, hi,
+                 attention_backward_windows(d_qkv, d_probs, d_ctx, probs, mask, qkv, lo, hi,
+                                            L, H, dk));
 }
 
 float mse_forward(const float *pred, const float *target, int n)

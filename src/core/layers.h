@@ -8,7 +8,10 @@
  *   - backward functions ACCUMULATE (+=) into parameter gradients, which the
  *     caller zeroes once per step, and WRITE (=) input gradients, which the
  *     caller sums itself where a tensor feeds several consumers (residuals);
- *   - nothing here allocates.
+ *   - nothing here allocates;
+ *   - large calls are split across the core's threads (parallel.h); outputs
+ *     are identical whatever the thread count, except that the BLAS may round
+ *     the sgemm blocks of linear_* differently.
  */
 #ifndef BST_LAYERS_H
 #define BST_LAYERS_H
@@ -62,7 +65,7 @@ void batchnorm_backward(float *d_in, float *d_gamma, float *d_beta, const float 
 void batchnorm_update_moving(float *moving_mean, float *moving_var, const float *mean,
                              const float *var, int d, float momentum);
 
-/* In-place safe (out == in, d_in == d_out). */
+/* In-place safe (out == in, d_in == d_out; no partial overlap). */
 void leaky_relu_forward(float *out, const float *in, size_t n, float slope);
 void leaky_relu_backward(float *d_in, const float *d_out, const float *in, size_t n,
                          float slope);
@@ -70,8 +73,10 @@ void leaky_relu_backward(float *d_in, const float *d_out, const float *in, size_
 /*
  * Inverted dropout: keeps a unit with probability 1-p and scales it by
  * 1/(1-p).  mask receives the factor applied to each unit (0 or 1/(1-p)),
- * which is all the backward needs.  With rng == NULL or p == 0 this is the
- * identity (mask, if not NULL, is filled with 1).  In-place safe.
+ * which is all the backward needs; it is a function of one 64-bit draw from
+ * rng per call (see bst_rng_at).  With rng == NULL or p == 0 this is the
+ * identity (mask, if not NULL, is filled with 1).  In-place safe (out == in;
+ * otherwise out and in must not overlap).
  */
 void dropout_forward(float *out, float *mask, const float *in, size_t n, float p,
                      BstRng *rng);
@@ -83,7 +88,7 @@ void dropout_backward(float *d_in, const float *d_out, const float *mask, size_t
  * [q | k | v] (one fused projection), head h in columns [h*dk, (h+1)*dk) of
  * each part.  ctx is [B, L, H*dk].  probs and mask are [B, H, L, L]: probs
  * holds the softmax (before dropout), mask the dropout factors (see
- * dropout_forward; rng NULL = no dropout).
+ * dropout_forward: one draw from rng per call; rng NULL = no dropout).
  */
 void attention_forward(float *ctx, float *probs, float *mask, const float *qkv,
                        int B, int L, int H, int dk, float p, BstRng *rng);

@@ -6,6 +6,7 @@
 
 #include "bst_alloc.h"
 #include "layers.h"
+#include "parallel.h"
 
 /* ---------------------------------------------------------------- config */
 
@@ -401,10 +402,16 @@ void bst_acts_free(BstActs *a)
 
 /* ------------------------------------------------------- forward/backward */
 
+static void add_range(float *acc, const float *x, size_t lo, size_t hi)
+{
+    for (size_t i = lo; i < hi; i++)
+        acc[i] += x[i];
+}
+
 static void add_inplace(float *acc, const float *x, size_t n)
 {
-    for (size_t i = 0; i < n; i++)
-        acc[i] += x[i];
+    /* Shares of whole cache lines (16 floats). */
+    PARALLEL_FOR(n, 16, (double)n, lo, hi, add_range(acc, x, lo, hi));
 }
 
 float bst_forward(const BstModel *m, BstActs *a, const BstBatch *b, int training, BstRng *rng)
@@ -532,6 +539,7 @@ BstPredictor *bst_predictor_create(const BstModel *m, int32_t max_batch)
     BstPredictor *p = bst_alloc(sizeof(BstPredictor));
     if (!p)
         return NULL;
+    bst_threads_init();
     p->model = m;
     if (bst_acts_alloc(&p->acts, &m->cfg, max_batch, 0) != 0) {
         bst_free(p);

@@ -170,7 +170,9 @@ void bst_update_bn_moving(BstModel *m, const BstActs *a);
 void bst_backward(const BstModel *m, const BstActs *a, BstActs *da, BstParams *grads,
                   const BstBatch *b);
 
-/* Prediction workspace: activations for up to max_batch windows, inference mode. */
+/* Prediction workspace: activations for up to max_batch windows, inference
+ * mode.  Batches of a few windows run on the calling thread alone; larger
+ * ones are split across the core's threads (parallel.h). */
 typedef struct BstPredictor BstPredictor;
 BstPredictor *bst_predictor_create(const BstModel *m, int32_t max_batch);
 /* Any b->n >= 0: larger batches are processed in chunks of max_batch. */

@@ -22,4 +22,18 @@ float bst_rng_uniform(BstRng *rng);
 /* Uniform Fisher-Yates permutation of a[0..n). */
 void bst_rng_shuffle_u32(BstRng *rng, uint32_t *a, size_t n);
 
+/*
+ * Random access to a stream: output i of the SplitMix64 generator seeded with
+ * key.  Dropout draws one key per layer and step from a BstRng and then any
+ * thread can produce any part of the mask: the mask does not depend on how
+ * the work is split.
+ */
+static inline uint64_t bst_rng_at(uint64_t key, uint64_t i)
+{
+    uint64_t z = key + (i + 1) * 0x9e3779b97f4a7c15ULL;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
 #endif

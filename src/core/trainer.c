@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "bst_alloc.h"
+#include "parallel.h"
 
 struct BstTrainer {
     BstModel *model;
@@ -15,8 +16,9 @@ struct BstTrainer {
     int64_t step;
     BstActs acts, dacts;
     BstRng rng;
-    /* Distinct movie_emb rows touched by the current batch, so that zeroing
-     * (and, for Adagrad, updating) the table costs O(batch), not O(vocabulary). */
+    /* Distinct movie_emb rows touched by the current batch, so that Adagrad's
+     * update (and clearing) of the table costs O(batch), not O(vocabulary).
+     * Adam updates, and clears, the whole table anyway. */
     uint8_t *row_seen;       /* [n_movies + 1] */
     int32_t *rows;           /* [batch_size * L] */
 };
@@ -50,6 +52,7 @@ BstTrainer *bst_trainer_create(BstModel *m, const BstTrainOptions *o)
         return NULL;
     t->model = m;
     t->opt = *o;
+    bst_threads_init();
     bst_rng_seed(&t->rng, o->seed);
     if (bst_params_alloc(&t->grads, c) != 0 || bst_params_alloc(&t->acc, c) != 0)
         goto fail;
@@ -105,6 +108,34 @@ static int32_t collect_rows(BstTrainer *t, const BstBatch *b)
     return count;
 }
 
+/*
+ * Optimizer updates over ranges, each followed by clearing the gradient it
+ * consumed while it is still in cache.
+ */
+static void adagrad_range(BstTrainer *t, size_t lo, size_t hi)
+{
+    float *g = t->grads.slab + lo;
+    bst_adagrad_update(t->model->params.slab + lo, t->acc.slab + lo, g, hi - lo,
+                       t->opt.learning_rate);
+    memset(g, 0, (hi - lo) * sizeof(float));
+}
+
+/* Entries [lo, hi) of the list of touched embedding rows. */
+static void adagrad_rows(BstTrainer *t, size_t lo, size_t hi)
+{
+    const size_t d = (size_t)t->model->cfg.embed_dim;
+    for (size_t i = lo; i < hi; i++)
+        adagrad_range(t, (size_t)t->rows[i] * d, (size_t)(t->rows[i] + 1) * d);
+}
+
+static void adam_range(BstTrainer *t, size_t lo, size_t hi, float step)
+{
+    float *g = t->grads.slab + lo;
+    bst_adam_update(t->model->params.slab + lo, t->acc.slab + lo, t->acc2.slab + lo, g,
+                    hi - lo, step);
+    memset(g, 0, (hi - lo) * sizeof(float));
+}
+
 float bst_train_step(BstTrainer *t, const BstBatch *b, double *abs_err_sum)
 {
     if (!b || b->n < 1 || b->n > t->opt.batch_size || !b->targets)
@@ -125,30 +156,25 @@ float bst_train_step(BstTrainer *t, const BstBatch *b, double *abs_err_sum)
 
     /* movie_emb leads the slab; everything after it is updated densely. */
     const size_t emb = ((size_t)m->cfg.n_movies + 1) * d;
-    float *w = m->params.slab, *g = t->grads.slab;
     const size_t dense = t->grads.size - emb;
-    int32_t n_rows = collect_rows(t, b);
 
+    /* Each update also restores the all-zero gradient invariant. */
     t->step++;
     if (t->opt.optimizer == BST_OPT_ADAGRAD) {
         /* Rows outside the batch have zero gradient, which Adagrad maps to no
-         * change at all: updating only the touched rows is exact. */
-        for (int32_t i = 0; i < n_rows; i++) {
-            size_t off = (size_t)t->rows[i] * d;
-            bst_adagrad_update(w + off, t->acc.slab + off, g + off, d, t->opt.learning_rate);
-        }
-        bst_adagrad_update(w + emb, t->acc.slab + emb, g + emb, dense, t->opt.learning_rate);
+         * change at all: updating only the touched rows is exact.  The rows
+         * are distinct, so threads can take ranges of the list. */
+        int32_t n_rows = collect_rows(t, b);
+        PARALLEL_FOR((size_t)n_rows, 1, 4.0 * n_rows * d, lo, hi,
+                     adagrad_rows(t, lo, hi));
+        PARALLEL_FOR(dense, 16, 4.0 * dense, lo, hi, adagrad_range(t, emb + lo, emb + hi));
+        for (int32_t i = 0; i < n_rows; i++)
+            t->row_seen[t->rows[i]] = 0;
     } else {
         /* Adam's moments decay even under a zero gradient: the whole table moves. */
         float step = bst_adam_step_size(t->opt.learning_rate, t->step);
-        bst_adam_update(w, t->acc.slab, t->acc2.slab, g, t->grads.size, step);
+        PARALLEL_FOR(t->grads.size, 16, 8.0 * t->grads.size, lo, hi,
+                     adam_range(t, lo, hi, step));
     }
-
-    /* Restore the all-zero gradient invariant. */
-    for (int32_t i = 0; i < n_rows; i++) {
-        memset(g + (size_t)t->rows[i] * d, 0, d * sizeof(float));
-        t->row_seen[t->rows[i]] = 0;
-    }
-    memset(g + emb, 0, dense * sizeof(float));
     return loss;
 }

@@ -1,6 +1,10 @@
 /*
  * Mini-batch training of a BstModel: owns gradients, optimizer state,
  * activations for one batch and the dropout generator, all allocated once.
+ * Steps run on bst_get_num_threads() threads (parallel.h).  For a given
+ * thread count the trained weights are a function of the seed; across
+ * thread counts they may differ in the last bits (BLAS blocking, see
+ * parallel.h).
  */
 #ifndef BST_TRAINER_H
 #define BST_TRAINER_H

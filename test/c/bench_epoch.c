@@ -4,9 +4,11 @@
  * batch 265, ~424k training windows.
  *
  *   ./bench_epoch [threads...] [adam]     default: 1 2
+ *
+ * threads: the core's thread count (bst_set_num_threads; OpenBLAS itself
+ * runs single-threaded inside the core's parallel loops).
  */
 #define _POSIX_C_SOURCE 199309L
-#include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +16,7 @@
 #include <time.h>
 
 #include "model.h"
+#include "parallel.h"
 #include "trainer.h"
 #include "test_util.h"
 
@@ -80,7 +83,7 @@ int main(int argc, char **argv)
            BATCH, kind == BST_OPT_ADAM ? "adam" : "adagrad");
 
     for (int ti = 0; ti < n_threads; ti++) {
-        openblas_set_num_threads(threads[ti]);
+        bst_set_num_threads(threads[ti]);
         BstModel *m = bst_model_create(&cfg, ids, 42);
         BstTrainOptions o = {kind, 0.01f, BATCH, 42};
         BstTrainer *t = bst_trainer_create(m, &o);
@@ -104,10 +107,22 @@ int main(int argc, char **argv)
         bst_predict(p, &all, out);
         double pred_s = now() - t0;
 
+        /* Latency of the extension's two prediction shapes: one window (a
+         * single bst_predict call) and a batch of 256. */
+        double lat[2];
+        const int lat_n[2] = {1, 256}, lat_reps[2] = {20000, 400};
+        for (int k = 0; k < 2; k++) {
+            BstBatch one = {lat_n[k], movies, ratings, NULL};
+            t0 = now();
+            for (int r = 0; r < lat_reps[k]; r++)
+                bst_predict(p, &one, out);
+            lat[k] = (now() - t0) / lat_reps[k] * 1e6;
+        }
+
         printf("threads %d: epoch %.2f s, %.0f windows/s, %.1f GFLOP/s (loss %.3f, mae %.3f); "
-               "predict %.2f s, %.0f windows/s\n",
+               "predict %.2f s, %.0f windows/s; latency batch 1 %.1f us, batch 256 %.0f us\n",
                threads[ti], train_s, N_WINDOWS / train_s, N_WINDOWS * FLOP_PER_WINDOW / train_s * 1e-9,
-               loss / steps, abs_err / N_WINDOWS, pred_s, N_WINDOWS / pred_s);
+               loss / steps, abs_err / N_WINDOWS, pred_s, N_WINDOWS / pred_s, lat[0], lat[1]);
         free(out);
         bst_predictor_free(p);
         bst_trainer_free(t);

@@ -26,6 +26,7 @@
 
 #include "layers.h"
 #include "model.h"
+#include "parallel.h"
 #include "test_util.h"
 
 #define STEP 1e-2
@@ -124,10 +125,10 @@ static double lin_loss(void *p)
     return dot(c->y, c->up, (size_t)c->n * c->out);
 }
 
-static void test_linear(BstRng *rng)
+/* Distinct n, in, out so a transposed operand cannot line up by accident. */
+static void test_linear(int n, int in, int out, BstRng *rng)
 {
-    /* Distinct n, in, out so a transposed operand cannot line up by accident. */
-    LinCase c = {.n = 7, .in = 5, .out = 4};
+    LinCase c = {.n = n, .in = in, .out = out};
     c.x = new_floats((size_t)c.n * c.in);
     c.w = new_floats((size_t)c.in * c.out);
     c.b = new_floats((size_t)c.out);
@@ -145,7 +146,7 @@ static void test_linear(BstRng *rng)
     linear_backward(dx, dw, db, c.up, c.x, c.w, c.n, c.in, c.out);
     for (int i = 0; i < c.out; i++)
         db[i] -= 1.0f;
-    printf("linear\n");
+    printf("linear (%d x %d by %d x %d)\n", c.n, c.in, c.in, c.out);
     check_grad("linear.x", c.x, dx, (size_t)c.n * c.in, lin_loss, &c, STEP, LAYER_FLOOR);
     check_grad("linear.w", c.w, dw, (size_t)c.in * c.out, lin_loss, &c, STEP, LAYER_FLOOR);
     check_grad("linear.b", c.b, db, (size_t)c.out, lin_loss, &c, STEP, LAYER_FLOOR);
@@ -403,17 +404,206 @@ static void test_network(BstRng *rng)
     bst_model_free(m);
 }
 
+/* Appends n floats to out at *len. */
+static void append(float *out, size_t *len, const float *x, size_t n)
+{
+    memcpy(out + *len, x, n * sizeof(float));
+    *len += n;
+}
+
+/*
+ * Forward and backward of every layer that does not go through the BLAS, on
+ * odd sizes (uneven shares) and fixed random inputs, outputs appended to out.
+ */
+static size_t layer_outputs(float *out)
+{
+    enum { B = 23, L = 5, D = 7, H = 2, ROWS = 9, U = 70 };
+    enum { BL = B * L, X = BL * D, QKV = BL * 3 * H * D, CTX = BL * H * D, P = B * H * L * L };
+    static int32_t movies[B * L];
+    static float ratings[B * (L - 1)], emb[ROWS * D], pos[(L - 1) * D], x[X], up[X];
+    static float d_emb[ROWS * D], d_pos[(L - 1) * D], y[X], mean[BL], rstd[BL], dx[X];
+    static float g[U], beta[U], dg[U], db[U], h[B * U], uph[B * U], bn[B * U], bm[U], bv[U];
+    static float dh[B * U], bn_inf[B * U], act[B * U], dact[B * U], mask[B * U], drop[B * U];
+    static float qkv[QKV], ctx[CTX], upc[CTX], probs[P], pmask[P], dqkv[QKV], dprobs[P];
+    size_t len = 0;
+    BstRng rng;
+    bst_rng_seed(&rng, 31);
+    for (int i = 0; i < B * L; i++)
+        movies[i] = (int32_t)(bst_rng_next(&rng) % (ROWS + 2)) - 1;  /* OOV too */
+    fill_uniform(ratings, B * (L - 1), 1, 5, &rng);
+    fill_uniform(emb, ROWS * D, -1, 1, &rng);
+    fill_uniform(pos, (L - 1) * D, -1, 1, &rng);
+    fill_uniform(up, X, -1, 1, &rng);
+    fill_uniform(g, U, 0.5f, 1.5f, &rng);
+    fill_uniform(beta, U, -0.5f, 0.5f, &rng);
+    fill_uniform(h, B * U, -1, 2, &rng);
+    fill_uniform(uph, B * U, -1, 1, &rng);
+    fill_uniform(qkv, QKV, -1.5f, 1.5f, &rng);
+    fill_uniform(upc, CTX, -1, 1, &rng);
+    memset(d_emb, 0, sizeof(d_emb));
+    memset(d_pos, 0, sizeof(d_pos));
+    memset(dg, 0, sizeof(dg));
+    memset(db, 0, sizeof(db));
+
+    embedding_forward(x, movies, ratings, emb, pos, ROWS, B, L, D);
+    embedding_backward(d_emb, d_pos, up, movies, ratings, ROWS, B, L, D);
+    append(out, &len, x, X);
+    append(out, &len, d_emb, ROWS * D);
+    append(out, &len, d_pos, (L - 1) * D);
+
+    layernorm_forward(y, mean, rstd, x, g, beta, BL, D, 1e-3f);
+    layernorm_backward(dx, dg, db, up, x, mean, rstd, g, BL, D);
+    append(out, &len, y, X);
+    append(out, &len, dx, X);
+    append(out, &len, dg, D);
+    append(out, &len, db, D);
+
+    memset(dg, 0, sizeof(dg));
+    memset(db, 0, sizeof(db));
+    batchnorm_forward(bn, bm, bv, h, g, beta, B, U, 1e-3f);
+    batchnorm_backward(dh, dg, db, uph, h, bm, bv, g, B, U, 1e-3f);
+    batchnorm_forward_infer(bn_inf, h, g, beta, bm, bv, B, U, 1e-3f);
+    append(out, &len, bn, B * U);
+    append(out, &len, dh, B * U);
+    append(out, &len, dg, U);
+    append(out, &len, db, U);
+    append(out, &len, bn_inf, B * U);
+
+    leaky_relu_forward(act, h, B * U, 0.3f);
+    leaky_relu_backward(dact, uph, h, B * U, 0.3f);
+    dropout_forward(drop, mask, act, B * U, 0.3f, &rng);
+    dropout_backward(dh, dact, mask, B * U);
+    append(out, &len, act, B * U);
+    append(out, &len, dact, B * U);
+    append(out, &len, drop, B * U);
+    append(out, &len, dh, B * U);
+
+    attention_forward(ctx, probs, pmask, qkv, B, L, H, D, 0.3f, &rng);
+    attention_backward(dqkv, dprobs, upc, probs, pmask, qkv, B, L, H, D);
+    append(out, &len, ctx, CTX);
+    append(out, &len, probs, P);
+    append(out, &len, pmask, P);
+    append(out, &len, dqkv, QKV);
+    return len;
+}
+
+/*
+ * Training-mode forward (with dropout) and backward of a small network,
+ * returning the predictions followed by every parameter gradient.
+ */
+static float *net_outputs(size_t *len)
+{
+    BstConfig cfg;
+    bst_config_default(&cfg, 40, 5);
+    cfg.embed_dim = 7;
+    cfg.heads = 2;
+    cfg.hidden[0] = 70;  /* three BatchNorm blocks of features */
+    cfg.hidden[1] = 9;
+    int32_t ids[40];
+    for (int i = 0; i < 40; i++)
+        ids[i] = 2 * i + 1;
+    enum { N = 23, L = 5 };
+    BstRng rng;
+    bst_rng_seed(&rng, 5);
+    int32_t movies[N * L];
+    float ratings[N * (L - 1)], targets[N];
+    for (int i = 0; i < N * L; i++)
+        movies[i] = (int32_t)(bst_rng_next(&rng) % 42);  /* OOV and out of range too */
+    fill_uniform(ratings, N * (L - 1), 1.0f, 5.0f, &rng);
+    fill_uniform(targets, N, 1.0f, 5.0f, &rng);
+    BstModel *m = bst_model_create(&cfg, ids, 9);
+    BstActs acts, dacts;
+    BstParams grads;
+    if (!m || bst_acts_alloc(&acts, &cfg, N, 0) || bst_acts_alloc(&dacts, &cfg, N, 1) ||
+        bst_params_alloc(&grads, &cfg)) {
+        fprintf(stderr, "allocation failed\n");
+        exit(2);
+    }
+    BstBatch batch = {.n = N, .movies = movies, .ratings = ratings, .targets = targets};
+    bst_forward(m, &acts, &batch, 1, &rng);
+    bst_backward(m, &acts, &dacts, &grads, &batch);
+    *len = N + grads.size;
+    float *out = new_floats(*len);
+    memcpy(out, acts.pred, N * sizeof(float));
+    memcpy(out + N, grads.slab, grads.size * sizeof(float));
+    bst_acts_free(&acts);
+    bst_acts_free(&dacts);
+    bst_params_free(&grads);
+    bst_model_free(m);
+    return out;
+}
+
+static size_t count_diff(const float *a, const float *b, size_t n)
+{
+    size_t diff = 0;
+    for (size_t i = 0; i < n; i++)
+        diff += memcmp(&a[i], &b[i], sizeof(float)) != 0;
+    return diff;
+}
+
+/*
+ * The core's own kernels never sum a value across threads (see parallel.h),
+ * so splitting them must not change a single bit: run them serially, then on
+ * 2 and 3 threads with every loop forced parallel.  The network adds sgemm
+ * blocks, whose rounding is the BLAS's business: OpenBLAS's AVX-512 kernels
+ * compute an element the same way in any block, its AVX2 ones do not.  So
+ * for the network only run-to-run equality is required; equality with the
+ * serial run is reported.
+ */
+static void test_thread_invariance(void)
+{
+    enum { MAX_LAYER_OUT = 40000 };
+    static float ref[MAX_LAYER_OUT], out[MAX_LAYER_OUT];
+    size_t n_ref, n_net_ref, n;
+    bst_set_num_threads(1);
+    n_ref = layer_outputs(ref);
+    float *net_ref = net_outputs(&n_net_ref);
+    bst_set_parallel_min_work(0.0);
+    for (int threads = 2; threads <= 3; threads++) {
+        bst_set_num_threads(threads);
+        n = layer_outputs(out);
+        size_t diff = count_diff(out, ref, n);
+        printf("layers on %d threads: %zu of %zu values differ from 1 thread\n", threads, diff,
+               n);
+        CHECK(n == n_ref && diff == 0, "layers on %d threads: %zu values differ from the serial run",
+              threads, diff);
+
+        float *a = net_outputs(&n), *b = net_outputs(&n);
+        size_t again = count_diff(a, b, n);
+        CHECK(again == 0, "network on %d threads: %zu values differ run to run", threads, again);
+        printf("network on %d threads: %zu of %zu values differ from 1 thread "
+               "(allowed: sgemm block rounding)\n",
+               threads, count_diff(a, net_ref, n), n);
+        free(a);
+        free(b);
+    }
+    free(net_ref);
+    bst_set_parallel_min_work(BST_PAR_MIN_WORK_DEFAULT);
+}
+
 int main(void)
 {
-    BstRng rng;
-    bst_rng_seed(&rng, 2024);
-    test_embedding(&rng);
-    test_linear(&rng);
-    test_norm(0, &rng);
-    test_norm(1, &rng);
-    test_elementwise(&rng);
-    test_attention(0.0f, &rng);
-    test_attention(0.3f, &rng);
-    test_network(&rng);
+    /* Serially, then on 2 threads with the work threshold at 0 so that these
+     * tiny inputs go through the parallel splits too (uneven shares). */
+    for (int threads = 1; threads <= 2; threads++) {
+        bst_set_num_threads(threads);
+        bst_set_parallel_min_work(threads > 1 ? 0.0 : BST_PAR_MIN_WORK_DEFAULT);
+        printf("==== %d thread(s)\n", threads);
+        BstRng rng;
+        bst_rng_seed(&rng, 2024);
+        test_embedding(&rng);
+        test_linear(7, 5, 4, &rng);
+        test_norm(0, &rng);
+        test_norm(1, &rng);
+        test_elementwise(&rng);
+        test_attention(0.0f, &rng);
+        test_attention(0.3f, &rng);
+        test_network(&rng);
+        /* Rows and columns of two sgemm grains each, so that 2 threads split
+         * both products (last, to leave the draws of the others as they were). */
+        test_linear(19, 5, 17, &rng);
+    }
+    bst_set_parallel_min_work(BST_PAR_MIN_WORK_DEFAULT);
+    test_thread_invariance();
     return test_summary("test_gradients");
 }
