@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark of the BST model: quality (protocol P1) and speed.
 #   scripts/bench_model.sh [DATA_ROOT]     (default ../shared/data)
+#   BST_SEEDS="1 2 3" scripts/bench_model.sh   P1 once per seed (default 42)
 #
 # P1, the Keras example's protocol on ML-100K: bst_sequences(ratings, 4, 2),
 #   windows held out by bst_holdout, bst_train with its defaults (5 epochs)
@@ -37,10 +38,12 @@ q() { psql -X -At -F ' ' -v ON_ERROR_STOP=1 -c "SET client_min_messages = warnin
 if [ -f "$root/ml-100k/u.data" ]; then
     echo "== P1 on ML-100K (defaults, 5 epochs)"
     fresh_db "$root/ml-100k"
-    q "SELECT 'train: ' || training_rows || ' windows, ' || round(seconds::numeric, 1) || ' s, final loss ' || round(final_loss::numeric, 4)
-       FROM bst_train('p1', 'SELECT movie_ids, ratings FROM windows WHERE NOT held_out')"
-    q "SELECT 'test:  ' || n || ' held-out windows, MAE ' || round(mae::numeric, 4) || ', RMSE ' || round(rmse::numeric, 4)
-       FROM bst_evaluate('p1', 'SELECT movie_ids, ratings FROM windows WHERE held_out')"
+    for seed in ${BST_SEEDS:-42}; do
+        q "SELECT 'seed $seed: train: ' || training_rows || ' windows, ' || round(seconds::numeric, 1) || ' s, final loss ' || round(final_loss::numeric, 4)
+           FROM bst_train('p1_$seed', 'SELECT movie_ids, ratings FROM windows WHERE NOT held_out', seed => $seed)"
+        q "SELECT 'seed $seed: test:  ' || n || ' held-out windows, MAE ' || round(mae::numeric, 4) || ', RMSE ' || round(rmse::numeric, 4)
+           FROM bst_evaluate('p1_$seed', 'SELECT movie_ids, ratings FROM windows WHERE held_out')"
+    done
 else
     echo "skipped: P1 ($root/ml-100k not found)"
 fi
