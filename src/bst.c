@@ -28,8 +28,14 @@ static MemoryContext core_context = NULL;
 static void *
 core_alloc(size_t size)
 {
+	/*
+	 * NULL on failure: the core reports it and the caller raises the error.
+	 * An allocation outside bst_core_memory() is a bug, but one that must
+	 * end in that error rather than in a crash.
+	 */
 	Assert(core_context != NULL);
-	/* NULL on failure: the core reports it and the caller raises the error. */
+	if (core_context == NULL)
+		return NULL;
 	return MemoryContextAllocExtended(core_context, size,
 									  MCXT_ALLOC_HUGE | MCXT_ALLOC_NO_OOM);
 }
