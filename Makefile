@@ -18,6 +18,9 @@ SHLIB_LINK = -lopenblas -lz -lm -fopenmp
 REGRESS = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/*.sql)))
 REGRESS_OPTS = --load-extension=$(EXTENSION)
 
+# PGXS does not track headers.
+$(OBJS): $(wildcard src/*.h src/core/*.h)
+
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)

@@ -61,10 +61,12 @@ ROWS 100000;
 
 -- The project's reproducible 85/15 split: a window is held out for testing
 -- when ((user_id * 1000003 + target_movie_id) * 2654435761) mod 2^32 mod 100
--- >= 85, computed exactly in numeric.
+-- >= 85, computed exactly in numeric.  mod() keeps the sign of a negative
+-- argument, so the 2^32 step is lifted into 0 .. 2^32 - 1 as the rule means.
 CREATE FUNCTION bst_holdout(user_id integer, target_movie_id integer) RETURNS boolean
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-RETURN mod(mod(($1::numeric * 1000003 + $2) * 2654435761, 4294967296), 100) >= 85;
+RETURN mod(mod(mod(($1::numeric * 1000003 + $2) * 2654435761, 4294967296) + 4294967296,
+               4294967296), 100) >= 85;
 
 --------------------------------------------------------------------------
 -- Models

@@ -91,7 +91,8 @@ ml-100k)
         { u = $1; m = $2; r = $3; t = $4; sub(/\r$/, "", t); '"$ratings_check"' }' \
         "$dir/u.data" >"$work/ratings"
     awk -F'|' "$awk_lib"'
-        FNR == NR { if ($1 != "") occupation[$1] = FNR - 1; next }
+        { sub(/\r$/, "") }
+        FILENAME == ARGV[1] { if ($1 != "") occupation[$1] = FNR - 1; next }
         NF != 5 { fail("expected user id|age|gender|occupation|zip code") }
         !int_ok($1) || !int_ok($2) { fail("user id and age must be integers") }
         !($4 in occupation) { fail("occupation not listed in u.occupation") }
@@ -126,6 +127,8 @@ ml-latest-small)
         { u = $1; m = $2; r = $3; t = $4; sub(/\r$/, "", t); '"$ratings_check"' }' \
         "$dir/ratings.csv" >"$work/ratings"
     : >"$work/users"
+    # COPY reads it from the work directory, whose name needs no quoting.
+    cp "$dir/movies.csv" "$work/movies.csv"
     ;;
 esac
 
@@ -148,8 +151,8 @@ SQL
     echo "\\copy users FROM '$work/users'"
     if [ "$layout" = ml-latest-small ]; then
         echo "CREATE TEMP TABLE movies_csv (movie_id integer, title text, genres text);"
-        echo "\\echo reading $dir/movies.csv (COPY's line numbers below are the file's)"
-        echo "\\copy movies_csv FROM '$dir/movies.csv' WITH (FORMAT csv, HEADER true)"
+        echo "\\echo reading movies.csv (COPY line numbers below are the file lines)"
+        echo "\\copy movies_csv FROM '$work/movies.csv' WITH (FORMAT csv, HEADER true)"
         echo "INSERT INTO movies SELECT movie_id, title,
                 CASE WHEN genres = '(no genres listed)' THEN '{}' ELSE string_to_array(genres, '|') END
               FROM movies_csv;"

@@ -107,6 +107,9 @@ SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', vocabular
 SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', history => 'movies');
 SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', history => 'no_such_table');
 SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', hidden => '{8}', learning_rate => 1e30);
+SELECT * FROM bst_train('x', '   ');
+SELECT * FROM bst_train('x', 'SELECT array_fill(1, ARRAY[300]) AS movie_ids, array_fill(1::real, ARRAY[300]) AS ratings',
+                        batch_size => 65536);
 SELECT count(*) AS failed_trainings_stored_nothing FROM bst_models WHERE name = 'x';
 
 SELECT bst_predict('nope', '{1,2,3,4}', '{5,4,3}');
@@ -116,6 +119,7 @@ SELECT bst_predict('tiny', '{1,2,NULL,4}', '{5,4,3}');
 SELECT bst_predict('tiny', '{1,2,3,4}', '{5,NaN,3}');
 SELECT bst_predict('tiny', '{{1,2},{3,4}}', '{5,4,3}');
 SELECT bst_predict('tiny', NULL, '{5,4,3}') IS NULL AS strict;
+SELECT bst_predict('tiny', '{1,2,3,4}', '{3e38,3e38,3e38}');
 SELECT * FROM bst_evaluate('nope', 'SELECT movie_ids, ratings FROM windows');
 SELECT * FROM bst_evaluate(NULL, 'SELECT movie_ids, ratings FROM windows');
 SELECT * FROM bst_evaluate('tiny', 'SELECT movie_ids, ratings FROM windows WHERE false');
@@ -132,6 +136,17 @@ WHERE name = 'tiny' AND version = 2;
 SELECT bst_predict('tiny', '{1,2,3,4}', '{5,4,3}');
 UPDATE bst_models SET weights = overlay(weights PLACING 'XXXX'::bytea FROM 1 FOR 4) WHERE name = 'tiny' AND version = 2;
 SELECT bst_predict('tiny', '{1,2,3,4}', '{5,4,3}');
+ALTER TABLE bst_models ALTER weights DROP NOT NULL;
+UPDATE bst_models SET weights = NULL WHERE name = 'tiny' AND version = 2;
+SELECT bst_predict('tiny', '{1,2,3,4}', '{5,4,3}');
+ALTER TABLE bst_models ALTER weights SET NOT NULL;  -- fails: the NULL row is still there
+-- The history relation is a name, never SQL.
+UPDATE bst_models SET weights = (SELECT weights FROM bst_models WHERE name = 'tiny' AND version = 1),
+                      history = 'public.ratings WHERE false UNION ALL SELECT 1, 2 --'
+WHERE name = 'tiny' AND version = 2;
+SET bst.model = 'tiny';
+SELECT bst_predict(1, 10);
+RESET bst.model;
 -- Deleting the broken version makes the previous one current again.
 DELETE FROM bst_models WHERE name = 'tiny' AND version = 2;
 SELECT bst_predict('tiny', '{1,2,3,4}', '{5,4,3}') BETWEEN -5 AND 10 AS previous_version_used;

@@ -34,6 +34,8 @@ SELECT u, m, bst_holdout(u, m),
        mod(mod((u::numeric * 1000003 + m) * 2654435761, 4294967296), 100) AS bucket
 FROM (VALUES (1, 10), (1, 1193), (6040, 3952), (196, 242), (2147483647, 2147483647)) v(u, m);
 SELECT bst_holdout(NULL, 1) IS NULL AS null_in_null_out;
+-- Negative ids: the mod 2^32 step is the mathematical one (never negative).
+SELECT bst_holdout(-1, 5), mod(mod(mod((-1::numeric * 1000003 + 5) * 2654435761, 4294967296) + 4294967296, 4294967296), 100) AS bucket;
 
 -- Empty source: no rows, no error.
 CREATE TABLE empty_ratings (LIKE r);

@@ -9,6 +9,7 @@
 
 #include "fmgr.h"
 #include "executor/spi.h"
+#include "storage/itemptr.h"
 #include "utils/memutils.h"
 
 #include "core/model.h"
@@ -51,11 +52,25 @@ extern void bst_dataset_read(BstDataset *ds, const char *query, int32 seq_len,
 							 const char *purpose);
 extern void bst_dataset_map(BstDataset *ds, const BstModel *model);
 
-/* A stored model, deserialized and cached for the life of the backend. */
+/*
+ * What identifies a version of the stored weights: the model_id no other row
+ * ever gets, and the row version (xmin, ctid), which any UPDATE changes.
+ */
+typedef struct BstModelKey
+{
+	int64		model_id;
+	TransactionId xmin;
+	ItemPointerData ctid;
+} BstModelKey;
+
+/*
+ * A stored model, deserialized and cached for the life of the backend.  An
+ * entry is never freed while a statement may still use it: eviction only
+ * retires it, and retired entries are freed at the end of the transaction.
+ */
 typedef struct BstStoredModel
 {
-	int64		model_id;		/* bst_models.model_id and the row's xmin: */
-	TransactionId xmin;			/* together they identify the weights */
+	BstModelKey key;
 	char	   *name;
 	int32		version;
 	char	   *history;		/* relation of the rating histories, or NULL */
@@ -67,7 +82,7 @@ typedef struct BstStoredModel
 } BstStoredModel;
 
 extern BstStoredModel *bst_model_get(FunctionCallInfo fcinfo, const char *name);
-extern BstStoredModel *bst_model_find(int64 model_id, TransactionId xmin);
+extern BstStoredModel *bst_model_find(const BstModelKey *key);
 extern int32 bst_model_store(FunctionCallInfo fcinfo, const char *name, const BstModel *model,
 							 const char *config_json, const char *metrics_json,
 							 const char *history);

@@ -102,6 +102,10 @@ bst_dataset_read(BstDataset *ds, const char *query, int32 seq_len, const char *p
 
 	memset(ds, 0, sizeof(*ds));
 	ds->seq_len = seq_len;
+	if (strspn(query, " \t\r\n") == strlen(query))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s query must not be empty", purpose)));
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");

@@ -3,17 +3,20 @@
  *	  Models in the bst_models table: store a new version, and load one
  *	  into a per-backend cache.
  *
- * Weights are a bytea in the core's versioned, checksummed layout.  Every
- * bst_models row has a model_id that no other row ever gets, so the cache
- * is keyed by it and by the row's xmin: a newer version (or a model dropped
- * and trained again under the same name and version) is a different
- * model_id, and weights changed by an UPDATE are a different xmin; either
- * is loaded on the first statement that resolves the name to it.
+ * Weights are a bytea in the core's versioned, checksummed layout.  The
+ * cache is keyed by BstModelKey: a newer version (or a model dropped and
+ * trained again under the same name and version) is a different model_id,
+ * and weights changed by an UPDATE are a different row version; either is
+ * loaded by the first statement that resolves the name to it.
  */
 #include "postgres.h"
 
+#include <math.h>
+
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "nodes/pg_list.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 
@@ -78,22 +81,58 @@ bst_model_store(FunctionCallInfo fcinfo, const char *name, const BstModel *model
 	return version;
 }
 
-static void
-model_cache_evict(int slot)
-{
-	BstStoredModel *entry = model_cache[slot];
+/*
+ * Retired cache entries: evicted, but possibly still in use by a statement
+ * that is running (bst_evaluate's own query may load other models, and so
+ * may a view used as history), so freed only when the transaction ends.
+ */
+static List *retired_models = NIL;
+static bool xact_callback_registered = false;
 
-	if (entry == NULL)
-		return;
+static void
+model_free(BstStoredModel *entry)
+{
 	if (entry->history_plan)
 		SPI_freeplan(entry->history_plan);
 	MemoryContextDelete(entry->context);
+}
+
+static void
+free_retired_models(XactEvent event, void *arg)
+{
+	if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_ABORT &&
+		event != XACT_EVENT_PARALLEL_COMMIT && event != XACT_EVENT_PARALLEL_ABORT)
+		return;
+	while (retired_models != NIL)
+	{
+		BstStoredModel *entry = linitial(retired_models);
+
+		retired_models = list_delete_first(retired_models);
+		model_free(entry);
+	}
+}
+
+static void
+model_cache_retire(int slot)
+{
+	MemoryContext old;
+
+	if (model_cache[slot] == NULL)
+		return;
+	if (!xact_callback_registered)
+	{
+		RegisterXactCallback(free_retired_models, NULL);
+		xact_callback_registered = true;
+	}
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	retired_models = lappend(retired_models, model_cache[slot]);
+	MemoryContextSwitchTo(old);
 	model_cache[slot] = NULL;
 }
 
 /* Deserialize a bst_models row into a new cache entry. */
 static BstStoredModel *
-model_load(int64 model_id, TransactionId xmin, const char *name, int32 version, bytea *weights,
+model_load(const BstModelKey *key, const char *name, int32 version, bytea *weights,
 		   const char *history, float fallback_rating)
 {
 	MemoryContext cxt = AllocSetContextCreate(TopMemoryContext, "bst model",
@@ -103,8 +142,7 @@ model_load(int64 model_id, TransactionId xmin, const char *name, int32 version, 
 	char		err[256];
 
 	entry->context = cxt;
-	entry->model_id = model_id;
-	entry->xmin = xmin;
+	entry->key = *key;
 	entry->name = MemoryContextStrdup(cxt, name);
 	entry->version = version;
 	entry->history = history ? MemoryContextStrdup(cxt, history) : NULL;
@@ -137,13 +175,26 @@ model_load(int64 model_id, TransactionId xmin, const char *name, int32 version, 
 
 /* The cached model of this row version, or NULL when it is not loaded. */
 BstStoredModel *
-bst_model_find(int64 model_id, TransactionId xmin)
+bst_model_find(const BstModelKey *key)
 {
 	for (int i = 0; i < MODEL_CACHE_SIZE; i++)
-		if (model_cache[i] && model_cache[i]->model_id == model_id &&
-			model_cache[i]->xmin == xmin)
-			return model_cache[i];
+	{
+		BstStoredModel *entry = model_cache[i];
+
+		if (entry && entry->key.model_id == key->model_id &&
+			entry->key.xmin == key->xmin && ItemPointerEquals(&entry->key.ctid, (ItemPointer) &key->ctid))
+			return entry;
+	}
 	return NULL;
+}
+
+static void
+model_row_missing(const char *name)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_DATA_CORRUPTED),
+			 errmsg("the bst_models row of model \"%s\" could not be read back", name),
+			 errdetail("It disappeared, or its weights or metrics were set to NULL by hand.")));
 }
 
 /*
@@ -159,8 +210,7 @@ bst_model_get(FunctionCallInfo fcinfo, const char *name)
 	HeapTuple	row;
 	TupleDesc	desc;
 	bool		isnull;
-	int64		model_id;
-	TransactionId xmin;
+	BstModelKey key;
 	BstStoredModel *entry;
 
 	if (name == NULL || name[0] == '\0')
@@ -171,7 +221,7 @@ bst_model_get(FunctionCallInfo fcinfo, const char *name)
 	if (name != NULL && name[0] != '\0')
 	{
 		values[0] = CStringGetTextDatum(name);
-		SPI_execute_with_args(psprintf("SELECT model_id, name, version, xmin FROM %s.bst_models "
+		SPI_execute_with_args(psprintf("SELECT model_id, name, version, xmin, ctid FROM %s.bst_models "
 									   "WHERE name = $1 ORDER BY version DESC LIMIT 1", schema),
 							  1, argtypes, values, NULL, true, 1);
 		if (SPI_processed == 0)
@@ -182,7 +232,7 @@ bst_model_get(FunctionCallInfo fcinfo, const char *name)
 	}
 	else
 	{
-		SPI_execute(psprintf("SELECT model_id, name, version, xmin FROM %s.bst_models "
+		SPI_execute(psprintf("SELECT model_id, name, version, xmin, ctid FROM %s.bst_models "
 							 "ORDER BY created_at DESC, model_id DESC LIMIT 1", schema),
 					true, 1);
 		if (SPI_processed == 0)
@@ -193,32 +243,39 @@ bst_model_get(FunctionCallInfo fcinfo, const char *name)
 	}
 	row = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
-	model_id = DatumGetInt64(SPI_getbinval(row, desc, 1, &isnull));
-	xmin = DatumGetTransactionId(SPI_getbinval(row, desc, 4, &isnull));
+	key.model_id = DatumGetInt64(SPI_getbinval(row, desc, 1, &isnull));
+	key.xmin = DatumGetTransactionId(SPI_getbinval(row, desc, 4, &isnull));
+	ItemPointerCopy((ItemPointer) DatumGetPointer(SPI_getbinval(row, desc, 5, &isnull)), &key.ctid);
 
-	entry = bst_model_find(model_id, xmin);
+	entry = bst_model_find(&key);
 	if (entry == NULL)
 	{
 		char	   *model_name = SPI_getvalue(row, desc, 2);
 		int32		version = DatumGetInt32(SPI_getbinval(row, desc, 3, &isnull));
-		Datum		id_value[1] = {Int64GetDatum(model_id)};
+		Datum		id_value[1] = {Int64GetDatum(key.model_id)};
 		Oid			id_type[1] = {INT8OID};
+		Datum		weights_datum;
 		bytea	   *weights;
-		char	   *history;
-		char	   *fallback;
+		bool		weights_null;
+		bool		fallback_null;
+		float		fallback;
 
-		SPI_execute_with_args(psprintf("SELECT weights, history, metrics->>'train_mean_rating' "
+		SPI_execute_with_args(psprintf("SELECT weights, history, (metrics->>'train_mean_rating')::float4 "
 									   "FROM %s.bst_models WHERE model_id = $1", schema),
 							  1, id_type, id_value, NULL, true, 1);
+		if (SPI_processed != 1)
+			model_row_missing(model_name);
 		row = SPI_tuptable->vals[0];
 		desc = SPI_tuptable->tupdesc;
-		weights = DatumGetByteaPP(SPI_getbinval(row, desc, 1, &isnull));
-		history = SPI_getvalue(row, desc, 2);
-		fallback = SPI_getvalue(row, desc, 3);
+		weights_datum = SPI_getbinval(row, desc, 1, &weights_null);
+		fallback = DatumGetFloat4(SPI_getbinval(row, desc, 3, &fallback_null));
+		if (weights_null || fallback_null || !isfinite(fallback))
+			model_row_missing(model_name);
+		weights = DatumGetByteaPP(weights_datum);
 
-		entry = model_load(model_id, xmin, model_name, version, weights, history,
-						   fallback ? strtof(fallback, NULL) : 0.0f);
-		model_cache_evict(model_cache_next);
+		entry = model_load(&key, model_name, version, weights, SPI_getvalue(row, desc, 2),
+						   fallback);
+		model_cache_retire(model_cache_next);
 		model_cache[model_cache_next] = entry;
 		model_cache_next = (model_cache_next + 1) % MODEL_CACHE_SIZE;
 	}

@@ -3,24 +3,30 @@
  *	  bst_predict() for a user and a movie or for an explicit window, and
  *	  bst_evaluate() over a query of windows.
  *
- * A statement resolves the model name once (the first call stores the
- * resolved model_id in fn_extra) and every later row only looks the model up
- * in the backend's cache, so scoring a table costs one forward pass a row.
- * The next statement resolves the name again, which is how a newly trained
- * version is noticed.
+ * A call site resolves the model name once per command (the first call
+ * stores the resolved BstModelKey in fn_extra) and every later row only looks
+ * the model up in the backend's cache, so scoring a table costs one forward
+ * pass a row.  A later command (a new statement, or the next statement of a
+ * PL/pgSQL function after a write, which advances the command counter)
+ * resolves the name again, which is how a newly trained version is noticed.
  */
 #include "postgres.h"
 
 #include <math.h>
 
 #include "access/htup_details.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "storage/proc.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/regproc.h"
 
 #include "bst.h"
 
@@ -28,12 +34,13 @@ PG_FUNCTION_INFO_V1(bst_predict_window);
 PG_FUNCTION_INFO_V1(bst_predict_user);
 PG_FUNCTION_INFO_V1(bst_evaluate);
 
-/* What a call site remembers between rows of one statement. */
+/* What a call site remembers between rows of one command. */
 typedef struct CallModel
 {
-	char	   *name;			/* as the caller gave it; "" for the default */
-	int64		model_id;
-	TransactionId xmin;
+	char	   *name;			/* as resolved; "" for the most recent model */
+	LocalTransactionId lxid;	/* the command it was resolved in */
+	CommandId	cid;
+	BstModelKey key;
 } CallModel;
 
 static BstStoredModel *
@@ -43,7 +50,8 @@ model_for_call(FunctionCallInfo fcinfo, const char *name)
 	BstStoredModel *entry;
 
 	if (call && strcmp(call->name, name) == 0 &&
-		(entry = bst_model_find(call->model_id, call->xmin)) != NULL)
+		call->lxid == MyProc->lxid && call->cid == GetCurrentCommandId(false) &&
+		(entry = bst_model_find(&call->key)) != NULL)
 		return entry;
 
 	entry = bst_model_get(fcinfo, name);
@@ -53,9 +61,36 @@ model_for_call(FunctionCallInfo fcinfo, const char *name)
 	else
 		pfree(call->name);
 	call->name = MemoryContextStrdup(fcinfo->flinfo->fn_mcxt, name);
-	call->model_id = entry->model_id;
-	call->xmin = entry->xmin;
+	call->lxid = MyProc->lxid;
+	call->cid = GetCurrentCommandId(false);
+	call->key = entry->key;
 	return entry;
+}
+
+/* Finite inputs far outside the training range can overflow a float. */
+static void
+check_prediction(float prediction)
+{
+	if (!isfinite(prediction))
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("bst prediction is not finite"),
+				 errhint("Check the ratings for values far outside the range the model was trained on.")));
+}
+
+/*
+ * The history relation stored with a model, as a quoted qualified name.  It
+ * is text in bst_models, so parse it as a name rather than pasting it into
+ * SQL: an edited row must not be able to inject a query.
+ */
+static char *
+history_relation(BstStoredModel *entry)
+{
+	RangeVar   *rv = makeRangeVarFromNameList(stringToQualifiedNameList(entry->history));
+	Oid			relid = RangeVarGetRelid(rv, AccessShareLock, false);
+
+	return quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+									  get_rel_name(relid));
 }
 
 static float
@@ -73,6 +108,7 @@ predict_one(BstStoredModel *entry, const int32 *movie_ids, const float *ratings)
 	batch.ratings = ratings;
 	batch.targets = NULL;
 	bst_predict(entry->predictor, &batch, &out);
+	check_prediction(out);
 	return out;
 }
 
@@ -125,7 +161,7 @@ bst_predict_user(PG_FUNCTION_ARGS)
 {
 	int32		user_id = PG_GETARG_INT32(0);
 	int32		movie_id = PG_GETARG_INT32(1);
-	BstStoredModel *entry = model_for_call(fcinfo, "");
+	BstStoredModel *entry = model_for_call(fcinfo, bst_default_model ? bst_default_model : "");
 	int			L = bst_model_config(entry->model)->seq_len;
 	int32		movies[BST_MAX_SEQ_LEN];
 	float		ratings[BST_MAX_SEQ_LEN];
@@ -143,10 +179,11 @@ bst_predict_user(PG_FUNCTION_ARGS)
 	if (entry->history_plan == NULL)
 	{
 		Oid			argtype[1] = {INT4OID};
+		/* The same order as bst_sequences, newest first. */
 		char	   *sql = psprintf("SELECT movie_id::int4, rating::float4 FROM %s "
-								   "WHERE user_id = $1 "
-								   "ORDER BY unix_timestamp DESC, movie_id DESC LIMIT %d",
-								   entry->history, L - 1);
+								   "WHERE user_id = $1 AND unix_timestamp IS NOT NULL "
+								   "ORDER BY unix_timestamp DESC, movie_id DESC, rating DESC LIMIT %d",
+								   history_relation(entry), L - 1);
 		SPIPlanPtr	plan = SPI_prepare(sql, 1, argtype);
 
 		if (plan == NULL)
@@ -222,6 +259,7 @@ bst_evaluate(PG_FUNCTION_ARGS)
 	{
 		double		err = (double) pred[i] - ds.targets[i];
 
+		check_prediction(pred[i]);
 		abs_sum += fabs(err);
 		sq_sum += err * err;
 	}

@@ -8,8 +8,9 @@
  * a final window, even when that repeats the window before it (the example
  * does so whenever (n - seq_len) is a multiple of step, and its published
  * counts include those repeats).  Users with fewer than seq_len ratings give
- * no window.  Ratings with equal timestamps are ordered by movie id, so the
- * result does not depend on the physical order of the table.
+ * no window.  Ratings with equal timestamps are ordered by movie id (and a
+ * movie rated twice at one instant by rating), so the result does not depend
+ * on the physical order of the table.
  *
  * The work is one SQL query over the bst_window_agg window aggregate: the
  * executor sorts and slides the frame; this file validates the arguments
@@ -163,7 +164,7 @@ bst_sequences(PG_FUNCTION_ARGS)
 					 "      FROM (SELECT %s::int4 AS u, %s::int4 AS m, %s::float4 AS r, %s AS t "
 					 "            FROM %s) AS s "
 					 "      WINDOW p AS (PARTITION BY u), "
-					 "             w AS (p ORDER BY t, m ROWS BETWEEN %d PRECEDING AND CURRENT ROW)"
+					 "             w AS (p ORDER BY t, m, r ROWS BETWEEN %d PRECEDING AND CURRENT ROW)"
 					 "     ) AS windows "
 					 "CROSS JOIN LATERAL generate_series(1, CASE WHEN bad THEN 1 ELSE "
 					 "    ((pos - %d) %% %d = 0)::int + (pos = n)::int END) "

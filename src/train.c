@@ -322,6 +322,14 @@ bst_train(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid model configuration: %s", bst_config_check(&args.config))));
 
+	if ((int64) args.options.batch_size * L > BST_MAX_BATCH_POSITIONS)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("batch_size %d is too large for windows of %d movies",
+						args.options.batch_size, L),
+				 errdetail("batch_size times the window length must be at most %d.",
+						   BST_MAX_BATCH_POSITIONS)));
+
 	bst_use_threads();
 	train_cxt = AllocSetContextCreate(CurrentMemoryContext, "bst_train", ALLOCSET_DEFAULT_SIZES);
 	old_core = bst_core_memory(train_cxt);

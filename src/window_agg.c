@@ -80,7 +80,7 @@ bst_window_agg_transfn(PG_FUNCTION_ARGS)
 	if (state->count == state->capacity)
 	{
 		/* Unroll the ring into a buffer twice the size. */
-		Datum	   *values = MemoryContextAlloc(aggcontext, 2 * state->capacity * sizeof(Datum));
+		Datum	   *values = MemoryContextAllocHuge(aggcontext, 2 * (Size) state->capacity * sizeof(Datum));
 
 		for (int i = 0; i < state->count; i++)
 			values[i] = state->values[(state->head + i) % state->capacity];

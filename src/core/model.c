@@ -379,7 +379,7 @@ int bst_acts_alloc(BstActs *a, const BstConfig *cfg, int32_t max_batch, int for_
     memset(a, 0, sizeof(*a));
     /* Bounds rows (B*L) well inside BLAS's int dimensions and keeps every
      * buffer size far from size_t overflow. */
-    if (max_batch < 1 || (int64_t)max_batch * cfg->seq_len > (1 << 24))
+    if (max_batch < 1 || (int64_t)max_batch * cfg->seq_len > BST_MAX_BATCH_POSITIONS)
         return -1;
     Carver cv = {NULL, 0};
     acts_layout(a, cfg, (size_t)max_batch, for_grads, &cv);

@@ -12,6 +12,8 @@
 #include "rng.h"
 
 #define BST_MAX_HIDDEN 8
+/* Windows times positions in one batch: bounds every activation buffer. */
+#define BST_MAX_BATCH_POSITIONS (1 << 24)
 /* Keeps every tensor (and the serialized model) below PostgreSQL's 1 GB
  * allocation and varlena limits. */
 #define BST_MAX_PARAMS 200000000

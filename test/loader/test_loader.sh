@@ -68,9 +68,12 @@ check "ML-100K Latin-1 title" "SELECT title FROM movies WHERE movie_id = 10" "Ci
 
 # --- ml-latest-small layout: CSV, half-star ratings, no users -------------
 mkdir "$work/small"
+# A quote in the directory name must not break the generated COPY commands.
+mkdir "$work/it's small"
 printf 'userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,3,0.5,964981247\n' >"$work/small/ratings.csv"
 printf 'movieId,title,genres\n1,Toy Story (1995),Adventure|Animation\n3,"American President, The (1995)",(no genres listed)\n' >"$work/small/movies.csv"
-if "$loader" "$work/small" >/dev/null 2>&1; then ok; else not_ok "ml-latest-small layout loads"; fi
+cp "$work/small/"* "$work/it's small/"
+if "$loader" "$work/it's small" >/dev/null 2>&1; then ok; else not_ok "ml-latest-small layout loads"; fi
 check "ml-latest-small ratings" "SELECT string_agg(rating::text, ',' ORDER BY movie_id) FROM ratings" "4,0.5"
 check "ml-latest-small quoted title" "SELECT title || genres::text FROM movies WHERE movie_id = 3" "American President, The (1995){}"
 check "ml-latest-small has no users" "SELECT count(*) FROM users" "0"
@@ -92,6 +95,13 @@ printf '1|24|M|astronaut|85711\n' >"$work/bad100k/u.user"
 load_fails "unknown occupation" "$work/bad100k" "u.user: line 1: occupation not listed in u.occupation"
 : >"$work/bad100k/u.data"
 load_fails "empty ratings file" "$work/bad100k" "u.data: empty file"
+printf 'administrator\r\nother\r\ntechnician\r\n' >"$work/bad100k/u.occupation"
+printf '1|24|M|technician|85711\r\n' >"$work/bad100k/u.user"
+cp "$work/ml100k/u.data" "$work/bad100k/u.data"
+if "$loader" "$work/bad100k" >/dev/null 2>&1; then ok; else not_ok "CRLF line ends in u.user and u.occupation"; fi
+check "CRLF occupation" "SELECT occupation FROM users WHERE user_id = 1" "2"
+: >"$work/bad100k/u.occupation"
+load_fails "empty u.occupation" "$work/bad100k" "u.user: line 1: occupation not listed in u.occupation"
 load_fails "not a directory" "$work/nowhere" "no such directory"
 mkdir "$work/empty"
 load_fails "no MovieLens files" "$work/empty" "no MovieLens files found"

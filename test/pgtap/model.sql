@@ -1,6 +1,6 @@
 -- Properties of training and prediction on generated data.
 BEGIN;
-SELECT plan(13);
+SELECT plan(19);
 SET client_min_messages = warning;
 DELETE FROM bst_models;  -- rolled back at the end
 
@@ -58,12 +58,71 @@ SELECT isnt(bst_predict(5, 10), (SELECT p FROM before), 'newer ratings change th
 SELECT is(bst_predict(5, 10), bst_predict('learned', '{6,4,3,10}', '{1,1,1}'),
           'the user prediction is the explicit window of the latest ratings, oldest first');
 
+-- NULL timestamps are not history (bst_sequences refuses them too).
+CREATE TEMP TABLE before_null AS SELECT bst_predict(5, 10) AS p;
+INSERT INTO ratings VALUES (5, 7, 5, NULL);
+SELECT is(bst_predict(5, 10), (SELECT p FROM before_null), 'a rating without a timestamp is not the newest');
+-- A movie rated twice at one instant: the order does not depend on insertion.
+INSERT INTO ratings VALUES (5, 8, 2, 1000000), (5, 8, 4, 1000000);
+CREATE TEMP TABLE tie_a AS SELECT bst_predict(5, 10) AS p;
+DELETE FROM ratings WHERE user_id = 5 AND unix_timestamp = 1000000;
+INSERT INTO ratings VALUES (5, 8, 4, 1000000), (5, 8, 2, 1000000);
+SELECT is(bst_predict(5, 10), (SELECT p FROM tie_a), 'exact ties are ordered by rating, not by insertion');
+
 -- The backend's cache notices a newer version.
 CREATE TEMP TABLE v1 AS SELECT bst_predict('learned', '{1,2,3,4}', '{5,4,3}') AS p;
 SELECT bst_train('learned', 'SELECT movie_ids, ratings FROM windows', epochs => 1, hidden => '{32,16}', seed => 11,
                  history => 'pg_temp.ratings', vocabulary => 'SELECT movie_id FROM pg_temp.movies');
 SELECT isnt(bst_predict('learned', '{1,2,3,4}', '{5,4,3}'), (SELECT p FROM v1),
             'a new version is used from the next statement on');
+
+-- ... also inside one PL/pgSQL function, whose expressions live across statements.
+CREATE FUNCTION pg_temp.predict_train_predict() RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    before real;
+    after real;
+BEGIN
+    FOR i IN 1..2 LOOP
+        IF i = 2 THEN
+            PERFORM bst_train('learned', 'SELECT movie_ids, ratings FROM windows', epochs => 1, hidden => '{32,16}',
+                              seed => 12, history => 'pg_temp.ratings', vocabulary => 'SELECT movie_id FROM pg_temp.movies');
+        END IF;
+        after := bst_predict('learned', '{1,2,3,4}', '{5,4,3}');
+        IF i = 1 THEN before := after; END IF;
+    END LOOP;
+    RETURN before <> after;
+END $$;
+SELECT ok(pg_temp.predict_train_predict(), 'a version trained inside a PL/pgSQL loop is used by the next iteration');
+-- ... and a change of bst.model between iterations.
+CREATE FUNCTION pg_temp.switch_models() RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    p real[] := '{}';
+    m text;
+BEGIN
+    FOREACH m IN ARRAY ARRAY['learned', 'other_seed'] LOOP
+        PERFORM set_config('bst.model', m, true);
+        p := p || bst_predict(5, 10);
+    END LOOP;
+    RETURN p[1] <> p[2];
+END $$;
+SELECT ok(pg_temp.switch_models(), 'bst_predict(user, movie) follows bst.model changes within one function');
+-- ... and weights updated twice in one transaction.
+CREATE TEMP TABLE twice AS SELECT bst_predict('untrained', '{1,2,3,4}', '{5,4,3}') AS p0;
+UPDATE bst_models SET weights = (SELECT weights FROM bst_models WHERE name = 'again') WHERE name = 'untrained';
+SELECT bst_predict('untrained', '{1,2,3,4}', '{5,4,3}');
+UPDATE bst_models SET weights = (SELECT weights FROM bst_models WHERE name = 'other_seed') WHERE name = 'untrained';
+SELECT is(bst_predict('untrained', '{1,2,3,4}', '{5,4,3}'), bst_predict('other_seed', '{1,2,3,4}', '{5,4,3}'),
+          'weights updated twice in one transaction: the second update is used');
+
+-- More models than the cache holds, loaded while bst_evaluate holds one.
+SELECT bst_train('c' || i, 'SELECT movie_ids, ratings FROM windows LIMIT 50', epochs => 1, hidden => '{4}', embed_dim => 2,
+                 seed => i, history => NULL, vocabulary => NULL)
+FROM generate_series(1, 10) i;
+SELECT count(bst_predict('c' || i, '{1,2,3,4}', '{5,4,3}')) FROM generate_series(1, 8) i;
+SELECT is((SELECT n FROM bst_evaluate('c1', $$SELECT movie_ids, ratings FROM windows
+                                           WHERE bst_predict('c9', movie_ids, ratings) IS NOT NULL
+                                             AND bst_predict('c10', movie_ids, ratings) IS NOT NULL$$)),
+          (SELECT count(*) FROM windows), 'a model evicted from the cache while in use stays valid until the transaction ends');
 
 -- Cancelling a training (statement_timeout) leaves the earlier versions alone.
 CREATE TEMP TABLE big AS SELECT w.* FROM windows w, generate_series(1, 20);

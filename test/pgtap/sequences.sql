@@ -1,7 +1,7 @@
 -- Properties of bst_sequences and bst_window_agg on generated data,
 -- checked against an independent computation in plain SQL.
 BEGIN;
-SELECT plan(12);
+SELECT plan(13);
 
 SELECT setseed(0.42);
 -- 300 users with 0..40 ratings each; timestamps drawn from a small range so
@@ -72,6 +72,14 @@ SELECT is((SELECT count(*) FROM bst_sequences('gen') s JOIN ranked r USING (user
 CREATE TEMP TABLE gen_reversed AS SELECT * FROM gen ORDER BY user_id DESC, unix_timestamp DESC, movie_id DESC;
 SELECT set_eq($$SELECT * FROM bst_sequences('gen')$$, $$SELECT * FROM bst_sequences('gen_reversed')$$,
               'result does not depend on the physical row order');
+
+-- Even a movie rated twice at one instant: ordered by rating.
+CREATE TEMP TABLE dup_a (user_id int, movie_id int, rating real, unix_timestamp bigint);
+CREATE TEMP TABLE dup_b (LIKE dup_a);
+INSERT INTO dup_a VALUES (1, 10, 5, 1), (1, 10, 3, 1), (1, 11, 4, 2);
+INSERT INTO dup_b VALUES (1, 11, 4, 2), (1, 10, 3, 1), (1, 10, 5, 1);
+SELECT results_eq($$SELECT * FROM bst_sequences('dup_a', 2, 1)$$, $$SELECT * FROM bst_sequences('dup_b', 2, 1)$$,
+                  'exact duplicates of (user, time, movie) are ordered by rating');
 
 -- The moving aggregate agrees with re-aggregating every frame from scratch
 -- (an ORDER BY inside the aggregate call forbids the moving-aggregate path).
