@@ -61,11 +61,14 @@ bst_model_store(FunctionCallInfo fcinfo, const char *name, const BstModel *model
 
 	/*
 	 * Concurrent trainings of one name serialize on the lock, so each gets
-	 * its own version number.
+	 * its own version number.  Under REPEATABLE READ or SERIALIZABLE the
+	 * snapshot may not show a version committed meanwhile; then the insert
+	 * conflicts, and the caller gets a serialization failure to retry.
 	 */
 	sql = psprintf("INSERT INTO %s.bst_models (name, version, config, metrics, history, weights) "
 				   "SELECT $1, coalesce(max(version), 0) + 1, $2::jsonb, $3::jsonb, $4, $5 "
 				   "FROM %s.bst_models WHERE name = $1 "
+				   "ON CONFLICT (name, version) DO NOTHING "
 				   "RETURNING version",
 				   bst_schema(fcinfo), bst_schema(fcinfo));
 
@@ -75,6 +78,11 @@ bst_model_store(FunctionCallInfo fcinfo, const char *name, const BstModel *model
 						  1, argtypes, values, NULL, false, 0);
 	if (SPI_execute_with_args(sql, 5, argtypes, values, nulls, false, 0) != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "could not store model \"%s\"", name);
+	if (SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("could not store model \"%s\": a concurrent training stored that version first", name),
+				 errhint("Retry the transaction.")));
 	version = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	SPI_finish();
 
