@@ -104,6 +104,7 @@ SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', embed_dim
 SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', embed_dim => 100000);
 SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', vocabulary => 'SELECT movie_id FROM movies WHERE false');
 SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', vocabulary => 'SELECT title FROM movies');
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', vocabulary => 'SELECT movie_id FROM movies; SELECT 1');
 SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', history => 'movies');
 SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', history => 'no_such_table');
 SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', hidden => '{8}', learning_rate => 1e30);
