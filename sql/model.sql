@@ -88,6 +88,8 @@ SELECT * FROM bst_train('x', 'SELECT movie_ids, ''{1,NaN,3,4}''::real[] AS ratin
 SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings[1:3] || NULL::real AS ratings FROM windows');
 SELECT * FROM bst_train('x', 'SELECT NULL::int[] AS movie_ids, ratings FROM windows');
 SELECT * FROM bst_train('x', 'not sql');
+SELECT * FROM bst_train('x', 'DELETE FROM windows RETURNING movie_ids, ratings');
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows; SELECT 1');
 SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', epochs => 0);
 SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', batch_size => 0);
 SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', batch_size => 10000000);

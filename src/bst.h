@@ -48,6 +48,7 @@ typedef struct BstDataset
 	float	   *targets;		/* [n] the last rating of each window */
 } BstDataset;
 
+extern SPIPlanPtr bst_prepare_select(const char *query, const char *purpose);
 extern void bst_dataset_read(BstDataset *ds, const char *query, int32 seq_len,
 							 const char *purpose);
 extern void bst_dataset_map(BstDataset *ds, const BstModel *model);

@@ -18,6 +18,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
+#include "utils/plancache.h"
 
 #include "bst.h"
 
@@ -87,6 +88,35 @@ dataset_grow(BstDataset *ds, MemoryContext cxt)
 }
 
 /*
+ * Prepare a user's query that must be one SELECT (or VALUES, or WITH ...
+ * SELECT): anything else gets an error saying so, rather than SPI's
+ * "cannot open multi-query plan" or "DELETE is not allowed in a non-volatile
+ * function".  purpose names the query in the message.
+ */
+SPIPlanPtr
+bst_prepare_select(const char *query, const char *purpose)
+{
+	SPIPlanPtr	plan;
+	List	   *sources;
+
+	if (strspn(query, " \t\r\n") == strlen(query))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s query must not be empty", purpose)));
+	plan = SPI_prepare(query, 0, NULL);
+	if (plan == NULL)
+		elog(ERROR, "could not prepare the %s query: %s", purpose,
+			 SPI_result_code_string(SPI_result));
+	sources = SPI_plan_get_plan_sources(plan);
+	if (list_length(sources) != 1 ||
+		((CachedPlanSource *) linitial(sources))->commandTag != CMDTAG_SELECT)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s query must be a single SELECT", purpose)));
+	return plan;
+}
+
+/*
  * Run query and append its windows to ds.  seq_len is the window length the
  * caller needs (a trained model's), or 0 to take it from the first row.
  * purpose ("training", "evaluation") makes the error messages precise.
@@ -102,18 +132,13 @@ bst_dataset_read(BstDataset *ds, const char *query, int32 seq_len, const char *p
 
 	memset(ds, 0, sizeof(*ds));
 	ds->seq_len = seq_len;
-	if (strspn(query, " \t\r\n") == strlen(query))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s query must not be empty", purpose)));
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	batch_cxt = AllocSetContextCreate(CurrentMemoryContext, "bst dataset batch",
 									  ALLOCSET_DEFAULT_SIZES);
 
-	portal = SPI_cursor_open_with_args(NULL, query, 0, NULL, NULL, NULL, true,
-									   CURSOR_OPT_NO_SCROLL);
+	portal = SPI_cursor_open(NULL, bst_prepare_select(query, purpose), NULL, NULL, true);
 	for (;;)
 	{
 		MemoryContext old;

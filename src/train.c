@@ -177,7 +177,6 @@ static int32 *
 read_vocabulary(const char *query, const BstDataset *ds, int32 *n_movies)
 {
 	MemoryContext outer = CurrentMemoryContext;
-	SPIPlanPtr	plan;
 	int32	   *ids;
 	int64		n = 0;
 
@@ -191,14 +190,7 @@ read_vocabulary(const char *query, const BstDataset *ds, int32 *n_movies)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	plan = SPI_prepare(query, 0, NULL);
-	if (plan == NULL)
-		elog(ERROR, "could not prepare the vocabulary query: %s", SPI_result_code_string(SPI_result));
-	if (list_length(SPI_plan_get_plan_sources(plan)) != 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("vocabulary must be a single query")));
-	SPI_execute_plan(plan, NULL, NULL, true, 0);
+	SPI_execute_plan(bst_prepare_select(query, "vocabulary"), NULL, NULL, true, 0);
 	if (SPI_tuptable == NULL || SPI_tuptable->tupdesc->natts < 1 ||
 		(SPI_gettypeid(SPI_tuptable->tupdesc, 1) != INT4OID &&
 		 SPI_gettypeid(SPI_tuptable->tupdesc, 1) != INT2OID))
