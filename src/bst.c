@@ -99,6 +99,14 @@ bst_arg_not_null(FunctionCallInfo fcinfo, int argno, const char *argname)
 				 errmsg("%s must not be NULL", argname)));
 }
 
+/* A relation's schema-qualified name, quoted for SQL. */
+char *
+bst_relation_name(Oid relid)
+{
+	return quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+									  get_rel_name(relid));
+}
+
 /*
  * The extension is not relocatable, so the schema of the function being
  * called is the schema of all its objects.

@@ -26,6 +26,9 @@ extern void bst_use_threads(void);
 /* Raise a clear error when argument argno (named argname) is NULL. */
 extern void bst_arg_not_null(FunctionCallInfo fcinfo, int argno, const char *argname);
 
+/* A relation's schema-qualified name, quoted for SQL. */
+extern char *bst_relation_name(Oid relid);
+
 /* The extension's schema, quoted for SQL. */
 extern const char *bst_schema(FunctionCallInfo fcinfo);
 

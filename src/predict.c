@@ -24,7 +24,6 @@
 #include "storage/proc.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
-#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/regproc.h"
 
@@ -33,6 +32,9 @@
 PG_FUNCTION_INFO_V1(bst_predict_window);
 PG_FUNCTION_INFO_V1(bst_predict_user);
 PG_FUNCTION_INFO_V1(bst_evaluate);
+
+/* Windows bst_evaluate scores between two checks for a cancel. */
+#define EVALUATE_CHUNK 4096
 
 /* What a call site remembers between rows of one command. */
 typedef struct CallModel
@@ -87,10 +89,8 @@ static char *
 history_relation(BstStoredModel *entry)
 {
 	RangeVar   *rv = makeRangeVarFromNameList(stringToQualifiedNameList(entry->history));
-	Oid			relid = RangeVarGetRelid(rv, AccessShareLock, false);
 
-	return quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
-									  get_rel_name(relid));
+	return bst_relation_name(RangeVarGetRelid(rv, AccessShareLock, false));
 }
 
 static float
@@ -225,7 +225,7 @@ bst_evaluate(PG_FUNCTION_ARGS)
 	BstStoredModel *entry;
 	BstDataset	ds;
 	int			L;
-	float	   *pred;
+	float		pred[EVALUATE_CHUNK];
 	double		abs_sum = 0;
 	double		sq_sum = 0;
 	TupleDesc	desc;
@@ -243,25 +243,24 @@ bst_evaluate(PG_FUNCTION_ARGS)
 	bst_dataset_map(&ds, entry->model);
 
 	bst_use_threads();
-	pred = palloc_extended(ds.n * sizeof(float), MCXT_ALLOC_HUGE);
-	for (int64 first = 0; first < ds.n; first += 4096)
+	for (int64 first = 0; first < ds.n; first += EVALUATE_CHUNK)
 	{
 		BstBatch	batch;
 
 		CHECK_FOR_INTERRUPTS();
-		batch.n = (int32) Min((int64) 4096, ds.n - first);
+		batch.n = (int32) Min((int64) EVALUATE_CHUNK, ds.n - first);
 		batch.movies = ds.movies + first * L;
 		batch.ratings = ds.ratings + first * (L - 1);
 		batch.targets = NULL;
-		bst_predict(entry->predictor, &batch, pred + first);
-	}
-	for (int64 i = 0; i < ds.n; i++)
-	{
-		double		err = (double) pred[i] - ds.targets[i];
+		bst_predict(entry->predictor, &batch, pred);
+		for (int32 i = 0; i < batch.n; i++)
+		{
+			double		err = (double) pred[i] - ds.targets[first + i];
 
-		check_prediction(pred[i]);
-		abs_sum += fabs(err);
-		sq_sum += err * err;
+			check_prediction(pred[i]);
+			abs_sum += fabs(err);
+			sq_sum += err * err;
+		}
 	}
 
 	values[0] = Int64GetDatum(ds.n);

@@ -171,8 +171,7 @@ bst_sequences(PG_FUNCTION_ARGS)
 					 "WHERE pos >= %d OR bad",
 					 schema, schema,
 					 user_col, movie_col, rating_col, time_col,
-					 quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
-												get_rel_name(relid)),
+					 bst_relation_name(relid),
 					 seq_len - 1, seq_len, step, seq_len);
 
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);

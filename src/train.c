@@ -135,8 +135,7 @@ parse_args(FunctionCallInfo fcinfo, TrainArgs *a)
 					(errcode(ERRCODE_UNDEFINED_TABLE),
 					 errmsg("history relation with OID %u does not exist", relid)));
 		check_history(relid);
-		a->history = quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
-												get_rel_name(relid));
+		a->history = bst_relation_name(relid);
 	}
 	a->embed_dim = PG_ARGISNULL(11) ? 0 : PG_GETARG_INT32(11);
 	if (!PG_ARGISNULL(11) && a->embed_dim < 1)
