@@ -91,72 +91,187 @@ static inline int32_t clamp_row(int32_t idx, int32_t n_rows)
     return (idx >= 0 && idx < n_rows) ? idx : 0;
 }
 
-/* Windows [b0, b1). */
-static void embedding_forward_windows(float *out, const int32_t *movies, const float *ratings,
-                                      const float *movie_emb, const float *pos_emb,
-                                      int32_t n_rows, size_t b0, size_t b1, int L, int d)
+/* Rows [r0, r1) of the gather. */
+static void embedding_forward_rows(float *out, int out_stride, const int32_t *idx,
+                                   const float *table, int32_t n_rows, size_t r0, size_t r1,
+                                   int width)
 {
-    for (size_t b = b0; b < b1; b++) {
-        for (int i = 0; i < L; i++) {
-            const float *e = movie_emb + (size_t)clamp_row(movies[b * L + i], n_rows) * d;
-            float *o = out + (b * L + i) * d;
-            if (i == L - 1) {
-                memcpy(o, e, (size_t)d * sizeof(float));
-                continue;
-            }
-            const float *pe = pos_emb + (size_t)i * d;
-            float r = ratings[b * (L - 1) + i];
-            for (int c = 0; c < d; c++)
-                o[c] = (e[c] + pe[c]) * r;
-        }
-    }
+    for (size_t r = r0; r < r1; r++)
+        memcpy(out + r * out_stride, table + (size_t)clamp_row(idx[r], n_rows) * width,
+               (size_t)width * sizeof(float));
 }
 
-void embedding_forward(float *out, const int32_t *movies, const float *ratings,
-                       const float *movie_emb, const float *pos_emb,
-                       int32_t n_rows, int B, int L, int d)
+void embedding_forward(float *out, int out_stride, const int32_t *idx, const float *table,
+                       int32_t n_rows, int n, int width)
 {
-    PARALLEL_FOR((size_t)B, 1, (double)B * L * d, lo, hi,
-                 embedding_forward_windows(out, movies, ratings, movie_emb, pos_emb, n_rows,
-                                           lo, hi, L, d));
+    PARALLEL_FOR((size_t)n, 1, (double)n * width, lo, hi,
+                 embedding_forward_rows(out, out_stride, idx, table, n_rows, lo, hi, width));
 }
 
 /*
- * Scatter-add restricted to embedding columns [c0, c1).  Windows repeat
- * movies, so splitting windows between threads would race on the rows they
- * share; splitting columns cannot, and keeps every element's sum in window
+ * Scatter-add restricted to columns [c0, c1).  Rows repeat (a movie in many
+ * windows), so splitting rows between threads would race on the table rows
+ * they share; splitting columns cannot, and keeps every element's sum in row
  * order.
  */
-static void embedding_backward_cols(float *d_movie_emb, float *d_pos_emb, const float *d_out,
-                                    const int32_t *movies, const float *ratings,
-                                    int32_t n_rows, int B, int L, int d, size_t c0, size_t c1)
+static void embedding_backward_cols(float *d_table, const float *d_out, int out_stride,
+                                    const int32_t *idx, int32_t n_rows, int n, int width,
+                                    size_t c0, size_t c1)
 {
-    for (size_t b = 0; b < (size_t)B; b++) {
+    for (size_t r = 0; r < (size_t)n; r++) {
+        float *dt = d_table + (size_t)clamp_row(idx[r], n_rows) * width;
+        const float *g = d_out + r * out_stride;
+        for (size_t c = c0; c < c1; c++)
+            dt[c] += g[c];
+    }
+}
+
+void embedding_backward(float *d_table, const float *d_out, int out_stride, const int32_t *idx,
+                        int32_t n_rows, int n, int width)
+{
+    PARALLEL_FOR((size_t)width, 1, (double)n * width, lo, hi,
+                 embedding_backward_cols(d_table, d_out, out_stride, idx, n_rows, n, width,
+                                         lo, hi));
+}
+
+/* Windows [b0, b1). */
+static void sequence_forward_windows(float *out, const float *enc, const float *ratings,
+                                     const float *pos_emb, const int32_t *hist_len,
+                                     size_t b0, size_t b1, int L, int d)
+{
+    for (size_t b = b0; b < b1; b++) {
+        const int first = bst_first_valid(hist_len, b, L);
         for (int i = 0; i < L; i++) {
-            float *de = d_movie_emb + (size_t)clamp_row(movies[b * L + i], n_rows) * d;
-            const float *g = d_out + (b * L + i) * d;
-            if (i == L - 1) {
-                for (size_t c = c0; c < c1; c++)
-                    de[c] += g[c];
-                continue;
-            }
-            float *dpe = d_pos_emb + (size_t)i * d;
-            float r = ratings[b * (L - 1) + i];
-            for (size_t c = c0; c < c1; c++) {
-                de[c] += g[c] * r;
-                dpe[c] += g[c] * r;
+            const size_t row = (b * L + i) * d;
+            float *o = out + row;
+            const float *e = enc + row;
+            if (i < first) {
+                memset(o, 0, (size_t)d * sizeof(float));
+            } else if (i == L - 1) {
+                memcpy(o, e, (size_t)d * sizeof(float));
+            } else {
+                const float *pe = pos_emb + (size_t)i * d;
+                const float r = ratings[b * (L - 1) + i];
+                for (int c = 0; c < d; c++)
+                    o[c] = (e[c] + pe[c]) * r;
             }
         }
     }
 }
 
-void embedding_backward(float *d_movie_emb, float *d_pos_emb, const float *d_out,
-                        const int32_t *movies, const float *ratings,
-                        int32_t n_rows, int B, int L, int d)
+void sequence_forward(float *out, const float *enc, const float *ratings, const float *pos_emb,
+                      const int32_t *hist_len, int B, int L, int d)
 {
-    PARALLEL_FOR((size_t)d, 1, 2.0 * B * L * d, lo, hi,
-                 embedding_backward_cols(d_movie_emb, d_pos_emb, d_out, movies, ratings,
-                                         n_rows, B, L, d, lo, hi));
+    PARALLEL_FOR((size_t)B, 1, (double)B * L * d, lo, hi,
+                 sequence_forward_windows(out, enc, ratings, pos_emb, hist_len, lo, hi, L, d));
+}
+
+/* d_enc of windows [b0, b1). */
+static void sequence_backward_windows(float *d_enc, const float *d_out, const float *ratings,
+                                      const int32_t *hist_len, size_t b0, size_t b1, int L,
+                                      int d)
+{
+    for (size_t b = b0; b < b1; b++) {
+        const int first = bst_first_valid(hist_len, b, L);
+        for (int i = 0; i < L; i++) {
+            const size_t row = (b * L + i) * d;
+            float *de = d_enc + row;
+            const float *g = d_out + row;
+            if (i < first) {
+                memset(de, 0, (size_t)d * sizeof(float));
+            } else if (i == L - 1) {
+                memcpy(de, g, (size_t)d * sizeof(float));
+            } else {
+                const float r = ratings[b * (L - 1) + i];
+                for (int c = 0; c < d; c++)
+                    de[c] = g[c] * r;
+            }
+        }
+    }
+}
+
+/* d_pos_emb columns [c0, c1): a sum over windows, owned by one thread. */
+static void sequence_backward_pos_cols(float *d_pos_emb, const float *d_out, const float *ratings,
+                                       const int32_t *hist_len, int B, int L, int d, size_t c0,
+                                       size_t c1)
+{
+    for (size_t b = 0; b < (size_t)B; b++) {
+        const int first = bst_first_valid(hist_len, b, L);
+        for (int i = first; i < L - 1; i++) {
+            const float *g = d_out + (b * L + i) * d;
+            float *dp = d_pos_emb + (size_t)i * d;
+            const float r = ratings[b * (L - 1) + i];
+            for (size_t c = c0; c < c1; c++)
+                dp[c] += g[c] * r;
+        }
+    }
+}
+
+void sequence_backward(float *d_enc, float *d_pos_emb, const float *d_out, const float *ratings,
+                       const int32_t *hist_len, int B, int L, int d)
+{
+    PARALLEL_FOR((size_t)B, 1, (double)B * L * d, lo, hi,
+                 sequence_backward_windows(d_enc, d_out, ratings, hist_len, lo, hi, L, d));
+    PARALLEL_FOR((size_t)d, 1, (double)B * L * d, lo, hi,
+                 sequence_backward_pos_cols(d_pos_emb, d_out, ratings, hist_len, B, L, d, lo, hi));
+}
+
+/* Windows [b0, b1). */
+static void flatten_forward_windows(float *out, int stride, const float *y,
+                                    const int32_t *hist_len, size_t b0, size_t b1, int L, int d)
+{
+    const size_t all = (size_t)L * d;
+    for (size_t b = b0; b < b1; b++) {
+        const size_t pad = (size_t)bst_first_valid(hist_len, b, L) * d;
+        memset(out + b * stride, 0, pad * sizeof(float));
+        memcpy(out + b * stride + pad, y + b * all + pad, (all - pad) * sizeof(float));
+    }
+}
+
+void flatten_forward(float *out, int out_stride, const float *y, const int32_t *hist_len,
+                     int B, int L, int d)
+{
+    PARALLEL_FOR((size_t)B, 1, (double)B * L * d, lo, hi,
+                 flatten_forward_windows(out, out_stride, y, hist_len, lo, hi, L, d));
+}
+
+static void flatten_backward_windows(float *d_y, const float *d_out, int stride,
+                                     const int32_t *hist_len, size_t b0, size_t b1, int L, int d)
+{
+    const size_t all = (size_t)L * d;
+    for (size_t b = b0; b < b1; b++) {
+        const size_t pad = (size_t)bst_first_valid(hist_len, b, L) * d;
+        memset(d_y + b * all, 0, pad * sizeof(float));
+        memcpy(d_y + b * all + pad, d_out + b * stride + pad, (all - pad) * sizeof(float));
+    }
+}
+
+void flatten_backward(float *d_y, const float *d_out, int out_stride, const int32_t *hist_len,
+                      int B, int L, int d)
+{
+    PARALLEL_FOR((size_t)B, 1, (double)B * L * d, lo, hi,
+                 flatten_backward_windows(d_y, d_out, out_stride, hist_len, lo, hi, L, d));
+}
+
+/* A handful of additions per window: never worth a thread. */
+void bias_forward(float *pred, const float *global, const float *user_bias,
+                  const float *movie_bias, const int32_t *users, const int32_t *movies,
+                  int32_t n_user_rows, int32_t n_movie_rows, int B)
+{
+    for (int b = 0; b < B; b++)
+        pred[b] += global[0] + user_bias[clamp_row(users ? users[b] : 0, n_user_rows)] +
+                   movie_bias[clamp_row(movies[b], n_movie_rows)];
+}
+
+void bias_backward(float *d_global, float *d_user_bias, float *d_movie_bias, const float *d_pred,
+                   const int32_t *users, const int32_t *movies, int32_t n_user_rows,
+                   int32_t n_movie_rows, int B)
+{
+    for (int b = 0; b < B; b++) {
+        d_global[0] += d_pred[b];
+        d_user_bias[clamp_row(users ? users[b] : 0, n_user_rows)] += d_pred[b];
+        d_movie_bias[clamp_row(movies[b], n_movie_rows)] += d_pred[b];
+    }
 }
 
 /*
@@ -577,21 +692,26 @@ void dropout_backward(float *d_in, const float *d_out, const float *mask, size_t
  * Windows are independent: threads take ranges of windows.
  */
 static void attention_forward_windows(float *ctx, float *probs, float *mask, const float *qkv,
-                                      size_t b0, size_t b1, int L, int H, int dk, float p,
-                                      uint64_t key)
+                                      const int32_t *hist_len, size_t b0, size_t b1, int L,
+                                      int H, int dk, float p, uint64_t key)
 {
     const int hd = H * dk, stride = 3 * hd;
     const float *q = qkv, *k = qkv + hd, *v = qkv + 2 * hd;
     /* Keras scales the query by 1/sqrt(key_dim) before the dot product. */
     const float scale = 1.0f / sqrtf((float)dk);
     for (size_t b = b0; b < b1; b++) {
+        /* Padded keys get probability 0; the target is never padding, so
+         * every row keeps at least one key. */
+        const int first = bst_first_valid(hist_len, b, L);
         for (int h = 0; h < H; h++) {
             float *pr = probs + (b * H + h) * L * L;
             for (int i = 0; i < L; i++) {
                 const float *qi = q + (b * L + i) * stride + (size_t)h * dk;
                 float *row = pr + (size_t)i * L;
                 float maxv = -INFINITY;
-                for (int j = 0; j < L; j++) {
+                for (int j = 0; j < first; j++)
+                    row[j] = 0.0f;
+                for (int j = first; j < L; j++) {
                     const float *kj = k + (b * L + j) * stride + (size_t)h * dk;
                     float s = dot8(qi, kj, dk) * scale;
                     row[j] = s;
@@ -599,12 +719,12 @@ static void attention_forward_windows(float *ctx, float *probs, float *mask, con
                         maxv = s;
                 }
                 float sum = 0.0f;
-                for (int j = 0; j < L; j++) {
+                for (int j = first; j < L; j++) {
                     row[j] = expf(row[j] - maxv);
                     sum += row[j];
                 }
                 float inv = 1.0f / sum;
-                for (int j = 0; j < L; j++)
+                for (int j = first; j < L; j++)
                     row[j] *= inv;
             }
         }
@@ -632,12 +752,14 @@ static void attention_forward_windows(float *ctx, float *probs, float *mask, con
 }
 
 void attention_forward(float *ctx, float *probs, float *mask, const float *qkv,
-                       int B, int L, int H, int dk, float p, BstRng *rng)
+                       const int32_t *hist_len, int B, int L, int H, int dk, float p,
+                       BstRng *rng)
 {
     uint64_t key;
     p = dropout_stream(p, rng, &key);
     PARALLEL_FOR((size_t)B, 1, 4.0 * B * H * L * L * dk, lo, hi,
-                 attention_forward_windows(ctx, probs, mask, qkv, lo, hi, L, H, dk, p, key));
+                 attention_forward_windows(ctx, probs, mask, qkv, hist_len, lo, hi, L, H, dk, p,
+                                           key));
 }
 
 static void attention_backward_windows(float *d_qkv, float *d_probs, const float *d_ctx,

@@ -22,18 +22,65 @@
 #include "rng.h"
 
 /*
- * BST input embedding for B windows of L positions, d features:
- *   history i < L-1:  (movie_emb[movies[i]] + pos_emb[i]) * ratings[i]
- *   target  i = L-1:   movie_emb[movies[L-1]]
- * Indices outside [0, n_rows) are read as row 0 (out-of-vocabulary) so a bad
- * caller can never read out of bounds.
+ * Windows are left-padded: a window of L positions holds hist_len[b] history
+ * items right-aligned before the target (positions L-1-hist_len[b] .. L-2),
+ * and padding before them.  hist_len == NULL means every window is full
+ * (hist_len = L-1).  Padding is invisible: it is zero in the embedded input,
+ * masked out of attention as a key, and zeroed before the MLP, so neither a
+ * prediction nor a gradient depends on what the padded slots hold.
  */
-void embedding_forward(float *out, const int32_t *movies, const float *ratings,
-                       const float *movie_emb, const float *pos_emb,
-                       int32_t n_rows, int B, int L, int d);
-void embedding_backward(float *d_movie_emb, float *d_pos_emb, const float *d_out,
-                        const int32_t *movies, const float *ratings,
-                        int32_t n_rows, int B, int L, int d);
+static inline int bst_first_valid(const int32_t *hist_len, size_t b, int L)
+{
+    if (!hist_len)
+        return 0;
+    int h = hist_len[b];
+    h = h < 0 ? 0 : (h > L - 1 ? L - 1 : h);
+    return L - 1 - h;
+}
+
+/*
+ * Row gather: out[r * out_stride + c] = table[idx[r] * width + c] for r < n,
+ * c < width (out_stride >= width lets several gathers fill the columns of one
+ * matrix).  Indices outside [0, n_rows) are read as row 0 (out-of-vocabulary)
+ * so a bad caller can never read out of bounds.  The backward scatter-adds
+ * into d_table.
+ */
+void embedding_forward(float *out, int out_stride, const int32_t *idx, const float *table,
+                       int32_t n_rows, int n, int width);
+void embedding_backward(float *d_table, const float *d_out, int out_stride, const int32_t *idx,
+                        int32_t n_rows, int n, int width);
+
+/*
+ * BST sequence input for B windows of L positions, d features, from the
+ * encoded movies enc [B, L, d]:
+ *   history i < L-1:  (enc[i] + pos_emb[i]) * ratings[i]
+ *   target  i = L-1:   enc[L-1]
+ *   padding:           0
+ */
+void sequence_forward(float *out, const float *enc, const float *ratings, const float *pos_emb,
+                      const int32_t *hist_len, int B, int L, int d);
+/* Writes d_enc (zero on padding), accumulates d_pos_emb. */
+void sequence_backward(float *d_enc, float *d_pos_emb, const float *d_out, const float *ratings,
+                       const int32_t *hist_len, int B, int L, int d);
+
+/* Flatten [B, L, d] into columns [0, L*d) of out [B, out_stride], padded
+ * positions zeroed; the backward writes d_y (zero on padding). */
+void flatten_forward(float *out, int out_stride, const float *y, const int32_t *hist_len,
+                     int B, int L, int d);
+void flatten_backward(float *d_y, const float *d_out, int out_stride, const int32_t *hist_len,
+                      int B, int L, int d);
+
+/*
+ * Bias terms: pred[b] += global + user_bias[users[b]] + movie_bias[movies[b]]
+ * (indices outside the tables read row 0; users == NULL: row 0).  The
+ * backward accumulates the three gradients.
+ */
+void bias_forward(float *pred, const float *global, const float *user_bias,
+                  const float *movie_bias, const int32_t *users, const int32_t *movies,
+                  int32_t n_user_rows, int32_t n_movie_rows, int B);
+void bias_backward(float *d_global, float *d_user_bias, float *d_movie_bias, const float *d_pred,
+                   const int32_t *users, const int32_t *movies, int32_t n_user_rows,
+                   int32_t n_movie_rows, int B);
 
 /* out[n, out_dim] = in[n, in_dim] . w[in_dim, out_dim] + b (b may be NULL). */
 void linear_forward(float *out, const float *in, const float *w, const float *b,
@@ -89,9 +136,12 @@ void dropout_backward(float *d_in, const float *d_out, const float *mask, size_t
  * each part.  ctx is [B, L, H*dk].  probs and mask are [B, H, L, L]: probs
  * holds the softmax (before dropout), mask the dropout factors (see
  * dropout_forward: one draw from rng per call; rng NULL = no dropout).
+ * Keys at padded positions (hist_len) get probability 0; the backward needs
+ * no mask of its own, since their zero probabilities stop every gradient.
  */
 void attention_forward(float *ctx, float *probs, float *mask, const float *qkv,
-                       int B, int L, int H, int dk, float p, BstRng *rng);
+                       const int32_t *hist_len, int B, int L, int H, int dk, float p,
+                       BstRng *rng);
 /* d_qkv is written in full; d_probs is a [B, H, L, L] scratch buffer. */
 void attention_backward(float *d_qkv, float *d_probs, const float *d_ctx,
                         const float *probs, const float *mask, const float *qkv,

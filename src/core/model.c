@@ -44,9 +44,13 @@ typedef struct ParamSpec {
     double fan_in, fan_out;
 } ParamSpec;
 
+/* Tensors of size 0 (inputs a config leaves out) are not listed, so a
+ * format-1 model lists exactly the tensors it always had. */
 static void spec(ParamSpec *s, int *n, const char *name, float **slot, size_t size,
                  int init, double fan_in, double fan_out)
 {
+    if (size == 0)
+        return;
     ParamSpec *e = &s[(*n)++];
     snprintf(e->name, sizeof(e->name), "%s", name);
     e->slot = slot;
@@ -54,6 +58,22 @@ static void spec(ParamSpec *s, int *n, const char *name, float **slot, size_t si
     e->init = init;
     e->fan_in = fan_in;
     e->fan_out = fan_out;
+}
+
+/* Weight decay applies to kernels and embedding tables, not to biases, norm
+ * parameters or the global bias. */
+static int spec_decays(const ParamSpec *s)
+{
+    return s->init == INIT_GLOROT || s->init == INIT_EMBEDDING ||
+           strcmp(s->name, "user_bias") == 0 || strcmp(s->name, "movie_bias") == 0;
+}
+
+int32_t bst_config_mlp_input(const BstConfig *c)
+{
+    int32_t in = c->seq_len * c->embed_dim + c->user_dim;
+    for (int k = 0; k < BST_N_USER_FEATS; k++)
+        in += c->feat_dim[k];
+    return in;
 }
 
 static int param_specs(const BstConfig *c, BstParams *p, ParamSpec *s)
@@ -83,7 +103,7 @@ static int param_specs(const BstConfig *c, BstParams *p, ParamSpec *s)
     spec(s, &n, "ffn_b", &p->ffn_b, d, INIT_ZERO, 0, 0);
     spec(s, &n, "ln2_g", &p->ln2_g, d, INIT_ONE, 0, 0);
     spec(s, &n, "ln2_b", &p->ln2_b, d, INIT_ZERO, 0, 0);
-    size_t in = L * d;
+    size_t in = (size_t)bst_config_mlp_input(c);
     for (int i = 0; i < c->n_hidden; i++) {
         size_t u = (size_t)c->hidden[i];
         snprintf(name, sizeof(name), "mlp%d_w", i);
@@ -98,29 +118,42 @@ static int param_specs(const BstConfig *c, BstParams *p, ParamSpec *s)
     }
     spec(s, &n, "out_w", &p->out_w, in, INIT_GLOROT, (double)in, 1.0);
     spec(s, &n, "out_b", &p->out_b, 1, INIT_ZERO, 0, 0);
+    /* Optional inputs, after every tensor of a format-1 model. */
+    const size_t user_rows = (size_t)c->n_users + 1, G = (size_t)c->n_genres;
+    spec(s, &n, "user_emb", &p->user_emb, user_rows * c->user_dim, INIT_EMBEDDING, 0, 0);
+    static const char *const feat_names[BST_N_USER_FEATS] = {"sex_emb", "age_emb", "occ_emb"};
+    for (int k = 0; k < BST_N_USER_FEATS; k++)
+        spec(s, &n, feat_names[k], &p->feat_emb[k],
+             ((size_t)c->n_feat_values[k] + 1) * c->feat_dim[k], INIT_EMBEDDING, 0, 0);
+    spec(s, &n, "genre_w", &p->genre_w, G ? (d + G) * d : 0, INIT_GLOROT, (double)(d + G),
+         (double)d);
+    spec(s, &n, "genre_b", &p->genre_b, G ? d : 0, INIT_ZERO, 0, 0);
+    if (c->use_bias) {
+        spec(s, &n, "global_bias", &p->global_bias, 1, INIT_ZERO, 0, 0);
+        spec(s, &n, "user_bias", &p->user_bias, user_rows, INIT_ZERO, 0, 0);
+        spec(s, &n, "movie_bias", &p->movie_bias, (size_t)c->n_movies + 1, INIT_ZERO, 0, 0);
+    }
     return n;
 }
 
-/* Parameter count in 64 bits, for validating configs before any size_t math. */
+/* Parameter count of a config whose fields are each within their bounds
+ * (so that no size below can overflow 64 bits). */
 static uint64_t param_count(const BstConfig *c)
 {
-    uint64_t d = (uint64_t)c->embed_dim, L = (uint64_t)c->seq_len, hd = (uint64_t)c->heads * d;
-    uint64_t n = ((uint64_t)c->n_movies + 1) * d + (L - 1) * d + 4 * d * hd + 3 * hd;  /* wqkv, wo, bqkv */
-    n += d + 4 * d + d * d + d;
-    uint64_t in = L * d;
-    for (int i = 0; i < c->n_hidden; i++) {
-        uint64_t u = (uint64_t)c->hidden[i];
-        n += in * u + 3 * u;
-        in = u;
-    }
-    return n + in + 1;
+    ParamSpec s[BST_MAX_TENSORS];
+    BstParams p;
+    uint64_t total = 0;
+    int n = param_specs(c, &p, s);
+    for (int i = 0; i < n; i++)
+        total += s[i].size;
+    return total;
 }
 
 const char *bst_config_check(const BstConfig *c)
 {
     if (c->n_movies < 1)
         return "n_movies must be at least 1";
-    if (c->embed_dim < 1 || c->embed_dim > 4096)
+    if (c->embed_dim < 1 || c->embed_dim > BST_MAX_EMBED_DIM)
         return "embed_dim must be between 1 and 4096";
     if (c->seq_len < 2 || c->seq_len > 1024)
         return "seq_len must be between 2 and 1024";
@@ -142,6 +175,16 @@ const char *bst_config_check(const BstConfig *c)
         return "bn_eps must be finite and positive";
     if (!(c->bn_momentum >= 0.0f && c->bn_momentum < 1.0f))
         return "bn_momentum must be in [0, 1)";
+    if (c->n_users < 0 || c->user_dim < 0 || c->user_dim > BST_MAX_EMBED_DIM)
+        return "n_users must not be negative and user_dim must be between 0 and 4096";
+    for (int k = 0; k < BST_N_USER_FEATS; k++)
+        if (c->n_feat_values[k] < 0 || c->n_feat_values[k] > 65536 || c->feat_dim[k] < 0 ||
+            c->feat_dim[k] > BST_MAX_EMBED_DIM)
+            return "user features must have at most 65536 values and widths between 0 and 4096";
+    if (c->n_genres < 0 || c->n_genres > BST_MAX_GENRES)
+        return "n_genres must be between 0 and 64";
+    if (c->use_bias != 0 && c->use_bias != 1)
+        return "use_bias must be 0 or 1";
     /* All fields are bounded above, so this cannot overflow 64 bits. */
     if (param_count(c) > BST_MAX_PARAMS)
         return "model too large (more than 200 million parameters)";
@@ -162,6 +205,7 @@ int bst_param_tensors(const BstConfig *cfg, const BstParams *p, BstTensor out[BS
         memcpy(out[i].name, s[i].name, sizeof(out[i].name));
         out[i].data = *s[i].slot;
         out[i].size = s[i].size;
+        out[i].decay = spec_decays(&s[i]);
     }
     return n;
 }
@@ -226,7 +270,8 @@ static void params_init(const BstConfig *cfg, BstParams *p, BstRng *rng)
 
 /* ------------------------------------------------------------------- model */
 
-/* Allocates a model with zeroed parameters and default moving statistics. */
+/* Allocates a model with zeroed parameters, zeroed user features and genres
+ * and default moving statistics. */
 static BstModel *model_alloc(const BstConfig *cfg)
 {
     if (bst_config_check(cfg))
@@ -235,8 +280,14 @@ static BstModel *model_alloc(const BstConfig *cfg)
     if (!m)
         return NULL;
     m->cfg = *cfg;
+    const size_t user_rows = (size_t)cfg->n_users + 1, movie_rows = (size_t)cfg->n_movies + 1;
     m->movie_ids = bst_alloc((size_t)cfg->n_movies * sizeof(int32_t));
-    if (!m->movie_ids || bst_params_alloc(&m->params, cfg) != 0) {
+    m->user_ids = bst_alloc_zero(cfg->n_users ? (size_t)cfg->n_users : 1, sizeof(int32_t));
+    m->user_feats = bst_alloc_zero(user_rows * BST_N_USER_FEATS, sizeof(int32_t));
+    m->movie_genres = bst_alloc_zero(cfg->n_genres ? movie_rows * cfg->n_genres : 1,
+                                     sizeof(float));
+    if (!m->movie_ids || !m->user_ids || !m->user_feats || !m->movie_genres ||
+        bst_params_alloc(&m->params, cfg) != 0) {
         bst_model_free(m);
         return NULL;
     }
@@ -265,19 +316,62 @@ static BstModel *model_alloc(const BstConfig *cfg)
     return m;
 }
 
-BstModel *bst_model_create(const BstConfig *cfg, const int32_t *movie_ids, uint64_t seed)
+static int strictly_ascending(const int32_t *ids, int32_t n)
 {
-    for (int32_t i = 1; i < cfg->n_movies; i++)
-        if (movie_ids[i] <= movie_ids[i - 1])
-            return NULL;
+    for (int32_t i = 1; i < n; i++)
+        if (ids[i] <= ids[i - 1])
+            return 0;
+    return 1;
+}
+
+const char *bst_model_set_vocab(BstModel *m, const BstVocab *v)
+{
+    const BstConfig *c = &m->cfg;
+    if (!strictly_ascending(v->movie_ids, c->n_movies))
+        return "movie vocabulary not strictly ascending";
+    if (c->n_users > 0 && (!v->user_ids || !strictly_ascending(v->user_ids, c->n_users)))
+        return "user vocabulary not strictly ascending";
+    memcpy(m->movie_ids, v->movie_ids, (size_t)c->n_movies * sizeof(int32_t));
+    if (c->n_users > 0)
+        memcpy(m->user_ids, v->user_ids, (size_t)c->n_users * sizeof(int32_t));
+    /* Row 0 (unknown user, out-of-vocabulary movie) stays all zero. */
+    if (v->user_feats) {
+        for (size_t i = 0; i < (size_t)c->n_users * BST_N_USER_FEATS; i++) {
+            int32_t k = (int32_t)(i % BST_N_USER_FEATS), f = v->user_feats[i];
+            if (f < 0 || f > c->n_feat_values[k])
+                return "user feature index out of range";
+            m->user_feats[BST_N_USER_FEATS + i] = f;
+        }
+    }
+    if (v->movie_genres && c->n_genres > 0) {
+        for (size_t i = 0; i < (size_t)c->n_movies * c->n_genres; i++) {
+            if (!isfinite(v->movie_genres[i]))
+                return "genre values must be finite";
+            m->movie_genres[c->n_genres + i] = v->movie_genres[i];
+        }
+    }
+    return NULL;
+}
+
+BstModel *bst_model_create_vocab(const BstConfig *cfg, const BstVocab *vocab, uint64_t seed)
+{
     BstModel *m = model_alloc(cfg);
     if (!m)
         return NULL;
-    memcpy(m->movie_ids, movie_ids, (size_t)cfg->n_movies * sizeof(int32_t));
+    if (bst_model_set_vocab(m, vocab) != NULL) {
+        bst_model_free(m);
+        return NULL;
+    }
     BstRng rng;
     bst_rng_seed(&rng, seed);
     params_init(cfg, &m->params, &rng);
     return m;
+}
+
+BstModel *bst_model_create(const BstConfig *cfg, const int32_t *movie_ids, uint64_t seed)
+{
+    BstVocab v = {.movie_ids = movie_ids};
+    return bst_model_create_vocab(cfg, &v, seed);
 }
 
 BstModel *bst_model_alloc(const BstConfig *cfg)
@@ -290,6 +384,9 @@ void bst_model_free(BstModel *m)
     if (!m)
         return;
     bst_free(m->movie_ids);
+    bst_free(m->user_ids);
+    bst_free(m->user_feats);
+    bst_free(m->movie_genres);
     bst_params_free(&m->params);
     bst_free(m->bn.slab);
     bst_free(m);
@@ -300,19 +397,30 @@ const BstConfig *bst_model_config(const BstModel *m)
     return &m->cfg;
 }
 
-int32_t bst_model_movie_index(const BstModel *m, int32_t movie_id)
+/* 1-based position of id in the ascending ids[0..n), 0 when absent. */
+static int32_t vocab_index(const int32_t *ids, int32_t n, int32_t id)
 {
-    int32_t lo = 0, hi = m->cfg.n_movies - 1;
+    int32_t lo = 0, hi = n - 1;
     while (lo <= hi) {
         int32_t mid = lo + (hi - lo) / 2;
-        if (m->movie_ids[mid] < movie_id)
+        if (ids[mid] < id)
             lo = mid + 1;
-        else if (m->movie_ids[mid] > movie_id)
+        else if (ids[mid] > id)
             hi = mid - 1;
         else
             return mid + 1;
     }
     return 0;
+}
+
+int32_t bst_model_movie_index(const BstModel *m, int32_t movie_id)
+{
+    return vocab_index(m->movie_ids, m->cfg.n_movies, movie_id);
+}
+
+int32_t bst_model_user_index(const BstModel *m, int32_t user_id)
+{
+    return vocab_index(m->user_ids, m->cfg.n_users, user_id);
 }
 
 size_t bst_model_num_params(const BstModel *m)
@@ -342,7 +450,11 @@ static void acts_layout(BstActs *a, const BstConfig *c, size_t N, int for_grads,
     const size_t hd = H * d, bld = N * L * d;
     /* Statistics and masks have no gradient. */
     const int fwd = !for_grads;
+    const size_t G = (size_t)c->n_genres;
 
+    a->gin = G ? carve(cv, N * L * (d + G)) : NULL;
+    a->gpre = G ? carve(cv, bld) : NULL;
+    a->enc = carve(cv, bld);
     a->x = carve(cv, bld);
     a->qkv = carve(cv, N * L * 3 * hd);
     a->probs = carve(cv, N * H * L * L);
@@ -361,6 +473,7 @@ static void acts_layout(BstActs *a, const BstConfig *c, size_t N, int for_grads,
     a->y = carve(cv, bld);
     a->ln2_mean = fwd ? carve(cv, N * L) : NULL;
     a->ln2_rstd = fwd ? carve(cv, N * L) : NULL;
+    a->mlp_in = carve(cv, N * (size_t)bst_config_mlp_input(c));
     for (int i = 0; i < c->n_hidden; i++) {
         size_t u = (size_t)c->hidden[i];
         a->h[i] = carve(cv, N * u);
@@ -372,6 +485,10 @@ static void acts_layout(BstActs *a, const BstConfig *c, size_t N, int for_grads,
         a->drop[i] = carve(cv, N * u);
     }
     a->pred = carve(cv, N);
+    /* Index buffers: int32 in float-sized slots of the same slab. */
+    a->user_idx = fwd ? (int32_t *)carve(cv, N) : NULL;
+    a->feat_idx = fwd ? (int32_t *)carve(cv, N * BST_N_USER_FEATS) : NULL;
+    a->target_idx = fwd ? (int32_t *)carve(cv, N) : NULL;
 }
 
 int bst_acts_alloc(BstActs *a, const BstConfig *cfg, int32_t max_batch, int for_grads)
@@ -414,24 +531,49 @@ static void add_inplace(float *acc, const float *x, size_t n)
     PARALLEL_FOR(n, 16, (double)n, lo, hi, add_range(acc, x, lo, hi));
 }
 
+/* Clamps a vocabulary index into a table of n_rows rows (row 0 otherwise). */
+static int32_t row_or_zero(int32_t idx, int32_t n_rows)
+{
+    return (idx >= 0 && idx < n_rows) ? idx : 0;
+}
+
 float bst_forward(const BstModel *m, BstActs *a, const BstBatch *b, int training, BstRng *rng)
 {
     const BstConfig *c = &m->cfg;
     const BstParams *p = &m->params;
-    const int B = b->n, L = c->seq_len, d = c->embed_dim, H = c->heads;
+    const int B = b->n, L = c->seq_len, d = c->embed_dim, H = c->heads, G = c->n_genres;
     const int key_dim = d, hd = H * key_dim, BL = B * L;
+    const int32_t movie_rows = c->n_movies + 1, user_rows = c->n_users + 1;
+    const int in0 = bst_config_mlp_input(c);
     const size_t bld = (size_t)BL * d;
     const float pd = c->dropout;
     BstRng *drop_rng = training ? rng : NULL;
 
     if (B < 1 || B > a->max_batch)
         return NAN;
-    embedding_forward(a->x, b->movies, b->ratings, p->movie_emb, p->pos_emb,
-                      c->n_movies + 1, B, L, d);
+    for (int i = 0; i < B; i++) {
+        const int32_t u = row_or_zero(b->users ? b->users[i] : 0, user_rows);
+        a->user_idx[i] = u;
+        a->target_idx[i] = row_or_zero(b->movies[(size_t)i * L + L - 1], movie_rows);
+        for (int k = 0; k < BST_N_USER_FEATS; k++)
+            a->feat_idx[(size_t)k * B + i] = m->user_feats[(size_t)u * BST_N_USER_FEATS + k];
+    }
+
+    /* Movies: the embedding, or Dense+ReLU over [embedding | genres]. */
+    if (G > 0) {
+        embedding_forward(a->gin, d + G, b->movies, p->movie_emb, movie_rows, BL, d);
+        embedding_forward(a->gin + d, d + G, b->movies, m->movie_genres, movie_rows, BL, G);
+        linear_forward(a->gpre, a->gin, p->genre_w, p->genre_b, BL, d + G, d);
+        leaky_relu_forward(a->enc, a->gpre, bld, 0.0f);
+    } else {
+        embedding_forward(a->enc, d, b->movies, p->movie_emb, movie_rows, BL, d);
+    }
+    sequence_forward(a->x, a->enc, b->ratings, p->pos_emb, b->hist_len, B, L, d);
 
     /* Self-attention block. */
     linear_forward(a->qkv, a->x, p->wqkv, p->bqkv, BL, d, 3 * hd);
-    attention_forward(a->ctx, a->probs, a->probs_mask, a->qkv, B, L, H, key_dim, pd, drop_rng);
+    attention_forward(a->ctx, a->probs, a->probs_mask, a->qkv, b->hist_len, B, L, H, key_dim, pd,
+                      drop_rng);
     linear_forward(a->attn, a->ctx, p->wo, p->bo, BL, hd, d);
     dropout_forward(a->res1, a->attn_mask, a->attn, bld, pd, drop_rng);
     add_inplace(a->res1, a->x, bld);
@@ -446,9 +588,25 @@ float bst_forward(const BstModel *m, BstActs *a, const BstBatch *b, int training
     layernorm_forward(a->y, a->ln2_mean, a->ln2_rstd, a->res2, p->ln2_g, p->ln2_b,
                       BL, d, c->ln_eps);
 
-    /* MLP on the flattened sequence: y is already [B, L*d] in memory. */
-    const float *in = a->y;
-    int in_dim = L * d;
+    /* MLP input: the flattened sequence, padding zeroed, then the user's
+     * embeddings. */
+    flatten_forward(a->mlp_in, in0, a->y, b->hist_len, B, L, d);
+    int col = L * d;
+    if (c->user_dim > 0) {
+        embedding_forward(a->mlp_in + col, in0, a->user_idx, p->user_emb, user_rows, B,
+                          c->user_dim);
+        col += c->user_dim;
+    }
+    for (int k = 0; k < BST_N_USER_FEATS; k++) {
+        if (c->feat_dim[k] == 0)
+            continue;
+        embedding_forward(a->mlp_in + col, in0, a->feat_idx + (size_t)k * B, p->feat_emb[k],
+                          c->n_feat_values[k] + 1, B, c->feat_dim[k]);
+        col += c->feat_dim[k];
+    }
+
+    const float *in = a->mlp_in;
+    int in_dim = in0;
     for (int i = 0; i < c->n_hidden; i++) {
         const int u = c->hidden[i];
         const size_t bu = (size_t)B * u;
@@ -465,6 +623,9 @@ float bst_forward(const BstModel *m, BstActs *a, const BstBatch *b, int training
         in_dim = u;
     }
     linear_forward(a->pred, in, p->out_w, p->out_b, B, in_dim, 1);
+    if (c->use_bias)
+        bias_forward(a->pred, p->global_bias, p->user_bias, p->movie_bias, a->user_idx,
+                     a->target_idx, user_rows, movie_rows, B);
 
     return b->targets ? mse_forward(a->pred, b->targets, B) : 0.0f;
 }
@@ -482,16 +643,22 @@ void bst_backward(const BstModel *m, const BstActs *a, BstActs *da, BstParams *g
 {
     const BstConfig *c = &m->cfg;
     const BstParams *p = &m->params;
-    const int B = b->n, L = c->seq_len, d = c->embed_dim, H = c->heads;
+    const int B = b->n, L = c->seq_len, d = c->embed_dim, H = c->heads, G = c->n_genres;
     const int key_dim = d, hd = H * key_dim, BL = B * L;
+    const int32_t movie_rows = c->n_movies + 1, user_rows = c->n_users + 1;
+    const int in0 = bst_config_mlp_input(c);
     const size_t bld = (size_t)BL * d;
     const int nh = c->n_hidden;
 
     mse_backward(da->pred, a->pred, b->targets, B);
+    if (c->use_bias)
+        bias_backward(g->global_bias, g->user_bias, g->movie_bias, da->pred, a->user_idx,
+                      a->target_idx, user_rows, movie_rows, B);
 
-    /* MLP, last layer first; layer i reads drop[i-1] (or y for i = 0). */
-    linear_backward(nh ? da->drop[nh - 1] : da->y, g->out_w, g->out_b, da->pred,
-                    nh ? a->drop[nh - 1] : a->y, p->out_w, B, nh ? c->hidden[nh - 1] : L * d, 1);
+    /* MLP, last layer first; layer i reads drop[i-1] (or mlp_in for i = 0). */
+    linear_backward(nh ? da->drop[nh - 1] : da->mlp_in, g->out_w, g->out_b, da->pred,
+                    nh ? a->drop[nh - 1] : a->mlp_in, p->out_w, B, nh ? c->hidden[nh - 1] : in0,
+                    1);
     for (int i = nh - 1; i >= 0; i--) {
         const int u = c->hidden[i];
         const size_t bu = (size_t)B * u;
@@ -499,9 +666,25 @@ void bst_backward(const BstModel *m, const BstActs *a, BstActs *da, BstParams *g
         leaky_relu_backward(da->bn[i], da->act[i], a->bn[i], bu, c->leaky_slope);
         batchnorm_backward(da->h[i], g->bn_g[i], g->bn_b[i], da->bn[i], a->h[i],
                            a->bn_mean[i], a->bn_var[i], p->bn_g[i], B, u, c->bn_eps);
-        linear_backward(i ? da->drop[i - 1] : da->y, g->mlp_w[i], g->mlp_b[i], da->h[i],
-                        i ? a->drop[i - 1] : a->y, p->mlp_w[i], B,
-                        i ? c->hidden[i - 1] : L * d, u);
+        linear_backward(i ? da->drop[i - 1] : da->mlp_in, g->mlp_w[i], g->mlp_b[i], da->h[i],
+                        i ? a->drop[i - 1] : a->mlp_in, p->mlp_w[i], B,
+                        i ? c->hidden[i - 1] : in0, u);
+    }
+
+    /* MLP input: back into the sequence and the user's embeddings. */
+    flatten_backward(da->y, da->mlp_in, in0, b->hist_len, B, L, d);
+    int col = L * d;
+    if (c->user_dim > 0) {
+        embedding_backward(g->user_emb, da->mlp_in + col, in0, a->user_idx, user_rows, B,
+                           c->user_dim);
+        col += c->user_dim;
+    }
+    for (int k = 0; k < BST_N_USER_FEATS; k++) {
+        if (c->feat_dim[k] == 0)
+            continue;
+        embedding_backward(g->feat_emb[k], da->mlp_in + col, in0, a->feat_idx + (size_t)k * B,
+                           c->n_feat_values[k] + 1, B, c->feat_dim[k]);
+        col += c->feat_dim[k];
     }
 
     /* Feed-forward block; x1 feeds both the branch and the residual. */
@@ -523,8 +706,16 @@ void bst_backward(const BstModel *m, const BstActs *a, BstActs *da, BstParams *g
     linear_backward(da->x, g->wqkv, g->bqkv, da->qkv, a->x, p->wqkv, BL, d, 3 * hd);
     add_inplace(da->x, da->res1, bld);
 
-    embedding_backward(g->movie_emb, g->pos_emb, da->x, b->movies, b->ratings,
-                       c->n_movies + 1, B, L, d);
+    /* Movies. */
+    sequence_backward(da->enc, g->pos_emb, da->x, b->ratings, b->hist_len, B, L, d);
+    if (G > 0) {
+        leaky_relu_backward(da->gpre, da->enc, a->gpre, bld, 0.0f);
+        linear_backward(da->gin, g->genre_w, g->genre_b, da->gpre, a->gin, p->genre_w, BL, d + G,
+                        d);
+        embedding_backward(g->movie_emb, da->gin, d + G, b->movies, movie_rows, BL, d);
+    } else {
+        embedding_backward(g->movie_emb, da->enc, d, b->movies, movie_rows, BL, d);
+    }
 }
 
 /* -------------------------------------------------------------- prediction */
@@ -560,6 +751,8 @@ void bst_predict(BstPredictor *p, const BstBatch *b, float *out)
             .movies = b->movies + (size_t)start * L,
             .ratings = b->ratings + (size_t)start * (L - 1),
             .targets = NULL,
+            .hist_len = b->hist_len ? b->hist_len + start : NULL,
+            .users = b->users ? b->users + start : NULL,
         };
         bst_forward(p->model, &p->acts, &chunk, 0, NULL);
         memcpy(out + start, p->acts.pred, (size_t)n * sizeof(float));

@@ -17,6 +17,10 @@
 /* Keeps every tensor (and the serialized model) below PostgreSQL's 1 GB
  * allocation and varlena limits. */
 #define BST_MAX_PARAMS 200000000
+/* Categorical user features besides the id: sex, age group, occupation. */
+#define BST_N_USER_FEATS 3
+#define BST_MAX_GENRES 64
+#define BST_MAX_EMBED_DIM 4096
 
 typedef struct BstConfig {
     int32_t n_movies;     /* vocabulary size; embedding table has n_movies + 1 rows, row 0 = out-of-vocabulary */
@@ -30,6 +34,14 @@ typedef struct BstConfig {
     float   ln_eps;       /* 1e-3 */
     float   bn_eps;       /* 1e-3 */
     float   bn_momentum;  /* 0.99 */
+    /* Optional inputs (format 2; all 0 in a format-1 model, which is then
+     * exactly the Keras example's network). */
+    int32_t n_users;      /* user vocabulary; tables have n_users + 1 rows, row 0 = unknown user */
+    int32_t user_dim;     /* user-id embedding width, 0: not an input */
+    int32_t n_feat_values[BST_N_USER_FEATS]; /* distinct values of each user feature */
+    int32_t feat_dim[BST_N_USER_FEATS];      /* its embedding width, 0: not an input */
+    int32_t n_genres;     /* multi-hot genre vector merged into each movie embedding, 0: none */
+    int32_t use_bias;     /* 1: global + user + target-movie bias added to the output */
 } BstConfig;
 
 /* Fills the Keras defaults (embed_dim = max(1, floor(sqrt(n_movies)))). */
@@ -61,21 +73,29 @@ typedef struct BstParams {
     float *mlp_b[BST_MAX_HIDDEN];
     float *bn_g[BST_MAX_HIDDEN];
     float *bn_b[BST_MAX_HIDDEN];
-    float *out_w, *out_b;             /* [hidden[last] (or L*d), 1], [1] */
+    float *out_w, *out_b;             /* [hidden[last] (or mlp input), 1], [1] */
+    float *user_emb;                  /* [n_users + 1, user_dim] */
+    float *feat_emb[BST_N_USER_FEATS];/* [n_feat_values[k] + 1, feat_dim[k]] */
+    float *genre_w, *genre_b;         /* [d + n_genres, d], [d]: Dense + ReLU */
+    float *global_bias;               /* [1] */
+    float *user_bias;                 /* [n_users + 1] */
+    float *movie_bias;                /* [n_movies + 1] */
     float *slab;
     size_t size;                      /* floats in the slab */
 } BstParams;
 
 /* A view of one named tensor, for code that treats all of them alike
  * (optimizer, serializer, tests). */
-#define BST_MAX_TENSORS (16 + 4 * BST_MAX_HIDDEN)
+#define BST_MAX_TENSORS (24 + 4 * BST_MAX_HIDDEN)
 typedef struct BstTensor {
     char name[16];
     float *data;
     size_t size;
+    int decay;            /* subject to AdamW's weight decay: kernels and embeddings */
 } BstTensor;
 
-/* Fills out[] in slab order; returns the number of tensors. */
+/* Fills out[] in slab order (tensors of size 0 left out); returns the
+ * number of tensors. */
 int bst_param_tensors(const BstConfig *cfg, const BstParams *p, BstTensor out[BST_MAX_TENSORS]);
 /* Allocates a zeroed slab shaped for cfg; 0 on success, -1 on allocation failure. */
 int bst_params_alloc(BstParams *p, const BstConfig *cfg);
@@ -93,27 +113,52 @@ typedef struct BstBnStats {
 typedef struct BstModel {
     BstConfig cfg;
     int32_t *movie_ids;   /* [n_movies], strictly ascending; index = position + 1 */
+    int32_t *user_ids;    /* [n_users], strictly ascending; index = position + 1 */
+    int32_t *user_feats;  /* [n_users + 1, BST_N_USER_FEATS] value index of each user's
+                           * features (0 = unknown; row 0, the unknown user, all 0) */
+    float *movie_genres;  /* [n_movies + 1, n_genres] multi-hot (row 0 all 0) */
     BstParams params;
     BstBnStats bn;
 } BstModel;
 
+/* What a model is built over, besides its config: the vocabularies and the
+ * fixed (untrained) inputs looked up through them. */
+typedef struct BstVocab {
+    const int32_t *movie_ids;    /* [n_movies] strictly ascending */
+    const int32_t *user_ids;     /* [n_users] strictly ascending; NULL when n_users = 0 */
+    const int32_t *user_feats;   /* [n_users, BST_N_USER_FEATS] value indices in
+                                  * 0..n_feat_values[k] (0 = unknown); NULL: all unknown */
+    const float *movie_genres;   /* [n_movies, n_genres] 0/1; NULL: none */
+} BstVocab;
+
 /* NULL on bad config, unsorted vocabulary or allocation failure. */
 BstModel *bst_model_create(const BstConfig *cfg, const int32_t *movie_ids, uint64_t seed);
+BstModel *bst_model_create_vocab(const BstConfig *cfg, const BstVocab *vocab, uint64_t seed);
 /* Parameters zeroed, moving statistics at their initial values, vocabulary
  * uninitialised: for the deserializer, which fills both.  NULL on bad config
  * or allocation failure. */
 BstModel *bst_model_alloc(const BstConfig *cfg);
+/* Copies the vocabularies and fixed inputs into a model of the same config:
+ * NULL on success, else a static message (nothing is left half-checked for a
+ * caller that then frees the model). */
+const char *bst_model_set_vocab(BstModel *m, const BstVocab *vocab);
 void bst_model_free(BstModel *m);
 const BstConfig *bst_model_config(const BstModel *m);
 /* Vocabulary index of movie_id (1..n_movies), 0 when out of vocabulary. */
 int32_t bst_model_movie_index(const BstModel *m, int32_t movie_id);
+/* Vocabulary index of user_id (1..n_users), 0 when unknown. */
+int32_t bst_model_user_index(const BstModel *m, int32_t user_id);
+/* Width of the MLP input: the flattened sequence plus the user embeddings. */
+int32_t bst_config_mlp_input(const BstConfig *cfg);
 size_t bst_model_num_params(const BstModel *m);
 
 typedef struct BstBatch {
     int32_t n;               /* windows */
-    const int32_t *movies;   /* [n * L] vocabulary indices (already mapped) */
+    const int32_t *movies;   /* [n * L] vocabulary indices (already mapped), left-padded */
     const float *ratings;    /* [n * (L-1)] */
     const float *targets;    /* [n]; may be NULL for prediction */
+    const int32_t *hist_len; /* [n] history items of each window (layers.h); NULL: all L-1 */
+    const int32_t *users;    /* [n] user vocabulary indices; NULL: all unknown (0) */
 } BstBatch;
 
 /*
@@ -124,7 +169,10 @@ typedef struct BstBatch {
  */
 typedef struct BstActs {
     int32_t max_batch;
-    float *x;                         /* [N, L, d] embedded input */
+    float *gin;                       /* [N, L, d + n_genres] movie embedding | genres */
+    float *gpre;                      /* [N, L, d] genre Dense, before its ReLU */
+    float *enc;                       /* [N, L, d] encoded movies */
+    float *x;                         /* [N, L, d] sequence input */
     float *qkv;                       /* [N, L, 3*H*dk] rows [q | k | v] */
     float *probs;                     /* [N, H, L, L] softmax (grads: scratch) */
     float *probs_mask;                /* [N, H, L, L] attention dropout factors */
@@ -140,6 +188,7 @@ typedef struct BstActs {
     float *res2;                      /* [N, L, d] x1 + dropout(ffn) */
     float *y;                         /* [N, L*d] layernorm 2, flattened */
     float *ln2_mean, *ln2_rstd;       /* [N, L] */
+    float *mlp_in;                    /* [N, mlp input] y (padding zeroed) | user embeddings */
     float *h[BST_MAX_HIDDEN];         /* [N, hidden[i]] dense */
     float *bn_mean[BST_MAX_HIDDEN];   /* [hidden[i]] batch statistics */
     float *bn_var[BST_MAX_HIDDEN];
@@ -148,6 +197,10 @@ typedef struct BstActs {
     float *drop_mask[BST_MAX_HIDDEN];
     float *drop[BST_MAX_HIDDEN];      /* [N, hidden[i]] dropout, input of the next dense */
     float *pred;                      /* [N] */
+    /* Indices of the last forward (forward instance only). */
+    int32_t *user_idx;                /* [N] user vocabulary index */
+    int32_t *feat_idx;                /* [BST_N_USER_FEATS, N] user feature value indices */
+    int32_t *target_idx;              /* [N] target movie index */
     float *slab;
 } BstActs;
 

@@ -17,7 +17,8 @@ float bst_adam_step_size(float lr, int64_t t)
     return (float)(lr * sqrt(1.0 - b2t) / (1.0 - b1t));
 }
 
-void bst_adam_update(float *w, float *m, float *v, const float *g, size_t n, float step)
+void bst_adam_update(float *w, float *m, float *v, const float *g, size_t n, float step,
+                     float decay)
 {
     const float b1 = (float)BST_ADAM_BETA1, b2 = (float)BST_ADAM_BETA2;
     for (size_t i = 0; i < n; i++) {
@@ -25,6 +26,6 @@ void bst_adam_update(float *w, float *m, float *v, const float *g, size_t n, flo
         float vi = b2 * v[i] + (1.0f - b2) * g[i] * g[i];
         m[i] = mi;
         v[i] = vi;
-        w[i] -= step * mi / (sqrtf(vi) + BST_OPT_EPSILON);
+        w[i] -= decay * w[i] + step * mi / (sqrtf(vi) + BST_OPT_EPSILON);
     }
 }

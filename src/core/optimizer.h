@@ -9,7 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-typedef enum { BST_OPT_ADAGRAD = 0, BST_OPT_ADAM = 1 } BstOptimizerKind;
+typedef enum { BST_OPT_ADAGRAD = 0, BST_OPT_ADAM = 1, BST_OPT_ADAMW = 2 } BstOptimizerKind;
 
 #define BST_ADAGRAD_INITIAL_ACCUMULATOR 0.1f
 #define BST_ADAM_BETA1 0.9
@@ -23,7 +23,11 @@ void bst_adagrad_update(float *w, float *acc, const float *g, size_t n, float lr
 /* Step size of Adam step t (1-based) with Keras' bias correction folded in:
  * lr * sqrt(1 - beta2^t) / (1 - beta1^t). */
 float bst_adam_step_size(float lr, int64_t t);
-/* m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;  w -= step * m / (sqrt(v) + eps). */
-void bst_adam_update(float *w, float *m, float *v, const float *g, size_t n, float step);
+/* m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
+ * w -= decay * w + step * m / (sqrt(v) + eps).
+ * decay = learning rate * weight decay gives AdamW (decoupled weight decay,
+ * Loshchilov & Hutter); 0 gives Adam. */
+void bst_adam_update(float *w, float *m, float *v, const float *g, size_t n, float step,
+                     float decay);
 
 #endif

@@ -5,7 +5,8 @@
 #include <string.h>
 #include <zlib.h>
 
-#define HEADER_SIZE 100u
+#define HEADER_SIZE_V1 100u
+#define HEADER_SIZE_V2 140u
 static const unsigned char MAGIC[4] = {'B', 'S', 'T', 'W'};
 
 /* Explicit byte order so blobs move between hosts unchanged. */
@@ -62,17 +63,20 @@ static uint32_t crc32_buf(const unsigned char *p, size_t n)
 }
 
 /* Blob size implied by a (validated) config, computed in 64 bits. */
-static uint64_t blob_size(const BstConfig *c, uint64_t n_params)
+static uint64_t blob_size(const BstConfig *c, uint64_t n_params, uint32_t version)
 {
-    uint64_t bn = 0;
+    uint64_t bn = 0, vocab = (uint64_t)c->n_movies;
     for (int i = 0; i < c->n_hidden; i++)
         bn += 2 * (uint64_t)c->hidden[i];
-    return HEADER_SIZE + 4 * ((uint64_t)c->n_movies + n_params + bn) + 4;
+    if (version >= 2)
+        vocab += (uint64_t)c->n_users * (1 + BST_N_USER_FEATS) +
+                 (uint64_t)c->n_movies * c->n_genres;
+    return (version >= 2 ? HEADER_SIZE_V2 : HEADER_SIZE_V1) + 4 * (vocab + n_params + bn) + 4;
 }
 
 size_t bst_model_serialized_size(const BstModel *m)
 {
-    return (size_t)blob_size(&m->cfg, m->params.size);
+    return (size_t)blob_size(&m->cfg, m->params.size, BST_FORMAT_VERSION);
 }
 
 void bst_model_serialize(const BstModel *m, void *buf)
@@ -81,10 +85,10 @@ void bst_model_serialize(const BstModel *m, void *buf)
     unsigned char *p = buf;
     size_t total = bst_model_serialized_size(m);
 
-    memset(p, 0, HEADER_SIZE);
+    memset(p, 0, HEADER_SIZE_V2);
     memcpy(p, MAGIC, 4);
     put_u32(p + 4, BST_FORMAT_VERSION);
-    put_u32(p + 8, HEADER_SIZE);
+    put_u32(p + 8, HEADER_SIZE_V2);
     put_u64(p + 12, total);
     unsigned char *q = p + 20;
     put_u32(q, (uint32_t)c->n_movies);
@@ -101,10 +105,26 @@ void bst_model_serialize(const BstModel *m, void *buf)
     put_f32(q + 12, c->bn_eps);
     put_f32(q + 16, c->bn_momentum);
     put_u64(p + 92, m->params.size);
+    q = p + 100;
+    put_u32(q, (uint32_t)c->n_users);
+    put_u32(q + 4, (uint32_t)c->user_dim);
+    for (int k = 0; k < BST_N_USER_FEATS; k++) {
+        put_u32(q + 8 + 4 * k, (uint32_t)c->n_feat_values[k]);
+        put_u32(q + 20 + 4 * k, (uint32_t)c->feat_dim[k]);
+    }
+    put_u32(q + 32, (uint32_t)c->n_genres);
+    put_u32(q + 36, (uint32_t)c->use_bias);
 
-    q = p + HEADER_SIZE;
+    q = p + HEADER_SIZE_V2;
     for (int32_t i = 0; i < c->n_movies; i++, q += 4)
         put_u32(q, (uint32_t)m->movie_ids[i]);
+    for (int32_t i = 0; i < c->n_users; i++, q += 4)
+        put_u32(q, (uint32_t)m->user_ids[i]);
+    /* Row 0 (the unknown user, the out-of-vocabulary movie) is all zero. */
+    for (size_t i = 0; i < (size_t)c->n_users * BST_N_USER_FEATS; i++, q += 4)
+        put_u32(q, (uint32_t)m->user_feats[BST_N_USER_FEATS + i]);
+    for (size_t i = 0; i < (size_t)c->n_movies * c->n_genres; i++, q += 4)
+        put_f32(q, m->movie_genres[c->n_genres + i]);
     /* The slab is the tensors in bst_param_tensors() order. */
     for (size_t i = 0; i < m->params.size; i++, q += 4)
         put_f32(q, m->params.slab[i]);
@@ -130,24 +150,25 @@ BstModel *bst_model_deserialize(const void *buf, size_t len, char *err, size_t e
     if (memcmp(p, MAGIC, 4) != 0)
         return fail(err, errlen, "not a bst model (bad magic)");
     uint32_t version = get_u32(p + 4);
-    if (version != BST_FORMAT_VERSION) {
+    if (version < 1 || version > BST_FORMAT_VERSION) {
         snprintf(msg, sizeof(msg), "unsupported format version %u", (unsigned)version);
         return fail(err, errlen, msg);
     }
+    const uint32_t expected_header = version >= 2 ? HEADER_SIZE_V2 : HEADER_SIZE_V1;
     uint32_t header_size = get_u32(p + 8);
-    if (header_size != HEADER_SIZE) {
+    if (header_size != expected_header) {
         snprintf(msg, sizeof(msg), "inconsistent shapes (header size %u, expected %u)",
-                 (unsigned)header_size, HEADER_SIZE);
+                 (unsigned)header_size, expected_header);
         return fail(err, errlen, msg);
     }
-    if (len < HEADER_SIZE)
+    if (len < header_size)
         return fail(err, errlen, "truncated");
     /* The recorded size tells truncation apart from corruption, and locates
      * the checksum without trusting anything else in the header. */
     uint64_t total = get_u64(p + 12);
     if (total > len)
         return fail(err, errlen, "truncated");
-    if (total < (uint64_t)HEADER_SIZE + 4 || total < len) {
+    if (total < (uint64_t)header_size + 4 || total < len) {
         snprintf(msg, sizeof(msg), "inconsistent shapes (blob is %zu bytes, header says %llu)",
                  len, (unsigned long long)total);
         return fail(err, errlen, msg);
@@ -171,6 +192,17 @@ BstModel *bst_model_deserialize(const void *buf, size_t len, char *err, size_t e
     c.ln_eps = get_f32(q + 8);
     c.bn_eps = get_f32(q + 12);
     c.bn_momentum = get_f32(q + 16);
+    if (version >= 2) {
+        q = p + 100;
+        c.n_users = (int32_t)get_u32(q);
+        c.user_dim = (int32_t)get_u32(q + 4);
+        for (int k = 0; k < BST_N_USER_FEATS; k++) {
+            c.n_feat_values[k] = (int32_t)get_u32(q + 8 + 4 * k);
+            c.feat_dim[k] = (int32_t)get_u32(q + 20 + 4 * k);
+        }
+        c.n_genres = (int32_t)get_u32(q + 32);
+        c.use_bias = (int32_t)get_u32(q + 36);
+    }
     const char *bad = bst_config_check(&c);
     if (bad) {
         snprintf(msg, sizeof(msg), "invalid config: %s", bad);
@@ -179,13 +211,13 @@ BstModel *bst_model_deserialize(const void *buf, size_t len, char *err, size_t e
     /* The config is bounded now, so these sizes cannot overflow; they are
      * checked before allocating anything the blob asks for. */
     uint64_t n_params = get_u64(p + 92);
-    if (n_params != bst_config_num_params(&c) || blob_size(&c, n_params) != len)
+    if (n_params != bst_config_num_params(&c) || blob_size(&c, n_params, version) != len)
         return fail(err, errlen, "inconsistent shapes (sizes do not match the config)");
     BstModel *m = bst_model_alloc(&c);
     if (!m)
         return fail(err, errlen, "out of memory");
 
-    q = p + HEADER_SIZE;
+    q = p + header_size;
     for (int32_t i = 0; i < c.n_movies; i++, q += 4) {
         m->movie_ids[i] = (int32_t)get_u32(q);
         if (i > 0 && m->movie_ids[i] <= m->movie_ids[i - 1]) {
@@ -193,6 +225,23 @@ BstModel *bst_model_deserialize(const void *buf, size_t len, char *err, size_t e
             return fail(err, errlen, "vocabulary not strictly ascending");
         }
     }
+    for (int32_t i = 0; i < c.n_users; i++, q += 4) {
+        m->user_ids[i] = (int32_t)get_u32(q);
+        if (i > 0 && m->user_ids[i] <= m->user_ids[i - 1]) {
+            bst_model_free(m);
+            return fail(err, errlen, "user vocabulary not strictly ascending");
+        }
+    }
+    for (size_t i = 0; i < (size_t)c.n_users * BST_N_USER_FEATS; i++, q += 4) {
+        int32_t f = (int32_t)get_u32(q);
+        if (f < 0 || f > c.n_feat_values[i % BST_N_USER_FEATS]) {
+            bst_model_free(m);
+            return fail(err, errlen, "user feature index out of range");
+        }
+        m->user_feats[BST_N_USER_FEATS + i] = f;
+    }
+    for (size_t i = 0; i < (size_t)c.n_movies * c.n_genres; i++, q += 4)
+        m->movie_genres[c.n_genres + i] = get_f32(q);
     for (size_t i = 0; i < m->params.size; i++, q += 4)
         m->params.slab[i] = get_f32(q);
     for (size_t i = 0; i < m->bn.size; i++, q += 4)

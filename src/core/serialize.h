@@ -3,16 +3,23 @@
  *
  *   offset size
  *        0    4  magic "BSTW"
- *        4    4  u32 format version (1)
- *        8    4  u32 header size in bytes (100 for version 1)
+ *        4    4  u32 format version (1 or 2; written: 2)
+ *        8    4  u32 header size in bytes (100 in version 1, 140 in version 2)
  *       12    8  u64 total blob size in bytes, checksum included
  *       20   72  config: i32 n_movies, embed_dim, seq_len, heads, n_hidden,
  *                hidden[8]; f32 dropout, leaky_slope, ln_eps, bn_eps, bn_momentum
  *       92    8  u64 number of parameter floats
- *      100       i32 vocabulary[n_movies] (movie ids, strictly ascending)
+ *      100   40  (version 2) i32 n_users, user_dim, n_feat_values[3],
+ *                feat_dim[3], n_genres, use_bias
+ *   header       i32 movie vocabulary[n_movies] (strictly ascending)
+ *                (version 2) i32 user vocabulary[n_users] (strictly ascending),
+ *                i32 user features[n_users][3], f32 genres[n_movies][n_genres]
  *                f32 parameter tensors, in bst_param_tensors() order
  *                f32 BatchNorm moving_mean[i], moving_var[i] for each hidden layer
  *   size-4    4  u32 CRC-32 (zlib) of every preceding byte
+ *
+ * A version-1 blob is a model without the optional inputs (their config
+ * fields 0), whose tensors are a prefix of the same list: it loads as it is.
  */
 #ifndef BST_SERIALIZE_H
 #define BST_SERIALIZE_H
@@ -21,7 +28,7 @@
 
 #include "model.h"
 
-#define BST_FORMAT_VERSION 1
+#define BST_FORMAT_VERSION 2
 
 size_t bst_model_serialized_size(const BstModel *m);
 /* buf must hold bst_model_serialized_size(m) bytes. */

@@ -14,6 +14,11 @@ struct BstTrainer {
     BstParams acc;           /* Adagrad accumulator, or Adam first moment */
     BstParams acc2;          /* Adam second moment (unused by Adagrad) */
     int64_t step;
+    float lr;                /* current learning rate */
+    BstTensor tensors[BST_MAX_TENSORS];  /* the model's, for per-tensor decay */
+    BstTensor grad_tensors[BST_MAX_TENSORS];
+    BstTensor m_tensors[BST_MAX_TENSORS], v_tensors[BST_MAX_TENSORS];
+    int n_tensors;
     BstActs acts, dacts;
     BstRng rng;
     /* Distinct movie_emb rows touched by the current batch, so that Adagrad's
@@ -29,12 +34,16 @@ void bst_train_options_default(BstTrainOptions *o)
     o->learning_rate = 0.01f;
     o->batch_size = 265;
     o->seed = 42;
+    o->weight_decay = 0.0f;
 }
 
 const char *bst_train_options_check(const BstTrainOptions *o)
 {
-    if (o->optimizer != BST_OPT_ADAGRAD && o->optimizer != BST_OPT_ADAM)
+    if (o->optimizer != BST_OPT_ADAGRAD && o->optimizer != BST_OPT_ADAM &&
+        o->optimizer != BST_OPT_ADAMW)
         return "unknown optimizer";
+    if (!(o->weight_decay >= 0.0f && o->weight_decay < 1.0f))
+        return "weight decay must be in [0, 1)";
     if (!(o->learning_rate > 0.0f && isfinite(o->learning_rate)))
         return "learning rate must be finite and positive";
     if (o->batch_size < 1 || o->batch_size > 65536)
@@ -52,13 +61,18 @@ BstTrainer *bst_trainer_create(BstModel *m, const BstTrainOptions *o)
         return NULL;
     t->model = m;
     t->opt = *o;
+    t->lr = o->learning_rate;
     bst_threads_init();
     bst_rng_seed(&t->rng, o->seed);
     if (bst_params_alloc(&t->grads, c) != 0 || bst_params_alloc(&t->acc, c) != 0)
         goto fail;
-    if (o->optimizer == BST_OPT_ADAM) {
+    if (o->optimizer != BST_OPT_ADAGRAD) {
         if (bst_params_alloc(&t->acc2, c) != 0)
             goto fail;
+        t->n_tensors = bst_param_tensors(c, &m->params, t->tensors);
+        bst_param_tensors(c, &t->grads, t->grad_tensors);
+        bst_param_tensors(c, &t->acc, t->m_tensors);
+        bst_param_tensors(c, &t->acc2, t->v_tensors);
     } else {
         for (size_t i = 0; i < t->acc.size; i++)
             t->acc.slab[i] = BST_ADAGRAD_INITIAL_ACCUMULATOR;
@@ -74,6 +88,11 @@ BstTrainer *bst_trainer_create(BstModel *m, const BstTrainOptions *o)
 fail:
     bst_trainer_free(t);
     return NULL;
+}
+
+void bst_trainer_set_learning_rate(BstTrainer *t, float lr)
+{
+    t->lr = lr;
 }
 
 void bst_trainer_free(BstTrainer *t)
@@ -115,8 +134,7 @@ static int32_t collect_rows(BstTrainer *t, const BstBatch *b)
 static void adagrad_range(BstTrainer *t, size_t lo, size_t hi)
 {
     float *g = t->grads.slab + lo;
-    bst_adagrad_update(t->model->params.slab + lo, t->acc.slab + lo, g, hi - lo,
-                       t->opt.learning_rate);
+    bst_adagrad_update(t->model->params.slab + lo, t->acc.slab + lo, g, hi - lo, t->lr);
     memset(g, 0, (hi - lo) * sizeof(float));
 }
 
@@ -128,11 +146,12 @@ static void adagrad_rows(BstTrainer *t, size_t lo, size_t hi)
         adagrad_range(t, (size_t)t->rows[i] * d, (size_t)(t->rows[i] + 1) * d);
 }
 
-static void adam_range(BstTrainer *t, size_t lo, size_t hi, float step)
+/* Elements [lo, hi) of tensor i. */
+static void adam_range(BstTrainer *t, int i, size_t lo, size_t hi, float step, float decay)
 {
-    float *g = t->grads.slab + lo;
-    bst_adam_update(t->model->params.slab + lo, t->acc.slab + lo, t->acc2.slab + lo, g,
-                    hi - lo, step);
+    float *g = t->grad_tensors[i].data + lo;
+    bst_adam_update(t->tensors[i].data + lo, t->m_tensors[i].data + lo,
+                    t->v_tensors[i].data + lo, g, hi - lo, step, decay);
     memset(g, 0, (hi - lo) * sizeof(float));
 }
 
@@ -171,10 +190,15 @@ float bst_train_step(BstTrainer *t, const BstBatch *b, double *abs_err_sum)
         for (int32_t i = 0; i < n_rows; i++)
             t->row_seen[t->rows[i]] = 0;
     } else {
-        /* Adam's moments decay even under a zero gradient: the whole table moves. */
-        float step = bst_adam_step_size(t->opt.learning_rate, t->step);
-        PARALLEL_FOR(t->grads.size, 16, 8.0 * t->grads.size, lo, hi,
-                     adam_range(t, lo, hi, step));
+        /* Adam's moments decay even under a zero gradient: the whole table
+         * moves.  Tensor by tensor, since weight decay is per tensor. */
+        float step = bst_adam_step_size(t->lr, t->step);
+        for (int i = 0; i < t->n_tensors; i++) {
+            const size_t n = t->tensors[i].size;
+            const float decay = t->opt.optimizer == BST_OPT_ADAMW && t->tensors[i].decay
+                                    ? t->lr * t->opt.weight_decay : 0.0f;
+            PARALLEL_FOR(n, 16, 8.0 * n, lo, hi, adam_range(t, i, lo, hi, step, decay));
+        }
     }
     return loss;
 }

@@ -14,9 +14,10 @@
 
 typedef struct BstTrainOptions {
     BstOptimizerKind optimizer;
-    float learning_rate;
+    float learning_rate;     /* initial; see bst_trainer_set_learning_rate */
     int32_t batch_size;
     uint64_t seed;           /* dropout masks */
+    float weight_decay;      /* AdamW only; per unit of learning rate */
 } BstTrainOptions;
 
 /* Keras example defaults: Adagrad, learning rate 0.01, batch size 265. */
@@ -34,5 +35,7 @@ BstTrainer *bst_trainer_create(BstModel *m, const BstTrainOptions *o);
  */
 float bst_train_step(BstTrainer *t, const BstBatch *b, double *abs_err_sum);
 void bst_trainer_free(BstTrainer *t);
+/* The learning rate of the following steps (a schedule's current value). */
+void bst_trainer_set_learning_rate(BstTrainer *t, float lr);
 
 #endif

@@ -85,7 +85,7 @@ int main(int argc, char **argv)
     for (int ti = 0; ti < n_threads; ti++) {
         bst_set_num_threads(threads[ti]);
         BstModel *m = bst_model_create(&cfg, ids, 42);
-        BstTrainOptions o = {kind, 0.01f, BATCH, 42};
+        BstTrainOptions o = {kind, 0.01f, BATCH, 42, 0.0f};
         BstTrainer *t = bst_trainer_create(m, &o);
         if (!m || !t) {
             fprintf(stderr, "allocation failed\n");
@@ -95,14 +95,14 @@ int main(int argc, char **argv)
         int steps = 0;
         for (int32_t s = 0; s < N_WINDOWS; s += BATCH, steps++) {
             int32_t n = N_WINDOWS - s < BATCH ? N_WINDOWS - s : BATCH;
-            BstBatch b = {n, movies + (size_t)s * L, ratings + (size_t)s * (L - 1), targets + s};
+            BstBatch b = {n, movies + (size_t)s * L, ratings + (size_t)s * (L - 1), targets + s, NULL, NULL};
             loss += bst_train_step(t, &b, &abs_err);
         }
         double train_s = now() - t0;
 
         BstPredictor *p = bst_predictor_create(m, BATCH);
         float *out = new_floats(N_WINDOWS);
-        BstBatch all = {N_WINDOWS, movies, ratings, NULL};
+        BstBatch all = {N_WINDOWS, movies, ratings, NULL, NULL, NULL};
         t0 = now();
         bst_predict(p, &all, out);
         double pred_s = now() - t0;
@@ -112,7 +112,7 @@ int main(int argc, char **argv)
         double lat[2];
         const int lat_n[2] = {1, 256}, lat_reps[2] = {20000, 400};
         for (int k = 0; k < 2; k++) {
-            BstBatch one = {lat_n[k], movies, ratings, NULL};
+            BstBatch one = {lat_n[k], movies, ratings, NULL, NULL, NULL};
             t0 = now();
             for (int r = 0; r < lat_reps[k]; r++)
                 bst_predict(p, &one, out);

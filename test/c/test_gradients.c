@@ -75,40 +75,161 @@ static void check_grad(const char *what, float *x, const float *analytic, size_t
 /* ------------------------------------------------------------- embedding */
 
 typedef struct {
-    int B, L, d, rows;
-    int32_t *movies;
-    float *ratings, *emb, *pos, *out, *up;
+    int n, width, stride, rows;
+    int32_t *idx;
+    float *table, *out, *up;
 } EmbCase;
 
 static double emb_loss(void *p)
 {
     EmbCase *c = p;
-    embedding_forward(c->out, c->movies, c->ratings, c->emb, c->pos, c->rows, c->B, c->L, c->d);
-    return dot(c->out, c->up, (size_t)c->B * c->L * c->d);
+    embedding_forward(c->out, c->stride, c->idx, c->table, c->rows, c->n, c->width);
+    /* Only the gathered columns: the others belong to other gathers. */
+    double s = 0.0;
+    for (int r = 0; r < c->n; r++)
+        s += dot(c->out + (size_t)r * c->stride, c->up + (size_t)r * c->stride, (size_t)c->width);
+    return s;
 }
 
 static void test_embedding(BstRng *rng)
 {
-    EmbCase c = {.B = 3, .L = 4, .d = 5, .rows = 6};
+    /* Writing into 5 columns of 8 (a slice of a wider matrix). */
+    EmbCase c = {.n = 12, .width = 5, .stride = 8, .rows = 6};
     /* Repeated rows (scatter-add), row 0 and out-of-range indices (read as 0). */
-    int32_t movies[12] = {1, 2, 1, 3, 0, 5, 5, 2, 9, -1, 4, 1};
-    size_t n_out = (size_t)c.B * c.L * c.d;
-    c.movies = movies;
-    c.ratings = new_floats((size_t)c.B * (c.L - 1));
-    c.emb = new_floats((size_t)c.rows * c.d);
-    c.pos = new_floats((size_t)(c.L - 1) * c.d);
+    int32_t idx[12] = {1, 2, 1, 3, 0, 5, 5, 2, 9, -1, 4, 1};
+    size_t n_out = (size_t)c.n * c.stride;
+    c.idx = idx;
+    c.table = new_floats((size_t)c.rows * c.width);
     c.out = new_floats(n_out);
     c.up = new_floats(n_out);
-    fill_uniform(c.ratings, (size_t)c.B * (c.L - 1), 1.0f, 5.0f, rng);
-    fill_uniform(c.emb, (size_t)c.rows * c.d, -1.0f, 1.0f, rng);
-    fill_uniform(c.pos, (size_t)(c.L - 1) * c.d, -1.0f, 1.0f, rng);
+    fill_uniform(c.table, (size_t)c.rows * c.width, -1.0f, 1.0f, rng);
     fill_uniform(c.up, n_out, -1.0f, 1.0f, rng);
-    float *d_emb = new_floats((size_t)c.rows * c.d), *d_pos = new_floats((size_t)(c.L - 1) * c.d);
-    embedding_backward(d_emb, d_pos, c.up, c.movies, c.ratings, c.rows, c.B, c.L, c.d);
+    float *d_table = new_floats((size_t)c.rows * c.width);
+    embedding_backward(d_table, c.up, c.stride, c.idx, c.rows, c.n, c.width);
     printf("embedding\n");
-    check_grad("embedding.movie_emb", c.emb, d_emb, (size_t)c.rows * c.d, emb_loss, &c, STEP, LAYER_FLOOR);
-    check_grad("embedding.pos_emb", c.pos, d_pos, (size_t)(c.L - 1) * c.d, emb_loss, &c, STEP, LAYER_FLOOR);
-    free(c.ratings); free(c.emb); free(c.pos); free(c.out); free(c.up); free(d_emb); free(d_pos);
+    check_grad("embedding.table", c.table, d_table, (size_t)c.rows * c.width, emb_loss, &c, STEP,
+               LAYER_FLOOR);
+    free(c.table); free(c.out); free(c.up); free(d_table);
+}
+
+/* -------------------------------------------------------------- sequence */
+
+typedef struct {
+    int B, L, d;
+    const int32_t *hist_len;
+    float *enc, *ratings, *pos, *out, *up;
+} SeqCase;
+
+static double seq_loss(void *p)
+{
+    SeqCase *c = p;
+    sequence_forward(c->out, c->enc, c->ratings, c->pos, c->hist_len, c->B, c->L, c->d);
+    return dot(c->out, c->up, (size_t)c->B * c->L * c->d);
+}
+
+static void test_sequence(BstRng *rng)
+{
+    /* Full, partly padded, history-less and out-of-range history lengths. */
+    static const int32_t hist_len[4] = {4, 2, 0, 7};
+    SeqCase c = {.B = 4, .L = 5, .d = 3, .hist_len = hist_len};
+    size_t n = (size_t)c.B * c.L * c.d;
+    c.enc = new_floats(n);
+    c.ratings = new_floats((size_t)c.B * (c.L - 1));
+    c.pos = new_floats((size_t)(c.L - 1) * c.d);
+    c.out = new_floats(n);
+    c.up = new_floats(n);
+    fill_uniform(c.enc, n, -1, 1, rng);
+    fill_uniform(c.ratings, (size_t)c.B * (c.L - 1), 1, 5, rng);
+    fill_uniform(c.pos, (size_t)(c.L - 1) * c.d, -1, 1, rng);
+    fill_uniform(c.up, n, -1, 1, rng);
+    float *d_enc = new_floats(n), *d_pos = new_floats((size_t)(c.L - 1) * c.d);
+    sequence_backward(d_enc, d_pos, c.up, c.ratings, c.hist_len, c.B, c.L, c.d);
+    printf("sequence (left padding)\n");
+    check_grad("sequence.enc", c.enc, d_enc, n, seq_loss, &c, STEP, LAYER_FLOOR);
+    check_grad("sequence.pos_emb", c.pos, d_pos, (size_t)(c.L - 1) * c.d, seq_loss, &c, STEP,
+               LAYER_FLOOR);
+    /* Window 1 holds 2 history items: positions 0 and 1 are padding. */
+    int zero = 1;
+    for (int i = 0; i < 2 * c.d; i++)
+        zero &= c.out[(size_t)1 * c.L * c.d + i] == 0.0f;
+    CHECK(zero, "sequence: padded positions are not zero");
+    free(c.enc); free(c.ratings); free(c.pos); free(c.out); free(c.up); free(d_enc); free(d_pos);
+}
+
+/* --------------------------------------------------------------- flatten */
+
+typedef struct {
+    int B, L, d, stride;
+    const int32_t *hist_len;
+    float *y, *out, *up;
+} FlatCase;
+
+static double flat_loss(void *p)
+{
+    FlatCase *c = p;
+    flatten_forward(c->out, c->stride, c->y, c->hist_len, c->B, c->L, c->d);
+    double s = 0.0;
+    for (int b = 0; b < c->B; b++)
+        s += dot(c->out + (size_t)b * c->stride, c->up + (size_t)b * c->stride,
+                 (size_t)c->L * c->d);
+    return s;
+}
+
+static void test_flatten(BstRng *rng)
+{
+    static const int32_t hist_len[3] = {3, 1, 0};
+    FlatCase c = {.B = 3, .L = 4, .d = 2, .stride = 11, .hist_len = hist_len};
+    size_t ny = (size_t)c.B * c.L * c.d, nf = (size_t)c.B * c.stride;
+    c.y = new_floats(ny);
+    c.out = new_floats(nf);
+    c.up = new_floats(nf);
+    fill_uniform(c.y, ny, -1, 1, rng);
+    fill_uniform(c.up, nf, -1, 1, rng);
+    float *dy = new_floats(ny);
+    flatten_backward(dy, c.up, c.stride, c.hist_len, c.B, c.L, c.d);
+    printf("flatten (left padding)\n");
+    check_grad("flatten.y", c.y, dy, ny, flat_loss, &c, STEP, LAYER_FLOOR);
+    free(c.y); free(c.out); free(c.up); free(dy);
+}
+
+/* ------------------------------------------------------------ bias terms */
+
+typedef struct {
+    int B;
+    const int32_t *users, *movies;
+    float *global, *ub, *mb, *pred, *up;
+} BiasCase;
+
+static double bias_loss(void *p)
+{
+    BiasCase *c = p;
+    memset(c->pred, 0, (size_t)c->B * sizeof(float));
+    bias_forward(c->pred, c->global, c->ub, c->mb, c->users, c->movies, 4, 5, c->B);
+    return dot(c->pred, c->up, (size_t)c->B);
+}
+
+static void test_bias(BstRng *rng)
+{
+    /* Repeated users and movies, row 0 and out-of-range indices. */
+    static const int32_t users[6] = {1, 3, 1, 0, 7, 2}, movies[6] = {4, 4, 0, 2, 1, -3};
+    BiasCase c = {.B = 6, .users = users, .movies = movies};
+    c.global = new_floats(1);
+    c.ub = new_floats(4);
+    c.mb = new_floats(5);
+    c.pred = new_floats(6);
+    c.up = new_floats(6);
+    fill_uniform(c.global, 1, -1, 1, rng);
+    fill_uniform(c.ub, 4, -1, 1, rng);
+    fill_uniform(c.mb, 5, -1, 1, rng);
+    fill_uniform(c.up, 6, -1, 1, rng);
+    float *dg = new_floats(1), *dub = new_floats(4), *dmb = new_floats(5);
+    bias_backward(dg, dub, dmb, c.up, c.users, c.movies, 4, 5, c.B);
+    printf("bias terms\n");
+    check_grad("bias.global", c.global, dg, 1, bias_loss, &c, STEP, LAYER_FLOOR);
+    check_grad("bias.user", c.ub, dub, 4, bias_loss, &c, STEP, LAYER_FLOOR);
+    check_grad("bias.movie", c.mb, dmb, 5, bias_loss, &c, STEP, LAYER_FLOOR);
+    free(c.global); free(c.ub); free(c.mb); free(c.pred); free(c.up); free(dg); free(dub);
+    free(dmb);
 }
 
 /* ---------------------------------------------------------------- linear */
@@ -280,6 +401,7 @@ typedef struct {
     int B, L, H, dk;
     float p;
     uint64_t seed;
+    const int32_t *hist_len;
     float *qkv, *ctx, *probs, *mask, *up;
 } AttCase;
 
@@ -288,13 +410,14 @@ static double att_loss(void *p)
     AttCase *c = p;
     BstRng rng;
     bst_rng_seed(&rng, c->seed);
-    attention_forward(c->ctx, c->probs, c->mask, c->qkv, c->B, c->L, c->H, c->dk, c->p, &rng);
+    attention_forward(c->ctx, c->probs, c->mask, c->qkv, c->hist_len, c->B, c->L, c->H, c->dk,
+                      c->p, &rng);
     return dot(c->ctx, c->up, (size_t)c->B * c->L * c->H * c->dk);
 }
 
-static void test_attention(float p, BstRng *rng)
+static void test_attention(float p, const int32_t *hist_len, BstRng *rng)
 {
-    AttCase c = {.B = 2, .L = 4, .H = 2, .dk = 3, .p = p, .seed = 11};
+    AttCase c = {.B = 2, .L = 4, .H = 2, .dk = 3, .p = p, .seed = 11, .hist_len = hist_len};
     size_t n = (size_t)c.B * c.L * c.H * c.dk, np = (size_t)c.B * c.H * c.L * c.L;
     c.qkv = new_floats(3 * n);
     c.ctx = new_floats(n);
@@ -308,9 +431,18 @@ static void test_attention(float p, BstRng *rng)
     att_loss(&c);
     attention_backward(dqkv, dp, c.up, c.probs, c.mask, c.qkv, c.B, c.L, c.H, c.dk);
     char what[64];
-    printf("attention (dropout %.1f)\n", p);
-    snprintf(what, sizeof(what), "attention.qkv (p=%.1f)", p);
+    printf("attention (dropout %.1f%s)\n", p, hist_len ? ", padded keys masked" : "");
+    snprintf(what, sizeof(what), "attention.qkv (p=%.1f%s)", p, hist_len ? ", mask" : "");
     check_grad(what, c.qkv, dqkv, 3 * n, att_loss, &c, STEP, LAYER_FLOOR);
+    if (hist_len) {
+        /* Window 1's padded keys (positions < first valid) get probability 0. */
+        int first = bst_first_valid(hist_len, 1, c.L), zero = 1;
+        for (int h = 0; h < c.H; h++)
+            for (int i = 0; i < c.L; i++)
+                for (int j = 0; j < first; j++)
+                    zero &= c.probs[((size_t)(1 * c.H + h) * c.L + i) * c.L + j] == 0.0f;
+        CHECK(first > 0 && zero, "attention: padded keys have non-zero probability");
+    }
     free(c.qkv); free(c.ctx); free(c.up); free(c.probs); free(c.mask); free(dqkv); free(dp);
 }
 
@@ -404,6 +536,90 @@ static void test_network(BstRng *rng)
     bst_model_free(m);
 }
 
+/*
+ * The network with every optional input: user id and feature embeddings,
+ * genres through their Dense + ReLU, bias terms, and windows of every
+ * history length (left-padded, masked), for known, unknown and
+ * out-of-range users.
+ */
+static void test_network_features(BstRng *rng)
+{
+    enum { N = 6, L = 5, MOVIES = 7, USERS = 4, GENRES = 3 };
+    BstConfig cfg;
+    bst_config_default(&cfg, MOVIES, L);
+    cfg.embed_dim = 4;
+    cfg.heads = 2;
+    cfg.hidden[0] = 6;
+    cfg.hidden[1] = 4;
+    cfg.dropout = 0.0f;
+    cfg.n_users = USERS;
+    cfg.user_dim = 3;
+    const int32_t values[BST_N_USER_FEATS] = {2, 3, 4}, dims[BST_N_USER_FEATS] = {2, 1, 2};
+    for (int k = 0; k < BST_N_USER_FEATS; k++) {
+        cfg.n_feat_values[k] = values[k];
+        cfg.feat_dim[k] = dims[k];
+    }
+    cfg.n_genres = GENRES;
+    cfg.use_bias = 1;
+    int32_t movie_ids[MOVIES] = {3, 10, 11, 20, 50, 51, 99}, user_ids[USERS] = {5, 6, 9, 40};
+    /* User 6 has an unknown sex (0). */
+    int32_t feats[USERS * BST_N_USER_FEATS] = {1, 2, 4, 0, 1, 1, 2, 3, 2, 1, 1, 3};
+    float genres[MOVIES * GENRES];
+    for (int i = 0; i < MOVIES * GENRES; i++)
+        genres[i] = (float)(bst_rng_next(rng) % 2);
+    BstVocab vocab = {movie_ids, user_ids, feats, genres};
+    BstModel *m = bst_model_create_vocab(&cfg, &vocab, 77);
+    CHECK(m != NULL, "model with every input: create");
+    if (!m)
+        return;
+    int32_t movies[N * L], hist_len[N] = {4, 3, 1, 0, 2, 4}, users[N] = {1, 2, 0, 4, 3, 9};
+    float ratings[N * (L - 1)], targets[N];
+    for (int i = 0; i < N * L; i++)
+        movies[i] = (int32_t)(bst_rng_next(rng) % (MOVIES + 1));
+    fill_uniform(ratings, N * (L - 1), 1.0f, 5.0f, rng);
+    fill_uniform(targets, N, 1.0f, 5.0f, rng);
+    BstTensor t[BST_MAX_TENSORS];
+    int nt = bst_param_tensors(&cfg, &m->params, t);
+    for (int i = 0; i < nt; i++) {
+        if (strstr(t[i].name, "_emb") || strstr(t[i].name, "bias"))
+            fill_uniform(t[i].data, t[i].size, -1.0f, 1.0f, rng);
+        else if (strstr(t[i].name, "_g") || strstr(t[i].name, "_b"))
+            fill_uniform(t[i].data, t[i].size, 0.5f, 1.5f, rng);
+    }
+    BstBatch batch = {.n = N, .movies = movies, .ratings = ratings, .targets = targets,
+                      .hist_len = hist_len, .users = users};
+    BstActs acts, dacts;
+    BstParams grads;
+    CHECK(bst_acts_alloc(&acts, &cfg, N, 0) == 0 && bst_acts_alloc(&dacts, &cfg, N, 1) == 0 &&
+          bst_params_alloc(&grads, &cfg) == 0, "allocation");
+    NetCase c = {.m = m, .acts = &acts, .batch = &batch};
+    net_loss(&c);
+    bst_zero_grads(&grads);
+    bst_backward(m, &acts, &dacts, &grads, &batch);
+    BstTensor g[BST_MAX_TENSORS];
+    bst_param_tensors(&cfg, &grads, g);
+    double gmax = 0.0;
+    for (int i = 0; i < nt; i++)
+        for (size_t j = 0; j < g[i].size; j++)
+            gmax = fmax(gmax, fabs((double)g[i].data[j]));
+    printf("network with user id, sex/age/occupation, genres, bias terms, padded windows\n");
+    const char *expected[] = {"user_emb", "sex_emb", "age_emb", "occ_emb", "genre_w", "genre_b",
+                              "global_bias", "user_bias", "movie_bias"};
+    int found = 0;
+    for (int i = 0; i < nt; i++) {
+        char what[64];
+        snprintf(what, sizeof(what), "net+.%.15s", t[i].name);
+        check_grad(what, t[i].data, g[i].data, t[i].size, net_loss, &c, NET_STEP, 1e-2 * gmax);
+        for (size_t k = 0; k < sizeof(expected) / sizeof(expected[0]); k++)
+            found += strcmp(t[i].name, expected[k]) == 0;
+    }
+    CHECK(found == 9, "the network lists %d of the 9 optional tensors", found);
+    bst_acts_free(&acts);
+    bst_acts_free(&dacts);
+    bst_params_free(&grads);
+    bst_model_free(m);
+}
+
 /* Appends n floats to out at *len. */
 static void append(float *out, size_t *len, const float *x, size_t n)
 {
@@ -425,6 +641,8 @@ static size_t layer_outputs(float *out)
     static float g[U], beta[U], dg[U], db[U], h[B * U], uph[B * U], bn[B * U], bm[U], bv[U];
     static float dh[B * U], bn_inf[B * U], act[B * U], dact[B * U], mask[B * U], drop[B * U];
     static float qkv[QKV], ctx[CTX], upc[CTX], probs[P], pmask[P], dqkv[QKV], dprobs[P];
+    static float enc[X], d_enc[X];
+    static int32_t hist_len[B];
     size_t len = 0;
     BstRng rng;
     bst_rng_seed(&rng, 31);
@@ -440,14 +658,19 @@ static size_t layer_outputs(float *out)
     fill_uniform(uph, B * U, -1, 1, &rng);
     fill_uniform(qkv, QKV, -1.5f, 1.5f, &rng);
     fill_uniform(upc, CTX, -1, 1, &rng);
+    for (int i = 0; i < B; i++)
+        hist_len[i] = (int32_t)(bst_rng_next(&rng) % L);
     memset(d_emb, 0, sizeof(d_emb));
     memset(d_pos, 0, sizeof(d_pos));
     memset(dg, 0, sizeof(dg));
     memset(db, 0, sizeof(db));
 
-    embedding_forward(x, movies, ratings, emb, pos, ROWS, B, L, D);
-    embedding_backward(d_emb, d_pos, up, movies, ratings, ROWS, B, L, D);
+    embedding_forward(enc, D, movies, emb, ROWS, BL, D);
+    sequence_forward(x, enc, ratings, pos, hist_len, B, L, D);
+    sequence_backward(d_enc, d_pos, up, ratings, hist_len, B, L, D);
+    embedding_backward(d_emb, d_enc, D, movies, ROWS, BL, D);
     append(out, &len, x, X);
+    append(out, &len, d_enc, X);
     append(out, &len, d_emb, ROWS * D);
     append(out, &len, d_pos, (L - 1) * D);
 
@@ -478,7 +701,7 @@ static size_t layer_outputs(float *out)
     append(out, &len, drop, B * U);
     append(out, &len, dh, B * U);
 
-    attention_forward(ctx, probs, pmask, qkv, B, L, H, D, 0.3f, &rng);
+    attention_forward(ctx, probs, pmask, qkv, hist_len, B, L, H, D, 0.3f, &rng);
     attention_backward(dqkv, dprobs, upc, probs, pmask, qkv, B, L, H, D);
     append(out, &len, ctx, CTX);
     append(out, &len, probs, P);
@@ -552,7 +775,7 @@ static size_t count_diff(const float *a, const float *b, size_t n)
  */
 static void test_thread_invariance(void)
 {
-    enum { MAX_LAYER_OUT = 40000 };
+    enum { MAX_LAYER_OUT = 50000 };
     static float ref[MAX_LAYER_OUT], out[MAX_LAYER_OUT];
     size_t n_ref, n_net_ref, n;
     bst_set_num_threads(1);
@@ -596,9 +819,15 @@ int main(void)
         test_norm(0, &rng);
         test_norm(1, &rng);
         test_elementwise(&rng);
-        test_attention(0.0f, &rng);
-        test_attention(0.3f, &rng);
+        static const int32_t att_hist[2] = {3, 1};
+        test_attention(0.0f, NULL, &rng);
+        test_attention(0.3f, NULL, &rng);
         test_network(&rng);
+        test_attention(0.3f, att_hist, &rng);
+        test_sequence(&rng);
+        test_flatten(&rng);
+        test_bias(&rng);
+        test_network_features(&rng);
         /* Rows and columns of two sgemm grains each, so that 2 threads split
          * both products (last, to leave the draws of the others as they were). */
         test_linear(19, 5, 17, &rng);

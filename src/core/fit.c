@@ -1,0 +1,354 @@
+#define _POSIX_C_SOURCE 199309L
+#include "fit.h"
+
+#include <math.h>
+#include <string.h>
+#include <time.h>
+
+#include "bst_alloc.h"
+#include "rng.h"
+
+/* Windows per forward pass when scoring the validation split. */
+#define EVAL_BATCH 1024
+/* Separate streams of the seed: the split, the epoch shuffles (the latter
+ * as in format 1, so a run without validation shuffles as it always did). */
+#define SPLIT_SALT 0x5b1175b1175b1175ULL
+#define SHUFFLE_SALT 0x5eed5eed5eed5eedULL
+#define PI 3.14159265358979323846
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+const char *bst_fit_options_check(const BstFitOptions *o)
+{
+    const char *bad = bst_train_options_check(&o->train);
+    if (bad)
+        return bad;
+    if (o->epochs < 1 || o->epochs > BST_MAX_EPOCHS)
+        return "epochs must be between 1 and 10000";
+    if (o->lr_schedule != BST_LR_CONSTANT && o->lr_schedule != BST_LR_COSINE)
+        return "unknown learning-rate schedule";
+    if (!(o->validation_fraction >= 0.0f &&
+          o->validation_fraction <= BST_MAX_VALIDATION_FRACTION))
+        return "validation fraction must be in (0, 0.5], or 0 for none";
+    if (o->patience < 0)
+        return "patience must not be negative";
+    if (o->patience > 0 && o->validation_fraction == 0.0f)
+        return "early stopping needs a validation fraction";
+    return NULL;
+}
+
+/* Working state of one bst_fit call, all from bst_alloc. */
+typedef struct Fit {
+    BstModel *m;
+    const BstData *data;
+    int32_t L, B;
+    uint32_t *order;           /* [n]: validation windows first, then training */
+    int64_t n_val, n_train;
+    int32_t *movies, *hist_len, *users;   /* one batch */
+    float *ratings, *targets;
+    float *pred;               /* [EVAL_BATCH] */
+    BstPredictor *predictor;
+    BstTrainer *trainer;
+    float *best_params, *best_bn;
+} Fit;
+
+/* Copies windows idx[0..n) of the data into the batch buffers. */
+static BstBatch gather(Fit *f, const uint32_t *idx, int32_t n)
+{
+    const BstData *d = f->data;
+    const size_t L = (size_t)f->L;
+    for (int32_t j = 0; j < n; j++) {
+        const size_t w = idx[j];
+        memcpy(f->movies + j * L, d->movies + w * L, L * sizeof(int32_t));
+        memcpy(f->ratings + j * (L - 1), d->ratings + w * (L - 1), (L - 1) * sizeof(float));
+        f->hist_len[j] = d->hist_len ? d->hist_len[w] : (int32_t)(L - 1);
+        f->users[j] = d->users ? d->users[w] : 0;
+        f->targets[j] = d->targets[w];
+    }
+    BstBatch b = {.n = n, .movies = f->movies, .ratings = f->ratings, .targets = f->targets,
+                  .hist_len = f->hist_len, .users = f->users};
+    return b;
+}
+
+/* Errors over windows idx[0..n). */
+static void evaluate_windows(Fit *f, const uint32_t *idx, int64_t n, const BstFitHooks *hooks,
+                             double *mae, double *rmse)
+{
+    double abs_sum = 0.0, sq_sum = 0.0;
+    const int64_t n_chunks = (n + EVAL_BATCH - 1) / EVAL_BATCH;
+    for (int64_t first = 0; first < n; first += EVAL_BATCH) {
+        if (hooks && hooks->before_batch)
+            hooks->before_batch(hooks->arg, 0, first / EVAL_BATCH, n_chunks);
+        const int32_t count = (int32_t)(n - first < EVAL_BATCH ? n - first : EVAL_BATCH);
+        BstBatch b = gather(f, idx + first, count);
+        bst_predict(f->predictor, &b, f->pred);
+        for (int32_t j = 0; j < count; j++) {
+            const double e = (double)f->pred[j] - (double)b.targets[j];
+            abs_sum += fabs(e);
+            sq_sum += e * e;
+        }
+    }
+    *mae = abs_sum / (double)n;
+    *rmse = sqrt(sq_sum / (double)n);
+}
+
+/*
+ * Closed-form start of the bias terms over the training windows: the mean
+ * target, then alternating ridge estimates of the movie and user biases
+ * (Koren, "Factorization meets the neighborhood", 2008, section 2.1).  The
+ * network learns the rest; starting from these it need not first discover
+ * that some users rate everything a star higher.
+ */
+static int bias_init(Fit *f, double mean)
+{
+    BstModel *m = f->m;
+    const BstData *d = f->data;
+    const int32_t movie_rows = m->cfg.n_movies + 1, user_rows = m->cfg.n_users + 1;
+    double *movie_bias = bst_alloc_zero((size_t)movie_rows, sizeof(double));
+    double *user_bias = bst_alloc_zero((size_t)user_rows, sizeof(double));
+    double *sum = bst_alloc_zero((size_t)(movie_rows > user_rows ? movie_rows : user_rows),
+                                 sizeof(double));
+    double *count = bst_alloc_zero((size_t)(movie_rows > user_rows ? movie_rows : user_rows),
+                                   sizeof(double));
+    if (!movie_bias || !user_bias || !sum || !count) {
+        bst_free(movie_bias);
+        bst_free(user_bias);
+        bst_free(sum);
+        bst_free(count);
+        return -1;
+    }
+    const uint32_t *train = f->order + f->n_val;
+    for (int round = 0; round < BST_BIAS_INIT_ROUNDS; round++) {
+        for (int pass = 0; pass < 2; pass++) {  /* 0: movies, 1: users */
+            const int32_t rows = pass ? user_rows : movie_rows;
+            double *bias = pass ? user_bias : movie_bias;
+            const double *other = pass ? movie_bias : user_bias;
+            const double reg = pass ? BST_BIAS_INIT_USER_REG : BST_BIAS_INIT_MOVIE_REG;
+            memset(sum, 0, (size_t)rows * sizeof(double));
+            memset(count, 0, (size_t)rows * sizeof(double));
+            for (int64_t j = 0; j < f->n_train; j++) {
+                const size_t w = train[j];
+                int32_t mi = d->movies[w * f->L + f->L - 1];
+                int32_t ui = d->users ? d->users[w] : 0;
+                mi = (mi >= 0 && mi < movie_rows) ? mi : 0;
+                ui = (ui >= 0 && ui < user_rows) ? ui : 0;
+                const int32_t self = pass ? ui : mi;
+                sum[self] += d->targets[w] - mean - other[pass ? mi : ui];
+                count[self] += 1.0;
+            }
+            for (int32_t r = 0; r < rows; r++)
+                bias[r] = sum[r] / (reg + count[r]);
+        }
+    }
+    m->params.global_bias[0] = (float)mean;
+    for (int32_t r = 0; r < movie_rows; r++)
+        m->params.movie_bias[r] = (float)movie_bias[r];
+    for (int32_t r = 0; r < user_rows; r++)
+        m->params.user_bias[r] = (float)user_bias[r];
+    bst_free(movie_bias);
+    bst_free(user_bias);
+    bst_free(sum);
+    bst_free(count);
+    return 0;
+}
+
+static void fit_free(Fit *f)
+{
+    bst_free(f->order);
+    bst_free(f->movies);
+    bst_free(f->hist_len);
+    bst_free(f->users);
+    bst_free(f->ratings);
+    bst_free(f->targets);
+    bst_free(f->pred);
+    bst_predictor_free(f->predictor);
+    bst_trainer_free(f->trainer);
+    bst_free(f->best_params);
+    bst_free(f->best_bn);
+}
+
+static void snapshot(const BstModel *m, float *params, float *bn)
+{
+    memcpy(params, m->params.slab, m->params.size * sizeof(float));
+    if (m->bn.size)
+        memcpy(bn, m->bn.slab, m->bn.size * sizeof(float));
+}
+
+static void restore(BstModel *m, const float *params, const float *bn)
+{
+    memcpy(m->params.slab, params, m->params.size * sizeof(float));
+    if (m->bn.size)
+        memcpy(m->bn.slab, bn, m->bn.size * sizeof(float));
+}
+
+BstFitStatus bst_fit(BstModel *m, const BstData *data, const BstFitOptions *o,
+                     const BstFitHooks *hooks, BstFitResult *result)
+{
+    Fit f;
+    BstFitStatus status = BST_FIT_OK;
+    const int32_t L = m->cfg.seq_len;
+
+    memset(result, 0, sizeof(*result));
+    memset(&f, 0, sizeof(f));
+    if (bst_fit_options_check(o) || data->seq_len != L || data->n < 1 ||
+        data->n > (int64_t)UINT32_MAX)
+        return BST_FIT_BAD_INPUT;
+    f.m = m;
+    f.data = data;
+    f.L = L;
+    f.B = o->train.batch_size;
+    f.n_val = (int64_t)((double)data->n * o->validation_fraction);
+    if (o->validation_fraction > 0.0f && f.n_val < 1)
+        f.n_val = 1;
+    f.n_train = data->n - f.n_val;
+    if (f.n_train < 1)
+        return BST_FIT_BAD_INPUT;
+
+    const int32_t rows = f.B > EVAL_BATCH ? f.B : EVAL_BATCH;
+    f.order = bst_alloc((size_t)data->n * sizeof(uint32_t));
+    f.movies = bst_alloc((size_t)rows * L * sizeof(int32_t));
+    f.ratings = bst_alloc((size_t)rows * (L - 1) * sizeof(float));
+    f.hist_len = bst_alloc((size_t)rows * sizeof(int32_t));
+    f.users = bst_alloc((size_t)rows * sizeof(int32_t));
+    f.targets = bst_alloc((size_t)rows * sizeof(float));
+    f.pred = bst_alloc((size_t)EVAL_BATCH * sizeof(float));
+    if (!f.order || !f.movies || !f.ratings || !f.hist_len || !f.users || !f.targets || !f.pred)
+        goto no_memory;
+    if (o->patience > 0) {
+        f.best_params = bst_alloc(m->params.size * sizeof(float));
+        f.best_bn = bst_alloc((m->bn.size ? m->bn.size : 1) * sizeof(float));
+        if (!f.best_params || !f.best_bn)
+            goto no_memory;
+    }
+
+    /* The split: a seeded permutation, validation windows first. */
+    for (int64_t i = 0; i < data->n; i++)
+        f.order[i] = (uint32_t)i;
+    if (f.n_val > 0) {
+        BstRng split;
+        bst_rng_seed(&split, o->train.seed ^ SPLIT_SALT);
+        bst_rng_shuffle_u32(&split, f.order, (size_t)data->n);
+    }
+    uint32_t *train = f.order + f.n_val;
+    double mean = 0.0;
+    for (int64_t j = 0; j < f.n_train; j++)
+        mean += data->targets[train[j]];
+    mean /= (double)f.n_train;
+    result->train_mean = mean;
+    result->n_train = f.n_train;
+    result->n_val = f.n_val;
+
+    if (o->bias_init && m->cfg.use_bias && bias_init(&f, mean) != 0)
+        goto no_memory;
+    if (o->zero_output) {
+        const int32_t out_in = m->cfg.n_hidden ? m->cfg.hidden[m->cfg.n_hidden - 1]
+                                               : bst_config_mlp_input(&m->cfg);
+        memset(m->params.out_w, 0, (size_t)out_in * sizeof(float));
+        m->params.out_b[0] = 0.0f;
+    }
+
+    f.trainer = bst_trainer_create(m, &o->train);
+    f.predictor = f.n_val > 0 ? bst_predictor_create(m, EVAL_BATCH) : NULL;
+    if (!f.trainer || (f.n_val > 0 && !f.predictor))
+        goto no_memory;
+
+    BstRng shuffle;
+    bst_rng_seed(&shuffle, o->train.seed ^ SHUFFLE_SALT);
+    const int64_t n_batches = (f.n_train + f.B - 1) / f.B;
+    const double total_steps = (double)n_batches * o->epochs;
+    double best_val = INFINITY;
+    int64_t step = 0;
+    float lr = o->train.learning_rate;
+
+    for (int32_t epoch = 1; epoch <= o->epochs; epoch++) {
+        BstEpochStats s;
+        double loss_sum = 0.0, abs_sum = 0.0, start = now_seconds();
+
+        memset(&s, 0, sizeof(s));
+        bst_rng_shuffle_u32(&shuffle, train, (size_t)f.n_train);
+        for (int64_t k = 0; k < n_batches; k++, step++) {
+            if (hooks && hooks->before_batch)
+                hooks->before_batch(hooks->arg, epoch, k, n_batches);
+            if (o->lr_schedule == BST_LR_COSINE) {
+                lr = (float)(o->train.learning_rate * 0.5 *
+                             (1.0 + cos(PI * (double)step / total_steps)));
+                bst_trainer_set_learning_rate(f.trainer, lr);
+            }
+            const int64_t first = k * f.B;
+            const int32_t count = (int32_t)(f.n_train - first < f.B ? f.n_train - first : f.B);
+            BstBatch b = gather(&f, train + first, count);
+            float loss = bst_train_step(f.trainer, &b, &abs_sum);
+            if (!isfinite(loss)) {
+                result->epochs_run = epoch;
+                status = BST_FIT_DIVERGED;
+                goto done;
+            }
+            loss_sum += (double)loss * count;
+        }
+        s.epoch = epoch;
+        s.loss = loss_sum / (double)f.n_train;
+        s.mae = abs_sum / (double)f.n_train;
+        s.learning_rate = lr;
+        s.val_mae = s.val_rmse = NAN;
+        if (f.n_val > 0)
+            evaluate_windows(&f, f.order, f.n_val, NULL, &s.val_mae, &s.val_rmse);
+        s.seconds = now_seconds() - start;
+        /* Without validation every epoch is the best so far: the last one is kept. */
+        s.best = f.n_val == 0 || s.val_mae < best_val;
+        if (s.best) {
+            best_val = f.n_val ? s.val_mae : best_val;
+            result->best_epoch = epoch;
+            result->best = s;
+            if (f.best_params)
+                snapshot(m, f.best_params, f.best_bn);
+        }
+        result->epochs_run = epoch;
+        if (hooks && hooks->after_epoch)
+            hooks->after_epoch(hooks->arg, &s);
+        if (o->patience > 0 && epoch - result->best_epoch >= o->patience)
+            break;
+    }
+    if (f.best_params && result->best_epoch != result->epochs_run)
+        restore(m, f.best_params, f.best_bn);
+    goto done;
+
+no_memory:
+    status = BST_FIT_NO_MEMORY;
+done:
+    fit_free(&f);
+    return status;
+}
+
+int bst_evaluate_data(const BstModel *m, const BstData *data, const BstFitHooks *hooks,
+                      double *mae, double *rmse)
+{
+    Fit f;
+    memset(&f, 0, sizeof(f));
+    if (data->seq_len != m->cfg.seq_len || data->n < 1 || data->n > (int64_t)UINT32_MAX)
+        return -1;
+    f.m = (BstModel *)m;
+    f.data = data;
+    f.L = data->seq_len;
+    f.order = bst_alloc((size_t)data->n * sizeof(uint32_t));
+    f.movies = bst_alloc((size_t)EVAL_BATCH * f.L * sizeof(int32_t));
+    f.ratings = bst_alloc((size_t)EVAL_BATCH * (f.L - 1) * sizeof(float));
+    f.hist_len = bst_alloc((size_t)EVAL_BATCH * sizeof(int32_t));
+    f.users = bst_alloc((size_t)EVAL_BATCH * sizeof(int32_t));
+    f.targets = bst_alloc((size_t)EVAL_BATCH * sizeof(float));
+    f.pred = bst_alloc((size_t)EVAL_BATCH * sizeof(float));
+    f.predictor = bst_predictor_create(m, EVAL_BATCH);
+    int ok = f.order && f.movies && f.ratings && f.hist_len && f.users && f.targets && f.pred &&
+             f.predictor;
+    if (ok) {
+        for (int64_t i = 0; i < data->n; i++)
+            f.order[i] = (uint32_t)i;
+        evaluate_windows(&f, f.order, data->n, hooks, mae, rmse);
+    }
+    fit_free(&f);
+    return ok ? 0 : -1;
+}

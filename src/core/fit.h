@@ -1,0 +1,95 @@
+/*
+ * The training loop: a validation split carved from the data, epochs of
+ * shuffled mini-batches, a learning-rate schedule, per-epoch validation and
+ * early stopping that keeps the best epoch's weights.  The extension and the
+ * C tests both run this loop; the host only reads the data and reports.
+ */
+#ifndef BST_FIT_H
+#define BST_FIT_H
+
+#include <stdint.h>
+
+#include "model.h"
+#include "trainer.h"
+
+/* A data set of windows, already mapped to vocabulary indices and padded to
+ * the model's seq_len (model.h, layers.h). */
+typedef struct BstData {
+    int64_t n;
+    int32_t seq_len;
+    int32_t *movies;      /* [n * L] */
+    float *ratings;       /* [n * (L-1)] */
+    int32_t *hist_len;    /* [n] */
+    int32_t *users;       /* [n] user vocabulary indices (0: unknown) */
+    float *targets;       /* [n] */
+} BstData;
+
+typedef enum { BST_LR_CONSTANT = 0, BST_LR_COSINE = 1 } BstLrSchedule;
+
+/* Ridge terms of the closed-form bias fit (Koren's baseline estimates):
+ * a movie or user with few ratings keeps a bias near 0. */
+#define BST_BIAS_INIT_MOVIE_REG 10.0
+#define BST_BIAS_INIT_USER_REG 15.0
+#define BST_BIAS_INIT_ROUNDS 3
+#define BST_MAX_EPOCHS 10000
+/* Largest validation fraction: beyond it, validation starves training. */
+#define BST_MAX_VALIDATION_FRACTION 0.5f
+
+typedef struct BstFitOptions {
+    BstTrainOptions train;
+    int32_t epochs;              /* at most this many */
+    BstLrSchedule lr_schedule;   /* cosine: from the learning rate to 0 over `epochs` */
+    float validation_fraction;   /* of the windows, held out from training; 0: none */
+    int32_t patience;            /* stop after this many epochs without a better
+                                  * validation MAE, keeping the best; 0: never */
+    int bias_init;               /* start the bias terms from the closed-form fit */
+    int zero_output;             /* start the output layer at zero */
+} BstFitOptions;
+
+/* NULL if valid, else a static message. */
+const char *bst_fit_options_check(const BstFitOptions *o);
+
+typedef struct BstEpochStats {
+    int32_t epoch;               /* 1-based */
+    double loss, mae;            /* training windows, during the epoch (dropout on) */
+    double val_mae, val_rmse;    /* validation windows after the epoch; NAN without */
+    double learning_rate;        /* at the epoch's last step */
+    double seconds;
+    int best;                    /* the best epoch so far (always 1 without validation) */
+} BstEpochStats;
+
+typedef struct BstFitHooks {
+    /* Before every batch: a host may abort here (PostgreSQL's cancel longjmps
+     * out; every buffer is in a memory context it frees). */
+    void (*before_batch)(void *arg, int32_t epoch, int64_t batch, int64_t n_batches);
+    void (*after_epoch)(void *arg, const BstEpochStats *s);
+    void *arg;
+} BstFitHooks;
+
+typedef struct BstFitResult {
+    int64_t n_train, n_val;
+    int32_t epochs_run;
+    int32_t best_epoch;          /* whose weights the model holds */
+    double train_mean;           /* mean training target */
+    BstEpochStats best;          /* that epoch's figures */
+} BstFitResult;
+
+typedef enum {
+    BST_FIT_OK = 0,
+    BST_FIT_BAD_INPUT,           /* options, or data not shaped for the model */
+    BST_FIT_NO_MEMORY,
+    BST_FIT_DIVERGED,            /* the loss became infinite or NaN */
+} BstFitStatus;
+
+/* Trains m in place.  On BST_FIT_DIVERGED, result->epochs_run is the epoch
+ * that diverged.  hooks may be NULL. */
+BstFitStatus bst_fit(BstModel *m, const BstData *data, const BstFitOptions *o,
+                     const BstFitHooks *hooks, BstFitResult *result);
+
+/* Mean absolute and root mean squared error of m over data (inference mode);
+ * hooks->before_batch (epoch 0) runs before every chunk.  -1 on bad input or
+ * allocation failure. */
+int bst_evaluate_data(const BstModel *m, const BstData *data, const BstFitHooks *hooks,
+                      double *mae, double *rmse);
+
+#endif
