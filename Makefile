@@ -18,9 +18,6 @@ SHLIB_LINK = -lopenblas -lz -lm -fopenmp
 REGRESS = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/*.sql)))
 REGRESS_OPTS = --load-extension=$(EXTENSION)
 
-# PGXS does not track headers.
-$(OBJS): $(wildcard src/*.h src/core/*.h)
-
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
@@ -29,3 +26,7 @@ include $(PGXS)
 .PHONY: unittest
 unittest:
 	$(MAKE) -C test/c check
+
+# PGXS does not track headers.  After the PGXS include, so that "all" stays
+# the default target.
+$(OBJS): $(wildcard src/*.h src/core/*.h)

@@ -3,9 +3,9 @@
 #   scripts/test.sh
 # installs what is missing, builds and installs the extension, starts a
 # private cluster, runs pg_regress (make installcheck), pgTAP (pg_prove),
-# the loader tests and the C unit tests of the numerical core, prints one
-# summary line per suite, stops the cluster (also on failure or Ctrl-C) and
-# exits non-zero when any suite failed.
+# the loader, pg_dump and 1.0 -> 1.1 upgrade tests and the C unit tests of
+# the numerical core, prints one summary line per suite, stops the cluster
+# (also on failure or Ctrl-C) and exits non-zero when any suite failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -44,6 +44,7 @@ run_suite "pg_regress (make installcheck)" regress
 run_suite "pgTAP (pg_prove test/pgtap)" pgtap
 run_suite "loader (test/loader)" bash test/loader/test_loader.sh
 run_suite "pg_dump round trip (test/dump)" bash test/dump/test_dump.sh
+run_suite "extension upgrade 1.0 -> 1.1 (test/upgrade)" bash test/upgrade/test_upgrade.sh
 run_suite "C unit tests (make -C test/c check)" make -s -C test/c check
 
 printf '\n'

@@ -23,6 +23,27 @@ SELECT * FROM bst_sequences('r');
 SELECT * FROM bst_sequences('r', seq_len => 2, step => 3) WHERE user_id IN (1, 4);
 SELECT count(*) FROM bst_sequences('r', 3, 1);
 
+-- min_len (1.1): windows end at the min_len-th rating and every step ratings
+-- after it, shorter than seq_len at the start, with no tail window.
+-- step 1, min_len 2: every rating but a user's first is the target of one
+-- window, n - 1 per user (4 + 3 + 2 + 5); user 4's tie still 42 before 43.
+SELECT * FROM bst_sequences('r', step => 1, min_len => 2);
+-- step 2, min_len 3: windows end at the 3rd and 5th ratings; user 4's 6th is
+-- no target (no tail window).
+SELECT * FROM bst_sequences('r', step => 2, min_len => 3);
+-- seq_len 3, step 2, min_len 2: ends at 2, 4, 6; the last rating ends the
+-- last window once, not twice.
+SELECT * FROM bst_sequences('r', seq_len => 3, step => 2, min_len => 2) WHERE user_id = 4;
+-- min_len = seq_len: the Keras windows without the tail (user 2's once).
+SELECT * FROM bst_sequences('r', min_len => 4);
+-- min_len NULL is the Keras windowing, tail repeats included, by name, as
+-- the eighth positional argument, or left out as in a 1.0-style call.
+SELECT * FROM bst_sequences('r', min_len => NULL);
+SELECT (SELECT array_agg(s) FROM bst_sequences('r', 4, 2, 'user_id', 'movie_id', 'rating', 'unix_timestamp', NULL) s)
+     = (SELECT array_agg(s) FROM bst_sequences('r', min_len => NULL) s) AS eighth_null_same,
+       (SELECT array_agg(s) FROM bst_sequences('r', 4, 2, 'user_id', 'movie_id', 'rating', 'unix_timestamp') s)
+     = (SELECT array_agg(s) FROM bst_sequences('r', min_len => NULL) s) AS seven_args_same;
+
 -- Column names given by name, types converted.
 CREATE TABLE events (who smallint, what bigint, stars numeric, at timestamptz);
 INSERT INTO events SELECT 7, 100 + i, i % 5 + 1, '2024-01-01'::timestamptz + i * interval '1 day' FROM generate_series(1, 5) i;
@@ -49,6 +70,14 @@ SELECT * FROM bst_sequences('r', 1);
 SELECT * FROM bst_sequences('r', 100000);
 SELECT * FROM bst_sequences('r', 4, 0);
 SELECT * FROM bst_sequences('r', 4, NULL);
+SELECT * FROM bst_sequences('r', min_len => 1);
+SELECT * FROM bst_sequences('r', min_len => 0);
+SELECT * FROM bst_sequences('r', min_len => 5);
+SELECT * FROM bst_sequences('r', seq_len => 3, min_len => 4);
+SELECT * FROM bst_sequences('r', 4, 2, 'user_id', 'movie_id', 'rating', 'unix_timestamp', -1);
+\set VERBOSITY sqlstate
+SELECT * FROM bst_sequences('r', min_len => 0);
+\set VERBOSITY default
 SELECT * FROM bst_sequences('r', movie_column => 'film_id');
 SELECT * FROM bst_sequences('r', rating_column => NULL);
 SELECT * FROM bst_sequences('events', user_column => 'who', movie_column => 'what',
@@ -60,14 +89,17 @@ SELECT * FROM bst_sequences('texts');
 
 INSERT INTO r VALUES (5, 50, NULL, 1), (5, 51, 1, 2);
 SELECT * FROM bst_sequences('r');
+SELECT * FROM bst_sequences('r', step => 1, min_len => 2);
 UPDATE r SET rating = 'NaN' WHERE user_id = 5 AND movie_id = 50;
 SELECT * FROM bst_sequences('r');
 UPDATE r SET rating = 1, movie_id = NULL WHERE user_id = 5 AND movie_id = 50;
 SELECT * FROM bst_sequences('r');
 UPDATE r SET movie_id = 50, unix_timestamp = NULL WHERE user_id = 5 AND movie_id IS NULL;
 SELECT * FROM bst_sequences('r');
+SELECT * FROM bst_sequences('r', step => 1, min_len => 2);
 UPDATE r SET user_id = NULL, unix_timestamp = 1 WHERE user_id = 5;
 SELECT * FROM bst_sequences('r');
 SELECT bst_window_agg(x) FROM (VALUES (1::real), ('Infinity')) v(x);
 DELETE FROM r WHERE user_id IS NULL;
 SELECT count(*) FROM bst_sequences('r');
+SELECT count(*) FROM bst_sequences('r', step => 1, min_len => 2);

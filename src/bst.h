@@ -12,6 +12,7 @@
 #include "storage/itemptr.h"
 #include "utils/memutils.h"
 
+#include "core/fit.h"
 #include "core/model.h"
 
 /* Longest window bst_sequences builds: far beyond any useful model. */
@@ -39,22 +40,27 @@ extern const char *bst_schema(FunctionCallInfo fcinfo);
  */
 extern MemoryContext bst_core_memory(MemoryContext cxt);
 
-/* A batch of windows read from a query: what training and evaluation eat. */
+/*
+ * The windows of a query as read (dataset.c): ragged, ids not yet mapped.
+ * Window w is movies/ratings[offsets[w] .. offsets[w+1]).
+ */
 typedef struct BstDataset
 {
-	int32		seq_len;
 	int64		n;				/* windows */
 	int64		capacity;
-	int32	   *movies;			/* [n * seq_len] movie ids, mapped in place to
-								 * vocabulary indices by bst_dataset_map */
-	float	   *ratings;		/* [n * (seq_len - 1)] history ratings */
-	float	   *targets;		/* [n] the last rating of each window */
+	int64		element_capacity;
+	int64	   *offsets;		/* [n + 1] */
+	int32	   *movies;			/* movie ids */
+	float	   *ratings;		/* the last of a window is its target's label */
+	int32	   *users;			/* [n] user ids (0 when the query has none) */
+	bool		has_users;		/* the query returned a user_id column */
+	int32		max_len;		/* longest window */
 } BstDataset;
 
 extern SPIPlanPtr bst_prepare_select(const char *query, const char *purpose);
-extern void bst_dataset_read(BstDataset *ds, const char *query, int32 seq_len,
-							 const char *purpose);
-extern void bst_dataset_map(BstDataset *ds, const BstModel *model);
+extern void bst_dataset_read(BstDataset *ds, const char *query, const char *purpose);
+extern void bst_dataset_pack(const BstDataset *ds, const BstModel *model, int32 min_history,
+							 const char *purpose, BstData *data);
 
 /*
  * What identifies a version of the stored weights: the model_id no other row
@@ -79,6 +85,7 @@ typedef struct BstStoredModel
 	int32		version;
 	char	   *history;		/* relation of the rating histories, or NULL */
 	float		fallback_rating;	/* mean training target, for short histories */
+	int32		min_history;	/* fewest history ratings the model was trained on */
 	BstModel   *model;
 	BstPredictor *predictor;
 	SPIPlanPtr	history_plan;	/* latest ratings of a user, prepared once */

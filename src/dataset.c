@@ -1,12 +1,15 @@
 /*
  * dataset.c
- *	  Read the windows of a training or evaluation query into flat arrays.
+ *	  Read the windows of a training or evaluation query, and pack them into
+ *	  the padded arrays the numerical core trains and scores on.
  *
- * The query returns at least movie_ids integer[] and ratings real[] (what
- * bst_sequences returns); the last element of each window is the target.
- * Rows are fetched through a cursor in batches and copied out of the array
- * datums directly, never through text, so that ML-1M's half a million
- * windows are read in well under a second and take 16 MB.
+ * The query returns movie_ids integer[] and ratings real[] (what
+ * bst_sequences returns), and optionally user_id integer; the last element
+ * of each window is the target.  Windows may have any length from 1 up: they
+ * are kept ragged while reading (the model's window length may be the longest
+ * of them), then packed left-padded to the model's length, a longer window
+ * keeping its most recent ratings.  Rows are fetched through a cursor in
+ * batches and copied out of the array datums directly, never through text.
  */
 #include "postgres.h"
 
@@ -25,15 +28,19 @@
 #define DATASET_FETCH_ROWS 10000
 
 static int
-query_column(TupleDesc desc, const char *name, Oid type, const char *purpose)
+query_column(TupleDesc desc, const char *name, Oid type, const char *purpose, bool required)
 {
 	int			col = SPI_fnumber(desc, name);
 
 	if (col <= 0)
+	{
+		if (!required)
+			return 0;
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_COLUMN),
 				 errmsg("%s query must return a column \"%s\"", purpose, name),
-				 errhint("Return movie_ids integer[] and ratings real[], as bst_sequences() does.")));
+				 errhint("Return movie_ids integer[] and ratings real[] (and optionally user_id integer), as bst_sequences() does.")));
+	}
 	if (SPI_gettypeid(desc, col) != type)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATATYPE_MISMATCH),
@@ -66,25 +73,45 @@ window_elements(HeapTuple tuple, TupleDesc desc, int col, const char *name,
 	return ARR_DATA_PTR(array);
 }
 
+/* Room for one more window of len elements. */
 static void
-dataset_grow(BstDataset *ds, MemoryContext cxt)
+dataset_reserve(BstDataset *ds, int len, MemoryContext cxt)
 {
-	int64		capacity = ds->capacity ? 2 * ds->capacity : 16384;
-	int			L = ds->seq_len;
+	if (ds->n == ds->capacity)
+	{
+		int64		capacity = ds->capacity ? 2 * ds->capacity : 16384;
 
-	if (ds->capacity == 0)
-	{
-		ds->movies = MemoryContextAllocHuge(cxt, capacity * L * sizeof(int32));
-		ds->ratings = MemoryContextAllocHuge(cxt, capacity * (L - 1) * sizeof(float));
-		ds->targets = MemoryContextAllocHuge(cxt, capacity * sizeof(float));
+		if (ds->capacity == 0)
+		{
+			ds->offsets = MemoryContextAllocHuge(cxt, (capacity + 1) * sizeof(int64));
+			ds->users = MemoryContextAllocHuge(cxt, capacity * sizeof(int32));
+			ds->offsets[0] = 0;
+		}
+		else
+		{
+			ds->offsets = repalloc_huge(ds->offsets, (capacity + 1) * sizeof(int64));
+			ds->users = repalloc_huge(ds->users, capacity * sizeof(int32));
+		}
+		ds->capacity = capacity;
 	}
-	else
+	if (ds->offsets[ds->n] + len > ds->element_capacity)
 	{
-		ds->movies = repalloc_huge(ds->movies, capacity * L * sizeof(int32));
-		ds->ratings = repalloc_huge(ds->ratings, capacity * (L - 1) * sizeof(float));
-		ds->targets = repalloc_huge(ds->targets, capacity * sizeof(float));
+		int64		capacity = Max(2 * ds->element_capacity, 65536);
+
+		while (capacity < ds->offsets[ds->n] + len)
+			capacity *= 2;
+		if (ds->element_capacity == 0)
+		{
+			ds->movies = MemoryContextAllocHuge(cxt, capacity * sizeof(int32));
+			ds->ratings = MemoryContextAllocHuge(cxt, capacity * sizeof(float));
+		}
+		else
+		{
+			ds->movies = repalloc_huge(ds->movies, capacity * sizeof(int32));
+			ds->ratings = repalloc_huge(ds->ratings, capacity * sizeof(float));
+		}
+		ds->element_capacity = capacity;
 	}
-	ds->capacity = capacity;
 }
 
 /*
@@ -117,21 +144,20 @@ bst_prepare_select(const char *query, const char *purpose)
 }
 
 /*
- * Run query and append its windows to ds.  seq_len is the window length the
- * caller needs (a trained model's), or 0 to take it from the first row.
- * purpose ("training", "evaluation") makes the error messages precise.
+ * Run query and collect its windows in ds (ragged).  purpose ("training",
+ * "evaluation") makes the error messages precise.
  */
 void
-bst_dataset_read(BstDataset *ds, const char *query, int32 seq_len, const char *purpose)
+bst_dataset_read(BstDataset *ds, const char *query, const char *purpose)
 {
 	MemoryContext outer = CurrentMemoryContext;
 	MemoryContext batch_cxt;
 	Portal		portal;
 	int			movies_col = 0;
 	int			ratings_col = 0;
+	int			user_col = 0;
 
 	memset(ds, 0, sizeof(*ds));
-	ds->seq_len = seq_len;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -148,51 +174,56 @@ bst_dataset_read(BstDataset *ds, const char *query, int32 seq_len, const char *p
 			break;
 		if (movies_col == 0)
 		{
-			movies_col = query_column(SPI_tuptable->tupdesc, "movie_ids", INT4ARRAYOID, purpose);
-			ratings_col = query_column(SPI_tuptable->tupdesc, "ratings", FLOAT4ARRAYOID, purpose);
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+
+			movies_col = query_column(desc, "movie_ids", INT4ARRAYOID, purpose, true);
+			ratings_col = query_column(desc, "ratings", FLOAT4ARRAYOID, purpose, true);
+			user_col = query_column(desc, "user_id", INT4OID, purpose, false);
+			ds->has_users = user_col > 0;
 		}
 
 		old = MemoryContextSwitchTo(batch_cxt);
 		for (uint64 i = 0; i < SPI_processed; i++)
 		{
 			HeapTuple	tuple = SPI_tuptable->vals[i];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
 			int64		row = ds->n + 1;
 			int			n_movies;
 			int			n_ratings;
-			int32	   *movies = window_elements(tuple, SPI_tuptable->tupdesc, movies_col,
-												 "movie_ids", row, &n_movies);
-			float	   *ratings = window_elements(tuple, SPI_tuptable->tupdesc, ratings_col,
-												  "ratings", row, &n_ratings);
-			int			L;
+			int32	   *movies = window_elements(tuple, desc, movies_col, "movie_ids", row, &n_movies);
+			float	   *ratings = window_elements(tuple, desc, ratings_col, "ratings", row, &n_ratings);
+			int32		user = 0;
 
-			if (ds->seq_len == 0)
-			{
-				if (n_movies < 2 || n_movies > BST_MAX_SEQ_LEN)
-					ereport(ERROR,
-							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-							 errmsg("windows of the %s query must have between 2 and %d movies, not %d",
-									purpose, BST_MAX_SEQ_LEN, n_movies)));
-				ds->seq_len = n_movies;
-			}
-			L = ds->seq_len;
-			if (n_movies != L || n_ratings != L)
+			if (n_movies < 1 || n_ratings != n_movies)
 				ereport(ERROR,
 						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						 errmsg("row %lld of the %s query has %d movie ids and %d ratings, but every window must have %d of each",
-								(long long) row, purpose, n_movies, n_ratings, L),
+						 errmsg("row %lld of the %s query has %d movie ids and %d ratings, but a window needs at least one of each, as many ratings as movies",
+								(long long) row, purpose, n_movies, n_ratings),
 						 errdetail("The last movie of a window is the target, the last rating its label.")));
-			for (int j = 0; j < L; j++)
+			for (int j = 0; j < n_ratings; j++)
 				if (!isfinite(ratings[j]))
 					ereport(ERROR,
 							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 							 errmsg("row %lld of the %s query has a NaN or infinite rating",
 									(long long) row, purpose)));
+			if (user_col > 0)
+			{
+				bool		isnull;
 
-			if (ds->n == ds->capacity)
-				dataset_grow(ds, outer);
-			memcpy(ds->movies + ds->n * L, movies, L * sizeof(int32));
-			memcpy(ds->ratings + ds->n * (L - 1), ratings, (L - 1) * sizeof(float));
-			ds->targets[ds->n] = ratings[L - 1];
+				user = DatumGetInt32(SPI_getbinval(tuple, desc, user_col, &isnull));
+				if (isnull)
+					ereport(ERROR,
+							(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+							 errmsg("user_id is NULL in row %lld of the %s query",
+									(long long) row, purpose)));
+			}
+
+			dataset_reserve(ds, n_movies, outer);
+			memcpy(ds->movies + ds->offsets[ds->n], movies, n_movies * sizeof(int32));
+			memcpy(ds->ratings + ds->offsets[ds->n], ratings, n_movies * sizeof(float));
+			ds->users[ds->n] = user;
+			ds->offsets[ds->n + 1] = ds->offsets[ds->n] + n_movies;
+			ds->max_len = Max(ds->max_len, n_movies);
 			ds->n++;
 		}
 		MemoryContextSwitchTo(old);
@@ -209,10 +240,66 @@ bst_dataset_read(BstDataset *ds, const char *query, int32 seq_len, const char *p
 				 errmsg("%s query returned no rows", purpose)));
 }
 
-/* Replace movie ids by the model's vocabulary indices (0: out of vocabulary). */
-void
-bst_dataset_map(BstDataset *ds, const BstModel *model)
+/*
+ * Pack window `w` of ds into the model's layout: movies [L] left-padded
+ * (padding = 0), ratings [L-1], the history length, the target rating.
+ */
+static void
+pack_window(const BstDataset *ds, int64 w, const BstModel *model, int32 *movies,
+			float *ratings, int32 *hist_len, float *target)
 {
-	for (int64 i = 0; i < ds->n * ds->seq_len; i++)
-		ds->movies[i] = bst_model_movie_index(model, ds->movies[i]);
+	int			L = bst_model_config(model)->seq_len;
+	int64		start = ds->offsets[w];
+	int			len = (int) (ds->offsets[w + 1] - start);
+	int			keep = Min(len, L);
+	int			pad = L - keep;
+
+	/* A longer window keeps its most recent ratings. */
+	start += len - keep;
+	for (int i = 0; i < pad; i++)
+	{
+		movies[i] = 0;
+		ratings[i] = 0.0f;
+	}
+	for (int i = 0; i < keep; i++)
+		movies[pad + i] = bst_model_movie_index(model, ds->movies[start + i]);
+	for (int i = 0; i < keep - 1; i++)
+		ratings[pad + i] = ds->ratings[start + i];
+	*hist_len = keep - 1;
+	*target = ds->ratings[start + keep - 1];
+}
+
+/*
+ * The windows of ds as the core's data set for model, in the current memory
+ * context.  Windows with fewer history ratings than the model was trained
+ * on are an error when min_history > 0 (evaluation of a fixed-length model).
+ */
+void
+bst_dataset_pack(const BstDataset *ds, const BstModel *model, int32 min_history,
+				 const char *purpose, BstData *data)
+{
+	int			L = bst_model_config(model)->seq_len;
+
+	data->n = ds->n;
+	data->seq_len = L;
+	data->movies = palloc_extended(ds->n * L * sizeof(int32), MCXT_ALLOC_HUGE);
+	data->ratings = palloc_extended(ds->n * (L - 1) * sizeof(float), MCXT_ALLOC_HUGE);
+	data->hist_len = palloc_extended(ds->n * sizeof(int32), MCXT_ALLOC_HUGE);
+	data->users = palloc_extended(ds->n * sizeof(int32), MCXT_ALLOC_HUGE);
+	data->targets = palloc_extended(ds->n * sizeof(float), MCXT_ALLOC_HUGE);
+	for (int64 w = 0; w < ds->n; w++)
+	{
+		pack_window(ds, w, model, data->movies + w * L, data->ratings + w * (L - 1),
+					&data->hist_len[w], &data->targets[w]);
+		if (data->hist_len[w] < min_history)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("row %lld of the %s query has %d history ratings, but the model needs at least %d",
+							(long long) w + 1, purpose, data->hist_len[w], min_history),
+					 errdetail("The model was trained only on windows of %d movies or more.",
+							   min_history + 1)));
+		data->users[w] = ds->has_users ? bst_model_user_index(model, ds->users[w]) : 0;
+		if ((w & 0xffff) == 0)
+			CHECK_FOR_INTERRUPTS();
+	}
 }

@@ -141,7 +141,7 @@ model_cache_retire(int slot)
 /* Deserialize a bst_models row into a new cache entry. */
 static BstStoredModel *
 model_load(const BstModelKey *key, const char *name, int32 version, bytea *weights,
-		   const char *history, float fallback_rating)
+		   const char *history, float fallback_rating, int32 min_history)
 {
 	MemoryContext cxt = AllocSetContextCreate(TopMemoryContext, "bst model",
 											  ALLOCSET_DEFAULT_SIZES);
@@ -155,11 +155,16 @@ model_load(const BstModelKey *key, const char *name, int32 version, bytea *weigh
 	entry->version = version;
 	entry->history = history ? MemoryContextStrdup(cxt, history) : NULL;
 	entry->fallback_rating = fallback_rating;
+	entry->min_history = min_history;
 
 	entry->model = bst_model_deserialize(VARDATA_ANY(weights), VARSIZE_ANY_EXHDR(weights),
 										 err, sizeof(err));
 	if (entry->model)
+	{
+		/* Bounded whatever the metrics say: it only decides the fallback. */
+		entry->min_history = Max(0, Min(min_history, bst_model_config(entry->model)->seq_len - 1));
 		entry->predictor = bst_predictor_create(entry->model, PREDICT_BATCH);
+	}
 	bst_core_memory(old_core);
 
 	if (entry->model == NULL)
@@ -267,8 +272,16 @@ bst_model_get(FunctionCallInfo fcinfo, const char *name)
 		bool		weights_null;
 		bool		fallback_null;
 		float		fallback;
+		bool		min_history_null;
+		int32		min_history;
 
-		SPI_execute_with_args(psprintf("SELECT weights, history, (metrics->>'train_mean_rating')::float4 "
+		/*
+		 * A model of version 1.0 was trained on full windows only, and
+		 * records no min_history: then it is seq_len - 1.
+		 */
+		SPI_execute_with_args(psprintf("SELECT weights, history, (metrics->>'train_mean_rating')::pg_catalog.float4, "
+									   "coalesce((metrics->>'min_history')::pg_catalog.int4, "
+									   "         (config->>'seq_len')::pg_catalog.int4 - 1) "
 									   "FROM %s.bst_models WHERE model_id = $1", schema),
 							  1, id_type, id_value, NULL, true, 1);
 		if (SPI_processed != 1)
@@ -277,12 +290,13 @@ bst_model_get(FunctionCallInfo fcinfo, const char *name)
 		desc = SPI_tuptable->tupdesc;
 		weights_datum = SPI_getbinval(row, desc, 1, &weights_null);
 		fallback = DatumGetFloat4(SPI_getbinval(row, desc, 3, &fallback_null));
-		if (weights_null || fallback_null || !isfinite(fallback))
+		min_history = DatumGetInt32(SPI_getbinval(row, desc, 4, &min_history_null));
+		if (weights_null || fallback_null || !isfinite(fallback) || min_history_null)
 			model_row_missing(model_name);
 		weights = DatumGetByteaPP(weights_datum);
 
 		entry = model_load(&key, model_name, version, weights, SPI_getvalue(row, desc, 2),
-						   fallback);
+						   fallback, min_history);
 		model_cache_retire(model_cache_next);
 		model_cache[model_cache_next] = entry;
 		model_cache_next = (model_cache_next + 1) % MODEL_CACHE_SIZE;

@@ -30,11 +30,9 @@
 #include "bst.h"
 
 PG_FUNCTION_INFO_V1(bst_predict_window);
+PG_FUNCTION_INFO_V1(bst_predict_user_window);
 PG_FUNCTION_INFO_V1(bst_predict_user);
 PG_FUNCTION_INFO_V1(bst_evaluate);
-
-/* Windows bst_evaluate scores between two checks for a cancel. */
-#define EVALUATE_CHUNK 4096
 
 /* What a call site remembers between rows of one command. */
 typedef struct CallModel
@@ -93,38 +91,60 @@ history_relation(BstStoredModel *entry)
 	return bst_relation_name(RangeVarGetRelid(rv, AccessShareLock, false));
 }
 
+/*
+ * Score one window of n movies (the last is the target) and n - 1 history
+ * ratings, for a user id (has_user) or the unknown user.  The window is
+ * left-padded to the model's length; a longer one keeps its most recent
+ * history.
+ */
 static float
-predict_one(BstStoredModel *entry, const int32 *movie_ids, const float *ratings)
+predict_one(BstStoredModel *entry, const int32 *movie_ids, const float *ratings, int n,
+			bool has_user, int32 user_id)
 {
 	const BstConfig *cfg = bst_model_config(entry->model);
+	const int	L = cfg->seq_len;
+	const int	hist = Min(n - 1, L - 1);
+	const int	pad = L - 1 - hist;
 	int32		movies[BST_MAX_SEQ_LEN];
+	float		window_ratings[BST_MAX_SEQ_LEN];
+	int32		user = has_user ? bst_model_user_index(entry->model, user_id) : 0;
 	BstBatch	batch;
 	float		out;
 
-	for (int i = 0; i < cfg->seq_len; i++)
-		movies[i] = bst_model_movie_index(entry->model, movie_ids[i]);
+	for (int i = 0; i < pad; i++)
+	{
+		movies[i] = 0;
+		window_ratings[i] = 0.0f;
+	}
+	for (int i = 0; i < hist; i++)
+	{
+		movies[pad + i] = bst_model_movie_index(entry->model, movie_ids[n - 1 - hist + i]);
+		window_ratings[pad + i] = ratings[n - 1 - hist + i];
+	}
+	movies[L - 1] = bst_model_movie_index(entry->model, movie_ids[n - 1]);
+	memset(&batch, 0, sizeof(batch));
 	batch.n = 1;
 	batch.movies = movies;
-	batch.ratings = ratings;
-	batch.targets = NULL;
+	batch.ratings = window_ratings;
+	batch.hist_len = &hist;
+	batch.users = &user;
 	bst_predict(entry->predictor, &batch, &out);
 	check_prediction(out);
 	return out;
 }
 
 /*
- * bst_predict(model, movie_ids, ratings): the window's history is every
- * element but the last; the last movie is the target, and its rating (when
- * given, as in a row of bst_sequences) is ignored.
+ * The explicit window of bst_predict(model, [user_id,] movie_ids, ratings):
+ * the history is every element but the last; the last movie is the target,
+ * and its rating (when given, as in a row of bst_sequences) is ignored.
  */
-Datum
-bst_predict_window(PG_FUNCTION_ARGS)
+static float
+predict_window(FunctionCallInfo fcinfo, int movies_arg, bool has_user, int32 user_id)
 {
 	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	ArrayType  *movies = PG_GETARG_ARRAYTYPE_P(1);
-	ArrayType  *ratings = PG_GETARG_ARRAYTYPE_P(2);
+	ArrayType  *movies = PG_GETARG_ARRAYTYPE_P(movies_arg);
+	ArrayType  *ratings = PG_GETARG_ARRAYTYPE_P(movies_arg + 1);
 	BstStoredModel *entry = model_for_call(fcinfo, name);
-	int			L = bst_model_config(entry->model)->seq_len;
 	int			n_movies = ArrayGetNItems(ARR_NDIM(movies), ARR_DIMS(movies));
 	int			n_ratings = ArrayGetNItems(ARR_NDIM(ratings), ARR_DIMS(ratings));
 	float	   *rating_values;
@@ -134,27 +154,50 @@ bst_predict_window(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("movie_ids and ratings must be one-dimensional arrays without NULLs")));
-	if (n_movies != L || (n_ratings != L && n_ratings != L - 1))
+	if (n_movies < 1 || (n_ratings != n_movies && n_ratings != n_movies - 1))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("model \"%s\" takes windows of %d movie ids and %d or %d ratings, not %d and %d",
-						entry->name, L, L - 1, L, n_movies, n_ratings),
+				 errmsg("a window of %d movie ids needs %d or %d ratings, not %d",
+						n_movies, n_movies - 1, n_movies, n_ratings),
 				 errdetail("The last movie is the target; its rating, if given, is ignored.")));
+	if (n_movies - 1 < entry->min_history)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("model \"%s\" needs at least %d history ratings before the target, not %d",
+						entry->name, entry->min_history, n_movies - 1),
+				 errdetail("It was trained only on windows of %d movies or more.",
+						   entry->min_history + 1)));
 	rating_values = (float *) ARR_DATA_PTR(ratings);
-	for (int i = 0; i < L - 1; i++)
+	for (int i = 0; i < n_movies - 1; i++)
 		if (!isfinite(rating_values[i]))
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("ratings must not be NaN or infinite")));
 
-	PG_RETURN_FLOAT4(predict_one(entry, (int32 *) ARR_DATA_PTR(movies), rating_values));
+	return predict_one(entry, (int32 *) ARR_DATA_PTR(movies), rating_values, n_movies,
+					   has_user, user_id);
+}
+
+/* bst_predict(model, movie_ids, ratings): for the unknown user. */
+Datum
+bst_predict_window(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_FLOAT4(predict_window(fcinfo, 1, false, 0));
+}
+
+/* bst_predict(model, user_id, movie_ids, ratings) */
+Datum
+bst_predict_user_window(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_FLOAT4(predict_window(fcinfo, 2, true, PG_GETARG_INT32(1)));
 }
 
 /*
  * bst_predict(user_id, movie_id): the rating the user would give the movie
  * now, from the user's latest seq_len - 1 ratings in the model's history
- * relation (one index lookup).  A user with fewer ratings than that gets
- * the mean rating of the model's training windows.
+ * relation (one index lookup) and the user's features as the model stored
+ * them.  A user with fewer ratings than the model was trained on gets the
+ * mean rating of the model's training windows.
  */
 Datum
 bst_predict_user(PG_FUNCTION_ARGS)
@@ -180,8 +223,8 @@ bst_predict_user(PG_FUNCTION_ARGS)
 	{
 		Oid			argtype[1] = {INT4OID};
 		/* The same order as bst_sequences, newest first. */
-		char	   *sql = psprintf("SELECT movie_id::int4, rating::float4 FROM %s "
-								   "WHERE user_id = $1 AND unix_timestamp IS NOT NULL "
+		char	   *sql = psprintf("SELECT movie_id::pg_catalog.int4, rating::pg_catalog.float4 FROM %s "
+								   "WHERE user_id OPERATOR(pg_catalog.=) $1 AND unix_timestamp IS NOT NULL "
 								   "ORDER BY unix_timestamp DESC, movie_id DESC, rating DESC LIMIT %d",
 								   history_relation(entry), L - 1);
 		SPIPlanPtr	plan = SPI_prepare(sql, 1, argtype);
@@ -194,13 +237,13 @@ bst_predict_user(PG_FUNCTION_ARGS)
 	}
 	SPI_execute_plan(entry->history_plan, arg, NULL, true, L - 1);
 	found = SPI_processed;
-	/* Newest first from the index; the model wants oldest first. */
+	/* Newest first from the index; the window wants oldest first. */
 	for (uint64 i = 0; i < found; i++)
 	{
 		HeapTuple	row = SPI_tuptable->vals[i];
 		bool		null_movie;
 		bool		null_rating;
-		int			pos = L - 2 - i;
+		int			pos = found - 1 - i;
 
 		movies[pos] = DatumGetInt32(SPI_getbinval(row, SPI_tuptable->tupdesc, 1, &null_movie));
 		ratings[pos] = DatumGetFloat4(SPI_getbinval(row, SPI_tuptable->tupdesc, 2, &null_rating));
@@ -212,10 +255,16 @@ bst_predict_user(PG_FUNCTION_ARGS)
 	}
 	SPI_finish();
 
-	if (found < (uint64) (L - 1))
+	if (found < (uint64) entry->min_history)
 		PG_RETURN_FLOAT4(entry->fallback_rating);
-	movies[L - 1] = movie_id;
-	PG_RETURN_FLOAT4(predict_one(entry, movies, ratings));
+	movies[found] = movie_id;
+	PG_RETURN_FLOAT4(predict_one(entry, movies, ratings, (int) found + 1, true, user_id));
+}
+
+static void
+evaluate_before_chunk(void *arg, int32 epoch, int64 chunk, int64 n_chunks)
+{
+	CHECK_FOR_INTERRUPTS();
 }
 
 /* bst_evaluate(model, query): error of the model on the query's windows. */
@@ -224,10 +273,13 @@ bst_evaluate(PG_FUNCTION_ARGS)
 {
 	BstStoredModel *entry;
 	BstDataset	ds;
-	int			L;
-	float		pred[EVALUATE_CHUNK];
-	double		abs_sum = 0;
-	double		sq_sum = 0;
+	BstData		data;
+	BstFitHooks hooks = {evaluate_before_chunk, NULL, NULL};
+	MemoryContext cxt;
+	MemoryContext old_core;
+	double		mae;
+	double		rmse;
+	int			failed;
 	TupleDesc	desc;
 	Datum		values[3];
 	bool		nulls[3] = {0};
@@ -238,33 +290,24 @@ bst_evaluate(PG_FUNCTION_ARGS)
 		elog(ERROR, "bst_evaluate must return a record");
 
 	entry = bst_model_get(fcinfo, text_to_cstring(PG_GETARG_TEXT_PP(0)));
-	L = bst_model_config(entry->model)->seq_len;
-	bst_dataset_read(&ds, text_to_cstring(PG_GETARG_TEXT_PP(1)), L, "evaluation");
-	bst_dataset_map(&ds, entry->model);
+	bst_dataset_read(&ds, text_to_cstring(PG_GETARG_TEXT_PP(1)), "evaluation");
+	bst_dataset_pack(&ds, entry->model, entry->min_history, "evaluation", &data);
 
 	bst_use_threads();
-	for (int64 first = 0; first < ds.n; first += EVALUATE_CHUNK)
-	{
-		BstBatch	batch;
-
-		CHECK_FOR_INTERRUPTS();
-		batch.n = (int32) Min((int64) EVALUATE_CHUNK, ds.n - first);
-		batch.movies = ds.movies + first * L;
-		batch.ratings = ds.ratings + first * (L - 1);
-		batch.targets = NULL;
-		bst_predict(entry->predictor, &batch, pred);
-		for (int32 i = 0; i < batch.n; i++)
-		{
-			double		err = (double) pred[i] - ds.targets[first + i];
-
-			check_prediction(pred[i]);
-			abs_sum += fabs(err);
-			sq_sum += err * err;
-		}
-	}
+	cxt = AllocSetContextCreate(CurrentMemoryContext, "bst_evaluate", ALLOCSET_DEFAULT_SIZES);
+	old_core = bst_core_memory(cxt);
+	failed = bst_evaluate_data(entry->model, &data, &hooks, &mae, &rmse);
+	bst_core_memory(old_core);
+	MemoryContextDelete(cxt);
+	if (failed)
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("out of memory evaluating model \"%s\"", entry->name)));
+	if (!isfinite(mae) || !isfinite(rmse))
+		check_prediction(NAN);
 
 	values[0] = Int64GetDatum(ds.n);
-	values[1] = Float8GetDatum(abs_sum / ds.n);
-	values[2] = Float8GetDatum(sqrt(sq_sum / ds.n));
+	values[1] = Float8GetDatum(mae);
+	values[2] = Float8GetDatum(rmse);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), values, nulls)));
 }

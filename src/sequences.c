@@ -1,21 +1,36 @@
 /*
  * sequences.c
  *	  bst_sequences(): cut each user's time-ordered ratings into windows,
- *	  exactly as the Keras BST example does.
+ *	  exactly as the Keras BST example does, or with the short windows at
+ *	  the start of each user's history too (min_len).
  *
- * Windows start at positions 0, step, 2*step, ... of a user's ratings while
- * a whole window fits; then the user's last seq_len ratings are appended as
- * a final window, even when that repeats the window before it (the example
- * does so whenever (n - seq_len) is a multiple of step, and its published
- * counts include those repeats).  Users with fewer than seq_len ratings give
- * no window.  Ratings with equal timestamps are ordered by movie id (and a
- * movie rated twice at one instant by rating), so the result does not depend
- * on the physical order of the table.
+ * By default (min_len NULL) windows start at positions 0, step, 2*step, ...
+ * of a user's ratings while a whole window fits; then the user's last
+ * seq_len ratings are appended as a final window, even when that repeats the
+ * window before it (the example does so whenever (n - seq_len) is a multiple
+ * of step, and its published counts include those repeats).  Users with
+ * fewer than seq_len ratings give no window.
+ *
+ * With min_len = k (2 .. seq_len), windows end at the 1-based positions k,
+ * k + step, k + 2*step, ... of a user's ratings, each holding the last
+ * seq_len ratings up to there (fewer near the start), and there is no tail
+ * window, so no rating is the target of two windows and targets stay step
+ * ratings apart.  Step 1 and min_len 2 make every rating but a user's first
+ * the target of exactly one window: a user with n ratings gives n - 1.
+ *
+ * Ratings with equal timestamps are ordered by movie id (and a movie rated
+ * twice at one instant by rating), so the result does not depend on the
+ * physical order of the table.
  *
  * The work is one SQL query over the bst_window_agg window aggregate: the
  * executor sorts and slides the frame; this file validates the arguments
  * with proper error codes, builds that query and streams its rows into the
  * function's result.
+ *
+ * bst 1.0 declares the function with seven arguments, 1.1 adds min_len as
+ * the eighth.  This one C function serves both: a library built for 1.1 may
+ * run under a database still at 1.0 until ALTER EXTENSION bst UPDATE, so
+ * min_len is read only when PG_NARGS() says the declaration has it.
  */
 #include "postgres.h"
 
@@ -34,6 +49,15 @@
 PG_FUNCTION_INFO_V1(bst_sequences);
 
 #define SEQUENCES_FETCH_ROWS 10000
+
+/*
+ * The shortest window: one rated movie followed by the target.  The lower
+ * bound of both seq_len and min_len.
+ */
+#define SEQUENCES_MIN_WINDOW 2
+
+/* min_len is the eighth argument in 1.1 and absent from 1.0's declaration. */
+#define SEQUENCES_ARGNO_MIN_LEN 7
 
 typedef enum ColumnKind
 {
@@ -109,6 +133,8 @@ bst_sequences(PG_FUNCTION_ARGS)
 	Oid			relid;
 	int32		seq_len;
 	int32		step;
+	int32		first_end;
+	int32		tail_copies;
 	const char *user_col;
 	const char *movie_col;
 	const char *rating_col;
@@ -124,16 +150,43 @@ bst_sequences(PG_FUNCTION_ARGS)
 	seq_len = PG_GETARG_INT32(1);
 	step = PG_GETARG_INT32(2);
 
-	if (seq_len < 2 || seq_len > BST_MAX_SEQ_LEN)
+	if (seq_len < SEQUENCES_MIN_WINDOW || seq_len > BST_MAX_SEQ_LEN)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("seq_len must be between 2 and %d, not %d",
-						BST_MAX_SEQ_LEN, seq_len),
+				 errmsg("seq_len must be between %d and %d, not %d",
+						SEQUENCES_MIN_WINDOW, BST_MAX_SEQ_LEN, seq_len),
 				 errdetail("A sequence is at least one rated movie followed by the target movie.")));
 	if (step < 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("step must be at least 1, not %d", step)));
+
+	/*
+	 * first_end is the 1-based position of a user's first window end: the
+	 * first full window without min_len, else min_len.  Only the Keras
+	 * windowing adds the tail window.
+	 */
+	if (PG_NARGS() > SEQUENCES_ARGNO_MIN_LEN && !PG_ARGISNULL(SEQUENCES_ARGNO_MIN_LEN))
+	{
+		int32		min_len = PG_GETARG_INT32(SEQUENCES_ARGNO_MIN_LEN);
+		int32		min_len_max = seq_len;	/* a window never exceeds seq_len */
+
+		if (min_len < SEQUENCES_MIN_WINDOW || min_len > min_len_max)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("min_len must be between %d and seq_len (%d), not %d",
+							SEQUENCES_MIN_WINDOW, min_len_max, min_len),
+					 errdetail("A window is at least one rated movie followed by the target, and at most seq_len ratings long."),
+					 errhint("Pass min_len => NULL for the Keras windows, all of length seq_len.")));
+		first_end = min_len;
+		tail_copies = 0;
+	}
+	else
+	{
+		first_end = seq_len;
+		tail_copies = 1;
+	}
+
 	if (get_rel_name(relid) == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
@@ -147,10 +200,15 @@ bst_sequences(PG_FUNCTION_ARGS)
 
 	/*
 	 * pos is the 1-based position of the window's last rating.  A window
-	 * ends at pos when it starts at a multiple of step; the user's last row
-	 * (pos = n) ends the tail window, a second copy when the regular windows
-	 * already ended there.  "bad" flags NULL user ids and NULL timestamps
-	 * (whose order would be arbitrary) without a second scan of the source.
+	 * ends at pos = first_end, first_end + step, ...: for the Keras windows
+	 * (first_end = seq_len) those that start at a multiple of step; the
+	 * frame of seq_len rows holds fewer while pos < seq_len, which only
+	 * min_len lets through the filter.  In the Keras windowing the user's
+	 * last row (pos = n) also ends the tail window, a second copy when the
+	 * regular windows already ended there.  "bad" flags NULL user ids and
+	 * NULL timestamps (whose order would be arbitrary) without a second scan
+	 * of the source; it is computed on every row, so the short windows do
+	 * not change which inputs are errors.
 	 */
 	initStringInfo(&query);
 	appendStringInfo(&query,
@@ -167,12 +225,12 @@ bst_sequences(PG_FUNCTION_ARGS)
 					 "             w AS (p ORDER BY t, m, r ROWS BETWEEN %d PRECEDING AND CURRENT ROW)"
 					 "     ) AS windows "
 					 "CROSS JOIN LATERAL generate_series(1, CASE WHEN bad THEN 1 ELSE "
-					 "    ((pos - %d) %% %d = 0)::int + (pos = n)::int END) "
+					 "    ((pos - %d) %% %d = 0)::int + %d * (pos = n)::int END) "
 					 "WHERE pos >= %d OR bad",
 					 schema, schema,
 					 user_col, movie_col, rating_col, time_col,
 					 bst_relation_name(relid),
-					 seq_len - 1, seq_len, step, seq_len);
+					 seq_len - 1, first_end, step, tail_copies, first_end);
 
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 

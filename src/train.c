@@ -1,13 +1,14 @@
 /*
  * train.c
- *	  bst_train(): train a BST model on the windows of a query and store it
- *	  as a new version in bst_models.
+ *	  bst_train(): read the windows of a query and what the model's options
+ *	  ask for (user features, genres), train a BST model with the core's
+ *	  training loop (core/fit.c) and store it as a new version in bst_models.
  *
- * The windows are read once into flat arrays (dataset.c); each epoch walks
- * them in a fresh permutation drawn from the seed.  All of the core's
- * buffers live in one memory context, so a cancel (checked every batch) or
- * an error frees them, and since the new version is only inserted at the
- * end, the transaction's abort leaves every earlier version as it was.
+ * Every option defaults to NULL, meaning "the preset's value"; the presets
+ * are the table below.  All of the core's buffers live in one memory
+ * context, so a cancel (checked before every batch) or an error frees them,
+ * and since the new version is only inserted at the end, the transaction's
+ * abort leaves every earlier version as it was.
  */
 #include "postgres.h"
 
@@ -27,29 +28,142 @@
 #include "utils/memutils.h"
 
 #include "bst.h"
-#include "core/rng.h"
-#include "core/trainer.h"
+#include "core/fit.h"
 
 PG_FUNCTION_INFO_V1(bst_train);
 
-#define MAX_EPOCHS 10000
+/* Argument positions; version 1.0 of the SQL declares the first 13. */
+enum
+{
+	ARG_MODEL, ARG_QUERY, ARG_EPOCHS, ARG_BATCH_SIZE, ARG_LEARNING_RATE, ARG_HEADS,
+	ARG_HIDDEN, ARG_DROPOUT, ARG_OPTIMIZER, ARG_SEED, ARG_HISTORY, ARG_EMBED_DIM,
+	ARG_VOCABULARY,
+	/* 1.1 */
+	ARG_PRESET, ARG_USERS, ARG_MOVIES, ARG_SEQ_LEN, ARG_FEATURES, ARG_BIAS, ARG_BIAS_INIT,
+	ARG_WEIGHT_DECAY, ARG_LR_SCHEDULE, ARG_VALIDATION_FRACTION, ARG_PATIENCE,
+	ARG_EARLY_STOPPING
+};
+#define NARGS_1_0 13
+
+/* Inputs a model may take besides the rated sequence. */
+enum
+{
+	FEATURE_USER_ID, FEATURE_SEX, FEATURE_AGE_GROUP, FEATURE_OCCUPATION, FEATURE_GENRES,
+	N_FEATURES
+};
+static const char *const feature_names[N_FEATURES] = {
+	"user_id", "sex", "age_group", "occupation", "genres"
+};
+#define FEATURE_BIT(f) (1u << (f))
+#define ALL_FEATURES (FEATURE_BIT(N_FEATURES) - 1)
+/* The users columns of sex, age group, occupation: the core's user features 0..2. */
+#define USER_TABLE_FEATURES \
+	(FEATURE_BIT(FEATURE_SEX) | FEATURE_BIT(FEATURE_AGE_GROUP) | FEATURE_BIT(FEATURE_OCCUPATION))
+
+/* Early stopping when asked for without saying how. */
+#define DEFAULT_PATIENCE 2
+#define DEFAULT_VALIDATION_FRACTION 0.1f
+
+/*
+ * A preset: every option's value when the call leaves it NULL.  "default" is
+ * the configuration chosen on a validation split of the training data
+ * (README, "Choosing the defaults"); "keras_example" is the Keras BST
+ * example's exact recipe.
+ */
+typedef struct Preset
+{
+	const char *name;
+	int32		epochs;			/* at most, with early stopping */
+	int32		batch_size;
+	float		learning_rate;
+	int32		heads;
+	int32		n_hidden;
+	int32		hidden[BST_MAX_HIDDEN];
+	float		dropout;
+	BstOptimizerKind optimizer;
+	float		weight_decay;
+	BstLrSchedule lr_schedule;
+	uint32		features;		/* used when the data has them */
+	bool		bias;
+	bool		bias_init;
+	bool		zero_output;
+	float		validation_fraction;
+	int32		patience;
+} Preset;
+
+static const Preset presets[] = {
+	{
+		.name = "default", .epochs = 20, .batch_size = 256, .learning_rate = 0.003f,
+		.heads = 3, .n_hidden = 2, .hidden = {256, 128}, .dropout = 0.1f,
+		.optimizer = BST_OPT_ADAMW, .weight_decay = 0.01f, .lr_schedule = BST_LR_COSINE,
+		.features = ALL_FEATURES, .bias = true, .bias_init = true, .zero_output = true,
+		.validation_fraction = DEFAULT_VALIDATION_FRACTION, .patience = DEFAULT_PATIENCE,
+	},
+	{
+		.name = "keras_example", .epochs = 5, .batch_size = 265, .learning_rate = 0.01f,
+		.heads = 3, .n_hidden = 2, .hidden = {256, 128}, .dropout = 0.1f,
+		.optimizer = BST_OPT_ADAGRAD, .weight_decay = 0.0f, .lr_schedule = BST_LR_CONSTANT,
+		.features = 0, .bias = false, .bias_init = false, .zero_output = false,
+		.validation_fraction = 0.0f, .patience = 0,
+	},
+};
+
+static const char *const optimizer_names[] = {
+	[BST_OPT_ADAGRAD] = "adagrad", [BST_OPT_ADAM] = "adam", [BST_OPT_ADAMW] = "adamw"
+};
+static const char *const schedule_names[] = {
+	[BST_LR_CONSTANT] = "constant", [BST_LR_COSINE] = "cosine"
+};
 
 typedef struct TrainArgs
 {
 	char	   *name;
 	char	   *query;
-	int32		epochs;
-	BstTrainOptions options;
-	BstConfig	config;			/* filled once the data is read */
+	const Preset *preset;
+	BstFitOptions fit;
 	int32		heads;
 	int32		n_hidden;
 	int32		hidden[BST_MAX_HIDDEN];
 	float		dropout;
 	int32		embed_dim;		/* 0: floor(sqrt(vocabulary size)) */
+	int32		seq_len;		/* 0: the longest window of the query */
 	int32		seed;
+	uint32		features;
+	bool		features_explicit;	/* given by the call: a missing source is an error */
+	bool		bias;
 	char	   *history;		/* qualified relation name, or NULL */
+	Oid			users;			/* InvalidOid: none */
+	Oid			movies;
 	char	   *vocabulary;		/* query, or NULL for the movies of the data */
 } TrainArgs;
+
+/* What the model's optional inputs are built from. */
+typedef struct Inputs
+{
+	int32		n_users;
+	int32	   *user_ids;		/* [n_users] ascending */
+	int32	   *user_feats;		/* [n_users * BST_N_USER_FEATS] */
+	int32		n_values[BST_N_USER_FEATS];
+	char	  **values[BST_N_USER_FEATS];	/* sorted distinct text values */
+	int32		n_genres;
+	char	  **genres;			/* sorted distinct genre names */
+	float	   *movie_genres;	/* [n_movies * n_genres] */
+} Inputs;
+
+static bool
+arg_given(FunctionCallInfo fcinfo, int arg)
+{
+	return arg < PG_NARGS() && !PG_ARGISNULL(arg);
+}
+
+static void
+invalid(const char *message, const char *hint)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("%s", message),
+			 hint ? errhint("%s", hint) : 0));
+}
 
 static void
 check_history(Oid relid)
@@ -65,84 +179,239 @@ check_history(Oid relid)
 					 errhint("bst_predict(user_id, movie_id) reads user_id, movie_id, rating and unix_timestamp from it; pass history => NULL to train without one.")));
 }
 
+static Oid
+relation_arg(FunctionCallInfo fcinfo, int arg, const char *what)
+{
+	Oid			relid;
+
+	if (!arg_given(fcinfo, arg))
+		return InvalidOid;
+	relid = PG_GETARG_OID(arg);
+	if (get_rel_name(relid) == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("%s relation with OID %u does not exist", what, relid)));
+	return relid;
+}
+
+static uint32
+parse_features(ArrayType *array)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+	uint32		features = 0;
+
+	if (ARR_NDIM(array) > 1)
+		invalid("features must be a one-dimensional array", NULL);
+	deconstruct_array(array, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+	for (int i = 0; i < n; i++)
+	{
+		char	   *name;
+		int			f;
+
+		if (nulls[i])
+			invalid("features must not contain NULL", NULL);
+		name = TextDatumGetCString(elems[i]);
+		for (f = 0; f < N_FEATURES; f++)
+			if (strcmp(name, feature_names[f]) == 0)
+				break;
+		if (f == N_FEATURES)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("unknown feature \"%s\"", name),
+					 errhint("Features are user_id, sex, age_group, occupation and genres; '{}' for none.")));
+		features |= FEATURE_BIT(f);
+	}
+	return features;
+}
+
 static void
 parse_args(FunctionCallInfo fcinfo, TrainArgs *a)
 {
-	ArrayType  *hidden;
-	char	   *optimizer;
+	const Preset *p = NULL;
+	BstFitOptions *o = &a->fit;
+	bool		early_stopping;
 
-	bst_arg_not_null(fcinfo, 0, "model");
-	bst_arg_not_null(fcinfo, 1, "query");
-	for (int i = 2; i <= 9; i++)
+	bst_arg_not_null(fcinfo, ARG_MODEL, "model");
+	bst_arg_not_null(fcinfo, ARG_QUERY, "query");
+	bst_arg_not_null(fcinfo, ARG_SEED, "seed");
+	a->name = text_to_cstring(PG_GETARG_TEXT_PP(ARG_MODEL));
+	if (a->name[0] == '\0')
+		invalid("model name must not be empty", NULL);
+	a->query = text_to_cstring(PG_GETARG_TEXT_PP(ARG_QUERY));
+
+	/* Version 1.0's declaration has no preset: it always was the Keras example. */
+	if (PG_NARGS() <= NARGS_1_0)
+		p = &presets[1];
+	else
 	{
-		static const char *const names[] = {"epochs", "batch_size", "learning_rate", "heads",
-		"hidden", "dropout", "optimizer", "seed"};
+		char	   *name;
 
-		bst_arg_not_null(fcinfo, i, names[i - 2]);
+		bst_arg_not_null(fcinfo, ARG_PRESET, "preset");
+		name = text_to_cstring(PG_GETARG_TEXT_PP(ARG_PRESET));
+		for (int i = 0; i < (int) lengthof(presets); i++)
+			if (strcmp(name, presets[i].name) == 0)
+				p = &presets[i];
+		if (p == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("unknown preset \"%s\"", name),
+					 errhint("Use 'default' or 'keras_example'.")));
+	}
+	a->preset = p;
+
+	bst_train_options_default(&o->train);
+	o->epochs = arg_given(fcinfo, ARG_EPOCHS) ? PG_GETARG_INT32(ARG_EPOCHS) : p->epochs;
+	if (o->epochs < 1 || o->epochs > BST_MAX_EPOCHS)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("epochs must be between 1 and %d, not %d", BST_MAX_EPOCHS, o->epochs)));
+	o->train.batch_size = arg_given(fcinfo, ARG_BATCH_SIZE) ? PG_GETARG_INT32(ARG_BATCH_SIZE) : p->batch_size;
+	o->train.learning_rate = arg_given(fcinfo, ARG_LEARNING_RATE) ?
+		PG_GETARG_FLOAT4(ARG_LEARNING_RATE) : p->learning_rate;
+	o->train.optimizer = p->optimizer;
+	if (arg_given(fcinfo, ARG_OPTIMIZER))
+	{
+		char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(ARG_OPTIMIZER));
+		int			k;
+
+		for (k = 0; k < (int) lengthof(optimizer_names); k++)
+			if (pg_strcasecmp(name, optimizer_names[k]) == 0)
+				break;
+		if (k == (int) lengthof(optimizer_names))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("unknown optimizer \"%s\"", name),
+					 errhint("Use 'adagrad', 'adam' or 'adamw'.")));
+		o->train.optimizer = (BstOptimizerKind) k;
+	}
+	o->train.weight_decay = arg_given(fcinfo, ARG_WEIGHT_DECAY) ?
+		PG_GETARG_FLOAT4(ARG_WEIGHT_DECAY) : p->weight_decay;
+	if (arg_given(fcinfo, ARG_WEIGHT_DECAY) && o->train.weight_decay != 0.0f &&
+		o->train.optimizer != BST_OPT_ADAMW)
+		invalid("weight_decay needs optimizer => 'adamw'", NULL);
+	a->seed = PG_GETARG_INT32(ARG_SEED);
+	o->train.seed = (uint64) (uint32) a->seed;
+
+	o->lr_schedule = p->lr_schedule;
+	if (arg_given(fcinfo, ARG_LR_SCHEDULE))
+	{
+		char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(ARG_LR_SCHEDULE));
+		int			k;
+
+		for (k = 0; k < (int) lengthof(schedule_names); k++)
+			if (strcmp(name, schedule_names[k]) == 0)
+				break;
+		if (k == (int) lengthof(schedule_names))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("unknown lr_schedule \"%s\"", name),
+					 errhint("Use 'constant' or 'cosine'.")));
+		o->lr_schedule = (BstLrSchedule) k;
 	}
 
-	a->name = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	if (a->name[0] == '\0')
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("model name must not be empty")));
-	a->query = text_to_cstring(PG_GETARG_TEXT_PP(1));
-
-	a->epochs = PG_GETARG_INT32(2);
-	if (a->epochs < 1 || a->epochs > MAX_EPOCHS)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("epochs must be between 1 and %d, not %d", MAX_EPOCHS, a->epochs)));
-
-	bst_train_options_default(&a->options);
-	a->options.batch_size = PG_GETARG_INT32(3);
-	a->options.learning_rate = PG_GETARG_FLOAT4(4);
-	optimizer = text_to_cstring(PG_GETARG_TEXT_PP(8));
-	if (pg_strcasecmp(optimizer, "adagrad") == 0)
-		a->options.optimizer = BST_OPT_ADAGRAD;
-	else if (pg_strcasecmp(optimizer, "adam") == 0)
-		a->options.optimizer = BST_OPT_ADAM;
-	else
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("unknown optimizer \"%s\"", optimizer),
-				 errhint("Use 'adagrad' or 'adam'.")));
-	if (bst_train_options_check(&a->options))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s", bst_train_options_check(&a->options))));
-
-	a->heads = PG_GETARG_INT32(5);
-	hidden = PG_GETARG_ARRAYTYPE_P(6);
-	if (ARR_NDIM(hidden) > 1 || array_contains_nulls(hidden) ||
-		ArrayGetNItems(ARR_NDIM(hidden), ARR_DIMS(hidden)) > BST_MAX_HIDDEN)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("hidden must be a list of at most %d layer sizes without NULLs",
-						BST_MAX_HIDDEN)));
-	a->n_hidden = ArrayGetNItems(ARR_NDIM(hidden), ARR_DIMS(hidden));
-	memcpy(a->hidden, ARR_DATA_PTR(hidden), a->n_hidden * sizeof(int32));
-	a->dropout = PG_GETARG_FLOAT4(7);
-	a->seed = PG_GETARG_INT32(9);
-	a->options.seed = (uint64) (uint32) a->seed;
-
-	if (!PG_ARGISNULL(10))
+	/*
+	 * Early stopping needs a validation split; asking for either one turns
+	 * the other on with its default, and early_stopping => false leaves a
+	 * split only if validation_fraction asks for it.
+	 */
+	early_stopping = arg_given(fcinfo, ARG_EARLY_STOPPING) ?
+		PG_GETARG_BOOL(ARG_EARLY_STOPPING) : (p->patience > 0 || arg_given(fcinfo, ARG_PATIENCE));
+	if (arg_given(fcinfo, ARG_VALIDATION_FRACTION))
 	{
-		Oid			relid = PG_GETARG_OID(10);
-
-		if (get_rel_name(relid) == NULL)
+		o->validation_fraction = PG_GETARG_FLOAT4(ARG_VALIDATION_FRACTION);
+		if (!(o->validation_fraction > 0.0f &&
+			  o->validation_fraction <= BST_MAX_VALIDATION_FRACTION))
 			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_TABLE),
-					 errmsg("history relation with OID %u does not exist", relid)));
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("validation_fraction must be in (0, %g], not %g",
+							BST_MAX_VALIDATION_FRACTION, o->validation_fraction),
+					 errhint("Pass early_stopping => false to train on every window.")));
+	}
+	else
+		o->validation_fraction = early_stopping ?
+			(p->validation_fraction > 0 ? p->validation_fraction : DEFAULT_VALIDATION_FRACTION) : 0.0f;
+	if (arg_given(fcinfo, ARG_PATIENCE))
+	{
+		o->patience = PG_GETARG_INT32(ARG_PATIENCE);
+		if (o->patience < 1 || o->patience > BST_MAX_EPOCHS)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("patience must be between 1 and %d, not %d", BST_MAX_EPOCHS, o->patience)));
+		if (!early_stopping)
+			invalid("patience needs early stopping", "Drop early_stopping => false.");
+	}
+	else
+		o->patience = early_stopping ? (p->patience > 0 ? p->patience : DEFAULT_PATIENCE) : 0;
+
+	a->bias = arg_given(fcinfo, ARG_BIAS) ? PG_GETARG_BOOL(ARG_BIAS) : p->bias;
+	o->bias_init = arg_given(fcinfo, ARG_BIAS_INIT) ? PG_GETARG_BOOL(ARG_BIAS_INIT) : p->bias_init;
+	o->zero_output = p->zero_output;
+	if (bst_fit_options_check(o))
+		invalid(bst_fit_options_check(o), NULL);
+
+	a->heads = arg_given(fcinfo, ARG_HEADS) ? PG_GETARG_INT32(ARG_HEADS) : p->heads;
+	if (arg_given(fcinfo, ARG_HIDDEN))
+	{
+		ArrayType  *hidden = PG_GETARG_ARRAYTYPE_P(ARG_HIDDEN);
+
+		if (ARR_NDIM(hidden) > 1 || array_contains_nulls(hidden) ||
+			ArrayGetNItems(ARR_NDIM(hidden), ARR_DIMS(hidden)) > BST_MAX_HIDDEN)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("hidden must be a list of at most %d layer sizes without NULLs",
+							BST_MAX_HIDDEN)));
+		a->n_hidden = ArrayGetNItems(ARR_NDIM(hidden), ARR_DIMS(hidden));
+		memcpy(a->hidden, ARR_DATA_PTR(hidden), a->n_hidden * sizeof(int32));
+	}
+	else
+	{
+		a->n_hidden = p->n_hidden;
+		memcpy(a->hidden, p->hidden, sizeof(a->hidden));
+	}
+	a->dropout = arg_given(fcinfo, ARG_DROPOUT) ? PG_GETARG_FLOAT4(ARG_DROPOUT) : p->dropout;
+
+	if (arg_given(fcinfo, ARG_HISTORY))
+	{
+		Oid			relid = relation_arg(fcinfo, ARG_HISTORY, "history");
+
 		check_history(relid);
 		a->history = bst_relation_name(relid);
 	}
-	a->embed_dim = PG_ARGISNULL(11) ? 0 : PG_GETARG_INT32(11);
-	if (!PG_ARGISNULL(11) && a->embed_dim < 1)
+	a->embed_dim = arg_given(fcinfo, ARG_EMBED_DIM) ? PG_GETARG_INT32(ARG_EMBED_DIM) : 0;
+	if (arg_given(fcinfo, ARG_EMBED_DIM) && (a->embed_dim < 1 || a->embed_dim > BST_MAX_EMBED_DIM))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("embed_dim must be positive, not %d", a->embed_dim)));
-	a->vocabulary = PG_ARGISNULL(12) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(12));
+				 errmsg("embed_dim must be between 1 and %d, not %d", BST_MAX_EMBED_DIM, a->embed_dim)));
+	a->vocabulary = arg_given(fcinfo, ARG_VOCABULARY) ?
+		text_to_cstring(PG_GETARG_TEXT_PP(ARG_VOCABULARY)) : NULL;
+
+	a->users = relation_arg(fcinfo, ARG_USERS, "users");
+	a->movies = relation_arg(fcinfo, ARG_MOVIES, "movies");
+	a->seq_len = arg_given(fcinfo, ARG_SEQ_LEN) ? PG_GETARG_INT32(ARG_SEQ_LEN) : 0;
+	if (arg_given(fcinfo, ARG_SEQ_LEN) && (a->seq_len < 2 || a->seq_len > BST_MAX_SEQ_LEN))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("seq_len must be between 2 and %d, not %d", BST_MAX_SEQ_LEN, a->seq_len),
+				 errdetail("seq_len counts the history and the target movie.")));
+	a->features_explicit = arg_given(fcinfo, ARG_FEATURES);
+	a->features = a->features_explicit ? parse_features(PG_GETARG_ARRAYTYPE_P(ARG_FEATURES)) : p->features;
+}
+
+/*
+ * A feature the call asked for explicitly must have its source; one that
+ * only the preset asks for is dropped, with a notice, when the data lacks it.
+ */
+static void
+drop_feature(TrainArgs *a, int f, const char *why, const char *hint)
+{
+	if (a->features_explicit)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_COLUMN),
+				 errmsg("feature \"%s\" is not available: %s", feature_names[f], why),
+				 errhint("%s", hint)));
+	a->features &= ~FEATURE_BIT(f);
 }
 
 static int
@@ -154,17 +423,52 @@ cmp_int32(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
-/* Sort ids and drop repeats; returns the new count. */
 static int
+cmp_string(const void *a, const void *b)
+{
+	return strcmp(*(char *const *) a, *(char *const *) b);
+}
+
+/* Sort ids and drop repeats; returns the new count. */
+static int32
 sort_unique(int32 *ids, int64 n)
 {
-	int			out = 0;
+	int32		out = 0;
 
 	qsort(ids, n, sizeof(int32), cmp_int32);
 	for (int64 i = 0; i < n; i++)
 		if (out == 0 || ids[out - 1] != ids[i])
 			ids[out++] = ids[i];
 	return out;
+}
+
+static int32
+sort_unique_strings(char **s, int64 n)
+{
+	int32		out = 0;
+
+	qsort(s, n, sizeof(char *), cmp_string);
+	for (int64 i = 0; i < n; i++)
+		if (out == 0 || strcmp(s[out - 1], s[i]) != 0)
+			s[out++] = s[i];
+	return out;
+}
+
+/* 1-based position of value in the sorted values[0..n), 0 if absent. */
+static int32
+string_index(char **values, int32 n, const char *value)
+{
+	char	  **found = bsearch(&value, values, n, sizeof(char *), cmp_string);
+
+	return found ? (int32) (found - values) + 1 : 0;
+}
+
+static int32
+id_index(const int32 *ids, int32 n, int32 id)
+{
+	const int32 *found = bsearch(&id, ids, n, sizeof(int32), cmp_int32);
+
+	return found ? (int32) (found - ids) + 1 : 0;
 }
 
 /*
@@ -178,12 +482,13 @@ read_vocabulary(const char *query, const BstDataset *ds, int32 *n_movies)
 	MemoryContext outer = CurrentMemoryContext;
 	int32	   *ids;
 	int64		n = 0;
+	int64		total = ds->offsets[ds->n];
 
 	if (query == NULL)
 	{
-		ids = palloc_extended(ds->n * ds->seq_len * sizeof(int32), MCXT_ALLOC_HUGE);
-		memcpy(ids, ds->movies, ds->n * ds->seq_len * sizeof(int32));
-		*n_movies = sort_unique(ids, ds->n * ds->seq_len);
+		ids = palloc_extended(total * sizeof(int32), MCXT_ALLOC_HUGE);
+		memcpy(ids, ds->movies, total * sizeof(int32));
+		*n_movies = sort_unique(ids, total);
 		return ids;
 	}
 
@@ -216,6 +521,291 @@ read_vocabulary(const char *query, const BstDataset *ds, int32 *n_movies)
 	return ids;
 }
 
+/*
+ * Users: the vocabulary is every user of the users relation and of the
+ * training windows; sex, age group and occupation come from the relation,
+ * each value (as text) mapped to an embedding row.  A training user without
+ * a row is an error when those features are on: a silent "unknown" would
+ * train the model on wrong data.
+ */
+static void
+read_users(TrainArgs *a, const BstDataset *ds, Inputs *in)
+{
+	static const int table_features[BST_N_USER_FEATS] = {
+		FEATURE_SEX, FEATURE_AGE_GROUP, FEATURE_OCCUPATION
+	};
+	MemoryContext outer = CurrentMemoryContext;
+	bool		want_table = (a->features & USER_TABLE_FEATURES) != 0;
+	int64		n_rows = 0;
+	int32	   *row_ids = NULL;
+	char	  **row_values[BST_N_USER_FEATS] = {NULL};
+	int32	   *ids;
+	int64		n_ids = 0;
+
+	if (!ds->has_users)
+	{
+		for (int f = 0; f < N_FEATURES; f++)
+			if (f != FEATURE_GENRES && (a->features & FEATURE_BIT(f)))
+				drop_feature(a, f, "the training query returns no user_id column",
+							 "Return user_id integer from the query.");
+		return;					/* the global and movie biases need no user */
+	}
+	if (want_table && a->users == InvalidOid)
+	{
+		for (int k = 0; k < BST_N_USER_FEATS; k++)
+			if (a->features & FEATURE_BIT(table_features[k]))
+				drop_feature(a, table_features[k], "there is no users relation",
+							 "Pass users => 'your_users_table'.");
+	}
+	else if (want_table)
+	{
+		StringInfoData sql;
+		char	   *rel = bst_relation_name(a->users);
+
+		if (get_attnum(a->users, "user_id") == InvalidAttrNumber)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_COLUMN),
+					 errmsg("users relation \"%s\" has no column \"user_id\"", get_rel_name(a->users)),
+					 errhint("Pass users => NULL to train without user features.")));
+		for (int k = 0; k < BST_N_USER_FEATS; k++)
+		{
+			int			f = table_features[k];
+
+			if ((a->features & FEATURE_BIT(f)) &&
+				get_attnum(a->users, feature_names[f]) == InvalidAttrNumber)
+				drop_feature(a, f, psprintf("users relation \"%s\" has no column \"%s\"",
+											get_rel_name(a->users), feature_names[f]),
+							 "Leave the feature out of features, or name another relation with users => ....");
+		}
+		initStringInfo(&sql);
+		appendStringInfoString(&sql, "SELECT user_id::pg_catalog.int4");
+		for (int k = 0; k < BST_N_USER_FEATS; k++)
+			if (a->features & FEATURE_BIT(table_features[k]))
+				appendStringInfo(&sql, ", %s::pg_catalog.text", quote_identifier(feature_names[table_features[k]]));
+			else
+				appendStringInfoString(&sql, ", NULL::pg_catalog.text");
+		appendStringInfo(&sql, " FROM %s", rel);
+
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		SPI_execute(sql.data, true, 0);
+		n_rows = SPI_processed;
+		row_ids = MemoryContextAllocHuge(outer, Max(n_rows, 1) * sizeof(int32));
+		for (int k = 0; k < BST_N_USER_FEATS; k++)
+			row_values[k] = MemoryContextAllocHuge(outer, Max(n_rows, 1) * sizeof(char *));
+		for (int64 i = 0; i < n_rows; i++)
+		{
+			HeapTuple	row = SPI_tuptable->vals[i];
+			bool		isnull;
+
+			row_ids[i] = DatumGetInt32(SPI_getbinval(row, SPI_tuptable->tupdesc, 1, &isnull));
+			if (isnull)
+				ereport(ERROR,
+						(errcode(ERRCODE_DATA_EXCEPTION),
+						 errmsg("users relation \"%s\" has a row with a NULL user_id", get_rel_name(a->users))));
+			for (int k = 0; k < BST_N_USER_FEATS; k++)
+			{
+				char	   *v = SPI_getvalue(row, SPI_tuptable->tupdesc, k + 2);
+
+				/* NULL: the feature is unknown for this user (row 0). */
+				row_values[k][i] = v ? MemoryContextStrdup(outer, v) : NULL;
+			}
+		}
+		SPI_finish();
+	}
+
+	/* The user vocabulary. */
+	ids = palloc_extended((ds->n + n_rows + 1) * sizeof(int32), MCXT_ALLOC_HUGE);
+	for (int64 i = 0; i < ds->n; i++)
+		ids[n_ids++] = ds->users[i];
+	for (int64 i = 0; i < n_rows; i++)
+		ids[n_ids++] = row_ids[i];
+	in->n_users = sort_unique(ids, n_ids);
+	in->user_ids = ids;
+
+	if ((a->features & USER_TABLE_FEATURES) == 0)
+		return;
+	in->user_feats = palloc_extended((int64) in->n_users * BST_N_USER_FEATS * sizeof(int32),
+									 MCXT_ALLOC_HUGE | MCXT_ALLOC_ZERO);
+	for (int k = 0; k < BST_N_USER_FEATS; k++)
+	{
+		char	  **sorted;
+		int64		n = 0;
+
+		if (!(a->features & FEATURE_BIT(table_features[k])))
+			continue;
+		sorted = palloc_extended(Max(n_rows, 1) * sizeof(char *), MCXT_ALLOC_HUGE);
+		for (int64 i = 0; i < n_rows; i++)
+			if (row_values[k][i])
+				sorted[n++] = row_values[k][i];
+		in->n_values[k] = sort_unique_strings(sorted, n);
+		in->values[k] = sorted;
+		if (in->n_values[k] > 65536)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("user feature \"%s\" has %d distinct values, more than 65536",
+							feature_names[table_features[k]], in->n_values[k])));
+	}
+	{
+		bool	   *has_row = palloc_extended(in->n_users * sizeof(bool), MCXT_ALLOC_HUGE | MCXT_ALLOC_ZERO);
+
+		for (int64 i = 0; i < n_rows; i++)
+		{
+			int32		u = id_index(in->user_ids, in->n_users, row_ids[i]) - 1;
+
+			if (has_row[u])
+				ereport(ERROR,
+						(errcode(ERRCODE_DATA_EXCEPTION),
+						 errmsg("user %d has more than one row in users relation \"%s\"",
+								row_ids[i], get_rel_name(a->users))));
+			has_row[u] = true;
+			for (int k = 0; k < BST_N_USER_FEATS; k++)
+				if (row_values[k][i])
+					in->user_feats[(int64) u * BST_N_USER_FEATS + k] =
+						string_index(in->values[k], in->n_values[k], row_values[k][i]);
+		}
+		for (int64 i = 0; i < ds->n; i++)
+			if (!has_row[id_index(in->user_ids, in->n_users, ds->users[i]) - 1])
+				ereport(ERROR,
+						(errcode(ERRCODE_DATA_EXCEPTION),
+						 errmsg("user %d of the training query has no row in users relation \"%s\"",
+								ds->users[i], get_rel_name(a->users)),
+						 errhint("Add the user's row, or train without sex, age_group and occupation (features => '{user_id, genres}').")));
+	}
+}
+
+/*
+ * Genres: the movies relation's genres text[], multi-hot over the sorted
+ * distinct genre names, for each movie of the vocabulary (a movie without a
+ * row has none).
+ */
+static void
+read_genres(TrainArgs *a, const int32 *vocab, int32 n_movies, Inputs *in)
+{
+	MemoryContext outer = CurrentMemoryContext;
+	AttrNumber	att;
+	char	   *rel;
+	char	  **names;
+	int64		n_names = 0;
+	int64		capacity = 64;
+	int32	   *row_movie;
+	ArrayType **row_genres;
+	uint64		n_rows;
+
+	if (!(a->features & FEATURE_BIT(FEATURE_GENRES)))
+		return;
+	if (a->movies == InvalidOid)
+	{
+		drop_feature(a, FEATURE_GENRES, "there is no movies relation", "Pass movies => 'your_movies_table'.");
+		return;
+	}
+	rel = bst_relation_name(a->movies);
+	att = get_attnum(a->movies, "genres");
+	if (att == InvalidAttrNumber || get_attnum(a->movies, "movie_id") == InvalidAttrNumber)
+	{
+		drop_feature(a, FEATURE_GENRES,
+					 psprintf("movies relation \"%s\" has no column \"%s\"", get_rel_name(a->movies),
+							  att == InvalidAttrNumber ? "genres" : "movie_id"),
+					 "Leave genres out of features, or pass movies => NULL.");
+		return;
+	}
+	if (get_atttype(a->movies, att) != TEXTARRAYOID)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("column \"genres\" of movies relation \"%s\" has type %s, but must be text[]",
+						get_rel_name(a->movies), format_type_be(get_atttype(a->movies, att)))));
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	SPI_execute(psprintf("SELECT movie_id::pg_catalog.int4, genres FROM %s", rel), true, 0);
+	n_rows = SPI_processed;
+	row_movie = MemoryContextAllocHuge(outer, Max(n_rows, 1) * sizeof(int32));
+	row_genres = MemoryContextAllocHuge(outer, Max(n_rows, 1) * sizeof(ArrayType *));
+	names = MemoryContextAlloc(outer, capacity * sizeof(char *));
+	for (uint64 i = 0; i < n_rows; i++)
+	{
+		HeapTuple	row = SPI_tuptable->vals[i];
+		bool		null_id;
+		bool		null_genres;
+		Datum		g;
+		Datum	   *elems;
+		bool	   *nulls;
+		int			n;
+		MemoryContext old;
+
+		row_movie[i] = DatumGetInt32(SPI_getbinval(row, SPI_tuptable->tupdesc, 1, &null_id));
+		g = SPI_getbinval(row, SPI_tuptable->tupdesc, 2, &null_genres);
+		if (null_genres && !null_id)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_EXCEPTION),
+					 errmsg("movie %d has NULL genres in movies relation \"%s\"",
+							row_movie[i], get_rel_name(a->movies)),
+					 errhint("Use '{}' for a movie without genres, or leave genres out of features.")));
+		old = MemoryContextSwitchTo(outer);
+		row_genres[i] = null_id ? NULL : DatumGetArrayTypePCopy(g);
+		MemoryContextSwitchTo(old);
+		if (row_genres[i] == NULL)
+			continue;
+		deconstruct_array(row_genres[i], TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+		for (int j = 0; j < n; j++)
+		{
+			if (nulls[j])
+				ereport(ERROR,
+						(errcode(ERRCODE_DATA_EXCEPTION),
+						 errmsg("movie %d has a NULL genre in movies relation \"%s\"",
+								row_movie[i], get_rel_name(a->movies))));
+			if (n_names == capacity)
+			{
+				capacity *= 2;
+				names = repalloc(names, capacity * sizeof(char *));
+			}
+			names[n_names++] = MemoryContextStrdup(outer, TextDatumGetCString(elems[j]));
+		}
+		/* Few distinct names: keep the list short as it grows. */
+		if (n_names > 4096)
+			n_names = sort_unique_strings(names, n_names);
+	}
+	SPI_finish();
+
+	in->n_genres = sort_unique_strings(names, n_names);
+	in->genres = names;
+	if (in->n_genres > BST_MAX_GENRES)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("movies relation \"%s\" has %d distinct genres, more than %d",
+						get_rel_name(a->movies), in->n_genres, BST_MAX_GENRES)));
+	if (in->n_genres == 0)
+	{
+		a->features &= ~FEATURE_BIT(FEATURE_GENRES);
+		return;
+	}
+	in->movie_genres = palloc_extended((int64) n_movies * in->n_genres * sizeof(float), MCXT_ALLOC_HUGE | MCXT_ALLOC_ZERO);
+	for (uint64 i = 0; i < n_rows; i++)
+	{
+		int32		m = row_genres[i] ? id_index(vocab, n_movies, row_movie[i]) : 0;
+		Datum	   *elems;
+		bool	   *nulls;
+		int			n;
+
+		if (m == 0)
+			continue;
+		deconstruct_array(row_genres[i], TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+		for (int j = 0; j < n; j++)
+			in->movie_genres[(int64) (m - 1) * in->n_genres +
+							 string_index(in->genres, in->n_genres, TextDatumGetCString(elems[j])) - 1] = 1.0f;
+	}
+}
+
+static int32
+sqrt_dim(int32 n)
+{
+	int32		d = 1;
+
+	while ((int64) (d + 1) * (d + 1) <= n)
+		d++;
+	return d;
+}
+
 static void
 append_json_key(StringInfo buf, const char *key)
 {
@@ -225,14 +815,31 @@ append_json_key(StringInfo buf, const char *key)
 	appendStringInfoString(buf, ": ");
 }
 
-static char *
-config_json(const TrainArgs *a)
+static void
+append_json_strings(StringInfo buf, const char *key, char **values, int32 n)
 {
-	const BstConfig *c = &a->config;
+	append_json_key(buf, key);
+	appendStringInfoChar(buf, '[');
+	for (int32 i = 0; i < n; i++)
+	{
+		if (i > 0)
+			appendStringInfoString(buf, ", ");
+		escape_json(buf, values[i]);
+	}
+	appendStringInfoChar(buf, ']');
+}
+
+static char *
+config_json(const TrainArgs *a, const BstConfig *c, const Inputs *in)
+{
+	const BstFitOptions *o = &a->fit;
 	StringInfoData buf;
+	bool		first = true;
 
 	initStringInfo(&buf);
 	appendStringInfoChar(&buf, '{');
+	append_json_key(&buf, "preset");
+	escape_json(&buf, a->preset->name);
 	append_json_key(&buf, "seq_len");
 	appendStringInfo(&buf, "%d", c->seq_len);
 	append_json_key(&buf, "n_movies");
@@ -248,14 +855,45 @@ config_json(const TrainArgs *a)
 	appendStringInfoChar(&buf, ']');
 	append_json_key(&buf, "dropout");
 	appendStringInfo(&buf, "%g", c->dropout);
+	append_json_key(&buf, "features");
+	appendStringInfoChar(&buf, '[');
+	for (int f = 0; f < N_FEATURES; f++)
+		if (a->features & FEATURE_BIT(f))
+		{
+			if (!first)
+				appendStringInfoString(&buf, ", ");
+			escape_json(&buf, feature_names[f]);
+			first = false;
+		}
+	appendStringInfoChar(&buf, ']');
+	append_json_key(&buf, "bias");
+	appendStringInfoString(&buf, c->use_bias ? "true" : "false");
+	append_json_key(&buf, "n_users");
+	appendStringInfo(&buf, "%d", c->n_users);
+	append_json_key(&buf, "user_dim");
+	appendStringInfo(&buf, "%d", c->user_dim);
+	append_json_strings(&buf, "sex_values", in->values[0], in->n_values[0]);
+	append_json_strings(&buf, "age_group_values", in->values[1], in->n_values[1]);
+	append_json_strings(&buf, "occupation_values", in->values[2], in->n_values[2]);
+	append_json_strings(&buf, "genres", in->genres, c->n_genres);
 	append_json_key(&buf, "optimizer");
-	escape_json(&buf, a->options.optimizer == BST_OPT_ADAM ? "adam" : "adagrad");
+	escape_json(&buf, optimizer_names[o->train.optimizer]);
 	append_json_key(&buf, "learning_rate");
-	appendStringInfo(&buf, "%g", a->options.learning_rate);
+	appendStringInfo(&buf, "%g", o->train.learning_rate);
+	append_json_key(&buf, "lr_schedule");
+	escape_json(&buf, schedule_names[o->lr_schedule]);
+	append_json_key(&buf, "weight_decay");
+	appendStringInfo(&buf, "%g", o->train.weight_decay);
 	append_json_key(&buf, "batch_size");
-	appendStringInfo(&buf, "%d", a->options.batch_size);
+	appendStringInfo(&buf, "%d", o->train.batch_size);
 	append_json_key(&buf, "epochs");
-	appendStringInfo(&buf, "%d", a->epochs);
+	appendStringInfo(&buf, "%d", o->epochs);
+	append_json_key(&buf, "validation_fraction");
+	appendStringInfo(&buf, "%g", o->validation_fraction);
+	append_json_key(&buf, "patience");
+	appendStringInfo(&buf, "%d", o->patience);
+	append_json_key(&buf, "bias_init");
+	appendStringInfoString(&buf, o->bias_init ? "true" : "false");
 	append_json_key(&buf, "seed");
 	appendStringInfo(&buf, "%d", a->seed);
 	append_json_key(&buf, "query");
@@ -269,160 +907,219 @@ config_json(const TrainArgs *a)
 	return buf.data;
 }
 
+/* What the fit's hooks need. */
+typedef struct Progress
+{
+	const char *name;
+	int32		epochs;
+	StringInfo	metrics;
+} Progress;
+
+static void
+before_batch(void *arg, int32 epoch, int64 batch, int64 n_batches)
+{
+	CHECK_FOR_INTERRUPTS();
+}
+
+/* JSON has no NaN: no validation is null. */
+static void
+append_json_double(StringInfo buf, double v)
+{
+	if (isnan(v))
+		appendStringInfoString(buf, "null");
+	else
+		appendStringInfo(buf, "%.6g", v);
+}
+
+static void
+after_epoch(void *arg, const BstEpochStats *s)
+{
+	Progress   *p = arg;
+
+	if (isnan(s->val_mae))
+		ereport(NOTICE,
+				(errmsg("bst_train \"%s\": epoch %d/%d: loss %.4f, mae %.4f, %.1f s",
+						p->name, s->epoch, p->epochs, s->loss, s->mae, s->seconds)));
+	else
+		ereport(NOTICE,
+				(errmsg("bst_train \"%s\": epoch %d/%d: loss %.4f, mae %.4f, validation mae %.4f, rmse %.4f%s, %.1f s",
+						p->name, s->epoch, p->epochs, s->loss, s->mae, s->val_mae, s->val_rmse,
+						s->best ? " (best)" : "", s->seconds)));
+	appendStringInfo(p->metrics, "%s{\"epoch\": %d, \"loss\": %.6g, \"mae\": %.6g, \"val_mae\": ",
+					 s->epoch > 1 ? ", " : "", s->epoch, s->loss, s->mae);
+	append_json_double(p->metrics, s->val_mae);
+	appendStringInfoString(p->metrics, ", \"val_rmse\": ");
+	append_json_double(p->metrics, s->val_rmse);
+	appendStringInfo(p->metrics, ", \"learning_rate\": %.6g, \"seconds\": %.3f}",
+					 s->learning_rate, s->seconds);
+}
+
+static char *
+features_text(uint32 features, bool bias)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	for (int f = 0; f < N_FEATURES; f++)
+		if (features & FEATURE_BIT(f))
+			appendStringInfo(&buf, "%s%s", buf.len ? ", " : "", feature_names[f]);
+	if (bias)
+		appendStringInfo(&buf, "%sbias terms", buf.len ? ", " : "");
+	return buf.len ? buf.data : "none";
+}
+
 Datum
 bst_train(PG_FUNCTION_ARGS)
 {
 	TrainArgs	args;
+	Inputs		inputs;
 	BstDataset	ds;
-	int32	   *vocabulary;
+	BstData		data;
+	BstConfig	config;
+	BstVocab	vocab;
+	int32	   *movie_ids;
 	int32		n_movies;
+	int32		min_history = BST_MAX_SEQ_LEN;
 	MemoryContext train_cxt;
+	MemoryContext old_cxt;
 	MemoryContext old_core;
 	BstModel   *model;
-	BstTrainer *trainer;
-	BstRng		shuffle_rng;
-	uint32	   *order;
-	int32	   *batch_movies;
-	float	   *batch_ratings;
-	float	   *batch_targets;
-	int32		L;
-	int32		B;
-	double		loss = 0;
-	double		mae = 0;
-	double		target_sum = 0;
+	BstFitResult fit;
+	BstFitStatus status;
+	Progress	progress;
+	BstFitHooks hooks = {before_batch, after_epoch, &progress};
 	instr_time	start;
 	instr_time	now;
 	StringInfoData metrics;
 	int32		version;
 	TupleDesc	result_desc;
-	Datum		result[7];
-	bool		result_nulls[7] = {0};
+	Datum		result[10];
+	bool		result_nulls[10] = {0};
 
 	if (get_call_result_type(fcinfo, NULL, &result_desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "bst_train must return a record");
 
 	memset(&args, 0, sizeof(args));
+	memset(&inputs, 0, sizeof(inputs));
 	parse_args(fcinfo, &args);
 	INSTR_TIME_SET_CURRENT(start);
 
-	bst_dataset_read(&ds, args.query, 0, "training");
-	L = ds.seq_len;
-	vocabulary = read_vocabulary(args.vocabulary, &ds, &n_movies);
-
-	bst_config_default(&args.config, n_movies, L);
-	args.config.heads = args.heads;
-	args.config.n_hidden = args.n_hidden;
-	memcpy(args.config.hidden, args.hidden, sizeof(args.hidden));
-	args.config.dropout = args.dropout;
-	if (args.embed_dim > 0)
-		args.config.embed_dim = args.embed_dim;
-	if (bst_config_check(&args.config))
+	bst_dataset_read(&ds, args.query, "training");
+	if ((args.seq_len ? args.seq_len : ds.max_len) < 2)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid model configuration: %s", bst_config_check(&args.config))));
+				 errmsg("the windows of the training query hold a single movie"),
+				 errhint("A window is at least one rated movie followed by the target; or pass seq_len.")));
+	movie_ids = read_vocabulary(args.vocabulary, &ds, &n_movies);
+	read_users(&args, &ds, &inputs);
+	read_genres(&args, movie_ids, n_movies, &inputs);
 
-	if ((int64) args.options.batch_size * L > BST_MAX_BATCH_POSITIONS)
+	bst_config_default(&config, n_movies, args.seq_len ? args.seq_len : ds.max_len);
+	config.heads = args.heads;
+	config.n_hidden = args.n_hidden;
+	memcpy(config.hidden, args.hidden, sizeof(args.hidden));
+	config.dropout = args.dropout;
+	if (args.embed_dim > 0)
+		config.embed_dim = args.embed_dim;
+	config.n_users = inputs.n_users;
+	if (args.features & FEATURE_BIT(FEATURE_USER_ID))
+		config.user_dim = sqrt_dim(inputs.n_users);
+	for (int k = 0; k < BST_N_USER_FEATS; k++)
+		if (args.features & FEATURE_BIT(FEATURE_SEX + k))
+		{
+			config.n_feat_values[k] = inputs.n_values[k];
+			config.feat_dim[k] = sqrt_dim(inputs.n_values[k]);
+		}
+	config.n_genres = inputs.n_genres;
+	config.use_bias = args.bias ? 1 : 0;
+	if (bst_config_check(&config))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid model configuration: %s", bst_config_check(&config))));
+	if ((int64) args.fit.train.batch_size * config.seq_len > BST_MAX_BATCH_POSITIONS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("batch_size %d is too large for windows of %d movies",
-						args.options.batch_size, L),
+						args.fit.train.batch_size, config.seq_len),
 				 errdetail("batch_size times the window length must be at most %d.",
 						   BST_MAX_BATCH_POSITIONS)));
 
 	bst_use_threads();
 	train_cxt = AllocSetContextCreate(CurrentMemoryContext, "bst_train", ALLOCSET_DEFAULT_SIZES);
 	old_core = bst_core_memory(train_cxt);
-	model = bst_model_create(&args.config, vocabulary, args.options.seed);
-	trainer = model ? bst_trainer_create(model, &args.options) : NULL;
+	vocab.movie_ids = movie_ids;
+	vocab.user_ids = inputs.user_ids;
+	vocab.user_feats = inputs.user_feats;
+	vocab.movie_genres = inputs.movie_genres;
+	model = bst_model_create_vocab(&config, &vocab, args.fit.train.seed);
 	bst_core_memory(old_core);
-	if (trainer == NULL)
+	if (model == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OUT_OF_MEMORY),
 				 errmsg("out of memory creating a model of %d movies", n_movies)));
 
-	bst_dataset_map(&ds, model);
-	for (int64 i = 0; i < ds.n; i++)
-		target_sum += ds.targets[i];
+	old_cxt = MemoryContextSwitchTo(train_cxt);
+	bst_dataset_pack(&ds, model, 0, "training", &data);
+	MemoryContextSwitchTo(old_cxt);
+	for (int64 i = 0; i < data.n; i++)
+		min_history = Min(min_history, data.hist_len[i]);
 
-	/* The permutation and batch buffers; the seed fixes the whole run. */
-	B = args.options.batch_size;
-	order = MemoryContextAllocHuge(train_cxt, ds.n * sizeof(uint32));
-	for (int64 i = 0; i < ds.n; i++)
-		order[i] = (uint32) i;
-	bst_rng_seed(&shuffle_rng, args.options.seed ^ UINT64CONST(0x5eed5eed5eed5eed));
-	batch_movies = MemoryContextAlloc(train_cxt, (Size) B * L * sizeof(int32));
-	batch_ratings = MemoryContextAlloc(train_cxt, (Size) B * (L - 1) * sizeof(float));
-	batch_targets = MemoryContextAlloc(train_cxt, (Size) B * sizeof(float));
+	ereport(NOTICE,
+			(errmsg("bst_train \"%s\": %lld windows of up to %d movies, %d movies, %d users; inputs: %s; %s, learning rate %g%s",
+					args.name, (long long) ds.n, config.seq_len, n_movies, inputs.n_users,
+					features_text(args.features, args.bias), optimizer_names[args.fit.train.optimizer],
+					args.fit.train.learning_rate,
+					args.fit.patience ? psprintf(", early stopping on %g of the windows", args.fit.validation_fraction) : "")));
 
 	initStringInfo(&metrics);
 	appendStringInfoString(&metrics, "{\"epochs\": [");
-
-	for (int epoch = 1; epoch <= args.epochs; epoch++)
-	{
-		double		loss_sum = 0;
-		double		abs_sum = 0;
-		instr_time	epoch_start;
-
-		INSTR_TIME_SET_CURRENT(epoch_start);
-		bst_rng_shuffle_u32(&shuffle_rng, order, ds.n);
-
-		for (int64 first = 0; first < ds.n; first += B)
-		{
-			BstBatch	batch;
-			float		batch_loss;
-
-			CHECK_FOR_INTERRUPTS();
-			batch.n = (int32) Min((int64) B, ds.n - first);
-			for (int32 j = 0; j < batch.n; j++)
-			{
-				int64		w = order[first + j];
-
-				memcpy(batch_movies + j * L, ds.movies + w * L, L * sizeof(int32));
-				memcpy(batch_ratings + j * (L - 1), ds.ratings + w * (L - 1), (L - 1) * sizeof(float));
-				batch_targets[j] = ds.targets[w];
-			}
-			batch.movies = batch_movies;
-			batch.ratings = batch_ratings;
-			batch.targets = batch_targets;
-
-			batch_loss = bst_train_step(trainer, &batch, &abs_sum);
-			if (!isfinite(batch_loss))
-				ereport(ERROR,
-						(errcode(ERRCODE_DATA_EXCEPTION),
-						 errmsg("training diverged: the loss is not finite in epoch %d", epoch),
-						 errhint("Use a smaller learning_rate.")));
-			loss_sum += (double) batch_loss * batch.n;
-		}
-
-		loss = loss_sum / ds.n;
-		mae = abs_sum / ds.n;
-		INSTR_TIME_SET_CURRENT(now);
-		INSTR_TIME_SUBTRACT(now, epoch_start);
-		ereport(NOTICE,
-				(errmsg("bst_train \"%s\": epoch %d/%d: loss %.4f, mae %.4f, %.1f s",
-						args.name, epoch, args.epochs, loss, mae,
-						INSTR_TIME_GET_DOUBLE(now))));
-		appendStringInfo(&metrics, "%s{\"epoch\": %d, \"loss\": %.6g, \"mae\": %.6g, \"seconds\": %.3f}",
-						 epoch > 1 ? ", " : "", epoch, loss, mae, INSTR_TIME_GET_DOUBLE(now));
-	}
+	progress.name = args.name;
+	progress.epochs = args.fit.epochs;
+	progress.metrics = &metrics;
+	old_core = bst_core_memory(train_cxt);
+	status = bst_fit(model, &data, &args.fit, &hooks, &fit);
+	bst_core_memory(old_core);
+	if (status == BST_FIT_DIVERGED)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("training diverged: the loss is not finite in epoch %d", fit.epochs_run),
+				 errhint("Use a smaller learning_rate.")));
+	if (status == BST_FIT_NO_MEMORY)
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("out of memory training model \"%s\"", args.name)));
+	if (status != BST_FIT_OK)
+		elog(ERROR, "bst_fit refused its input");
 
 	INSTR_TIME_SET_CURRENT(now);
 	INSTR_TIME_SUBTRACT(now, start);
-	appendStringInfo(&metrics, "], \"training_rows\": " INT64_FORMAT ", \"final_loss\": %.6g, "
-					 "\"final_mae\": %.6g, \"train_mean_rating\": %.6g, \"seconds\": %.3f}",
-					 ds.n, loss, mae, target_sum / ds.n, INSTR_TIME_GET_DOUBLE(now));
+	appendStringInfo(&metrics, "], \"training_rows\": " INT64_FORMAT ", \"validation_rows\": " INT64_FORMAT
+					 ", \"epochs_run\": %d, \"best_epoch\": %d, \"final_loss\": %.6g, \"final_mae\": %.6g"
+					 ", \"val_mae\": ",
+					 fit.n_train, fit.n_val, fit.epochs_run, fit.best_epoch, fit.best.loss, fit.best.mae);
+	append_json_double(&metrics, fit.best.val_mae);
+	appendStringInfoString(&metrics, ", \"val_rmse\": ");
+	append_json_double(&metrics, fit.best.val_rmse);
+	appendStringInfo(&metrics, ", \"train_mean_rating\": %.6g, \"min_history\": %d, \"seconds\": %.3f}",
+					 fit.train_mean, min_history, INSTR_TIME_GET_DOUBLE(now));
 
-	version = bst_model_store(fcinfo, args.name, model, config_json(&args), metrics.data,
-							  args.history);
+	version = bst_model_store(fcinfo, args.name, model, config_json(&args, &config, &inputs),
+							  metrics.data, args.history);
 	MemoryContextDelete(train_cxt);
 
 	result[0] = CStringGetTextDatum(args.name);
 	result[1] = Int32GetDatum(version);
-	result[2] = Int64GetDatum(ds.n);
-	result[3] = Int32GetDatum(args.epochs);
-	result[4] = Float8GetDatum(loss);
-	result[5] = Float8GetDatum(mae);
+	result[2] = Int64GetDatum(fit.n_train);
+	result[3] = Int32GetDatum(fit.epochs_run);
+	result[4] = Float8GetDatum(fit.best.loss);
+	result[5] = Float8GetDatum(fit.best.mae);
 	result[6] = Float8GetDatum(INSTR_TIME_GET_DOUBLE(now));
+	result[7] = Int32GetDatum(fit.best_epoch);
+	result[8] = Float8GetDatum(fit.best.val_mae);
+	result_nulls[8] = isnan(fit.best.val_mae);
+	result[9] = Float8GetDatum(fit.best.val_rmse);
+	result_nulls[9] = isnan(fit.best.val_rmse);
+	/* The 1.0 declaration returns the first seven. */
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(result_desc),
 													  result, result_nulls)));
 }

@@ -1,7 +1,7 @@
 -- Properties of bst_sequences and bst_window_agg on generated data,
 -- checked against an independent computation in plain SQL.
 BEGIN;
-SELECT plan(13);
+SELECT plan(23);
 
 SELECT setseed(0.42);
 -- 300 users with 0..40 ratings each; timestamps drawn from a small range so
@@ -35,6 +35,23 @@ RETURNS TABLE (user_id int, movie_ids int[], ratings real[]) LANGUAGE sql AS $$
     GROUP BY w.window_id, w.user_id
 $$;
 
+-- The min_len windowing, written out from the definition: a window ends at
+-- every 1-based position p >= min_len with (p - min_len) divisible by step,
+-- and holds the ratings at positions max(1, p - seq_len + 1) .. p.
+CREATE FUNCTION pg_temp.reference_min_len(seq_len int, step int, min_len int)
+RETURNS TABLE (user_id int, movie_ids int[], ratings real[]) LANGUAGE sql AS $$
+    WITH numbered AS (
+        SELECT user_id, movie_id, rating,
+               row_number() OVER (PARTITION BY user_id ORDER BY unix_timestamp, movie_id, rating) AS p
+        FROM gen
+    )
+    SELECT e.user_id, array_agg(h.movie_id ORDER BY h.p), array_agg(h.rating ORDER BY h.p)
+    FROM numbered e JOIN numbered h
+      ON h.user_id = e.user_id AND h.p BETWEEN e.p - seq_len + 1 AND e.p
+    WHERE e.p >= min_len AND (e.p - min_len) % step = 0
+    GROUP BY e.user_id, e.p
+$$;
+
 SELECT cmp_ok((SELECT count(*) FROM gen), '>', 5000::bigint, 'generated data has thousands of ratings');
 SELECT ok((SELECT count(*) FROM (SELECT user_id, unix_timestamp FROM gen GROUP BY 1, 2 HAVING count(*) > 1) t) > 100,
           'generated data has many timestamp ties');
@@ -47,6 +64,36 @@ SELECT bag_eq($$SELECT * FROM bst_sequences('gen', 2, 1)$$, $$SELECT * FROM pg_t
               'seq_len 2, step 1 matches the reference windowing');
 SELECT bag_eq($$SELECT * FROM bst_sequences('gen', 8, 8)$$, $$SELECT * FROM pg_temp.reference(8, 8)$$,
               'seq_len 8, step 8 matches the reference windowing');
+
+-- min_len: the short windows at the start, no tail window.
+SELECT bag_eq($$SELECT * FROM bst_sequences('gen', 4, 1, min_len => 2)$$, $$SELECT * FROM pg_temp.reference_min_len(4, 1, 2)$$,
+              'seq_len 4, step 1, min_len 2 matches the reference windowing');
+SELECT bag_eq($$SELECT * FROM bst_sequences('gen', 5, 3, min_len => 3)$$, $$SELECT * FROM pg_temp.reference_min_len(5, 3, 3)$$,
+              'seq_len 5, step 3, min_len 3 matches the reference windowing');
+SELECT bag_eq($$SELECT * FROM bst_sequences('gen', 8, 1, min_len => 2)$$, $$SELECT * FROM pg_temp.reference_min_len(8, 1, 2)$$,
+              'seq_len 8, step 1, min_len 2 matches the reference windowing');
+SELECT bag_eq($$SELECT * FROM bst_sequences('gen', 6, 2, min_len => 6)$$, $$SELECT * FROM pg_temp.reference_min_len(6, 2, 6)$$,
+              'min_len = seq_len: the Keras windows without the tail');
+SELECT bag_eq($$SELECT * FROM bst_sequences('gen', 5, 3, min_len => NULL)$$, $$SELECT * FROM pg_temp.reference(5, 3)$$,
+              'min_len NULL is the Keras windowing');
+
+-- step 1, min_len 2: n - 1 windows for each user with n ratings...
+SELECT set_eq($$SELECT user_id, count(*) FROM bst_sequences('gen', 4, 1, min_len => 2) GROUP BY user_id$$,
+              $$SELECT user_id, count(*) - 1 FROM gen GROUP BY user_id HAVING count(*) >= 2$$,
+              'step 1, min_len 2: a user with n ratings gets n - 1 windows');
+-- ...and every rating from the second on is the target of exactly one (a
+-- user's movies are distinct, so the target movie names the rating).
+SELECT bag_eq($$SELECT user_id, movie_ids[cardinality(movie_ids)], ratings[cardinality(ratings)]
+                FROM bst_sequences('gen', 4, 1, min_len => 2)$$,
+              $$SELECT user_id, movie_id, rating FROM ranked WHERE pos >= 1$$,
+              'step 1, min_len 2: every rating but the first is the target of exactly one window');
+
+SELECT throws_ok($$SELECT * FROM bst_sequences('gen', 4, 1, min_len => 1)$$, '22023',
+                 'min_len must be between 2 and seq_len (4), not 1', 'min_len 1 is an invalid parameter value');
+SELECT throws_ok($$SELECT * FROM bst_sequences('gen', 4, 1, min_len => 0)$$, '22023',
+                 'min_len must be between 2 and seq_len (4), not 0', 'min_len 0 is an invalid parameter value');
+SELECT throws_ok($$SELECT * FROM bst_sequences('gen', 4, 1, min_len => 5)$$, '22023',
+                 'min_len must be between 2 and seq_len (4), not 5', 'min_len seq_len + 1 is an invalid parameter value');
 
 -- Counts by formula: floor((n - L) / s) + 2 windows per user with n >= L.
 SELECT is((SELECT count(*) FROM bst_sequences('gen')),

@@ -1,0 +1,154 @@
+-- bst 1.1: Behavior Sequence Transformer recommender inside PostgreSQL
+\echo Use "CREATE EXTENSION bst" to load this file. \quit
+
+--------------------------------------------------------------------------
+-- Sequences
+--------------------------------------------------------------------------
+
+CREATE FUNCTION bst_window_agg_transfn(internal, integer) RETURNS internal
+    AS 'MODULE_PATHNAME' LANGUAGE C CALLED ON NULL INPUT PARALLEL SAFE;
+CREATE FUNCTION bst_window_agg_transfn(internal, real) RETURNS internal
+    AS 'MODULE_PATHNAME' LANGUAGE C CALLED ON NULL INPUT PARALLEL SAFE;
+CREATE FUNCTION bst_window_agg_invfn(internal, integer) RETURNS internal
+    AS 'MODULE_PATHNAME' LANGUAGE C CALLED ON NULL INPUT PARALLEL SAFE;
+CREATE FUNCTION bst_window_agg_invfn(internal, real) RETURNS internal
+    AS 'MODULE_PATHNAME' LANGUAGE C CALLED ON NULL INPUT PARALLEL SAFE;
+CREATE FUNCTION bst_window_agg_finalfn(internal, integer) RETURNS integer[]
+    AS 'MODULE_PATHNAME' LANGUAGE C CALLED ON NULL INPUT PARALLEL SAFE;
+CREATE FUNCTION bst_window_agg_finalfn(internal, real) RETURNS real[]
+    AS 'MODULE_PATHNAME' LANGUAGE C CALLED ON NULL INPUT PARALLEL SAFE;
+
+-- The rows of a window frame as an array, oldest first.  Moving-aggregate
+-- support makes a sliding "ROWS BETWEEN n PRECEDING AND CURRENT ROW" frame
+-- cost O(1) per row.  NULL (and, for ratings, NaN) elements are an error.
+CREATE AGGREGATE bst_window_agg(integer) (
+    SFUNC = bst_window_agg_transfn, STYPE = internal,
+    FINALFUNC = bst_window_agg_finalfn, FINALFUNC_EXTRA,
+    MSFUNC = bst_window_agg_transfn, MINVFUNC = bst_window_agg_invfn, MSTYPE = internal,
+    MFINALFUNC = bst_window_agg_finalfn, MFINALFUNC_EXTRA,
+    PARALLEL = SAFE
+);
+CREATE AGGREGATE bst_window_agg(real) (
+    SFUNC = bst_window_agg_transfn, STYPE = internal,
+    FINALFUNC = bst_window_agg_finalfn, FINALFUNC_EXTRA,
+    MSFUNC = bst_window_agg_transfn, MINVFUNC = bst_window_agg_invfn, MSTYPE = internal,
+    MFINALFUNC = bst_window_agg_finalfn, MFINALFUNC_EXTRA,
+    PARALLEL = SAFE
+);
+
+-- Each user's ratings, ordered by time (ties by movie id), cut into windows
+-- of seq_len starting every step ratings, plus the user's last seq_len
+-- ratings as a final window: the windowing of the Keras BST example.
+-- With min_len (2 .. seq_len), windows instead end at the user's min_len-th
+-- rating and every step ratings after it, the first ones shorter than
+-- seq_len, with no tail window: step 1, min_len 2 makes every rating but
+-- the first the target of exactly one window.
+-- The last element of each window is the target.
+CREATE FUNCTION bst_sequences(
+    source regclass,
+    seq_len integer DEFAULT 4,
+    step integer DEFAULT 2,
+    user_column text DEFAULT 'user_id',
+    movie_column text DEFAULT 'movie_id',
+    rating_column text DEFAULT 'rating',
+    time_column text DEFAULT 'unix_timestamp',
+    min_len integer DEFAULT NULL,
+    OUT user_id integer,
+    OUT movie_ids integer[],
+    OUT ratings real[])
+RETURNS SETOF record
+AS 'MODULE_PATHNAME' LANGUAGE C CALLED ON NULL INPUT STABLE PARALLEL UNSAFE
+ROWS 100000;
+
+--------------------------------------------------------------------------
+-- Splits
+--------------------------------------------------------------------------
+
+-- The project's reproducible 85/15 split: a window is held out for testing
+-- when ((user_id * 1000003 + target_movie_id) * 2654435761) mod 2^32 mod 100
+-- >= 85, computed exactly in numeric.  mod() keeps the sign of a negative
+-- argument, so the 2^32 step is lifted into 0 .. 2^32 - 1 as the rule means.
+CREATE FUNCTION bst_holdout(user_id integer, target_movie_id integer) RETURNS boolean
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+RETURN mod(mod(mod(($1::numeric * 1000003 + $2) * 2654435761, 4294967296) + 4294967296,
+               4294967296), 100) >= 85;
+
+--------------------------------------------------------------------------
+-- Models
+--------------------------------------------------------------------------
+
+-- Every trained version of every model.  weights is the numerical core's
+-- versioned, checksummed binary layout; config and metrics are for people.
+CREATE TABLE bst_models (
+    model_id bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
+    name text NOT NULL,
+    version integer NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    config jsonb NOT NULL,
+    metrics jsonb NOT NULL,
+    history text,               -- relation bst_predict(user_id, movie_id) reads histories from
+    weights bytea NOT NULL,
+    PRIMARY KEY (name, version)
+);
+SELECT pg_catalog.pg_extension_config_dump('bst_models', '');
+SELECT pg_catalog.pg_extension_config_dump('bst_models_model_id_seq', '');
+
+-- Train a model on the windows of a query (movie_ids integer[], ratings
+-- real[], optionally user_id integer) and store it as a new version.  Every
+-- option but model, query and seed defaults to NULL: the preset's value
+-- ('default', the best configuration found; 'keras_example', the Keras BST
+-- example's exact recipe).  users and movies are read when they exist.
+CREATE FUNCTION bst_train(
+    model text,
+    query text,
+    epochs integer DEFAULT NULL,
+    batch_size integer DEFAULT NULL,
+    learning_rate real DEFAULT NULL,
+    heads integer DEFAULT NULL,
+    hidden integer[] DEFAULT NULL,
+    dropout real DEFAULT NULL,
+    optimizer text DEFAULT NULL,                 -- 'adagrad', 'adam' or 'adamw'
+    seed integer DEFAULT 42,
+    history regclass DEFAULT 'ratings'::text::regclass,  -- resolved at call time
+    embed_dim integer DEFAULT NULL,
+    vocabulary text DEFAULT 'SELECT movie_id FROM movies',
+    preset text DEFAULT 'default',               -- or 'keras_example'
+    users regclass DEFAULT pg_catalog.to_regclass('users'),    -- NULL when absent
+    movies regclass DEFAULT pg_catalog.to_regclass('movies'),
+    seq_len integer DEFAULT NULL,                -- NULL: the longest window of the query
+    features text[] DEFAULT NULL,                -- of user_id, sex, age_group, occupation, genres
+    bias boolean DEFAULT NULL,                   -- global + user + movie bias terms
+    bias_init boolean DEFAULT NULL,              -- start them from the closed-form fit
+    weight_decay real DEFAULT NULL,              -- AdamW's
+    lr_schedule text DEFAULT NULL,               -- 'constant' or 'cosine'
+    validation_fraction real DEFAULT NULL,       -- (0, 0.5]
+    patience integer DEFAULT NULL,               -- epochs without a better validation MAE
+    early_stopping boolean DEFAULT NULL,
+    OUT model text,
+    OUT version integer,
+    OUT training_rows bigint,
+    OUT epochs integer,                          -- run (early stopping may stop sooner)
+    OUT final_loss double precision,             -- of the kept (best) epoch
+    OUT final_mae double precision,
+    OUT seconds double precision,
+    OUT best_epoch integer,
+    OUT val_mae double precision,                -- NULL without validation
+    OUT val_rmse double precision)
+RETURNS record
+AS 'MODULE_PATHNAME' LANGUAGE C CALLED ON NULL INPUT VOLATILE PARALLEL UNSAFE;
+
+
+CREATE FUNCTION bst_predict(user_id integer, movie_id integer) RETURNS real
+AS 'MODULE_PATHNAME', 'bst_predict_user' LANGUAGE C STABLE STRICT PARALLEL SAFE;
+
+CREATE FUNCTION bst_predict(model text, movie_ids integer[], ratings real[]) RETURNS real
+AS 'MODULE_PATHNAME', 'bst_predict_window' LANGUAGE C STABLE STRICT PARALLEL SAFE;
+
+-- Score an explicit window for a user (user features and bias).
+CREATE FUNCTION bst_predict(model text, user_id integer, movie_ids integer[], ratings real[]) RETURNS real
+AS 'MODULE_PATHNAME', 'bst_predict_user_window' LANGUAGE C STABLE STRICT PARALLEL SAFE;
+
+CREATE FUNCTION bst_evaluate(model text, query text,
+    OUT n bigint, OUT mae double precision, OUT rmse double precision)
+RETURNS record
+AS 'MODULE_PATHNAME' LANGUAGE C CALLED ON NULL INPUT STABLE PARALLEL UNSAFE;

@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# ALTER EXTENSION bst UPDATE from 1.0 to 1.1 keeps what 1.0 made: install
+# 1.0, build windows and train a model with its API, update, and check the
+# version, the stored model's predictions (bit for bit), bst_sequences'
+# new min_len parameter and its unchanged 1.0-style calls, and that the
+# updated install has the same functions as a fresh CREATE EXTENSION bst.
+# Needs the libpq environment of a running cluster with bst (1.0 and 1.1
+# scripts) installed; prints PASS or FAIL and exits non-zero on failure.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+old=bst_upgrade_old        # created at 1.0, then updated
+new=bst_upgrade_new        # created fresh at the default version
+verdict=
+
+drop_databases() {
+    PGOPTIONS="-c client_min_messages=warning" psql -X -q -d postgres \
+        -c "DROP DATABASE IF EXISTS $old" -c "DROP DATABASE IF EXISTS $new"
+}
+# A step that fails before the checks (set -e) still ends in a verdict.
+finish() {
+    local rc=$?
+    drop_databases || true
+    [ -n "$verdict" ] || echo "test_upgrade: FAIL (a step failed, see above)"
+    exit $rc
+}
+drop_databases
+trap finish EXIT
+psql -X -q -d postgres -c "CREATE DATABASE $old" -c "CREATE DATABASE $new"
+
+q() { psql -X -At -v ON_ERROR_STOP=1 -d "$@"; }
+# After the update a failing query is a failed check, not the end: its error
+# becomes the value compared.
+qa() { q "$@" 2>&1 || true; }
+
+psql -X -q -o /dev/null -d $old -v ON_ERROR_STOP=1 <<'SQL'
+SET client_min_messages = warning;
+CREATE EXTENSION bst VERSION '1.0';
+-- 30 users with 8 to 14 of 40 movies each; timestamps with ties.
+CREATE TABLE ratings (user_id int, movie_id int, rating real, unix_timestamp bigint);
+INSERT INTO ratings
+SELECT u, m, 1 + (u * 3 + m * 7) % 5, (m * 31 + u) % 20
+FROM generate_series(1, 30) u, generate_series(1, 40) m
+WHERE (u * 7 + m * 13) % 40 < 8 + u % 7;
+CREATE TABLE w AS SELECT row_number() OVER () AS id, * FROM bst_sequences('ratings');
+SELECT bst_train('m', 'SELECT movie_ids, ratings FROM w', epochs => 1, history => NULL, vocabulary => NULL);
+SQL
+
+# Windows of 1.0-style calls (positional and named), in the order returned.
+windows_sql="
+SELECT c.call || ' ' || (SELECT count(*) || ' ' || md5(coalesce(string_agg(s::text, ';'), ''))
+                         FROM bst_sequences_fingerprint(c.call) s)
+FROM unnest(ARRAY[
+    \$\$bst_sequences('ratings')\$\$,
+    \$\$bst_sequences('ratings', 3, 1, 'user_id', 'movie_id', 'rating', 'unix_timestamp')\$\$,
+    \$\$bst_sequences('ratings', 5)\$\$,
+    \$\$bst_sequences(source => 'ratings', seq_len => 6, step => 3, time_column => 'unix_timestamp')\$\$]) c(call)"
+# A helper outside the extension: runs one call, rows as text in its order.
+helper_sql="
+CREATE FUNCTION bst_sequences_fingerprint(call text) RETURNS SETOF text LANGUAGE plpgsql AS \$\$
+BEGIN RETURN QUERY EXECUTE 'SELECT s::text FROM ' || call || ' s'; END \$\$"
+predictions_sql="
+SELECT count(*) || ' ' || string_agg(encode(float4send(bst_predict('m', movie_ids, ratings)), 'hex'), ',' ORDER BY id)
+FROM w"
+weights_sql="SELECT string_agg(name || ':' || version || ':' || md5(weights), ',' ORDER BY model_id) FROM bst_models"
+# The extension's functions, by signature, and in full (arguments with
+# defaults, result, attributes, C symbol), from its pg_depend membership.
+functions_sql="
+SELECT p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')'
+FROM pg_depend d JOIN pg_proc p ON p.oid = d.objid
+WHERE d.classid = 'pg_proc'::regclass AND d.refclassid = 'pg_extension'::regclass
+  AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'bst') AND d.deptype = 'e'
+ORDER BY 1"
+functions_full_sql="
+SELECT p.proname || '(' || pg_get_function_arguments(p.oid) || ') ' || coalesce(pg_get_function_result(p.oid), '')
+       || ' ' || concat_ws(' ', p.prokind, p.provolatile, p.proisstrict, p.proparallel, p.prorows,
+                           p.prosrc, p.probin, p.prosecdef, p.proleakproof)
+FROM pg_depend d JOIN pg_proc p ON p.oid = d.objid
+WHERE d.classid = 'pg_proc'::regclass AND d.refclassid = 'pg_extension'::regclass
+  AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'bst') AND d.deptype = 'e'
+ORDER BY 1"
+members_sql="
+SELECT pg_describe_object(classid, objid, objsubid) FROM pg_depend
+WHERE refclassid = 'pg_extension'::regclass AND deptype = 'e'
+  AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'bst')
+UNION ALL
+SELECT 'config ' || c::regclass::text FROM pg_extension, unnest(extconfig) c WHERE extname = 'bst'
+ORDER BY 1"
+
+q $old -q -c "$helper_sql"
+version_before=$(q $old -c "SELECT extversion FROM pg_extension WHERE extname = 'bst'")
+windows_before=$(q $old -c "$windows_sql")
+predictions_before=$(q $old -c "$predictions_sql")
+weights_before=$(q $old -c "$weights_sql")
+min_len_before=$(qa $old -c "SELECT count(*) FROM bst_sequences('ratings', min_len => 2)")
+
+q $old -q -c "ALTER EXTENSION bst UPDATE TO '1.1'"
+
+version_after=$(qa $old -c "SELECT extversion FROM pg_extension WHERE extname = 'bst'")
+windows_after=$(qa $old -c "$windows_sql")
+predictions_after=$(qa $old -c "$predictions_sql")
+weights_after=$(qa $old -c "$weights_sql")
+signature_after=$(qa $old -c "SELECT pg_get_function_arguments(oid)
+                             FROM pg_proc WHERE proname = 'bst_sequences'")
+min_len_windows=$(qa $old -c "SELECT (SELECT count(*) FROM bst_sequences('ratings', step => 1, min_len => 2))
+                                  - (SELECT count(*) - count(DISTINCT user_id) FROM ratings)")
+functions_old=$(qa $old -c "$functions_sql")
+functions_full_old=$(qa $old -c "$functions_full_sql")
+members_old=$(qa $old -c "$members_sql")
+
+q $new -q -c "SET client_min_messages = warning" -c "CREATE EXTENSION bst"
+version_new=$(qa $new -c "SELECT extversion FROM pg_extension WHERE extname = 'bst'")
+functions_new=$(qa $new -c "$functions_sql")
+functions_full_new=$(qa $new -c "$functions_full_sql")
+members_new=$(qa $new -c "$members_sql")
+
+status=0
+check() {   # check DESCRIPTION 'CONDITION' (shell code, evaluated here)
+    if eval "$2"; then echo "ok: $1"; else echo "not ok: $1"; status=1; fi
+}
+check "installed at 1.0 (extversion '$version_before')" '[ "$version_before" = 1.0 ]'
+check "1.0's bst_sequences has no min_len" \
+    'grep -q "ERROR:  function bst_sequences(unknown, min_len => integer) does not exist" <<<"$min_len_before"'
+check "extension version after the update is 1.1 ('$version_after')" '[ "$version_after" = 1.1 ]'
+check "a fresh CREATE EXTENSION bst installs 1.1 ('$version_new')" '[ "$version_new" = 1.1 ]'
+check "stored model unchanged ($weights_after)" \
+    '[ -n "$weights_before" ] && [ "$weights_before" = "$weights_after" ]'
+check "model trained under 1.0 predicts bit-identically after the update (${predictions_before%% *} windows)" \
+    '[ "${predictions_before%% *}" -gt 100 ] && [ "$predictions_before" = "$predictions_after" ]'
+min_len_last="time_column text DEFAULT 'unix_timestamp'::text, min_len integer DEFAULT NULL::integer, OUT user_id"
+check "bst_sequences is declared once, with min_len last" \
+    '[ "$(grep -c . <<<"$signature_after")" = 1 ] && grep -qF -- "$min_len_last" <<<"$signature_after"'
+check "min_len works after the update (step 1, min_len 2 gives n - 1 windows per user: off by $min_len_windows)" \
+    '[ "$min_len_windows" = 0 ]'
+check "1.0-style bst_sequences calls give the same windows as before the update" \
+    '[ "$(grep -c . <<<"$windows_before")" = 4 ] && [ "$windows_before" = "$windows_after" ]'
+check "updated and fresh installs have the same function signatures ($(grep -c . <<<"$functions_new") functions)" \
+    '[ -n "$functions_new" ] && [ "$functions_old" = "$functions_new" ]'
+check "updated and fresh installs have the same function definitions (defaults, results, attributes)" \
+    '[ -n "$functions_full_new" ] && [ "$functions_full_old" = "$functions_full_new" ]'
+check "updated and fresh installs have the same member objects and dumped tables" \
+    '[ -n "$members_new" ] && [ "$members_old" = "$members_new" ]'
+
+if [ $status != 0 ]; then
+    echo "--- windows before the update"; printf '%s\n' "$windows_before"
+    echo "--- windows after the update"; printf '%s\n' "$windows_after"
+    echo "--- bst_sequences after the update: $signature_after"
+    echo "--- members: updated 1.0 (<) vs fresh 1.1 (>)"
+    diff <(printf '%s\n' "$functions_full_old" "$members_old") \
+         <(printf '%s\n' "$functions_full_new" "$members_new") || true
+fi
+verdict=$([ $status = 0 ] && echo PASS || echo FAIL)
+echo "test_upgrade: $verdict"
+exit $status
