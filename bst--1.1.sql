@@ -124,6 +124,7 @@ CREATE FUNCTION bst_train(
     validation_fraction real DEFAULT NULL,       -- (0, 0.5]
     patience integer DEFAULT NULL,               -- epochs without a better validation MAE
     early_stopping boolean DEFAULT NULL,
+    factors integer DEFAULT NULL,                -- width of a user x movie factor term, 0: none
     OUT model text,
     OUT version integer,
     OUT training_rows bigint,

@@ -48,26 +48,46 @@ run_sql() { psql -X -v ON_ERROR_STOP=1 --echo-queries -c '\timing on' "$@"; }
 log "loading $data_dir"
 scripts/load_movielens.sh "$data_dir"
 
-log "building windows of 4 ratings every 2 (the Keras example's sequences) and the 85/15 split"
+log "the 85/15 split of the Keras example: its windows of 4 ratings every 2, held out by bst_holdout"
 run_sql -c "CREATE TABLE windows AS
               SELECT *, bst_holdout(user_id, movie_ids[cardinality(movie_ids)]) AS held_out
               FROM bst_sequences('ratings', seq_len => 4, step => 2)" \
+        -c "CREATE TABLE held_out_targets AS
+              SELECT DISTINCT user_id, movie_ids[cardinality(movie_ids)] AS movie_id FROM windows WHERE held_out" \
         -c "SELECT count(*) AS windows, count(*) FILTER (WHERE held_out) AS held_out FROM windows"
 
-log "training BST with the Keras example's defaults (5 epochs, Adagrad 0.01, batch 265)"
-run_sql -c "SELECT * FROM bst_train('movielens', 'SELECT movie_ids, ratings FROM windows WHERE NOT held_out')"
+log "every rating from each user's 2nd on as a target, with up to 9 ratings of history"
+run_sql -c "CREATE TABLE history_windows AS
+              SELECT s.*, (s.user_id, s.movie_ids[cardinality(s.movie_ids)]) IN (SELECT * FROM held_out_targets) AS held_out
+              FROM bst_sequences('ratings', seq_len => 10, step => 1, min_len => 2) s" \
+        -c "SELECT count(*) AS windows, count(*) FILTER (WHERE held_out) AS held_out FROM history_windows"
 
-log "evaluating on the held-out windows"
-run_sql -c "SELECT * FROM bst_evaluate('movielens', 'SELECT movie_ids, ratings FROM windows WHERE held_out')"
+log "training BST with the defaults: user features, genres, bias and factor terms, AdamW, early stopping"
+run_sql -c "SELECT * FROM bst_train('movielens', 'SELECT user_id, movie_ids, ratings FROM history_windows WHERE NOT held_out')"
 
-log "a few held-out windows, predicted"
+log "evaluating on the held-out targets (each from its window of up to 10 ratings)"
+run_sql -c "SELECT * FROM bst_evaluate('movielens', 'SELECT h.user_id, h.movie_ids, h.ratings
+                                                   FROM windows w JOIN history_windows h
+                                                     ON h.user_id = w.user_id
+                                                    AND h.movie_ids[cardinality(h.movie_ids)] = w.movie_ids[4]
+                                                   WHERE w.held_out')"
+
+log "for comparison, the Keras example's recipe on its own windows"
+run_sql -c "SELECT * FROM bst_train('keras_example', 'SELECT movie_ids, ratings FROM windows WHERE NOT held_out',
+                                    preset => 'keras_example')" \
+        -c "SELECT * FROM bst_evaluate('keras_example', 'SELECT movie_ids, ratings FROM windows WHERE held_out')"
+
+log "a few held-out ratings, predicted"
 run_sql -c "SELECT w.user_id, m.title AS target_movie, w.ratings[4] AS rating,
-                   round(bst_predict('movielens', w.movie_ids, w.ratings)::numeric, 2) AS predicted
-            FROM windows w JOIN movies m ON m.movie_id = w.movie_ids[4]
+                   round(bst_predict('movielens', w.user_id, h.movie_ids, h.ratings)::numeric, 2) AS predicted
+            FROM windows w
+            JOIN history_windows h ON h.user_id = w.user_id AND h.movie_ids[cardinality(h.movie_ids)] = w.movie_ids[4]
+            JOIN movies m ON m.movie_id = w.movie_ids[4]
             WHERE w.held_out ORDER BY w.user_id LIMIT 8"
 
 log "the five movies user 1 has not rated that the model says they would like most"
-run_sql -c "SELECT m.movie_id, m.title, round(bst_predict(1, m.movie_id)::numeric, 2) AS predicted
+run_sql -c "SET bst.model = 'movielens'" \
+        -c "SELECT m.movie_id, m.title, round(bst_predict(1, m.movie_id)::numeric, 2) AS predicted
             FROM movies m
             WHERE NOT EXISTS (SELECT FROM ratings r WHERE r.user_id = 1 AND r.movie_id = m.movie_id)
             ORDER BY predicted DESC LIMIT 5"

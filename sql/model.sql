@@ -18,9 +18,10 @@ CREATE TABLE windows AS
   SELECT *, bst_holdout(user_id, movie_ids[cardinality(movie_ids)]) AS held_out
   FROM bst_sequences('ratings');
 
-SELECT model, version, training_rows, epochs, final_loss > 0 AS loss_positive, seconds >= 0 AS timed
+-- The Keras example's recipe, the 1.0 defaults.
+SELECT model, version, training_rows, epochs, final_loss > 0 AS loss_positive, best_epoch, val_mae
 FROM bst_train('tiny', 'SELECT movie_ids, ratings FROM windows WHERE NOT held_out',
-               epochs => 3, batch_size => 32, hidden => '{16,8}');
+               epochs => 3, batch_size => 32, hidden => '{16,8}', preset => 'keras_example');
 
 SELECT name, version, config->>'seq_len' AS seq_len, config->>'n_movies' AS n_movies,
        config->>'embed_dim' AS embed_dim, config->'hidden' AS hidden, config->>'optimizer' AS optimizer,
@@ -30,7 +31,8 @@ FROM bst_models;
 
 -- A second training is a new version; the first stays.
 SELECT version FROM bst_train('tiny', 'SELECT movie_ids, ratings FROM windows WHERE NOT held_out',
-                              epochs => 1, hidden => '{16,8}', optimizer => 'adam', learning_rate => 0.001);
+                              epochs => 1, hidden => '{16,8}', optimizer => 'adam', learning_rate => 0.001,
+                              preset => 'keras_example');
 SELECT name, version, config->>'optimizer' AS optimizer FROM bst_models ORDER BY version;
 
 -- Predictions are finite ratings.
@@ -62,14 +64,16 @@ FROM bst_evaluate('tiny', 'SELECT movie_ids, ratings FROM windows WHERE held_out
 
 -- One thread gives the same kind of model; the setting is bounded.
 SET bst.threads = 1;
-SELECT version FROM bst_train('one_thread', 'SELECT movie_ids, ratings FROM windows', epochs => 1, hidden => '{8}');
+SELECT version FROM bst_train('one_thread', 'SELECT movie_ids, ratings FROM windows', epochs => 1, hidden => '{8}',
+                              preset => 'keras_example');
 RESET bst.threads;
 SET bst.threads = -1;
 SET bst.threads = 1000;
 
 -- Vocabulary from the training windows; no history relation.
 SELECT version FROM bst_train('nohist', 'SELECT movie_ids, ratings FROM windows', epochs => 1,
-                              hidden => '{8}', vocabulary => NULL, history => NULL, embed_dim => 3);
+                              hidden => '{8}', vocabulary => NULL, history => NULL, embed_dim => 3,
+                              preset => 'keras_example');
 SELECT config->>'n_movies' AS n_movies, config->>'embed_dim' AS embed_dim, history FROM bst_models WHERE name = 'nohist';
 SET bst.model = 'nohist';
 SELECT bst_predict(1, 10);
@@ -82,7 +86,6 @@ SELECT * FROM bst_train('x', NULL);
 SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows WHERE false');
 SELECT * FROM bst_train('x', 'SELECT movie_ids FROM windows');
 SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings::float8[] AS ratings FROM windows');
-SELECT * FROM bst_train('x', 'SELECT movie_ids[1:2 + user_id % 2] AS movie_ids, ratings[1:2 + user_id % 2] AS ratings FROM windows');
 SELECT * FROM bst_train('x', 'SELECT ''{1}''::int[] AS movie_ids, ''{1}''::real[] AS ratings');
 SELECT * FROM bst_train('x', 'SELECT movie_ids, ''{1,NaN,3,4}''::real[] AS ratings FROM windows');
 SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings[1:3] || NULL::real AS ratings FROM windows');
@@ -100,7 +103,27 @@ SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', hidden =>
 SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', hidden => '{16,NULL}');
 SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', hidden => '{1,2,3,4,5,6,7,8,9}');
 SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', dropout => 1);
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', dropout => NULL);
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', preset => NULL);
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', preset => 'best');
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', seed => NULL);
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', features => '{user_id,zip_code}');
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', features => '{genres,NULL}');
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', validation_fraction => 0);
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', validation_fraction => 0.6);
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', validation_fraction => 'NaN');
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', patience => 0);
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', patience => 3, early_stopping => false);
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', seq_len => 1);
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', seq_len => 100000);
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', weight_decay => 0.1, optimizer => 'adam');
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', weight_decay => -1);
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', lr_schedule => 'step');
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', users => 'no_such_table');
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', features => '{user_id}');
+SELECT * FROM bst_train('x', 'SELECT user_id, movie_ids, ratings FROM windows', features => '{sex}', users => NULL);
+SELECT * FROM bst_train('x', 'SELECT user_id, movie_ids, ratings FROM windows', features => '{sex}', users => 'ratings');
+SELECT * FROM bst_train('x', 'SELECT user_id::int8 AS user_id, movie_ids, ratings FROM windows');
+SELECT * FROM bst_train('x', 'SELECT NULL::int AS user_id, movie_ids, ratings FROM windows');
 SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', optimizer => 'sgd');
 SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', embed_dim => 0);
 SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', embed_dim => 100000);
@@ -114,6 +137,17 @@ SELECT * FROM bst_train('x', '   ');
 SELECT * FROM bst_train('x', 'SELECT array_fill(1, ARRAY[300]) AS movie_ids, array_fill(1::real, ARRAY[300]) AS ratings',
                         batch_size => 65536);
 SELECT count(*) AS failed_trainings_stored_nothing FROM bst_models WHERE name = 'x';
+
+-- Windows of different lengths: padded, and the model remembers the
+-- shortest history it saw.
+SELECT training_rows FROM bst_train('mixed', 'SELECT movie_ids[1:2 + user_id % 2] AS movie_ids,
+                                                       ratings[1:2 + user_id % 2] AS ratings FROM windows',
+                                    epochs => 1, hidden => '{8}', preset => 'keras_example');
+SELECT config->>'seq_len' AS seq_len, metrics->>'min_history' AS min_history FROM bst_models WHERE name = 'mixed';
+SELECT bst_predict('mixed', '{1,2}', '{5}') BETWEEN -5 AND 10 AS short_window_ok;
+SELECT bst_predict('mixed', '{1}', '{}');
+-- A window longer than the model's keeps its most recent history.
+SELECT bst_predict('mixed', '{9,9,9,1,2,3}', '{1,1,1,5,4}') = bst_predict('mixed', '{1,2,3}', '{5,4}') AS longer_window_truncated;
 
 SELECT bst_predict('nope', '{1,2,3,4}', '{5,4,3}');
 SELECT bst_predict('tiny', '{1,2,3}', '{5,4,3}');
@@ -157,3 +191,47 @@ SELECT bst_predict('tiny', '{1,2,3,4}', '{5,4,3}') BETWEEN -5 AND 10 AS previous
 -- No model at all.
 DELETE FROM bst_models;
 SELECT bst_predict(1, 10);
+
+-- 1.1: the default preset, with user features, genres and bias terms.
+CREATE TABLE users (user_id int PRIMARY KEY, sex text, age_group int, occupation int, zip_code text);
+INSERT INTO users SELECT u, CASE WHEN u % 2 = 0 THEN 'F' ELSE 'M' END, 18 + 7 * (u % 4), u % 5, '00000'
+FROM generate_series(1, 40) u;
+UPDATE movies SET genres = CASE WHEN movie_id % 3 = 0 THEN '{Drama}' WHEN movie_id % 3 = 1 THEN '{Comedy,Drama}'
+                                ELSE '{}' END;
+CREATE TABLE prefix AS SELECT * FROM bst_sequences('ratings', 6, 1, min_len => 2);
+SELECT model, training_rows, epochs <= 4 AS stopped_in_time, best_epoch BETWEEN 1 AND epochs AS best_kept,
+       val_mae > 0 AS validated
+FROM bst_train('feat', 'SELECT user_id, movie_ids, ratings FROM prefix', epochs => 4, hidden => '{16,8}');
+SELECT config->>'preset' AS preset, config->'features' AS features, config->>'bias' AS bias,
+       config->'sex_values' AS sex_values, config->'genres' AS genres, config->>'seq_len' AS seq_len,
+       config->>'n_users' AS n_users, metrics->>'min_history' AS min_history,
+       (metrics->>'training_rows')::int + (metrics->>'validation_rows')::int AS windows,
+       jsonb_array_length(metrics->'epochs') = (metrics->>'epochs_run')::int AS every_epoch_logged
+FROM bst_models WHERE name = 'feat';
+-- The same history, through the user's ratings or as an explicit window.
+SET bst.model = 'feat';
+SELECT bst_predict(7, 12) = bst_predict('feat', 7,
+         (SELECT array_agg(movie_id ORDER BY unix_timestamp) || 12
+          FROM (SELECT * FROM ratings WHERE user_id = 7 ORDER BY unix_timestamp DESC LIMIT 5) h),
+         (SELECT array_agg(rating ORDER BY unix_timestamp)
+          FROM (SELECT * FROM ratings WHERE user_id = 7 ORDER BY unix_timestamp DESC LIMIT 5) h))
+       AS user_history_equals_window;
+RESET bst.model;
+-- The user matters: the same window for two users differs; an unknown user is allowed.
+SELECT bst_predict('feat', 7, '{1,2,3}', '{5,4}') <> bst_predict('feat', 8, '{1,2,3}', '{5,4}') AS user_matters,
+       bst_predict('feat', 424242, '{1,2,3}', '{5,4}') = bst_predict('feat', '{1,2,3}', '{5,4}') AS unknown_user_row;
+SELECT n, mae > 0 AS mae_positive FROM bst_evaluate('feat', 'SELECT user_id, movie_ids, ratings FROM prefix');
+-- Without a user_id column the user inputs are left out, with a notice of what is used.
+SET client_min_messages = notice;
+SELECT training_rows FROM bst_train('nouser', 'SELECT movie_ids, ratings FROM prefix', epochs => 1, hidden => '{8}');
+SET client_min_messages = warning;
+SELECT config->'features' AS features, config->>'bias' AS bias FROM bst_models WHERE name = 'nouser';
+-- Bad user and movie data.
+SELECT * FROM bst_train('y', 'SELECT user_id + 1000 AS user_id, movie_ids, ratings FROM prefix');
+UPDATE movies SET genres = NULL WHERE movie_id = 5;
+SELECT * FROM bst_train('y', 'SELECT user_id, movie_ids, ratings FROM prefix');
+SELECT * FROM bst_train('y', 'SELECT user_id, movie_ids, ratings FROM prefix', features => '{user_id}');
+UPDATE movies SET genres = '{}' WHERE movie_id = 5;
+ALTER TABLE users DROP COLUMN occupation;
+SELECT * FROM bst_train('y', 'SELECT user_id, movie_ids, ratings FROM prefix', features => '{occupation}');
+SELECT count(*) AS failed_trainings_stored_nothing FROM bst_models WHERE name = 'y';

@@ -41,7 +41,7 @@ enum
 	/* 1.1 */
 	ARG_PRESET, ARG_USERS, ARG_MOVIES, ARG_SEQ_LEN, ARG_FEATURES, ARG_BIAS, ARG_BIAS_INIT,
 	ARG_WEIGHT_DECAY, ARG_LR_SCHEDULE, ARG_VALIDATION_FRACTION, ARG_PATIENCE,
-	ARG_EARLY_STOPPING
+	ARG_EARLY_STOPPING, ARG_FACTORS
 };
 #define NARGS_1_0 13
 
@@ -89,22 +89,24 @@ typedef struct Preset
 	bool		zero_output;
 	float		validation_fraction;
 	int32		patience;
+	int32		factors;		/* -1: the embedding width */
 } Preset;
 
 static const Preset presets[] = {
 	{
-		.name = "default", .epochs = 20, .batch_size = 256, .learning_rate = 0.003f,
+		.name = "default", .epochs = 20, .batch_size = 256, .learning_rate = 0.001f,
 		.heads = 3, .n_hidden = 2, .hidden = {256, 128}, .dropout = 0.1f,
 		.optimizer = BST_OPT_ADAMW, .weight_decay = 0.01f, .lr_schedule = BST_LR_COSINE,
 		.features = ALL_FEATURES, .bias = true, .bias_init = true, .zero_output = true,
 		.validation_fraction = DEFAULT_VALIDATION_FRACTION, .patience = DEFAULT_PATIENCE,
+		.factors = -1,
 	},
 	{
 		.name = "keras_example", .epochs = 5, .batch_size = 265, .learning_rate = 0.01f,
 		.heads = 3, .n_hidden = 2, .hidden = {256, 128}, .dropout = 0.1f,
 		.optimizer = BST_OPT_ADAGRAD, .weight_decay = 0.0f, .lr_schedule = BST_LR_CONSTANT,
 		.features = 0, .bias = false, .bias_init = false, .zero_output = false,
-		.validation_fraction = 0.0f, .patience = 0,
+		.validation_fraction = 0.0f, .patience = 0, .factors = 0,
 	},
 };
 
@@ -127,6 +129,7 @@ typedef struct TrainArgs
 	float		dropout;
 	int32		embed_dim;		/* 0: floor(sqrt(vocabulary size)) */
 	int32		seq_len;		/* 0: the longest window of the query */
+	int32		factors;		/* -1: the embedding width */
 	int32		seed;
 	uint32		features;
 	bool		features_explicit;	/* given by the call: a missing source is an error */
@@ -395,6 +398,11 @@ parse_args(FunctionCallInfo fcinfo, TrainArgs *a)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("seq_len must be between 2 and %d, not %d", BST_MAX_SEQ_LEN, a->seq_len),
 				 errdetail("seq_len counts the history and the target movie.")));
+	a->factors = arg_given(fcinfo, ARG_FACTORS) ? PG_GETARG_INT32(ARG_FACTORS) : p->factors;
+	if (arg_given(fcinfo, ARG_FACTORS) && (a->factors < 0 || a->factors > BST_MAX_EMBED_DIM))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("factors must be between 0 and %d, not %d", BST_MAX_EMBED_DIM, a->factors)));
 	a->features_explicit = arg_given(fcinfo, ARG_FEATURES);
 	a->features = a->features_explicit ? parse_features(PG_GETARG_ARRAYTYPE_P(ARG_FEATURES)) : p->features;
 }
@@ -868,6 +876,8 @@ config_json(const TrainArgs *a, const BstConfig *c, const Inputs *in)
 	appendStringInfoChar(&buf, ']');
 	append_json_key(&buf, "bias");
 	appendStringInfoString(&buf, c->use_bias ? "true" : "false");
+	append_json_key(&buf, "factors");
+	appendStringInfo(&buf, "%d", c->n_factors);
 	append_json_key(&buf, "n_users");
 	appendStringInfo(&buf, "%d", c->n_users);
 	append_json_key(&buf, "user_dim");
@@ -1032,6 +1042,7 @@ bst_train(PG_FUNCTION_ARGS)
 		}
 	config.n_genres = inputs.n_genres;
 	config.use_bias = args.bias ? 1 : 0;
+	config.n_factors = args.factors < 0 ? config.embed_dim : args.factors;
 	if (bst_config_check(&config))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

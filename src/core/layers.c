@@ -823,6 +823,31 @@ void attention_backward(float *d_qkv, float *d_probs, const float *d_ctx,
                                             L, H, dk));
 }
 
+/* B * k multiply-adds, serial: a fraction of any other layer's work. */
+void factor_forward(float *pred, const float *user_factors, const float *movie_factors,
+                    const int32_t *users, const int32_t *movies, int32_t n_user_rows,
+                    int32_t n_movie_rows, int B, int k)
+{
+    for (int b = 0; b < B; b++)
+        pred[b] += dot8(user_factors + (size_t)clamp_row(users[b], n_user_rows) * k,
+                        movie_factors + (size_t)clamp_row(movies[b], n_movie_rows) * k, k);
+}
+
+void factor_backward(float *d_user_factors, float *d_movie_factors, const float *d_pred,
+                     const float *user_factors, const float *movie_factors,
+                     const int32_t *users, const int32_t *movies, int32_t n_user_rows,
+                     int32_t n_movie_rows, int B, int k)
+{
+    for (int b = 0; b < B; b++) {
+        const size_t u = (size_t)clamp_row(users[b], n_user_rows) * k;
+        const size_t m = (size_t)clamp_row(movies[b], n_movie_rows) * k;
+        for (int c = 0; c < k; c++) {
+            d_user_factors[u + c] += d_pred[b] * movie_factors[m + c];
+            d_movie_factors[m + c] += d_pred[b] * user_factors[u + c];
+        }
+    }
+}
+
 float mse_forward(const float *pred, const float *target, int n)
 {
     double sum = 0.0;

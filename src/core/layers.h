@@ -147,6 +147,20 @@ void attention_backward(float *d_qkv, float *d_probs, const float *d_ctx,
                         const float *probs, const float *mask, const float *qkv,
                         int B, int L, int H, int dk);
 
+/*
+ * Factor term of biased matrix factorisation:
+ * pred[b] += <user_factors[users[b]], movie_factors[movies[b]]> over k
+ * factors (indices outside the tables read row 0).  The backward
+ * accumulates both tables' gradients.
+ */
+void factor_forward(float *pred, const float *user_factors, const float *movie_factors,
+                    const int32_t *users, const int32_t *movies, int32_t n_user_rows,
+                    int32_t n_movie_rows, int B, int k);
+void factor_backward(float *d_user_factors, float *d_movie_factors, const float *d_pred,
+                     const float *user_factors, const float *movie_factors,
+                     const int32_t *users, const int32_t *movies, int32_t n_user_rows,
+                     int32_t n_movie_rows, int B, int k);
+
 /* Mean squared error over n predictions. */
 float mse_forward(const float *pred, const float *target, int n);
 void mse_backward(float *d_pred, const float *pred, const float *target, int n);

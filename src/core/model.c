@@ -133,6 +133,9 @@ static int param_specs(const BstConfig *c, BstParams *p, ParamSpec *s)
         spec(s, &n, "user_bias", &p->user_bias, user_rows, INIT_ZERO, 0, 0);
         spec(s, &n, "movie_bias", &p->movie_bias, (size_t)c->n_movies + 1, INIT_ZERO, 0, 0);
     }
+    spec(s, &n, "user_factors", &p->user_factors, user_rows * c->n_factors, INIT_EMBEDDING, 0, 0);
+    spec(s, &n, "movie_factors", &p->movie_factors, ((size_t)c->n_movies + 1) * c->n_factors,
+         INIT_EMBEDDING, 0, 0);
     return n;
 }
 
@@ -185,6 +188,8 @@ const char *bst_config_check(const BstConfig *c)
         return "n_genres must be between 0 and 64";
     if (c->use_bias != 0 && c->use_bias != 1)
         return "use_bias must be 0 or 1";
+    if (c->n_factors < 0 || c->n_factors > BST_MAX_EMBED_DIM)
+        return "n_factors must be between 0 and 4096";
     /* All fields are bounded above, so this cannot overflow 64 bits. */
     if (param_count(c) > BST_MAX_PARAMS)
         return "model too large (more than 200 million parameters)";
@@ -626,6 +631,9 @@ float bst_forward(const BstModel *m, BstActs *a, const BstBatch *b, int training
     if (c->use_bias)
         bias_forward(a->pred, p->global_bias, p->user_bias, p->movie_bias, a->user_idx,
                      a->target_idx, user_rows, movie_rows, B);
+    if (c->n_factors > 0)
+        factor_forward(a->pred, p->user_factors, p->movie_factors, a->user_idx, a->target_idx,
+                       user_rows, movie_rows, B, c->n_factors);
 
     return b->targets ? mse_forward(a->pred, b->targets, B) : 0.0f;
 }
@@ -654,6 +662,10 @@ void bst_backward(const BstModel *m, const BstActs *a, BstActs *da, BstParams *g
     if (c->use_bias)
         bias_backward(g->global_bias, g->user_bias, g->movie_bias, da->pred, a->user_idx,
                       a->target_idx, user_rows, movie_rows, B);
+    if (c->n_factors > 0)
+        factor_backward(g->user_factors, g->movie_factors, da->pred, p->user_factors,
+                        p->movie_factors, a->user_idx, a->target_idx, user_rows, movie_rows, B,
+                        c->n_factors);
 
     /* MLP, last layer first; layer i reads drop[i-1] (or mlp_in for i = 0). */
     linear_backward(nh ? da->drop[nh - 1] : da->mlp_in, g->out_w, g->out_b, da->pred,

@@ -42,6 +42,8 @@ typedef struct BstConfig {
     int32_t feat_dim[BST_N_USER_FEATS];      /* its embedding width, 0: not an input */
     int32_t n_genres;     /* multi-hot genre vector merged into each movie embedding, 0: none */
     int32_t use_bias;     /* 1: global + user + target-movie bias added to the output */
+    int32_t n_factors;    /* width of the user x target-movie factor term added to the
+                           * output (biased matrix factorisation), 0: none */
 } BstConfig;
 
 /* Fills the Keras defaults (embed_dim = max(1, floor(sqrt(n_movies)))). */
@@ -80,13 +82,15 @@ typedef struct BstParams {
     float *global_bias;               /* [1] */
     float *user_bias;                 /* [n_users + 1] */
     float *movie_bias;                /* [n_movies + 1] */
+    float *user_factors;              /* [n_users + 1, n_factors] */
+    float *movie_factors;             /* [n_movies + 1, n_factors] */
     float *slab;
     size_t size;                      /* floats in the slab */
 } BstParams;
 
 /* A view of one named tensor, for code that treats all of them alike
  * (optimizer, serializer, tests). */
-#define BST_MAX_TENSORS (24 + 4 * BST_MAX_HIDDEN)
+#define BST_MAX_TENSORS (26 + 4 * BST_MAX_HIDDEN)
 typedef struct BstTensor {
     char name[16];
     float *data;

@@ -192,6 +192,42 @@ static void test_flatten(BstRng *rng)
     free(c.y); free(c.out); free(c.up); free(dy);
 }
 
+/* ---------------------------------------------------------- factor term */
+
+typedef struct {
+    int B, k;
+    const int32_t *users, *movies;
+    float *pu, *qi, *pred, *up;
+} FactorCase;
+
+static double factor_loss(void *p)
+{
+    FactorCase *c = p;
+    memset(c->pred, 0, (size_t)c->B * sizeof(float));
+    factor_forward(c->pred, c->pu, c->qi, c->users, c->movies, 4, 5, c->B, c->k);
+    return dot(c->pred, c->up, (size_t)c->B);
+}
+
+static void test_factor(BstRng *rng)
+{
+    /* Repeated users and movies, row 0 and out-of-range indices. */
+    static const int32_t users[6] = {1, 3, 1, 0, 7, 2}, movies[6] = {4, 4, 0, 2, 1, -3};
+    FactorCase c = {.B = 6, .k = 3, .users = users, .movies = movies};
+    c.pu = new_floats(4 * 3);
+    c.qi = new_floats(5 * 3);
+    c.pred = new_floats(6);
+    c.up = new_floats(6);
+    fill_uniform(c.pu, 12, -1, 1, rng);
+    fill_uniform(c.qi, 15, -1, 1, rng);
+    fill_uniform(c.up, 6, -1, 1, rng);
+    float *dpu = new_floats(12), *dqi = new_floats(15);
+    factor_backward(dpu, dqi, c.up, c.pu, c.qi, c.users, c.movies, 4, 5, c.B, c.k);
+    printf("factor term\n");
+    check_grad("factor.user", c.pu, dpu, 12, factor_loss, &c, STEP, LAYER_FLOOR);
+    check_grad("factor.movie", c.qi, dqi, 15, factor_loss, &c, STEP, LAYER_FLOOR);
+    free(c.pu); free(c.qi); free(c.pred); free(c.up); free(dpu); free(dqi);
+}
+
 /* ------------------------------------------------------------ bias terms */
 
 typedef struct {
@@ -561,6 +597,7 @@ static void test_network_features(BstRng *rng)
     }
     cfg.n_genres = GENRES;
     cfg.use_bias = 1;
+    cfg.n_factors = 3;
     int32_t movie_ids[MOVIES] = {3, 10, 11, 20, 50, 51, 99}, user_ids[USERS] = {5, 6, 9, 40};
     /* User 6 has an unknown sex (0). */
     int32_t feats[USERS * BST_N_USER_FEATS] = {1, 2, 4, 0, 1, 1, 2, 3, 2, 1, 1, 3};
@@ -581,7 +618,7 @@ static void test_network_features(BstRng *rng)
     BstTensor t[BST_MAX_TENSORS];
     int nt = bst_param_tensors(&cfg, &m->params, t);
     for (int i = 0; i < nt; i++) {
-        if (strstr(t[i].name, "_emb") || strstr(t[i].name, "bias"))
+        if (strstr(t[i].name, "_emb") || strstr(t[i].name, "bias") || strstr(t[i].name, "factors"))
             fill_uniform(t[i].data, t[i].size, -1.0f, 1.0f, rng);
         else if (strstr(t[i].name, "_g") || strstr(t[i].name, "_b"))
             fill_uniform(t[i].data, t[i].size, 0.5f, 1.5f, rng);
@@ -602,9 +639,11 @@ static void test_network_features(BstRng *rng)
     for (int i = 0; i < nt; i++)
         for (size_t j = 0; j < g[i].size; j++)
             gmax = fmax(gmax, fabs((double)g[i].data[j]));
-    printf("network with user id, sex/age/occupation, genres, bias terms, padded windows\n");
+    printf("network with user id, sex/age/occupation, genres, bias and factor terms, padded "
+           "windows\n");
     const char *expected[] = {"user_emb", "sex_emb", "age_emb", "occ_emb", "genre_w", "genre_b",
-                              "global_bias", "user_bias", "movie_bias"};
+                              "global_bias", "user_bias", "movie_bias", "user_factors",
+                              "movie_factors"};
     int found = 0;
     for (int i = 0; i < nt; i++) {
         char what[64];
@@ -613,7 +652,7 @@ static void test_network_features(BstRng *rng)
         for (size_t k = 0; k < sizeof(expected) / sizeof(expected[0]); k++)
             found += strcmp(t[i].name, expected[k]) == 0;
     }
-    CHECK(found == 9, "the network lists %d of the 9 optional tensors", found);
+    CHECK(found == 11, "the network lists %d of the 11 optional tensors", found);
     bst_acts_free(&acts);
     bst_acts_free(&dacts);
     bst_params_free(&grads);
@@ -827,6 +866,7 @@ int main(void)
         test_sequence(&rng);
         test_flatten(&rng);
         test_bias(&rng);
+        test_factor(&rng);
         test_network_features(&rng);
         /* Rows and columns of two sgemm grains each, so that 2 threads split
          * both products (last, to leave the draws of the others as they were). */

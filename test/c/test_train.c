@@ -309,7 +309,7 @@ static void test_serialization(const Data *train, const Data *eval)
     fix_crc(x, len);
     expect_reject(x, len, "inconsistent shapes", "n_hidden changed");
     memcpy(x, blob, len);
-    memcpy(x + 144, x + 140, 4);  /* vocabulary[1] = vocabulary[0] */
+    memcpy(x + 148, x + 144, 4);  /* vocabulary[1] = vocabulary[0] */
     fix_crc(x, len);
     expect_reject(x, len, "vocabulary not strictly ascending", "duplicate movie id");
     free(x);
@@ -515,6 +515,7 @@ static BstModel *feature_model(int L_model, uint64_t seed)
     }
     cfg.n_genres = 4;
     cfg.use_bias = 1;
+    cfg.n_factors = 3;
     BstVocab v = {g_ids, users, feats, genres};
     return bst_model_create_vocab(&cfg, &v, seed);
 }
