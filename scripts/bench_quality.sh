@@ -54,6 +54,7 @@ keras_example     | keras_example     | 4               | step2  | preset => 'ke
 defaults          | defaults          | $BST_DEFAULT_L  | prefix |
 no_bias           | - bias            | $BST_DEFAULT_L  | prefix | bias => false
 no_bias_init      | - bias init       | $BST_DEFAULT_L  | prefix | bias_init => false
+no_factors        | - factor term     | $BST_DEFAULT_L  | prefix | factors => 0
 no_user_features  | - user features   | $BST_DEFAULT_L  | prefix | features => '{genres}'
 no_genres         | - genres          | $BST_DEFAULT_L  | prefix | features => '{user_id,sex,age_group,occupation}'
 no_early_stopping | - early stopping  | $BST_DEFAULT_L  | prefix | early_stopping => false
