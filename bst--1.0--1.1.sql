@@ -72,6 +72,7 @@ CREATE FUNCTION bst_train(
     patience integer DEFAULT NULL,               -- epochs without a better validation MAE
     early_stopping boolean DEFAULT NULL,
     factors integer DEFAULT NULL,                -- width of a user x movie factor term, 0: none
+    rating_mode text DEFAULT NULL,               -- 'multiply' (Keras) or 'add'
     OUT model text,
     OUT version integer,
     OUT training_rows bigint,

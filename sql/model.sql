@@ -118,6 +118,8 @@ SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', seq_len =
 SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', weight_decay => 0.1, optimizer => 'adam');
 SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', weight_decay => -1);
 SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', lr_schedule => 'step');
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', rating_mode => 'divide');
+SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', factors => -1);
 SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', users => 'no_such_table');
 SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', features => '{user_id}');
 SELECT * FROM bst_train('x', 'SELECT user_id, movie_ids, ratings FROM windows', features => '{sex}', users => NULL);
@@ -236,3 +238,24 @@ UPDATE movies SET genres = '{}' WHERE movie_id = 5;
 ALTER TABLE users DROP COLUMN occupation;
 SELECT * FROM bst_train('y', 'SELECT user_id, movie_ids, ratings FROM prefix', features => '{occupation}');
 SELECT count(*) AS failed_trainings_stored_nothing FROM bst_models WHERE name = 'y';
+
+-- Long histories: a model of 50 positions, on windows of up to 30 ratings.
+SELECT training_rows FROM bst_train('long', 'SELECT user_id, movie_ids, ratings
+                                             FROM bst_sequences(''ratings'', 50, 1, min_len => 2)',
+                                    seq_len => 50, epochs => 1, hidden => '{8}');
+SELECT config->>'seq_len' AS seq_len, metrics->>'min_history' AS min_history FROM bst_models WHERE name = 'long';
+SET bst.model = 'long';
+SELECT bst_predict(3, 12) = bst_predict('long', 3,
+         (SELECT array_agg(movie_id ORDER BY unix_timestamp) || 12 FROM ratings WHERE user_id = 3),
+         (SELECT array_agg(rating ORDER BY unix_timestamp) FROM ratings WHERE user_id = 3)) AS whole_history_used;
+RESET bst.model;
+
+-- Ratings added along a learned vector instead of scaling the movie's; an
+-- empty users relation is no source of features (ml-latest-small has none).
+TRUNCATE users;
+SELECT model FROM bst_train('added', 'SELECT user_id, movie_ids, ratings FROM prefix', epochs => 1,
+                            hidden => '{8}', rating_mode => 'add');
+SELECT config->>'rating_mode' AS rating_mode, config->'features' AS features, config->'rating_range' AS rating_range
+FROM bst_models WHERE name = 'added';
+SELECT bst_predict('added', 3, '{1,2,3}', '{5,4}') BETWEEN 1 AND 5 AS clipped_to_the_scale;
+SELECT * FROM bst_train('y', 'SELECT user_id, movie_ids, ratings FROM prefix', features => '{sex}');

@@ -41,7 +41,7 @@ enum
 	/* 1.1 */
 	ARG_PRESET, ARG_USERS, ARG_MOVIES, ARG_SEQ_LEN, ARG_FEATURES, ARG_BIAS, ARG_BIAS_INIT,
 	ARG_WEIGHT_DECAY, ARG_LR_SCHEDULE, ARG_VALIDATION_FRACTION, ARG_PATIENCE,
-	ARG_EARLY_STOPPING, ARG_FACTORS
+	ARG_EARLY_STOPPING, ARG_FACTORS, ARG_RATING_MODE
 };
 #define NARGS_1_0 13
 
@@ -87,9 +87,11 @@ typedef struct Preset
 	bool		bias;
 	bool		bias_init;
 	bool		zero_output;
+	bool		clip;			/* predictions clipped to the training ratings' range */
 	float		validation_fraction;
 	int32		patience;
 	int32		factors;		/* -1: the embedding width */
+	bool		rating_add;		/* history ratings added along a vector, not scaling */
 } Preset;
 
 static const Preset presets[] = {
@@ -98,6 +100,7 @@ static const Preset presets[] = {
 		.heads = 3, .n_hidden = 2, .hidden = {256, 128}, .dropout = 0.1f,
 		.optimizer = BST_OPT_ADAMW, .weight_decay = 0.01f, .lr_schedule = BST_LR_COSINE,
 		.features = ALL_FEATURES, .bias = true, .bias_init = true, .zero_output = true,
+		.clip = true, .rating_add = false,
 		.validation_fraction = DEFAULT_VALIDATION_FRACTION, .patience = DEFAULT_PATIENCE,
 		.factors = -1,
 	},
@@ -130,6 +133,7 @@ typedef struct TrainArgs
 	int32		embed_dim;		/* 0: floor(sqrt(vocabulary size)) */
 	int32		seq_len;		/* 0: the longest window of the query */
 	int32		factors;		/* -1: the embedding width */
+	bool		rating_add;
 	int32		seed;
 	uint32		features;
 	bool		features_explicit;	/* given by the call: a missing source is an error */
@@ -351,6 +355,7 @@ parse_args(FunctionCallInfo fcinfo, TrainArgs *a)
 	a->bias = arg_given(fcinfo, ARG_BIAS) ? PG_GETARG_BOOL(ARG_BIAS) : p->bias;
 	o->bias_init = arg_given(fcinfo, ARG_BIAS_INIT) ? PG_GETARG_BOOL(ARG_BIAS_INIT) : p->bias_init;
 	o->zero_output = p->zero_output;
+	o->clip = p->clip;
 	if (bst_fit_options_check(o))
 		invalid(bst_fit_options_check(o), NULL);
 
@@ -403,6 +408,18 @@ parse_args(FunctionCallInfo fcinfo, TrainArgs *a)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("factors must be between 0 and %d, not %d", BST_MAX_EMBED_DIM, a->factors)));
+	a->rating_add = p->rating_add;
+	if (arg_given(fcinfo, ARG_RATING_MODE))
+	{
+		char	   *mode = text_to_cstring(PG_GETARG_TEXT_PP(ARG_RATING_MODE));
+
+		if (strcmp(mode, "add") != 0 && strcmp(mode, "multiply") != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("unknown rating_mode \"%s\"", mode),
+					 errhint("Use 'multiply' (the Keras example's) or 'add'.")));
+		a->rating_add = strcmp(mode, "add") == 0;
+	}
 	a->features_explicit = arg_given(fcinfo, ARG_FEATURES);
 	a->features = a->features_explicit ? parse_features(PG_GETARG_ARRAYTYPE_P(ARG_FEATURES)) : p->features;
 }
@@ -620,6 +637,14 @@ read_users(TrainArgs *a, const BstDataset *ds, Inputs *in)
 			}
 		}
 		SPI_finish();
+
+		/* An empty relation (ml-latest-small has no user data) is no source. */
+		if (n_rows == 0)
+			for (int k = 0; k < BST_N_USER_FEATS; k++)
+				if (a->features & FEATURE_BIT(table_features[k]))
+					drop_feature(a, table_features[k],
+								 psprintf("users relation \"%s\" is empty", get_rel_name(a->users)),
+								 "Fill it, or leave the feature out of features.");
 	}
 
 	/* The user vocabulary. */
@@ -876,6 +901,13 @@ config_json(const TrainArgs *a, const BstConfig *c, const Inputs *in)
 	appendStringInfoChar(&buf, ']');
 	append_json_key(&buf, "bias");
 	appendStringInfoString(&buf, c->use_bias ? "true" : "false");
+	append_json_key(&buf, "rating_mode");
+	escape_json(&buf, c->rating_add ? "add" : "multiply");
+	append_json_key(&buf, "rating_range");
+	if (c->rating_min < c->rating_max)
+		appendStringInfo(&buf, "[%g, %g]", c->rating_min, c->rating_max);
+	else
+		appendStringInfoString(&buf, "null");
 	append_json_key(&buf, "factors");
 	appendStringInfo(&buf, "%d", c->n_factors);
 	append_json_key(&buf, "n_users");
@@ -1043,6 +1075,7 @@ bst_train(PG_FUNCTION_ARGS)
 	config.n_genres = inputs.n_genres;
 	config.use_bias = args.bias ? 1 : 0;
 	config.n_factors = args.factors < 0 ? config.embed_dim : args.factors;
+	config.rating_add = args.rating_add ? 1 : 0;
 	if (bst_config_check(&config))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -1114,7 +1147,7 @@ bst_train(PG_FUNCTION_ARGS)
 	appendStringInfo(&metrics, ", \"train_mean_rating\": %.6g, \"min_history\": %d, \"seconds\": %.3f}",
 					 fit.train_mean, min_history, INSTR_TIME_GET_DOUBLE(now));
 
-	version = bst_model_store(fcinfo, args.name, model, config_json(&args, &config, &inputs),
+	version = bst_model_store(fcinfo, args.name, model, config_json(&args, bst_model_config(model), &inputs),
 							  metrics.data, args.history);
 	MemoryContextDelete(train_cxt);
 

@@ -239,6 +239,16 @@ BstFitStatus bst_fit(BstModel *m, const BstData *data, const BstFitOptions *o,
     for (int64_t j = 0; j < f.n_train; j++)
         mean += data->targets[train[j]];
     mean /= (double)f.n_train;
+    if (o->clip) {
+        float lo = data->targets[train[0]], hi = lo;
+        for (int64_t j = 1; j < f.n_train; j++) {
+            const float t = data->targets[train[j]];
+            lo = t < lo ? t : lo;
+            hi = t > hi ? t : hi;
+        }
+        m->cfg.rating_min = lo;
+        m->cfg.rating_max = hi;
+    }
     result->train_mean = mean;
     result->n_train = f.n_train;
     result->n_val = f.n_val;

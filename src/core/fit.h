@@ -44,6 +44,7 @@ typedef struct BstFitOptions {
                                   * validation MAE, keeping the best; 0: never */
     int bias_init;               /* start the bias terms from the closed-form fit */
     int zero_output;             /* start the output layer at zero */
+    int clip;                    /* clip predictions to the training targets' range */
 } BstFitOptions;
 
 /* NULL if valid, else a static message. */

@@ -136,8 +136,8 @@ void embedding_backward(float *d_table, const float *d_out, int out_stride, cons
 
 /* Windows [b0, b1). */
 static void sequence_forward_windows(float *out, const float *enc, const float *ratings,
-                                     const float *pos_emb, const int32_t *hist_len,
-                                     size_t b0, size_t b1, int L, int d)
+                                     const float *pos_emb, const float *rating_w,
+                                     const int32_t *hist_len, size_t b0, size_t b1, int L, int d)
 {
     for (size_t b = b0; b < b1; b++) {
         const int first = bst_first_valid(hist_len, b, L);
@@ -152,24 +152,29 @@ static void sequence_forward_windows(float *out, const float *enc, const float *
             } else {
                 const float *pe = pos_emb + (size_t)i * d;
                 const float r = ratings[b * (L - 1) + i];
-                for (int c = 0; c < d; c++)
-                    o[c] = (e[c] + pe[c]) * r;
+                if (rating_w)
+                    for (int c = 0; c < d; c++)
+                        o[c] = e[c] + pe[c] + r * rating_w[c];
+                else
+                    for (int c = 0; c < d; c++)
+                        o[c] = (e[c] + pe[c]) * r;
             }
         }
     }
 }
 
 void sequence_forward(float *out, const float *enc, const float *ratings, const float *pos_emb,
-                      const int32_t *hist_len, int B, int L, int d)
+                      const float *rating_w, const int32_t *hist_len, int B, int L, int d)
 {
     PARALLEL_FOR((size_t)B, 1, (double)B * L * d, lo, hi,
-                 sequence_forward_windows(out, enc, ratings, pos_emb, hist_len, lo, hi, L, d));
+                 sequence_forward_windows(out, enc, ratings, pos_emb, rating_w, hist_len, lo, hi,
+                                          L, d));
 }
 
 /* d_enc of windows [b0, b1). */
 static void sequence_backward_windows(float *d_enc, const float *d_out, const float *ratings,
-                                      const int32_t *hist_len, size_t b0, size_t b1, int L,
-                                      int d)
+                                      int additive, const int32_t *hist_len, size_t b0,
+                                      size_t b1, int L, int d)
 {
     for (size_t b = b0; b < b1; b++) {
         const int first = bst_first_valid(hist_len, b, L);
@@ -179,7 +184,7 @@ static void sequence_backward_windows(float *d_enc, const float *d_out, const fl
             const float *g = d_out + row;
             if (i < first) {
                 memset(de, 0, (size_t)d * sizeof(float));
-            } else if (i == L - 1) {
+            } else if (i == L - 1 || additive) {
                 memcpy(de, g, (size_t)d * sizeof(float));
             } else {
                 const float r = ratings[b * (L - 1) + i];
@@ -190,10 +195,11 @@ static void sequence_backward_windows(float *d_enc, const float *d_out, const fl
     }
 }
 
-/* d_pos_emb columns [c0, c1): a sum over windows, owned by one thread. */
-static void sequence_backward_pos_cols(float *d_pos_emb, const float *d_out, const float *ratings,
-                                       const int32_t *hist_len, int B, int L, int d, size_t c0,
-                                       size_t c1)
+/* Columns [c0, c1) of d_pos_emb and d_rating_w: sums over windows, owned by
+ * one thread. */
+static void sequence_backward_param_cols(float *d_pos_emb, float *d_rating_w, const float *d_out,
+                                         const float *ratings, const int32_t *hist_len, int B,
+                                         int L, int d, size_t c0, size_t c1)
 {
     for (size_t b = 0; b < (size_t)B; b++) {
         const int first = bst_first_valid(hist_len, b, L);
@@ -201,19 +207,28 @@ static void sequence_backward_pos_cols(float *d_pos_emb, const float *d_out, con
             const float *g = d_out + (b * L + i) * d;
             float *dp = d_pos_emb + (size_t)i * d;
             const float r = ratings[b * (L - 1) + i];
-            for (size_t c = c0; c < c1; c++)
-                dp[c] += g[c] * r;
+            if (d_rating_w) {
+                for (size_t c = c0; c < c1; c++) {
+                    dp[c] += g[c];
+                    d_rating_w[c] += g[c] * r;
+                }
+            } else {
+                for (size_t c = c0; c < c1; c++)
+                    dp[c] += g[c] * r;
+            }
         }
     }
 }
 
-void sequence_backward(float *d_enc, float *d_pos_emb, const float *d_out, const float *ratings,
-                       const int32_t *hist_len, int B, int L, int d)
+void sequence_backward(float *d_enc, float *d_pos_emb, float *d_rating_w, const float *d_out,
+                       const float *ratings, const int32_t *hist_len, int B, int L, int d)
 {
     PARALLEL_FOR((size_t)B, 1, (double)B * L * d, lo, hi,
-                 sequence_backward_windows(d_enc, d_out, ratings, hist_len, lo, hi, L, d));
+                 sequence_backward_windows(d_enc, d_out, ratings, d_rating_w != NULL, hist_len,
+                                           lo, hi, L, d));
     PARALLEL_FOR((size_t)d, 1, (double)B * L * d, lo, hi,
-                 sequence_backward_pos_cols(d_pos_emb, d_out, ratings, hist_len, B, L, d, lo, hi));
+                 sequence_backward_param_cols(d_pos_emb, d_rating_w, d_out, ratings, hist_len, B,
+                                              L, d, lo, hi));
 }
 
 /* Windows [b0, b1). */

@@ -53,15 +53,19 @@ void embedding_backward(float *d_table, const float *d_out, int out_stride, cons
 /*
  * BST sequence input for B windows of L positions, d features, from the
  * encoded movies enc [B, L, d]:
- *   history i < L-1:  (enc[i] + pos_emb[i]) * ratings[i]
+ *   history i < L-1:  (enc[i] + pos_emb[i]) * ratings[i]         (rating_w NULL: Keras)
+ *                      enc[i] + pos_emb[i] + ratings[i] * rating_w  (rating_w [d])
  *   target  i = L-1:   enc[L-1]
  *   padding:           0
+ * The Keras form scales a whole vector by its rating, which the LayerNorms
+ * after it largely undo; the additive form turns it into a direction.
  */
 void sequence_forward(float *out, const float *enc, const float *ratings, const float *pos_emb,
-                      const int32_t *hist_len, int B, int L, int d);
-/* Writes d_enc (zero on padding), accumulates d_pos_emb. */
-void sequence_backward(float *d_enc, float *d_pos_emb, const float *d_out, const float *ratings,
-                       const int32_t *hist_len, int B, int L, int d);
+                      const float *rating_w, const int32_t *hist_len, int B, int L, int d);
+/* Writes d_enc (zero on padding), accumulates d_pos_emb and d_rating_w
+ * (both NULL-able as in the forward: d_rating_w with rating_w). */
+void sequence_backward(float *d_enc, float *d_pos_emb, float *d_rating_w, const float *d_out,
+                       const float *ratings, const int32_t *hist_len, int B, int L, int d);
 
 /* Flatten [B, L, d] into columns [0, L*d) of out [B, out_stride], padded
  * positions zeroed; the backward writes d_y (zero on padding). */

@@ -136,6 +136,7 @@ static int param_specs(const BstConfig *c, BstParams *p, ParamSpec *s)
     spec(s, &n, "user_factors", &p->user_factors, user_rows * c->n_factors, INIT_EMBEDDING, 0, 0);
     spec(s, &n, "movie_factors", &p->movie_factors, ((size_t)c->n_movies + 1) * c->n_factors,
          INIT_EMBEDDING, 0, 0);
+    spec(s, &n, "rating_w", &p->rating_w, c->rating_add ? d : 0, INIT_EMBEDDING, 0, 0);
     return n;
 }
 
@@ -190,6 +191,10 @@ const char *bst_config_check(const BstConfig *c)
         return "use_bias must be 0 or 1";
     if (c->n_factors < 0 || c->n_factors > BST_MAX_EMBED_DIM)
         return "n_factors must be between 0 and 4096";
+    if (c->rating_add != 0 && c->rating_add != 1)
+        return "rating_add must be 0 or 1";
+    if (!isfinite(c->rating_min) || !isfinite(c->rating_max))
+        return "the rating range must be finite";
     /* All fields are bounded above, so this cannot overflow 64 bits. */
     if (param_count(c) > BST_MAX_PARAMS)
         return "model too large (more than 200 million parameters)";
@@ -573,7 +578,8 @@ float bst_forward(const BstModel *m, BstActs *a, const BstBatch *b, int training
     } else {
         embedding_forward(a->enc, d, b->movies, p->movie_emb, movie_rows, BL, d);
     }
-    sequence_forward(a->x, a->enc, b->ratings, p->pos_emb, b->hist_len, B, L, d);
+    sequence_forward(a->x, a->enc, b->ratings, p->pos_emb, c->rating_add ? p->rating_w : NULL,
+                     b->hist_len, B, L, d);
 
     /* Self-attention block. */
     linear_forward(a->qkv, a->x, p->wqkv, p->bqkv, BL, d, 3 * hd);
@@ -634,6 +640,13 @@ float bst_forward(const BstModel *m, BstActs *a, const BstBatch *b, int training
     if (c->n_factors > 0)
         factor_forward(a->pred, p->user_factors, p->movie_factors, a->user_idx, a->target_idx,
                        user_rows, movie_rows, B, c->n_factors);
+    /* A rating outside the scale is never closer to the truth than the
+     * scale's end: clipping can only lower the error.  Not in training,
+     * where it would stop the gradient. */
+    if (!training && c->rating_min < c->rating_max)
+        for (int i = 0; i < B; i++)
+            a->pred[i] = a->pred[i] < c->rating_min ? c->rating_min
+                       : (a->pred[i] > c->rating_max ? c->rating_max : a->pred[i]);
 
     return b->targets ? mse_forward(a->pred, b->targets, B) : 0.0f;
 }
@@ -719,7 +732,8 @@ void bst_backward(const BstModel *m, const BstActs *a, BstActs *da, BstParams *g
     add_inplace(da->x, da->res1, bld);
 
     /* Movies. */
-    sequence_backward(da->enc, g->pos_emb, da->x, b->ratings, b->hist_len, B, L, d);
+    sequence_backward(da->enc, g->pos_emb, c->rating_add ? g->rating_w : NULL, da->x, b->ratings,
+                      b->hist_len, B, L, d);
     if (G > 0) {
         leaky_relu_backward(da->gpre, da->enc, a->gpre, bld, 0.0f);
         linear_backward(da->gin, g->genre_w, g->genre_b, da->gpre, a->gin, p->genre_w, BL, d + G,

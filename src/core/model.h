@@ -44,6 +44,10 @@ typedef struct BstConfig {
     int32_t use_bias;     /* 1: global + user + target-movie bias added to the output */
     int32_t n_factors;    /* width of the user x target-movie factor term added to the
                            * output (biased matrix factorisation), 0: none */
+    int32_t rating_add;   /* 1: a history rating adds rating * rating_w to its movie's
+                           * vector; 0: scales it (Keras) */
+    float   rating_min;   /* predictions (inference only) are clipped to */
+    float   rating_max;   /* [rating_min, rating_max]; none when min >= max */
 } BstConfig;
 
 /* Fills the Keras defaults (embed_dim = max(1, floor(sqrt(n_movies)))). */
@@ -84,13 +88,14 @@ typedef struct BstParams {
     float *movie_bias;                /* [n_movies + 1] */
     float *user_factors;              /* [n_users + 1, n_factors] */
     float *movie_factors;             /* [n_movies + 1, n_factors] */
+    float *rating_w;                  /* [d] when rating_add */
     float *slab;
     size_t size;                      /* floats in the slab */
 } BstParams;
 
 /* A view of one named tensor, for code that treats all of them alike
  * (optimizer, serializer, tests). */
-#define BST_MAX_TENSORS (26 + 4 * BST_MAX_HIDDEN)
+#define BST_MAX_TENSORS (27 + 4 * BST_MAX_HIDDEN)
 typedef struct BstTensor {
     char name[16];
     float *data;

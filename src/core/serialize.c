@@ -6,7 +6,7 @@
 #include <zlib.h>
 
 #define HEADER_SIZE_V1 100u
-#define HEADER_SIZE_V2 144u
+#define HEADER_SIZE_V2 156u
 static const unsigned char MAGIC[4] = {'B', 'S', 'T', 'W'};
 
 /* Explicit byte order so blobs move between hosts unchanged. */
@@ -115,6 +115,9 @@ void bst_model_serialize(const BstModel *m, void *buf)
     put_u32(q + 32, (uint32_t)c->n_genres);
     put_u32(q + 36, (uint32_t)c->use_bias);
     put_u32(q + 40, (uint32_t)c->n_factors);
+    put_f32(q + 44, c->rating_min);
+    put_f32(q + 48, c->rating_max);
+    put_u32(q + 52, (uint32_t)c->rating_add);
 
     q = p + HEADER_SIZE_V2;
     for (int32_t i = 0; i < c->n_movies; i++, q += 4)
@@ -204,6 +207,9 @@ BstModel *bst_model_deserialize(const void *buf, size_t len, char *err, size_t e
         c.n_genres = (int32_t)get_u32(q + 32);
         c.use_bias = (int32_t)get_u32(q + 36);
         c.n_factors = (int32_t)get_u32(q + 40);
+        c.rating_min = get_f32(q + 44);
+        c.rating_max = get_f32(q + 48);
+        c.rating_add = (int32_t)get_u32(q + 52);
     }
     const char *bad = bst_config_check(&c);
     if (bad) {

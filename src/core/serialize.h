@@ -4,13 +4,14 @@
  *   offset size
  *        0    4  magic "BSTW"
  *        4    4  u32 format version (1 or 2; written: 2)
- *        8    4  u32 header size in bytes (100 in version 1, 144 in version 2)
+ *        8    4  u32 header size in bytes (100 in version 1, 156 in version 2)
  *       12    8  u64 total blob size in bytes, checksum included
  *       20   72  config: i32 n_movies, embed_dim, seq_len, heads, n_hidden,
  *                hidden[8]; f32 dropout, leaky_slope, ln_eps, bn_eps, bn_momentum
  *       92    8  u64 number of parameter floats
- *      100   44  (version 2) i32 n_users, user_dim, n_feat_values[3],
- *                feat_dim[3], n_genres, use_bias, n_factors
+ *      100   56  (version 2) i32 n_users, user_dim, n_feat_values[3],
+ *                feat_dim[3], n_genres, use_bias, n_factors; f32 rating_min,
+ *                rating_max; i32 rating_add
  *   header       i32 movie vocabulary[n_movies] (strictly ascending)
  *                (version 2) i32 user vocabulary[n_users] (strictly ascending),
  *                i32 user features[n_users][3], f32 genres[n_movies][n_genres]

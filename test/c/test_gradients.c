@@ -117,17 +117,18 @@ static void test_embedding(BstRng *rng)
 typedef struct {
     int B, L, d;
     const int32_t *hist_len;
-    float *enc, *ratings, *pos, *out, *up;
+    float *enc, *ratings, *pos, *rw, *out, *up;
 } SeqCase;
 
 static double seq_loss(void *p)
 {
     SeqCase *c = p;
-    sequence_forward(c->out, c->enc, c->ratings, c->pos, c->hist_len, c->B, c->L, c->d);
+    sequence_forward(c->out, c->enc, c->ratings, c->pos, c->rw, c->hist_len, c->B, c->L, c->d);
     return dot(c->out, c->up, (size_t)c->B * c->L * c->d);
 }
 
-static void test_sequence(BstRng *rng)
+/* additive: ratings added along a learned vector rather than scaling. */
+static void test_sequence(int additive, BstRng *rng)
 {
     /* Full, partly padded, history-less and out-of-range history lengths. */
     static const int32_t hist_len[4] = {4, 2, 0, 7};
@@ -143,11 +144,21 @@ static void test_sequence(BstRng *rng)
     fill_uniform(c.pos, (size_t)(c.L - 1) * c.d, -1, 1, rng);
     fill_uniform(c.up, n, -1, 1, rng);
     float *d_enc = new_floats(n), *d_pos = new_floats((size_t)(c.L - 1) * c.d);
-    sequence_backward(d_enc, d_pos, c.up, c.ratings, c.hist_len, c.B, c.L, c.d);
-    printf("sequence (left padding)\n");
+    float *d_rw = new_floats((size_t)c.d);
+    if (additive) {
+        c.rw = new_floats((size_t)c.d);
+        fill_uniform(c.rw, (size_t)c.d, -1, 1, rng);
+    }
+    sequence_backward(d_enc, d_pos, additive ? d_rw : NULL, c.up, c.ratings, c.hist_len, c.B,
+                      c.L, c.d);
+    printf("sequence (left padding%s)\n", additive ? ", ratings added" : "");
     check_grad("sequence.enc", c.enc, d_enc, n, seq_loss, &c, STEP, LAYER_FLOOR);
     check_grad("sequence.pos_emb", c.pos, d_pos, (size_t)(c.L - 1) * c.d, seq_loss, &c, STEP,
                LAYER_FLOOR);
+    if (additive)
+        check_grad("sequence.rating_w", c.rw, d_rw, (size_t)c.d, seq_loss, &c, STEP, LAYER_FLOOR);
+    free(c.rw);
+    free(d_rw);
     /* Window 1 holds 2 history items: positions 0 and 1 are padding. */
     int zero = 1;
     for (int i = 0; i < 2 * c.d; i++)
@@ -598,6 +609,7 @@ static void test_network_features(BstRng *rng)
     cfg.n_genres = GENRES;
     cfg.use_bias = 1;
     cfg.n_factors = 3;
+    cfg.rating_add = 1;
     int32_t movie_ids[MOVIES] = {3, 10, 11, 20, 50, 51, 99}, user_ids[USERS] = {5, 6, 9, 40};
     /* User 6 has an unknown sex (0). */
     int32_t feats[USERS * BST_N_USER_FEATS] = {1, 2, 4, 0, 1, 1, 2, 3, 2, 1, 1, 3};
@@ -618,7 +630,8 @@ static void test_network_features(BstRng *rng)
     BstTensor t[BST_MAX_TENSORS];
     int nt = bst_param_tensors(&cfg, &m->params, t);
     for (int i = 0; i < nt; i++) {
-        if (strstr(t[i].name, "_emb") || strstr(t[i].name, "bias") || strstr(t[i].name, "factors"))
+        if (strstr(t[i].name, "_emb") || strstr(t[i].name, "bias") || strstr(t[i].name, "factors") ||
+            strcmp(t[i].name, "rating_w") == 0)
             fill_uniform(t[i].data, t[i].size, -1.0f, 1.0f, rng);
         else if (strstr(t[i].name, "_g") || strstr(t[i].name, "_b"))
             fill_uniform(t[i].data, t[i].size, 0.5f, 1.5f, rng);
@@ -643,7 +656,7 @@ static void test_network_features(BstRng *rng)
            "windows\n");
     const char *expected[] = {"user_emb", "sex_emb", "age_emb", "occ_emb", "genre_w", "genre_b",
                               "global_bias", "user_bias", "movie_bias", "user_factors",
-                              "movie_factors"};
+                              "movie_factors", "rating_w"};
     int found = 0;
     for (int i = 0; i < nt; i++) {
         char what[64];
@@ -652,7 +665,7 @@ static void test_network_features(BstRng *rng)
         for (size_t k = 0; k < sizeof(expected) / sizeof(expected[0]); k++)
             found += strcmp(t[i].name, expected[k]) == 0;
     }
-    CHECK(found == 11, "the network lists %d of the 11 optional tensors", found);
+    CHECK(found == 12, "the network lists %d of the 12 optional tensors", found);
     bst_acts_free(&acts);
     bst_acts_free(&dacts);
     bst_params_free(&grads);
@@ -705,8 +718,8 @@ static size_t layer_outputs(float *out)
     memset(db, 0, sizeof(db));
 
     embedding_forward(enc, D, movies, emb, ROWS, BL, D);
-    sequence_forward(x, enc, ratings, pos, hist_len, B, L, D);
-    sequence_backward(d_enc, d_pos, up, ratings, hist_len, B, L, D);
+    sequence_forward(x, enc, ratings, pos, NULL, hist_len, B, L, D);
+    sequence_backward(d_enc, d_pos, NULL, up, ratings, hist_len, B, L, D);
     embedding_backward(d_emb, d_enc, D, movies, ROWS, BL, D);
     append(out, &len, x, X);
     append(out, &len, d_enc, X);
@@ -863,7 +876,8 @@ int main(void)
         test_attention(0.3f, NULL, &rng);
         test_network(&rng);
         test_attention(0.3f, att_hist, &rng);
-        test_sequence(&rng);
+        test_sequence(0, &rng);
+        test_sequence(1, &rng);
         test_flatten(&rng);
         test_bias(&rng);
         test_factor(&rng);

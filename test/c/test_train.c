@@ -309,7 +309,7 @@ static void test_serialization(const Data *train, const Data *eval)
     fix_crc(x, len);
     expect_reject(x, len, "inconsistent shapes", "n_hidden changed");
     memcpy(x, blob, len);
-    memcpy(x + 148, x + 144, 4);  /* vocabulary[1] = vocabulary[0] */
+    memcpy(x + 160, x + 156, 4);  /* vocabulary[1] = vocabulary[0] */
     fix_crc(x, len);
     expect_reject(x, len, "vocabulary not strictly ascending", "duplicate movie id");
     free(x);
@@ -604,7 +604,7 @@ static void test_early_stopping(const Data *train)
     BstData data = {N, L, train->movies, train->ratings, hist, users, noisy};
     BstFitOptions o = {.train = {BST_OPT_ADAMW, 0.02f, 16, 5, 0.01f}, .epochs = 40,
                        .lr_schedule = BST_LR_CONSTANT, .validation_fraction = 0.2f,
-                       .patience = 3, .bias_init = 1, .zero_output = 1};
+                       .patience = 3, .bias_init = 1, .zero_output = 1, .clip = 1};
     EpochLog log = {.m = m};
     BstFitHooks hooks = {NULL, log_epoch, &log};
     BstFitResult r;
@@ -627,6 +627,30 @@ static void test_early_stopping(const Data *train)
     double mae, rmse;
     CHECK(bst_evaluate_data(m, &data, NULL, &mae, &rmse) == 0 && mae > 0.0 && rmse >= mae,
           "evaluate");
+    /* Clipping: the range is the training targets'; narrowed to [2.9, 3.1],
+     * every prediction falls in it and some sit on its ends. */
+    float lo = noisy[0], hi = noisy[0], pred[N];
+    for (int i = 1; i < N; i++) {
+        lo = noisy[i] < lo ? noisy[i] : lo;
+        hi = noisy[i] > hi ? noisy[i] : hi;
+    }
+    CHECK(m->cfg.rating_min >= lo && m->cfg.rating_max <= hi && m->cfg.rating_min < m->cfg.rating_max,
+          "rating range [%g, %g] is not within the targets' [%g, %g]", m->cfg.rating_min,
+          m->cfg.rating_max, lo, hi);
+    m->cfg.rating_min = 2.9f;
+    m->cfg.rating_max = 3.1f;
+    BstPredictor *p = bst_predictor_create(m, 256);
+    BstBatch all = {.n = N, .movies = train->movies, .ratings = train->ratings, .hist_len = hist,
+                    .users = users};
+    bst_predict(p, &all, pred);
+    int inside = 0, ends = 0;
+    for (int i = 0; i < N; i++) {
+        inside += pred[i] >= 2.9f && pred[i] <= 3.1f;
+        ends += pred[i] == 2.9f || pred[i] == 3.1f;
+    }
+    CHECK(inside == N && ends > 0, "%d of %d predictions outside [2.9, 3.1], %d on its ends",
+          N - inside, N, ends);
+    bst_predictor_free(p);
     for (int e = 1; e <= log.epochs; e++)
         free(log.blob[e]);
     free(final);
