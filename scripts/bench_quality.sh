@@ -62,6 +62,7 @@ no_weight_decay   | - weight decay    | $BST_DEFAULT_L  | prefix | weight_decay 
 no_lr_schedule    | - lr schedule     | $BST_DEFAULT_L  | prefix | lr_schedule => 'constant'
 no_prefix_windows | - prefix windows  | $BST_DEFAULT_L  | step2  |
 no_long_history   | - long history    | 4               | prefix |
+rating_add        | ratings added     | $BST_DEFAULT_L  | prefix | rating_mode => 'add'
 EOF
 )
 BIAS_ROUNDS=3            # alternating (b_i, b_u) rounds of the bias baseline

@@ -298,6 +298,9 @@ parse_args(FunctionCallInfo fcinfo, TrainArgs *a)
 	if (arg_given(fcinfo, ARG_WEIGHT_DECAY) && o->train.weight_decay != 0.0f &&
 		o->train.optimizer != BST_OPT_ADAMW)
 		invalid("weight_decay needs optimizer => 'adamw'", NULL);
+	/* The preset's decay goes with its optimizer. */
+	if (o->train.optimizer != BST_OPT_ADAMW)
+		o->train.weight_decay = 0.0f;
 	a->seed = PG_GETARG_INT32(ARG_SEED);
 	o->train.seed = (uint64) (uint32) a->seed;
 
@@ -324,7 +327,8 @@ parse_args(FunctionCallInfo fcinfo, TrainArgs *a)
 	 * split only if validation_fraction asks for it.
 	 */
 	early_stopping = arg_given(fcinfo, ARG_EARLY_STOPPING) ?
-		PG_GETARG_BOOL(ARG_EARLY_STOPPING) : (p->patience > 0 || arg_given(fcinfo, ARG_PATIENCE));
+		PG_GETARG_BOOL(ARG_EARLY_STOPPING) :
+		(p->patience > 0 || arg_given(fcinfo, ARG_PATIENCE) || arg_given(fcinfo, ARG_VALIDATION_FRACTION));
 	if (arg_given(fcinfo, ARG_VALIDATION_FRACTION))
 	{
 		o->validation_fraction = PG_GETARG_FLOAT4(ARG_VALIDATION_FRACTION);
@@ -429,11 +433,11 @@ parse_args(FunctionCallInfo fcinfo, TrainArgs *a)
  * only the preset asks for is dropped, with a notice, when the data lacks it.
  */
 static void
-drop_feature(TrainArgs *a, int f, const char *why, const char *hint)
+drop_feature(TrainArgs *a, int f, int sqlstate, const char *why, const char *hint)
 {
 	if (a->features_explicit)
 		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_COLUMN),
+				(errcode(sqlstate),
 				 errmsg("feature \"%s\" is not available: %s", feature_names[f], why),
 				 errhint("%s", hint)));
 	a->features &= ~FEATURE_BIT(f);
@@ -571,7 +575,8 @@ read_users(TrainArgs *a, const BstDataset *ds, Inputs *in)
 	{
 		for (int f = 0; f < N_FEATURES; f++)
 			if (f != FEATURE_GENRES && (a->features & FEATURE_BIT(f)))
-				drop_feature(a, f, "the training query returns no user_id column",
+				drop_feature(a, f, ERRCODE_UNDEFINED_COLUMN,
+							 "the training query returns no user_id column",
 							 "Return user_id integer from the query.");
 		return;					/* the global and movie biases need no user */
 	}
@@ -579,7 +584,7 @@ read_users(TrainArgs *a, const BstDataset *ds, Inputs *in)
 	{
 		for (int k = 0; k < BST_N_USER_FEATS; k++)
 			if (a->features & FEATURE_BIT(table_features[k]))
-				drop_feature(a, table_features[k], "there is no users relation",
+				drop_feature(a, table_features[k], ERRCODE_UNDEFINED_TABLE, "there is no users relation",
 							 "Pass users => 'your_users_table'.");
 	}
 	else if (want_table)
@@ -598,7 +603,8 @@ read_users(TrainArgs *a, const BstDataset *ds, Inputs *in)
 
 			if ((a->features & FEATURE_BIT(f)) &&
 				get_attnum(a->users, feature_names[f]) == InvalidAttrNumber)
-				drop_feature(a, f, psprintf("users relation \"%s\" has no column \"%s\"",
+				drop_feature(a, f, ERRCODE_UNDEFINED_COLUMN,
+							 psprintf("users relation \"%s\" has no column \"%s\"",
 											get_rel_name(a->users), feature_names[f]),
 							 "Leave the feature out of features, or name another relation with users => ....");
 		}
@@ -642,7 +648,7 @@ read_users(TrainArgs *a, const BstDataset *ds, Inputs *in)
 		if (n_rows == 0)
 			for (int k = 0; k < BST_N_USER_FEATS; k++)
 				if (a->features & FEATURE_BIT(table_features[k]))
-					drop_feature(a, table_features[k],
+					drop_feature(a, table_features[k], ERRCODE_DATA_EXCEPTION,
 								 psprintf("users relation \"%s\" is empty", get_rel_name(a->users)),
 								 "Fill it, or leave the feature out of features.");
 	}
@@ -729,14 +735,15 @@ read_genres(TrainArgs *a, const int32 *vocab, int32 n_movies, Inputs *in)
 		return;
 	if (a->movies == InvalidOid)
 	{
-		drop_feature(a, FEATURE_GENRES, "there is no movies relation", "Pass movies => 'your_movies_table'.");
+		drop_feature(a, FEATURE_GENRES, ERRCODE_UNDEFINED_TABLE, "there is no movies relation",
+					 "Pass movies => 'your_movies_table'.");
 		return;
 	}
 	rel = bst_relation_name(a->movies);
 	att = get_attnum(a->movies, "genres");
 	if (att == InvalidAttrNumber || get_attnum(a->movies, "movie_id") == InvalidAttrNumber)
 	{
-		drop_feature(a, FEATURE_GENRES,
+		drop_feature(a, FEATURE_GENRES, ERRCODE_UNDEFINED_COLUMN,
 					 psprintf("movies relation \"%s\" has no column \"%s\"", get_rel_name(a->movies),
 							  att == InvalidAttrNumber ? "genres" : "movie_id"),
 					 "Leave genres out of features, or pass movies => NULL.");
@@ -963,11 +970,11 @@ before_batch(void *arg, int32 epoch, int64 batch, int64 n_batches)
 	CHECK_FOR_INTERRUPTS();
 }
 
-/* JSON has no NaN: no validation is null. */
+/* JSON has no NaN or infinity: no validation is null. */
 static void
 append_json_double(StringInfo buf, double v)
 {
-	if (isnan(v))
+	if (!isfinite(v))
 		appendStringInfoString(buf, "null");
 	else
 		appendStringInfo(buf, "%.6g", v);
@@ -1087,6 +1094,20 @@ bst_train(PG_FUNCTION_ARGS)
 						args.fit.train.batch_size, config.seq_len),
 				 errdetail("batch_size times the window length must be at most %d.",
 						   BST_MAX_BATCH_POSITIONS)));
+	if ((int64) args.fit.train.batch_size * config.heads * config.seq_len * config.seq_len >
+		BST_MAX_ATTENTION_SCORES)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("batch_size %d, %d heads and windows of %d movies need too much attention memory",
+						args.fit.train.batch_size, config.heads, config.seq_len),
+				 errdetail("batch_size times heads times the window length squared must be at most %d.",
+						   BST_MAX_ATTENTION_SCORES),
+				 errhint("Use a smaller batch_size or seq_len.")));
+	if (args.fit.validation_fraction > 0 && ds.n < 2)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("the training query returned a single window: too few for a validation split"),
+				 errhint("Pass early_stopping => false.")));
 
 	bst_use_threads();
 	train_cxt = AllocSetContextCreate(CurrentMemoryContext, "bst_train", ALLOCSET_DEFAULT_SIZES);
@@ -1126,7 +1147,8 @@ bst_train(PG_FUNCTION_ARGS)
 	if (status == BST_FIT_DIVERGED)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_EXCEPTION),
-				 errmsg("training diverged: the loss is not finite in epoch %d", fit.epochs_run),
+				 errmsg("training diverged: the loss or the validation error is not finite in epoch %d",
+						fit.epochs_run),
 				 errhint("Use a smaller learning_rate.")));
 	if (status == BST_FIT_NO_MEMORY)
 		ereport(ERROR,

@@ -272,6 +272,7 @@ BstFitStatus bst_fit(BstModel *m, const BstData *data, const BstFitOptions *o,
     const int64_t n_batches = (f.n_train + f.B - 1) / f.B;
     const double total_steps = (double)n_batches * o->epochs;
     double best_val = INFINITY;
+    int32_t best_epoch = 0;
     int64_t step = 0;
     float lr = o->train.learning_rate;
 
@@ -306,21 +307,29 @@ BstFitStatus bst_fit(BstModel *m, const BstData *data, const BstFitOptions *o,
         s.learning_rate = lr;
         s.val_mae = s.val_rmse = NAN;
         if (f.n_val > 0)
-            evaluate_windows(&f, f.order, f.n_val, NULL, &s.val_mae, &s.val_rmse);
+            evaluate_windows(&f, f.order, f.n_val, hooks, &s.val_mae, &s.val_rmse);
         s.seconds = now_seconds() - start;
-        /* Without validation every epoch is the best so far: the last one is kept. */
+        result->epochs_run = epoch;
+        if (f.n_val > 0 && !(isfinite(s.val_mae) && isfinite(s.val_rmse))) {
+            status = BST_FIT_DIVERGED;
+            goto done;
+        }
+        /* Without validation every epoch is the best so far. */
         s.best = f.n_val == 0 || s.val_mae < best_val;
         if (s.best) {
             best_val = f.n_val ? s.val_mae : best_val;
-            result->best_epoch = epoch;
-            result->best = s;
+            best_epoch = epoch;
             if (f.best_params)
                 snapshot(m, f.best_params, f.best_bn);
         }
-        result->epochs_run = epoch;
+        /* The kept epoch: the best with early stopping, else the last. */
+        if (s.best || !f.best_params) {
+            result->best_epoch = epoch;
+            result->best = s;
+        }
         if (hooks && hooks->after_epoch)
             hooks->after_epoch(hooks->arg, &s);
-        if (o->patience > 0 && epoch - result->best_epoch >= o->patience)
+        if (o->patience > 0 && epoch - best_epoch >= o->patience)
             break;
     }
     if (f.best_params && result->best_epoch != result->epochs_run)

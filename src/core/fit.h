@@ -56,7 +56,7 @@ typedef struct BstEpochStats {
     double val_mae, val_rmse;    /* validation windows after the epoch; NAN without */
     double learning_rate;        /* at the epoch's last step */
     double seconds;
-    int best;                    /* the best epoch so far (always 1 without validation) */
+    int best;                    /* the lowest validation MAE so far (always 1 without validation) */
 } BstEpochStats;
 
 typedef struct BstFitHooks {
@@ -70,7 +70,8 @@ typedef struct BstFitHooks {
 typedef struct BstFitResult {
     int64_t n_train, n_val;
     int32_t epochs_run;
-    int32_t best_epoch;          /* whose weights the model holds */
+    int32_t best_epoch;          /* whose weights the model holds: the best by validation
+                                  * MAE with early stopping, else the last */
     double train_mean;           /* mean training target */
     BstEpochStats best;          /* that epoch's figures */
 } BstFitResult;
@@ -79,7 +80,7 @@ typedef enum {
     BST_FIT_OK = 0,
     BST_FIT_BAD_INPUT,           /* options, or data not shaped for the model */
     BST_FIT_NO_MEMORY,
-    BST_FIT_DIVERGED,            /* the loss became infinite or NaN */
+    BST_FIT_DIVERGED,            /* the loss, or the validation error, became infinite or NaN */
 } BstFitStatus;
 
 /* Trains m in place.  On BST_FIT_DIVERGED, result->epochs_run is the epoch

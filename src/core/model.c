@@ -60,8 +60,9 @@ static void spec(ParamSpec *s, int *n, const char *name, float **slot, size_t si
     e->fan_out = fan_out;
 }
 
-/* Weight decay applies to kernels and embedding tables, not to biases, norm
- * parameters or the global bias. */
+/* Weight decay applies to kernels and embedding tables (the user and movie
+ * bias tables included: a ridge on them is what the closed-form start
+ * assumes), not to layer biases, norm parameters or the global bias. */
 static int spec_decays(const ParamSpec *s)
 {
     return s->init == INIT_GLOROT || s->init == INIT_EMBEDDING ||
@@ -501,12 +502,20 @@ static void acts_layout(BstActs *a, const BstConfig *c, size_t N, int for_grads,
     a->target_idx = fwd ? (int32_t *)carve(cv, N) : NULL;
 }
 
+int32_t bst_attention_batch_limit(const BstConfig *cfg, int32_t batch)
+{
+    const int64_t per_window = (int64_t)cfg->heads * cfg->seq_len * cfg->seq_len;
+    const int64_t fits = BST_MAX_ATTENTION_SCORES / per_window;
+    return (int32_t)(fits < batch ? fits : batch);
+}
+
 int bst_acts_alloc(BstActs *a, const BstConfig *cfg, int32_t max_batch, int for_grads)
 {
     memset(a, 0, sizeof(*a));
     /* Bounds rows (B*L) well inside BLAS's int dimensions and keeps every
      * buffer size far from size_t overflow. */
-    if (max_batch < 1 || (int64_t)max_batch * cfg->seq_len > BST_MAX_BATCH_POSITIONS)
+    if (max_batch < 1 || (int64_t)max_batch * cfg->seq_len > BST_MAX_BATCH_POSITIONS ||
+        bst_attention_batch_limit(cfg, max_batch) < max_batch)
         return -1;
     Carver cv = {NULL, 0};
     acts_layout(a, cfg, (size_t)max_batch, for_grads, &cv);
@@ -753,6 +762,10 @@ struct BstPredictor {
 
 BstPredictor *bst_predictor_create(const BstModel *m, int32_t max_batch)
 {
+    /* Fewer windows per pass for long windows; bst_predict chunks anyway. */
+    max_batch = bst_attention_batch_limit(&m->cfg, max_batch);
+    if (max_batch < 1)
+        return NULL;
     BstPredictor *p = bst_alloc(sizeof(BstPredictor));
     if (!p)
         return NULL;

@@ -12,8 +12,13 @@
 #include "rng.h"
 
 #define BST_MAX_HIDDEN 8
-/* Windows times positions in one batch: bounds every activation buffer. */
+/* Windows times positions in one batch: bounds the activation buffers that
+ * grow with the sequence ... */
 #define BST_MAX_BATCH_POSITIONS (1 << 24)
+/* ... and windows times heads times positions squared those of attention
+ * (probabilities and their dropout mask: 256 MB each at most). */
+#define BST_MAX_ATTENTION_SCORES (1 << 26)
+
 /* Keeps every tensor (and the serialized model) below PostgreSQL's 1 GB
  * allocation and varlena limits. */
 #define BST_MAX_PARAMS 200000000
@@ -212,6 +217,10 @@ typedef struct BstActs {
     int32_t *target_idx;              /* [N] target movie index */
     float *slab;
 } BstActs;
+
+/* The largest batch, at most `batch`, whose attention buffers fit
+ * BST_MAX_ATTENTION_SCORES; 0 when not even one window's does. */
+int32_t bst_attention_batch_limit(const BstConfig *cfg, int32_t batch);
 
 /* 0 on success, -1 on bad max_batch or allocation failure. */
 int bst_acts_alloc(BstActs *a, const BstConfig *cfg, int32_t max_batch, int for_grads);

@@ -467,8 +467,8 @@ static void test_format_v1(void)
             fclose(f);
         return;
     }
-    /* One batch, as the 1.0 core predicted them: the BLAS may round an edge
-     * row of a smaller product differently. */
+    /* One window at a time, as the 1.0 core predicted them (the BLAS may
+     * round a row of a larger product differently). */
     enum { ROWS = 20 };
     int32_t mv[ROWS * 4];
     float r[ROWS * 3], out[ROWS];
@@ -484,8 +484,10 @@ static void test_format_v1(void)
     }
     fclose(f);
     BstPredictor *p = bst_predictor_create(m, 64);
-    BstBatch b = {.n = rows, .movies = mv, .ratings = r};
-    bst_predict(p, &b, out);
+    for (int i = 0; i < rows; i++) {
+        BstBatch b = {.n = 1, .movies = mv + i * 4, .ratings = r + i * 3};
+        bst_predict(p, &b, &out[i]);
+    }
     for (int i = 0; i < rows; i++)
         same += memcmp(&out[i], &bits[i], 4) == 0;
     printf("  format 1: %d of %d predictions of the 1.0 core reproduced bit for bit\n", same, rows);
@@ -654,6 +656,18 @@ static void test_early_stopping(const Data *train)
     for (int e = 1; e <= log.epochs; e++)
         free(log.blob[e]);
     free(final);
+    bst_model_free(m);
+
+    /* Validation without early stopping: every epoch runs and the last is
+     * the kept one, whatever its validation error. */
+    m = feature_model(L, 3);
+    o.patience = 0;
+    o.epochs = 5;
+    st = bst_fit(m, &data, &o, NULL, &r);
+    CHECK(st == BST_FIT_OK && r.epochs_run == 5 && r.best_epoch == 5 && r.best.epoch == 5 &&
+          isfinite(r.best.val_mae),
+          "without early stopping: %d epochs run, epoch %d reported as kept", r.epochs_run,
+          r.best_epoch);
     bst_model_free(m);
 }
 

@@ -45,6 +45,23 @@ CREATE TABLE w AS SELECT row_number() OVER () AS id, * FROM bst_sequences('ratin
 SELECT bst_train('m', 'SELECT movie_ids, ratings FROM w', epochs => 1, history => NULL, vocabulary => NULL);
 SQL
 
+# A row exactly as 1.0 stored it: format-1 weights written by the 1.0 core
+# (test/c/fixtures), metrics without the 1.1 fields.  Its predictions by the
+# 1.0 core, one window at a time, are in the fixture beside it; its movie
+# ids are 10, 13, 16, ... (vocabulary index k is id 7 + 3k; index 0, out of
+# the vocabulary, is id 1 here).
+fixture=test/c/fixtures
+v1_hex=$(od -An -v -tx1 "$fixture/model_v1.bin" | tr -d ' \n')
+q $old -q -c "INSERT INTO bst_models (name, version, config, metrics, weights)
+              VALUES ('v1', 1, '{\"seq_len\": 4}', '{\"epochs\": [], \"train_mean_rating\": 3.0}',
+                      decode('$v1_hex', 'hex'))"
+v1_values=$(awk '!/^#/ { n++; printf "%s(%d, ARRAY[%d,%d,%d,%d], ARRAY[%s,%s,%s]::real[])", sep, n,
+                          $1 ? 7 + 3 * $1 : 1, $2 ? 7 + 3 * $2 : 1, $3 ? 7 + 3 * $3 : 1,
+                          $4 ? 7 + 3 * $4 : 1, $5, $6, $7; sep = ", " }' "$fixture/model_v1_predictions.txt")
+v1_predictions_sql="SELECT string_agg(encode(float4send(bst_predict('v1', m, r)), 'hex'), ',' ORDER BY i)
+                    FROM (VALUES $v1_values) v(i, m, r)"
+v1_expected=$(awk '!/^#/ { printf "%s%s", sep, $8; sep = "," }' "$fixture/model_v1_predictions.txt")
+
 # Windows of 1.0-style calls (positional and named), in the order returned.
 windows_sql="
 SELECT c.call || ' ' || (SELECT count(*) || ' ' || md5(coalesce(string_agg(s::text, ';'), ''))
@@ -91,6 +108,7 @@ version_before=$(q $old -c "SELECT extversion FROM pg_extension WHERE extname = 
 windows_before=$(q $old -c "$windows_sql")
 predictions_before=$(q $old -c "$predictions_sql")
 weights_before=$(q $old -c "$weights_sql")
+v1_before=$(qa $old -c "$v1_predictions_sql")
 min_len_before=$(qa $old -c "SELECT count(*) FROM bst_sequences('ratings', min_len => 2)")
 
 q $old -q -c "ALTER EXTENSION bst UPDATE TO '1.1'"
@@ -99,6 +117,8 @@ version_after=$(qa $old -c "SELECT extversion FROM pg_extension WHERE extname = 
 windows_after=$(qa $old -c "$windows_sql")
 predictions_after=$(qa $old -c "$predictions_sql")
 weights_after=$(qa $old -c "$weights_sql")
+v1_after=$(qa $old -c "$v1_predictions_sql")
+v1_short=$(qa $old -c "SELECT bst_predict('v1', '{10,13,16}', '{4,5}')")
 signature_after=$(qa $old -c "SELECT pg_get_function_arguments(oid)
                              FROM pg_proc WHERE proname = 'bst_sequences'")
 min_len_windows=$(qa $old -c "SELECT (SELECT count(*) FROM bst_sequences('ratings', step => 1, min_len => 2))
@@ -126,6 +146,10 @@ check "stored model unchanged ($weights_after)" \
     '[ -n "$weights_before" ] && [ "$weights_before" = "$weights_after" ]'
 check "model trained under 1.0 predicts bit-identically after the update (${predictions_before%% *} windows)" \
     '[ "${predictions_before%% *}" -gt 100 ] && [ "$predictions_before" = "$predictions_after" ]'
+check "a format-1 row of the 1.0 core predicts what the 1.0 core did, bit for bit, before and after" \
+    '[ "$(tr , "\n" <<<"$v1_expected" | grep -c .)" = 20 ] && [ "$v1_before" = "$v1_expected" ] && [ "$v1_after" = "$v1_expected" ]'
+check "... and, recording no shortest history, still takes full windows only" \
+    'grep -q "needs at least 3 history ratings" <<<"$v1_short"'
 min_len_last="time_column text DEFAULT 'unix_timestamp'::text, min_len integer DEFAULT NULL::integer, OUT user_id"
 check "bst_sequences is declared once, with min_len last" \
     '[ "$(grep -c . <<<"$signature_after")" = 1 ] && grep -qF -- "$min_len_last" <<<"$signature_after"'
