@@ -23,6 +23,9 @@
 #     prefix: bst_sequences('ratings', seq_len => L, step => 1, min_len => 2),
 #             one window ending at every rating from each user's 2nd on;
 #     step2:  bst_sequences('ratings', L, 2), the Keras example's windows;
+#     every2: bst_sequences('ratings', seq_len => L, step => 2, min_len => 2),
+#             every other rating a target (a model trained on full windows
+#             only cannot score the shorter windows of early targets);
 #   evaluate on every held-out target, scored from the window of up to L
 #   ratings ending at it (the prefix window ending there).  ML-100K has one
 #   rating per (user, movie), so windows and targets are joined on
@@ -60,9 +63,8 @@ no_genres         | - genres          | $BST_DEFAULT_L  | prefix | features => '
 no_early_stopping | - early stopping  | $BST_DEFAULT_L  | prefix | early_stopping => false
 no_weight_decay   | - weight decay    | $BST_DEFAULT_L  | prefix | weight_decay => 0
 no_lr_schedule    | - lr schedule     | $BST_DEFAULT_L  | prefix | lr_schedule => 'constant'
-no_prefix_windows | - prefix windows  | $BST_DEFAULT_L  | step2  |
+no_prefix_windows | - prefix windows  | $BST_DEFAULT_L  | every2 |
 no_long_history   | - long history    | 4               | prefix |
-rating_add        | ratings added     | $BST_DEFAULT_L  | prefix | rating_mode => 'add'
 EOF
 )
 BIAS_ROUNDS=3            # alternating (b_i, b_u) rounds of the bias baseline
@@ -81,7 +83,7 @@ while IFS='|' read -r id label L kind opts; do
     cfg_label[$id]=$(trim "$label"); cfg_L[$id]=$(trim "$L")
     cfg_kind[$id]=$(trim "$kind"); cfg_opts[$id]=$(trim "$opts")
     [[ ${cfg_L[$id]} =~ ^[0-9]+$ ]] && [ "${cfg_L[$id]}" -ge 2 ] || die "configuration $id: L must be an integer >= 2"
-    case ${cfg_kind[$id]} in prefix | step2) ;; *) die "configuration $id: windows must be prefix or step2" ;; esac
+    case ${cfg_kind[$id]} in prefix | step2 | every2) ;; *) die "configuration $id: windows must be prefix, step2 or every2" ;; esac
 done <<<"$CONFIG_TABLE"
 
 selected=()
@@ -173,9 +175,10 @@ windows_source() {
     case $1 in
     prefix) echo "bst_sequences('ratings', seq_len => $2, step => 1, min_len => 2)" ;;
     step2) echo "bst_sequences('ratings', $2, 2)" ;;
+    every2) echo "bst_sequences('ratings', seq_len => $2, step => 2, min_len => 2)" ;;
     esac
 }
-kind_label() { case $1 in prefix) echo prefix ;; step2) echo "($2,2)" ;; esac; }
+kind_label() { case $1 in prefix) echo prefix ;; step2) echo "($2,2)" ;; every2) echo "every 2nd" ;; esac; }
 # win_<kind>_<L>: every window of the kind, in bst_sequences' order, with its target.
 ensure_windows() {
     local kind=$1 L=$2 t=win_$1_$2

@@ -34,7 +34,7 @@ if [ -z "${PGHOST:-}" ]; then
     cluster_start
 fi
 export PGDATABASE=bst_bench_validation
-q() { psql -X -At -F ' ' -v ON_ERROR_STOP=1 -c "SET client_min_messages = warning" -c "$1"; }
+q() { psql -X -q -At -F ' ' -v ON_ERROR_STOP=1 -c "SET client_min_messages = warning" -c "$1"; }
 
 psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $PGDATABASE" -c "CREATE DATABASE $PGDATABASE"
 psql -X -q -c "CREATE EXTENSION bst"
