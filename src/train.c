@@ -119,6 +119,8 @@ static const char *const optimizer_names[] = {
 static const char *const schedule_names[] = {
 	[BST_LR_CONSTANT] = "constant", [BST_LR_COSINE] = "cosine"
 };
+/* Index 1: a history rating is added along a learned vector. */
+static const char *const rating_mode_names[] = {"multiply", "add"};
 
 typedef struct TrainArgs
 {
@@ -170,6 +172,23 @@ invalid(const char *message, const char *hint)
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			 errmsg("%s", message),
 			 hint ? errhint("%s", hint) : 0));
+}
+
+/* The index of a text argument among the names it may take (any case). */
+static int
+name_arg(FunctionCallInfo fcinfo, int arg, const char *what, const char *const *names, int n,
+		 const char *hint)
+{
+	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(arg));
+
+	for (int k = 0; k < n; k++)
+		if (pg_strcasecmp(name, names[k]) == 0)
+			return k;
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("unknown %s \"%s\"", what, name),
+			 errhint("%s", hint)));
+	return -1;					/* not reached */
 }
 
 static void
@@ -277,22 +296,10 @@ parse_args(FunctionCallInfo fcinfo, TrainArgs *a)
 	o->train.batch_size = arg_given(fcinfo, ARG_BATCH_SIZE) ? PG_GETARG_INT32(ARG_BATCH_SIZE) : p->batch_size;
 	o->train.learning_rate = arg_given(fcinfo, ARG_LEARNING_RATE) ?
 		PG_GETARG_FLOAT4(ARG_LEARNING_RATE) : p->learning_rate;
-	o->train.optimizer = p->optimizer;
-	if (arg_given(fcinfo, ARG_OPTIMIZER))
-	{
-		char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(ARG_OPTIMIZER));
-		int			k;
-
-		for (k = 0; k < (int) lengthof(optimizer_names); k++)
-			if (pg_strcasecmp(name, optimizer_names[k]) == 0)
-				break;
-		if (k == (int) lengthof(optimizer_names))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("unknown optimizer \"%s\"", name),
-					 errhint("Use 'adagrad', 'adam' or 'adamw'.")));
-		o->train.optimizer = (BstOptimizerKind) k;
-	}
+	o->train.optimizer = arg_given(fcinfo, ARG_OPTIMIZER) ?
+		(BstOptimizerKind) name_arg(fcinfo, ARG_OPTIMIZER, "optimizer", optimizer_names,
+									lengthof(optimizer_names), "Use 'adagrad', 'adam' or 'adamw'.") :
+		p->optimizer;
 	o->train.weight_decay = arg_given(fcinfo, ARG_WEIGHT_DECAY) ?
 		PG_GETARG_FLOAT4(ARG_WEIGHT_DECAY) : p->weight_decay;
 	if (arg_given(fcinfo, ARG_WEIGHT_DECAY) && o->train.weight_decay != 0.0f &&
@@ -304,22 +311,10 @@ parse_args(FunctionCallInfo fcinfo, TrainArgs *a)
 	a->seed = PG_GETARG_INT32(ARG_SEED);
 	o->train.seed = (uint64) (uint32) a->seed;
 
-	o->lr_schedule = p->lr_schedule;
-	if (arg_given(fcinfo, ARG_LR_SCHEDULE))
-	{
-		char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(ARG_LR_SCHEDULE));
-		int			k;
-
-		for (k = 0; k < (int) lengthof(schedule_names); k++)
-			if (strcmp(name, schedule_names[k]) == 0)
-				break;
-		if (k == (int) lengthof(schedule_names))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("unknown lr_schedule \"%s\"", name),
-					 errhint("Use 'constant' or 'cosine'.")));
-		o->lr_schedule = (BstLrSchedule) k;
-	}
+	o->lr_schedule = arg_given(fcinfo, ARG_LR_SCHEDULE) ?
+		(BstLrSchedule) name_arg(fcinfo, ARG_LR_SCHEDULE, "lr_schedule", schedule_names,
+								 lengthof(schedule_names), "Use 'constant' or 'cosine'.") :
+		p->lr_schedule;
 
 	/*
 	 * Early stopping needs a validation split; asking for either one turns
@@ -412,18 +407,10 @@ parse_args(FunctionCallInfo fcinfo, TrainArgs *a)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("factors must be between 0 and %d, not %d", BST_MAX_EMBED_DIM, a->factors)));
-	a->rating_add = p->rating_add;
-	if (arg_given(fcinfo, ARG_RATING_MODE))
-	{
-		char	   *mode = text_to_cstring(PG_GETARG_TEXT_PP(ARG_RATING_MODE));
-
-		if (strcmp(mode, "add") != 0 && strcmp(mode, "multiply") != 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("unknown rating_mode \"%s\"", mode),
-					 errhint("Use 'multiply' (the Keras example's) or 'add'.")));
-		a->rating_add = strcmp(mode, "add") == 0;
-	}
+	a->rating_add = arg_given(fcinfo, ARG_RATING_MODE) ?
+		name_arg(fcinfo, ARG_RATING_MODE, "rating_mode", rating_mode_names,
+				 lengthof(rating_mode_names), "Use 'multiply' (the Keras example's) or 'add'.") == 1 :
+		p->rating_add;
 	a->features_explicit = arg_given(fcinfo, ARG_FEATURES);
 	a->features = a->features_explicit ? parse_features(PG_GETARG_ARRAYTYPE_P(ARG_FEATURES)) : p->features;
 }

@@ -514,6 +514,49 @@ static double net_loss(void *p)
     return s / c->batch->n;
 }
 
+/*
+ * Every parameter tensor's gradient of the MSE of batch against central
+ * differences, in training mode without dropout; names printed as
+ * prefix.tensor.  Returns the number of tensors checked.
+ */
+static int check_network(BstModel *m, const BstBatch *batch, const char *prefix)
+{
+    const BstConfig *cfg = &m->cfg;
+    BstActs acts, dacts;
+    BstParams grads;
+    CHECK(bst_acts_alloc(&acts, cfg, batch->n, 0) == 0 &&
+          bst_acts_alloc(&dacts, cfg, batch->n, 1) == 0 && bst_params_alloc(&grads, cfg) == 0,
+          "allocation");
+    NetCase c = {.m = m, .acts = &acts, .batch = batch};
+    net_loss(&c);
+    bst_zero_grads(&grads);
+    bst_backward(m, &acts, &dacts, &grads, batch);
+    BstTensor t[BST_MAX_TENSORS], g[BST_MAX_TENSORS];
+    int nt = bst_param_tensors(cfg, &m->params, t);
+    bst_param_tensors(cfg, &grads, g);
+    /*
+     * Some gradients are zero by construction: a bias feeding a BatchNorm
+     * (mlp*_b), a per-feature shift before the first dense + BatchNorm
+     * (ln2_b), the key bias under the softmax (the middle third of bqkv).
+     * Their finite differences are pure rounding noise, so errors are
+     * measured against a floor of 1e-2 of the largest gradient in the
+     * network rather than against the tensor's own (zero) scale.
+     */
+    double gmax = 0.0;
+    for (int i = 0; i < nt; i++)
+        for (size_t j = 0; j < g[i].size; j++)
+            gmax = fmax(gmax, fabs((double)g[i].data[j]));
+    for (int i = 0; i < nt; i++) {
+        char what[64];
+        snprintf(what, sizeof(what), "%s.%.15s", prefix, t[i].name);
+        check_grad(what, t[i].data, g[i].data, t[i].size, net_loss, &c, NET_STEP, 1e-2 * gmax);
+    }
+    bst_acts_free(&acts);
+    bst_acts_free(&dacts);
+    bst_params_free(&grads);
+    return nt;
+}
+
 static void test_network(BstRng *rng)
 {
     BstConfig cfg;
@@ -549,37 +592,8 @@ static void test_network(BstRng *rng)
             fill_uniform(t[i].data, t[i].size, 0.5f, 1.5f, rng);
     }
     BstBatch batch = {.n = N, .movies = movies, .ratings = ratings, .targets = targets};
-    BstActs acts, dacts;
-    BstParams grads;
-    CHECK(bst_acts_alloc(&acts, &cfg, N, 0) == 0 && bst_acts_alloc(&dacts, &cfg, N, 1) == 0 &&
-          bst_params_alloc(&grads, &cfg) == 0, "allocation");
-    NetCase c = {.m = m, .acts = &acts, .batch = &batch};
-    net_loss(&c);
-    bst_zero_grads(&grads);
-    bst_backward(m, &acts, &dacts, &grads, &batch);
-    BstTensor g[BST_MAX_TENSORS];
-    bst_param_tensors(&cfg, &grads, g);
-    /*
-     * Some gradients are zero by construction: a bias feeding a BatchNorm
-     * (mlp*_b), a per-feature shift before the first dense + BatchNorm
-     * (ln2_b), the key bias under the softmax (the middle third of bqkv).  Their finite differences
-     * are pure rounding noise, so errors are measured against a floor of
-     * 1e-2 of the largest gradient in the network rather than against the
-     * tensor's own (zero) scale.
-     */
-    double gmax = 0.0;
-    for (int i = 0; i < nt; i++)
-        for (size_t j = 0; j < g[i].size; j++)
-            gmax = fmax(gmax, fabs((double)g[i].data[j]));
     printf("network (n_movies 7, d 5, L 4, heads 2, hidden {6,4}, batch 5, BN training, no dropout)\n");
-    for (int i = 0; i < nt; i++) {
-        char what[64];
-        snprintf(what, sizeof(what), "net.%s", t[i].name);
-        check_grad(what, t[i].data, g[i].data, t[i].size, net_loss, &c, NET_STEP, 1e-2 * gmax);
-    }
-    bst_acts_free(&acts);
-    bst_acts_free(&dacts);
-    bst_params_free(&grads);
+    check_network(m, &batch, "net");
     bst_model_free(m);
 }
 
@@ -638,37 +652,17 @@ static void test_network_features(BstRng *rng)
     }
     BstBatch batch = {.n = N, .movies = movies, .ratings = ratings, .targets = targets,
                       .hist_len = hist_len, .users = users};
-    BstActs acts, dacts;
-    BstParams grads;
-    CHECK(bst_acts_alloc(&acts, &cfg, N, 0) == 0 && bst_acts_alloc(&dacts, &cfg, N, 1) == 0 &&
-          bst_params_alloc(&grads, &cfg) == 0, "allocation");
-    NetCase c = {.m = m, .acts = &acts, .batch = &batch};
-    net_loss(&c);
-    bst_zero_grads(&grads);
-    bst_backward(m, &acts, &dacts, &grads, &batch);
-    BstTensor g[BST_MAX_TENSORS];
-    bst_param_tensors(&cfg, &grads, g);
-    double gmax = 0.0;
-    for (int i = 0; i < nt; i++)
-        for (size_t j = 0; j < g[i].size; j++)
-            gmax = fmax(gmax, fabs((double)g[i].data[j]));
     printf("network with user id, sex/age/occupation, genres, bias and factor terms, padded "
            "windows\n");
+    check_network(m, &batch, "net+");
     const char *expected[] = {"user_emb", "sex_emb", "age_emb", "occ_emb", "genre_w", "genre_b",
                               "global_bias", "user_bias", "movie_bias", "user_factors",
                               "movie_factors", "rating_w"};
     int found = 0;
-    for (int i = 0; i < nt; i++) {
-        char what[64];
-        snprintf(what, sizeof(what), "net+.%.15s", t[i].name);
-        check_grad(what, t[i].data, g[i].data, t[i].size, net_loss, &c, NET_STEP, 1e-2 * gmax);
+    for (int i = 0; i < nt; i++)
         for (size_t k = 0; k < sizeof(expected) / sizeof(expected[0]); k++)
             found += strcmp(t[i].name, expected[k]) == 0;
-    }
     CHECK(found == 12, "the network lists %d of the 12 optional tensors", found);
-    bst_acts_free(&acts);
-    bst_acts_free(&dacts);
-    bst_params_free(&grads);
     bst_model_free(m);
 }
 
