@@ -990,8 +990,9 @@ after_epoch(void *arg, const BstEpochStats *s)
 					 s->learning_rate, s->seconds);
 }
 
+/* What the model takes besides the rated sequence, for the first NOTICE. */
 static char *
-features_text(uint32 features, bool bias)
+inputs_text(uint32 features, const BstConfig *c)
 {
 	StringInfoData buf;
 
@@ -999,8 +1000,12 @@ features_text(uint32 features, bool bias)
 	for (int f = 0; f < N_FEATURES; f++)
 		if (features & FEATURE_BIT(f))
 			appendStringInfo(&buf, "%s%s", buf.len ? ", " : "", feature_names[f]);
-	if (bias)
+	if (c->use_bias)
 		appendStringInfo(&buf, "%sbias terms", buf.len ? ", " : "");
+	if (c->n_factors > 0)
+		appendStringInfo(&buf, "%sa factor term of %d", buf.len ? ", " : "", c->n_factors);
+	if (c->rating_add)
+		appendStringInfo(&buf, "%sratings added", buf.len ? ", " : "");
 	return buf.len ? buf.data : "none";
 }
 
@@ -1119,7 +1124,7 @@ bst_train(PG_FUNCTION_ARGS)
 	ereport(NOTICE,
 			(errmsg("bst_train \"%s\": %lld windows of up to %d movies, %d movies, %d users; inputs: %s; %s, learning rate %g%s",
 					args.name, (long long) ds.n, config.seq_len, n_movies, inputs.n_users,
-					features_text(args.features, args.bias), optimizer_names[args.fit.train.optimizer],
+					inputs_text(args.features, &config), optimizer_names[args.fit.train.optimizer],
 					args.fit.train.learning_rate,
 					args.fit.patience ? psprintf(", early stopping on %g of the windows", args.fit.validation_fraction) : "")));
 
