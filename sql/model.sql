@@ -264,3 +264,22 @@ SELECT model FROM bst_train('added', 'SELECT user_id, movie_ids, ratings FROM pr
 SELECT config->>'rating_mode' AS rating_mode, config->'features' AS features, config->'rating_range' AS rating_range
 FROM bst_models WHERE name = 'added';
 SELECT * FROM bst_train('y', 'SELECT user_id, movie_ids, ratings FROM prefix', features => '{sex}');
+
+-- The SQL the extension runs inside uses pg_catalog's functions and
+-- operators whatever the caller's search_path: another role's look-alikes
+-- earlier in it never run (each raises if called).
+CREATE SCHEMA lookalike;
+CREATE FUNCTION lookalike.hashtext(text) RETURNS int LANGUAGE plpgsql
+AS $$BEGIN RAISE EXCEPTION 'lookalike.hashtext ran'; END$$;
+CREATE FUNCTION lookalike.text_eq(text, text) RETURNS boolean LANGUAGE plpgsql
+AS $$BEGIN RAISE EXCEPTION 'lookalike.= ran'; END$$;
+CREATE OPERATOR lookalike.= (LEFTARG = text, RIGHTARG = text, FUNCTION = lookalike.text_eq);
+CREATE FUNCTION lookalike.generate_series(int, int) RETURNS SETOF int LANGUAGE plpgsql
+AS $$BEGIN RAISE EXCEPTION 'lookalike.generate_series ran'; END$$;
+SET search_path = lookalike, pg_catalog, public;
+SELECT count(*) AS windows FROM bst_sequences('ratings', 4, 1, min_len => 2);
+SELECT version FROM bst_train('lookalike', 'SELECT user_id, movie_ids, ratings FROM prefix', epochs => 1,
+                              hidden => '{8}');
+SELECT bst_predict('lookalike', '{1,2,3}', '{5,4}') IS NOT NULL AS predicted;
+RESET search_path;
+DROP SCHEMA lookalike CASCADE;

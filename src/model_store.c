@@ -66,15 +66,17 @@ bst_model_store(FunctionCallInfo fcinfo, const char *name, const BstModel *model
 	 * conflicts, and the caller gets a serialization failure to retry.
 	 */
 	sql = psprintf("INSERT INTO %s.bst_models (name, version, config, metrics, history, weights) "
-				   "SELECT $1, coalesce(max(version), 0) + 1, $2::jsonb, $3::jsonb, $4, $5 "
-				   "FROM %s.bst_models WHERE name = $1 "
+				   "SELECT $1, coalesce(pg_catalog.max(version), 0) OPERATOR(pg_catalog.+) 1, "
+				   "       $2::pg_catalog.jsonb, $3::pg_catalog.jsonb, $4, $5 "
+				   "FROM %s.bst_models WHERE name OPERATOR(pg_catalog.=) $1 "
 				   "ON CONFLICT (name, version) DO NOTHING "
 				   "RETURNING version",
 				   bst_schema(fcinfo), bst_schema(fcinfo));
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	SPI_execute_with_args("SELECT pg_advisory_xact_lock(hashtext('bst_models'), hashtext($1))",
+	SPI_execute_with_args("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('bst_models'), "
+						  "pg_catalog.hashtext($1))",
 						  1, argtypes, values, NULL, false, 0);
 	if (SPI_execute_with_args(sql, 5, argtypes, values, nulls, false, 0) != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "could not store model \"%s\"", name);
@@ -235,7 +237,7 @@ bst_model_get(FunctionCallInfo fcinfo, const char *name)
 	{
 		values[0] = CStringGetTextDatum(name);
 		SPI_execute_with_args(psprintf("SELECT model_id, name, version, xmin, ctid FROM %s.bst_models "
-									   "WHERE name = $1 ORDER BY version DESC LIMIT 1", schema),
+									   "WHERE name OPERATOR(pg_catalog.=) $1 ORDER BY version DESC LIMIT 1", schema),
 							  1, argtypes, values, NULL, true, 1);
 		if (SPI_processed == 0)
 			ereport(ERROR,
@@ -279,10 +281,12 @@ bst_model_get(FunctionCallInfo fcinfo, const char *name)
 		 * A model of version 1.0 was trained on full windows only, and
 		 * records no min_history: then it is seq_len - 1.
 		 */
-		SPI_execute_with_args(psprintf("SELECT weights, history, (metrics->>'train_mean_rating')::pg_catalog.float4, "
-									   "coalesce((metrics->>'min_history')::pg_catalog.int4, "
-									   "         (config->>'seq_len')::pg_catalog.int4 - 1) "
-									   "FROM %s.bst_models WHERE model_id = $1", schema),
+		SPI_execute_with_args(psprintf("SELECT weights, history, "
+									   "(metrics OPERATOR(pg_catalog.->>) 'train_mean_rating')::pg_catalog.float4, "
+									   "coalesce((metrics OPERATOR(pg_catalog.->>) 'min_history')::pg_catalog.int4, "
+									   "         (config OPERATOR(pg_catalog.->>) 'seq_len')::pg_catalog.int4 "
+									   "         OPERATOR(pg_catalog.-) 1) "
+									   "FROM %s.bst_models WHERE model_id OPERATOR(pg_catalog.=) $1", schema),
 							  1, id_type, id_value, NULL, true, 1);
 		if (SPI_processed != 1)
 			model_row_missing(model_name);

@@ -211,22 +211,32 @@ bst_sequences(PG_FUNCTION_ARGS)
 	 * not change which inputs are errors.
 	 */
 	initStringInfo(&query);
+	/*
+	 * Every function, operator and type is pg_catalog's: the query runs with
+	 * the caller's search_path, where another role's objects must not be
+	 * picked up.  OPERATOR() has a single precedence, hence the parentheses.
+	 */
 	appendStringInfo(&query,
 					 "SELECT user_id, movie_ids, ratings, bad "
 					 "FROM (SELECT u AS user_id, "
 					 "             %s.bst_window_agg(m) OVER w AS movie_ids, "
 					 "             %s.bst_window_agg(r) OVER w AS ratings, "
-					 "             row_number() OVER w AS pos, "
-					 "             count(*) OVER p AS n, "
-					 "             u IS NULL OR count(t) OVER p < count(*) OVER p AS bad "
-					 "      FROM (SELECT %s::int4 AS u, %s::int4 AS m, %s::float4 AS r, %s AS t "
+					 "             pg_catalog.row_number() OVER w AS pos, "
+					 "             pg_catalog.count(*) OVER p AS n, "
+					 "             u IS NULL OR ((pg_catalog.count(t) OVER p) OPERATOR(pg_catalog.<) "
+					 "                           (pg_catalog.count(*) OVER p)) AS bad "
+					 "      FROM (SELECT %s::pg_catalog.int4 AS u, %s::pg_catalog.int4 AS m, "
+					 "                   %s::pg_catalog.float4 AS r, %s AS t "
 					 "            FROM %s) AS s "
 					 "      WINDOW p AS (PARTITION BY u), "
 					 "             w AS (p ORDER BY t, m, r ROWS BETWEEN %d PRECEDING AND CURRENT ROW)"
 					 "     ) AS windows "
-					 "CROSS JOIN LATERAL generate_series(1, CASE WHEN bad THEN 1 ELSE "
-					 "    ((pos - %d) %% %d = 0)::int + %d * (pos = n)::int END) "
-					 "WHERE pos >= %d OR bad",
+					 "CROSS JOIN LATERAL pg_catalog.generate_series(1, CASE WHEN bad THEN 1 ELSE "
+					 "    (((pos OPERATOR(pg_catalog.-) %d) OPERATOR(pg_catalog.%%) %d) "
+					 "       OPERATOR(pg_catalog.=) 0)::pg_catalog.int4 "
+					 "    OPERATOR(pg_catalog.+) "
+					 "    (%d OPERATOR(pg_catalog.*) ((pos OPERATOR(pg_catalog.=) n)::pg_catalog.int4)) END) "
+					 "WHERE (pos OPERATOR(pg_catalog.>=) %d) OR bad",
 					 schema, schema,
 					 user_col, movie_col, rating_col, time_col,
 					 bst_relation_name(relid),
