@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "bst_alloc.h"
+#include "layers.h"
 #include "rng.h"
 
 /* Windows per forward pass when scoring the validation split. */
@@ -133,10 +134,8 @@ static int bias_init(Fit *f, double mean)
             memset(count, 0, (size_t)rows * sizeof(double));
             for (int64_t j = 0; j < f->n_train; j++) {
                 const size_t w = train[j];
-                int32_t mi = d->movies[w * f->L + f->L - 1];
-                int32_t ui = d->users ? d->users[w] : 0;
-                mi = (mi >= 0 && mi < movie_rows) ? mi : 0;
-                ui = (ui >= 0 && ui < user_rows) ? ui : 0;
+                const int32_t mi = bst_row_or_zero(d->movies[w * f->L + f->L - 1], movie_rows);
+                const int32_t ui = bst_row_or_zero(d->users ? d->users[w] : 0, user_rows);
                 const int32_t self = pass ? ui : mi;
                 sum[self] += d->targets[w] - mean - other[pass ? mi : ui];
                 count[self] += 1.0;
@@ -154,6 +153,26 @@ static int bias_init(Fit *f, double mean)
     bst_free(user_bias);
     bst_free(sum);
     bst_free(count);
+    return 0;
+}
+
+/* The window order and batch buffers for up to `rows` windows; -1 when out
+ * of memory (fit_free releases what was allocated). */
+static int fit_alloc(Fit *f, int32_t rows)
+{
+    const size_t L = (size_t)f->L;
+    f->order = bst_alloc((size_t)f->data->n * sizeof(uint32_t));
+    f->movies = bst_alloc((size_t)rows * L * sizeof(int32_t));
+    f->ratings = bst_alloc((size_t)rows * (L - 1) * sizeof(float));
+    f->hist_len = bst_alloc((size_t)rows * sizeof(int32_t));
+    f->users = bst_alloc((size_t)rows * sizeof(int32_t));
+    f->targets = bst_alloc((size_t)rows * sizeof(float));
+    f->pred = bst_alloc((size_t)EVAL_BATCH * sizeof(float));
+    if (!f->order || !f->movies || !f->ratings || !f->hist_len || !f->users || !f->targets ||
+        !f->pred)
+        return -1;
+    for (int64_t i = 0; i < f->data->n; i++)
+        f->order[i] = (uint32_t)i;
     return 0;
 }
 
@@ -209,15 +228,7 @@ BstFitStatus bst_fit(BstModel *m, const BstData *data, const BstFitOptions *o,
     if (f.n_train < 1)
         return BST_FIT_BAD_INPUT;
 
-    const int32_t rows = f.B > EVAL_BATCH ? f.B : EVAL_BATCH;
-    f.order = bst_alloc((size_t)data->n * sizeof(uint32_t));
-    f.movies = bst_alloc((size_t)rows * L * sizeof(int32_t));
-    f.ratings = bst_alloc((size_t)rows * (L - 1) * sizeof(float));
-    f.hist_len = bst_alloc((size_t)rows * sizeof(int32_t));
-    f.users = bst_alloc((size_t)rows * sizeof(int32_t));
-    f.targets = bst_alloc((size_t)rows * sizeof(float));
-    f.pred = bst_alloc((size_t)EVAL_BATCH * sizeof(float));
-    if (!f.order || !f.movies || !f.ratings || !f.hist_len || !f.users || !f.targets || !f.pred)
+    if (fit_alloc(&f, f.B > EVAL_BATCH ? f.B : EVAL_BATCH) != 0)
         goto no_memory;
     if (o->patience > 0) {
         f.best_params = bst_alloc(m->params.size * sizeof(float));
@@ -227,8 +238,6 @@ BstFitStatus bst_fit(BstModel *m, const BstData *data, const BstFitOptions *o,
     }
 
     /* The split: a seeded permutation, validation windows first. */
-    for (int64_t i = 0; i < data->n; i++)
-        f.order[i] = (uint32_t)i;
     if (f.n_val > 0) {
         BstRng split;
         bst_rng_seed(&split, o->train.seed ^ SPLIT_SALT);
@@ -353,21 +362,10 @@ int bst_evaluate_data(const BstModel *m, const BstData *data, const BstFitHooks 
     f.m = (BstModel *)m;
     f.data = data;
     f.L = data->seq_len;
-    f.order = bst_alloc((size_t)data->n * sizeof(uint32_t));
-    f.movies = bst_alloc((size_t)EVAL_BATCH * f.L * sizeof(int32_t));
-    f.ratings = bst_alloc((size_t)EVAL_BATCH * (f.L - 1) * sizeof(float));
-    f.hist_len = bst_alloc((size_t)EVAL_BATCH * sizeof(int32_t));
-    f.users = bst_alloc((size_t)EVAL_BATCH * sizeof(int32_t));
-    f.targets = bst_alloc((size_t)EVAL_BATCH * sizeof(float));
-    f.pred = bst_alloc((size_t)EVAL_BATCH * sizeof(float));
-    f.predictor = bst_predictor_create(m, EVAL_BATCH);
-    int ok = f.order && f.movies && f.ratings && f.hist_len && f.users && f.targets && f.pred &&
-             f.predictor;
-    if (ok) {
-        for (int64_t i = 0; i < data->n; i++)
-            f.order[i] = (uint32_t)i;
+    int ok = fit_alloc(&f, EVAL_BATCH) == 0 &&
+             (f.predictor = bst_predictor_create(m, EVAL_BATCH)) != NULL;
+    if (ok)
         evaluate_windows(&f, f.order, data->n, hooks, mae, rmse);
-    }
     fit_free(&f);
     return ok ? 0 : -1;
 }

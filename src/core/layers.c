@@ -86,18 +86,13 @@ static inline float dot_centered8(const float *a, const float *x, float m, int n
     return s + ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
 }
 
-static inline int32_t clamp_row(int32_t idx, int32_t n_rows)
-{
-    return (idx >= 0 && idx < n_rows) ? idx : 0;
-}
-
 /* Rows [r0, r1) of the gather. */
 static void embedding_forward_rows(float *out, int out_stride, const int32_t *idx,
                                    const float *table, int32_t n_rows, size_t r0, size_t r1,
                                    int width)
 {
     for (size_t r = r0; r < r1; r++)
-        memcpy(out + r * out_stride, table + (size_t)clamp_row(idx[r], n_rows) * width,
+        memcpy(out + r * out_stride, table + (size_t)bst_row_or_zero(idx[r], n_rows) * width,
                (size_t)width * sizeof(float));
 }
 
@@ -119,7 +114,7 @@ static void embedding_backward_cols(float *d_table, const float *d_out, int out_
                                     size_t c0, size_t c1)
 {
     for (size_t r = 0; r < (size_t)n; r++) {
-        float *dt = d_table + (size_t)clamp_row(idx[r], n_rows) * width;
+        float *dt = d_table + (size_t)bst_row_or_zero(idx[r], n_rows) * width;
         const float *g = d_out + r * out_stride;
         for (size_t c = c0; c < c1; c++)
             dt[c] += g[c];
@@ -274,8 +269,8 @@ void bias_forward(float *pred, const float *global, const float *user_bias,
                   int32_t n_user_rows, int32_t n_movie_rows, int B)
 {
     for (int b = 0; b < B; b++)
-        pred[b] += global[0] + user_bias[clamp_row(users ? users[b] : 0, n_user_rows)] +
-                   movie_bias[clamp_row(movies[b], n_movie_rows)];
+        pred[b] += global[0] + user_bias[bst_row_or_zero(users ? users[b] : 0, n_user_rows)] +
+                   movie_bias[bst_row_or_zero(movies[b], n_movie_rows)];
 }
 
 void bias_backward(float *d_global, float *d_user_bias, float *d_movie_bias, const float *d_pred,
@@ -284,8 +279,8 @@ void bias_backward(float *d_global, float *d_user_bias, float *d_movie_bias, con
 {
     for (int b = 0; b < B; b++) {
         d_global[0] += d_pred[b];
-        d_user_bias[clamp_row(users ? users[b] : 0, n_user_rows)] += d_pred[b];
-        d_movie_bias[clamp_row(movies[b], n_movie_rows)] += d_pred[b];
+        d_user_bias[bst_row_or_zero(users ? users[b] : 0, n_user_rows)] += d_pred[b];
+        d_movie_bias[bst_row_or_zero(movies[b], n_movie_rows)] += d_pred[b];
     }
 }
 
@@ -844,8 +839,8 @@ void factor_forward(float *pred, const float *user_factors, const float *movie_f
                     int32_t n_movie_rows, int B, int k)
 {
     for (int b = 0; b < B; b++)
-        pred[b] += dot8(user_factors + (size_t)clamp_row(users[b], n_user_rows) * k,
-                        movie_factors + (size_t)clamp_row(movies[b], n_movie_rows) * k, k);
+        pred[b] += dot8(user_factors + (size_t)bst_row_or_zero(users[b], n_user_rows) * k,
+                        movie_factors + (size_t)bst_row_or_zero(movies[b], n_movie_rows) * k, k);
 }
 
 void factor_backward(float *d_user_factors, float *d_movie_factors, const float *d_pred,
@@ -854,8 +849,8 @@ void factor_backward(float *d_user_factors, float *d_movie_factors, const float 
                      int32_t n_movie_rows, int B, int k)
 {
     for (int b = 0; b < B; b++) {
-        const size_t u = (size_t)clamp_row(users[b], n_user_rows) * k;
-        const size_t m = (size_t)clamp_row(movies[b], n_movie_rows) * k;
+        const size_t u = (size_t)bst_row_or_zero(users[b], n_user_rows) * k;
+        const size_t m = (size_t)bst_row_or_zero(movies[b], n_movie_rows) * k;
         for (int c = 0; c < k; c++) {
             d_user_factors[u + c] += d_pred[b] * movie_factors[m + c];
             d_movie_factors[m + c] += d_pred[b] * user_factors[u + c];

@@ -29,6 +29,14 @@
  * masked out of attention as a key, and zeroed before the MLP, so neither a
  * prediction nor a gradient depends on what the padded slots hold.
  */
+/* A vocabulary index as a row of a table of n_rows rows: out of range reads
+ * row 0 (out of vocabulary, unknown user), so no caller can read out of
+ * bounds. */
+static inline int32_t bst_row_or_zero(int32_t idx, int32_t n_rows)
+{
+    return (idx >= 0 && idx < n_rows) ? idx : 0;
+}
+
 static inline int bst_first_valid(const int32_t *hist_len, size_t b, int L)
 {
     if (!hist_len)

@@ -550,12 +550,6 @@ static void add_inplace(float *acc, const float *x, size_t n)
     PARALLEL_FOR(n, 16, (double)n, lo, hi, add_range(acc, x, lo, hi));
 }
 
-/* Clamps a vocabulary index into a table of n_rows rows (row 0 otherwise). */
-static int32_t row_or_zero(int32_t idx, int32_t n_rows)
-{
-    return (idx >= 0 && idx < n_rows) ? idx : 0;
-}
-
 float bst_forward(const BstModel *m, BstActs *a, const BstBatch *b, int training, BstRng *rng)
 {
     const BstConfig *c = &m->cfg;
@@ -571,9 +565,9 @@ float bst_forward(const BstModel *m, BstActs *a, const BstBatch *b, int training
     if (B < 1 || B > a->max_batch)
         return NAN;
     for (int i = 0; i < B; i++) {
-        const int32_t u = row_or_zero(b->users ? b->users[i] : 0, user_rows);
+        const int32_t u = bst_row_or_zero(b->users ? b->users[i] : 0, user_rows);
         a->user_idx[i] = u;
-        a->target_idx[i] = row_or_zero(b->movies[(size_t)i * L + L - 1], movie_rows);
+        a->target_idx[i] = bst_row_or_zero(b->movies[(size_t)i * L + L - 1], movie_rows);
         for (int k = 0; k < BST_N_USER_FEATS; k++)
             a->feat_idx[(size_t)k * B + i] = m->user_feats[(size_t)u * BST_N_USER_FEATS + k];
     }

@@ -15,9 +15,9 @@ struct BstTrainer {
     BstParams acc2;          /* Adam second moment (unused by Adagrad) */
     int64_t step;
     float lr;                /* current learning rate */
-    BstTensor tensors[BST_MAX_TENSORS];  /* the model's, for per-tensor decay */
-    BstTensor grad_tensors[BST_MAX_TENSORS];
-    BstTensor m_tensors[BST_MAX_TENSORS], v_tensors[BST_MAX_TENSORS];
+    /* The model's tensors, for per-tensor decay.  Gradients and moments
+     * share the slab layout, so a tensor's offset locates it in each. */
+    BstTensor tensors[BST_MAX_TENSORS];
     int n_tensors;
     BstActs acts, dacts;
     BstRng rng;
@@ -70,9 +70,6 @@ BstTrainer *bst_trainer_create(BstModel *m, const BstTrainOptions *o)
         if (bst_params_alloc(&t->acc2, c) != 0)
             goto fail;
         t->n_tensors = bst_param_tensors(c, &m->params, t->tensors);
-        bst_param_tensors(c, &t->grads, t->grad_tensors);
-        bst_param_tensors(c, &t->acc, t->m_tensors);
-        bst_param_tensors(c, &t->acc2, t->v_tensors);
     } else {
         for (size_t i = 0; i < t->acc.size; i++)
             t->acc.slab[i] = BST_ADAGRAD_INITIAL_ACCUMULATOR;
@@ -146,12 +143,11 @@ static void adagrad_rows(BstTrainer *t, size_t lo, size_t hi)
         adagrad_range(t, (size_t)t->rows[i] * d, (size_t)(t->rows[i] + 1) * d);
 }
 
-/* Elements [lo, hi) of tensor i. */
-static void adam_range(BstTrainer *t, int i, size_t lo, size_t hi, float step, float decay)
+static void adam_range(BstTrainer *t, size_t lo, size_t hi, float step, float decay)
 {
-    float *g = t->grad_tensors[i].data + lo;
-    bst_adam_update(t->tensors[i].data + lo, t->m_tensors[i].data + lo,
-                    t->v_tensors[i].data + lo, g, hi - lo, step, decay);
+    float *g = t->grads.slab + lo;
+    bst_adam_update(t->model->params.slab + lo, t->acc.slab + lo, t->acc2.slab + lo, g,
+                    hi - lo, step, decay);
     memset(g, 0, (hi - lo) * sizeof(float));
 }
 
@@ -194,10 +190,12 @@ float bst_train_step(BstTrainer *t, const BstBatch *b, double *abs_err_sum)
          * moves.  Tensor by tensor, since weight decay is per tensor. */
         float step = bst_adam_step_size(t->lr, t->step);
         for (int i = 0; i < t->n_tensors; i++) {
+            const size_t off = (size_t)(t->tensors[i].data - m->params.slab);
             const size_t n = t->tensors[i].size;
             const float decay = t->opt.optimizer == BST_OPT_ADAMW && t->tensors[i].decay
                                     ? t->lr * t->opt.weight_decay : 0.0f;
-            PARALLEL_FOR(n, 16, 8.0 * n, lo, hi, adam_range(t, i, lo, hi, step, decay));
+            PARALLEL_FOR(n, 16, 8.0 * n, lo, hi,
+                         adam_range(t, off + lo, off + hi, step, decay));
         }
     }
     return loss;
