@@ -241,35 +241,6 @@ bst_dataset_read(BstDataset *ds, const char *query, const char *purpose)
 }
 
 /*
- * Pack window `w` of ds into the model's layout: movies [L] left-padded
- * (padding = 0), ratings [L-1], the history length, the target rating.
- */
-static void
-pack_window(const BstDataset *ds, int64 w, const BstModel *model, int32 *movies,
-			float *ratings, int32 *hist_len, float *target)
-{
-	int			L = bst_model_config(model)->seq_len;
-	int64		start = ds->offsets[w];
-	int			len = (int) (ds->offsets[w + 1] - start);
-	int			keep = Min(len, L);
-	int			pad = L - keep;
-
-	/* A longer window keeps its most recent ratings. */
-	start += len - keep;
-	for (int i = 0; i < pad; i++)
-	{
-		movies[i] = 0;
-		ratings[i] = 0.0f;
-	}
-	for (int i = 0; i < keep; i++)
-		movies[pad + i] = bst_model_movie_index(model, ds->movies[start + i]);
-	for (int i = 0; i < keep - 1; i++)
-		ratings[pad + i] = ds->ratings[start + i];
-	*hist_len = keep - 1;
-	*target = ds->ratings[start + keep - 1];
-}
-
-/*
  * The windows of ds as the core's data set for model, in the current memory
  * context.  Windows with fewer history ratings than the model was trained
  * on are an error when min_history > 0 (evaluation of a fixed-length model).
@@ -289,8 +260,13 @@ bst_dataset_pack(const BstDataset *ds, const BstModel *model, int32 min_history,
 	data->targets = palloc_extended(ds->n * sizeof(float), MCXT_ALLOC_HUGE);
 	for (int64 w = 0; w < ds->n; w++)
 	{
-		pack_window(ds, w, model, data->movies + w * L, data->ratings + w * (L - 1),
-					&data->hist_len[w], &data->targets[w]);
+		int64		start = ds->offsets[w];
+		int			len = (int) (ds->offsets[w + 1] - start);
+
+		data->hist_len[w] = bst_model_pack_window(model, ds->movies + start, ds->ratings + start,
+												  len, data->movies + w * L,
+												  data->ratings + w * (L - 1));
+		data->targets[w] = ds->ratings[start + len - 1];
 		if (data->hist_len[w] < min_history)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

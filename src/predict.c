@@ -101,27 +101,14 @@ static float
 predict_one(BstStoredModel *entry, const int32 *movie_ids, const float *ratings, int n,
 			bool has_user, int32 user_id)
 {
-	const BstConfig *cfg = bst_model_config(entry->model);
-	const int	L = cfg->seq_len;
-	const int	hist = Min(n - 1, L - 1);
-	const int	pad = L - 1 - hist;
 	int32		movies[BST_MAX_SEQ_LEN];
 	float		window_ratings[BST_MAX_SEQ_LEN];
+	int32		hist = bst_model_pack_window(entry->model, movie_ids, ratings, n, movies,
+											 window_ratings);
 	int32		user = has_user ? bst_model_user_index(entry->model, user_id) : 0;
 	BstBatch	batch;
 	float		out;
 
-	for (int i = 0; i < pad; i++)
-	{
-		movies[i] = 0;
-		window_ratings[i] = 0.0f;
-	}
-	for (int i = 0; i < hist; i++)
-	{
-		movies[pad + i] = bst_model_movie_index(entry->model, movie_ids[n - 1 - hist + i]);
-		window_ratings[pad + i] = ratings[n - 1 - hist + i];
-	}
-	movies[L - 1] = bst_model_movie_index(entry->model, movie_ids[n - 1]);
 	memset(&batch, 0, sizeof(batch));
 	batch.n = 1;
 	batch.movies = movies;

@@ -159,6 +159,15 @@ typedef struct Inputs
 	float	   *movie_genres;	/* [n_movies * n_genres] */
 } Inputs;
 
+static const Preset *
+find_preset(const char *name)
+{
+	for (int i = 0; i < (int) lengthof(presets); i++)
+		if (strcmp(name, presets[i].name) == 0)
+			return &presets[i];
+	return NULL;
+}
+
 static bool
 arg_given(FunctionCallInfo fcinfo, int arg)
 {
@@ -269,16 +278,14 @@ parse_args(FunctionCallInfo fcinfo, TrainArgs *a)
 
 	/* Version 1.0's declaration has no preset: it always was the Keras example. */
 	if (PG_NARGS() <= NARGS_1_0)
-		p = &presets[1];
+		p = find_preset("keras_example");
 	else
 	{
 		char	   *name;
 
 		bst_arg_not_null(fcinfo, ARG_PRESET, "preset");
 		name = text_to_cstring(PG_GETARG_TEXT_PP(ARG_PRESET));
-		for (int i = 0; i < (int) lengthof(presets); i++)
-			if (strcmp(name, presets[i].name) == 0)
-				p = &presets[i];
+		p = find_preset(name);
 		if (p == NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

@@ -434,6 +434,24 @@ int32_t bst_model_user_index(const BstModel *m, int32_t user_id)
     return vocab_index(m->user_ids, m->cfg.n_users, user_id);
 }
 
+int32_t bst_model_pack_window(const BstModel *m, const int32_t *movie_ids, const float *ratings,
+                              int32_t n, int32_t *movies, float *window_ratings)
+{
+    const int32_t L = m->cfg.seq_len;
+    const int32_t hist = n - 1 < L - 1 ? n - 1 : L - 1, pad = L - 1 - hist;
+    const int32_t first = n - 1 - hist;  /* the oldest history item kept */
+    for (int32_t i = 0; i < pad; i++) {
+        movies[i] = 0;
+        window_ratings[i] = 0.0f;
+    }
+    for (int32_t i = 0; i < hist; i++) {
+        movies[pad + i] = bst_model_movie_index(m, movie_ids[first + i]);
+        window_ratings[pad + i] = ratings[first + i];
+    }
+    movies[L - 1] = bst_model_movie_index(m, movie_ids[n - 1]);
+    return hist;
+}
+
 size_t bst_model_num_params(const BstModel *m)
 {
     return m->params.size;

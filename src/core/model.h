@@ -162,6 +162,14 @@ const BstConfig *bst_model_config(const BstModel *m);
 int32_t bst_model_movie_index(const BstModel *m, int32_t movie_id);
 /* Vocabulary index of user_id (1..n_users), 0 when unknown. */
 int32_t bst_model_user_index(const BstModel *m, int32_t user_id);
+/*
+ * Lays out a window of n >= 1 movie ids (the last is the target) and their
+ * n - 1 history ratings as the model takes it: movies [seq_len] as
+ * vocabulary indices and ratings [seq_len - 1], left-padded with 0; a longer
+ * window keeps its most recent history.  Returns the history length.
+ */
+int32_t bst_model_pack_window(const BstModel *m, const int32_t *movie_ids, const float *ratings,
+                              int32_t n, int32_t *movies, float *window_ratings);
 /* Width of the MLP input: the flattened sequence plus the user embeddings. */
 int32_t bst_config_mlp_input(const BstConfig *cfg);
 size_t bst_model_num_params(const BstModel *m);
