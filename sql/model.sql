@@ -103,31 +103,44 @@ SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', hidden =>
 SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', hidden => '{16,NULL}');
 SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', hidden => '{1,2,3,4,5,6,7,8,9}');
 SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', dropout => 1);
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', preset => NULL);
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', preset => 'best');
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', seed => NULL);
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', features => '{user_id,zip_code}');
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', features => '{genres,NULL}');
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', validation_fraction => 0);
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', validation_fraction => 0.6);
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', validation_fraction => 'NaN');
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', patience => 0);
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', patience => 3, early_stopping => false);
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', seq_len => 1);
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', seq_len => 100000);
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', weight_decay => 0.1, optimizer => 'adam');
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', weight_decay => -1);
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', lr_schedule => 'step');
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', rating_mode => 'divide');
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', factors => -1);
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', seq_len => 1024, batch_size => 256);
-SELECT * FROM bst_train('x', 'SELECT ''{1,2}''::int[] AS movie_ids, ''{4,5}''::real[] AS ratings');
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', users => 'no_such_table');
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', features => '{user_id}');
-SELECT * FROM bst_train('x', 'SELECT user_id, movie_ids, ratings FROM windows', features => '{sex}', users => NULL);
-SELECT * FROM bst_train('x', 'SELECT user_id, movie_ids, ratings FROM windows', features => '{sex}', users => 'ratings');
-SELECT * FROM bst_train('x', 'SELECT user_id::int8 AS user_id, movie_ids, ratings FROM windows');
-SELECT * FROM bst_train('x', 'SELECT NULL::int AS user_id, movie_ids, ratings FROM windows');
+-- Errors of 1.1's options and inputs, with their SQLSTATE (and detail and hint).
+CREATE FUNCTION pg_temp.error_of(query text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    detail text;
+    hint text;
+BEGIN
+    EXECUTE query;
+    RETURN 'no error';
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL, hint = PG_EXCEPTION_HINT;
+    RETURN SQLSTATE || ': ' || SQLERRM || coalesce(nullif(' DETAIL: ' || detail, ' DETAIL: '), '')
+           || coalesce(nullif(' HINT: ' || hint, ' HINT: '), '');
+END $$;
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', preset => NULL)$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', preset => 'best')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', seed => NULL)$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', features => '{user_id,zip_code}')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', features => '{genres,NULL}')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', validation_fraction => 0)$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', validation_fraction => 0.6)$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', validation_fraction => 'NaN')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', patience => 0)$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', patience => 3, early_stopping => false)$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', seq_len => 1)$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', seq_len => 100000)$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', weight_decay => 0.1, optimizer => 'adam')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', weight_decay => -1)$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', lr_schedule => 'step')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', rating_mode => 'divide')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', factors => -1)$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', seq_len => 1024, batch_size => 256)$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT ''{1,2}''::int[] AS movie_ids, ''{4,5}''::real[] AS ratings')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', users => 'no_such_table')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', features => '{user_id}')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT user_id, movie_ids, ratings FROM windows', features => '{sex}', users => NULL)$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT user_id, movie_ids, ratings FROM windows', features => '{sex}', users => 'ratings')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT user_id::int8 AS user_id, movie_ids, ratings FROM windows')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT NULL::int AS user_id, movie_ids, ratings FROM windows')$q$);
 SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', optimizer => 'sgd');
 SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', embed_dim => 0);
 SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', embed_dim => 100000);
@@ -228,21 +241,24 @@ RESET bst.model;
 -- The user matters: the same window for two users differs; an unknown user is allowed.
 SELECT bst_predict('feat', 7, '{1,2,3}', '{5,4}') <> bst_predict('feat', 8, '{1,2,3}', '{5,4}') AS user_matters,
        bst_predict('feat', 424242, '{1,2,3}', '{5,4}') = bst_predict('feat', '{1,2,3}', '{5,4}') AS unknown_user_row;
-SELECT n, mae > 0 AS mae_positive FROM bst_evaluate('feat', 'SELECT user_id, movie_ids, ratings FROM prefix');
+-- bst_evaluate scores each window as bst_predict does, for its user.
+SELECT n, abs(mae - (SELECT avg(abs(bst_predict('feat', user_id, movie_ids, ratings)
+                                    - ratings[cardinality(ratings)])) FROM prefix)) < 1e-5 AS same_as_predict
+FROM bst_evaluate('feat', 'SELECT user_id, movie_ids, ratings FROM prefix');
 -- Without a user_id column the user inputs are left out (the first NOTICE
 -- says what is used); the global and movie biases stay.
 SELECT training_rows FROM bst_train('nouser', 'SELECT movie_ids, ratings FROM prefix', epochs => 1, hidden => '{8}');
 SELECT config->'features' AS features, config->>'bias' AS bias FROM bst_models WHERE name = 'nouser';
 -- Bad user and movie data.
-SELECT * FROM bst_train('y', 'SELECT user_id + 1000 AS user_id, movie_ids, ratings FROM prefix');
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('y', 'SELECT user_id + 1000 AS user_id, movie_ids, ratings FROM prefix')$q$);
 UPDATE movies SET genres = NULL WHERE movie_id = 5;
-SELECT * FROM bst_train('y', 'SELECT user_id, movie_ids, ratings FROM prefix');
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('y', 'SELECT user_id, movie_ids, ratings FROM prefix')$q$);
 -- ... unless genres are not asked for.
 SELECT model, version FROM bst_train('no_genres', 'SELECT user_id, movie_ids, ratings FROM prefix',
                                      features => '{user_id}', epochs => 1, hidden => '{8}');
 UPDATE movies SET genres = '{}' WHERE movie_id = 5;
 ALTER TABLE users DROP COLUMN occupation;
-SELECT * FROM bst_train('y', 'SELECT user_id, movie_ids, ratings FROM prefix', features => '{occupation}');
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('y', 'SELECT user_id, movie_ids, ratings FROM prefix', features => '{occupation}')$q$);
 SELECT count(*) AS failed_trainings_stored_nothing FROM bst_models WHERE name = 'y';
 
 -- Long histories: a model of 50 positions, on windows of up to 30 ratings.
@@ -263,7 +279,7 @@ SELECT model FROM bst_train('added', 'SELECT user_id, movie_ids, ratings FROM pr
                             hidden => '{8}', rating_mode => 'add');
 SELECT config->>'rating_mode' AS rating_mode, config->'features' AS features, config->'rating_range' AS rating_range
 FROM bst_models WHERE name = 'added';
-SELECT * FROM bst_train('y', 'SELECT user_id, movie_ids, ratings FROM prefix', features => '{sex}');
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('y', 'SELECT user_id, movie_ids, ratings FROM prefix', features => '{sex}')$q$);
 
 -- The SQL the extension runs inside uses pg_catalog's functions and
 -- operators whatever the caller's search_path: another role's look-alikes
