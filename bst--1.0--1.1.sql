@@ -90,3 +90,123 @@ AS 'MODULE_PATHNAME' LANGUAGE C CALLED ON NULL INPUT VOLATILE PARALLEL UNSAFE;
 -- Score an explicit window for a user (user features and bias).
 CREATE FUNCTION bst_predict(model text, user_id integer, movie_ids integer[], ratings real[]) RETURNS real
 AS 'MODULE_PATHNAME', 'bst_predict_user_window' LANGUAGE C STABLE STRICT PARALLEL SAFE;
+
+-- Models get an owner.  Who trained a 1.0 version is not recorded: its
+-- owner becomes the role that owns bst_models (who created the extension).
+ALTER TABLE bst_models ADD COLUMN owner regrole;
+UPDATE bst_models SET owner = (SELECT c.relowner FROM pg_catalog.pg_class c
+                               WHERE c.oid OPERATOR(pg_catalog.=) 'bst_models'::pg_catalog.regclass);
+ALTER TABLE bst_models
+    ALTER COLUMN owner SET NOT NULL,
+    ALTER COLUMN owner SET DEFAULT (pg_catalog.quote_ident(CURRENT_USER))::pg_catalog.regrole;
+
+--------------------------------------------------------------------------
+-- Privileges
+--------------------------------------------------------------------------
+
+-- Who may read a model besides its owner's roles: a grantee, or everyone
+-- (grantee NULL, i.e. PUBLIC).  Kept per model name, so it covers every
+-- version.
+CREATE TABLE bst_model_grants (
+    model text NOT NULL,
+    grantee regrole,            -- NULL: PUBLIC
+    UNIQUE NULLS NOT DISTINCT (model, grantee)
+);
+SELECT pg_catalog.pg_extension_config_dump('bst_model_grants', '');
+
+-- The owner of a model: its first version's.  Row-level security hides
+-- other roles' models, so this reads past it (as the extension's owner) to
+-- tell whether a name is taken; like pg_class.relowner, a model's owner is
+-- not a secret.
+CREATE FUNCTION bst_model_owner(model text) RETURNS regrole
+LANGUAGE sql STABLE STRICT SECURITY DEFINER PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT m.owner FROM @extschema@.bst_models m
+    WHERE m.name OPERATOR(pg_catalog.=) bst_model_owner.model
+    ORDER BY m.version LIMIT 1;
+END;
+
+-- A role sees the versions of the models it owns (directly or through a
+-- role it has the privileges of, as for any PostgreSQL object) and of the
+-- models granted to it or to PUBLIC.  Only an owner's role adds versions,
+-- and only to a name that is free or already its own; only an owner's role
+-- changes or deletes them.  The extension's owner and superusers bypass
+-- row-level security, as for any table.
+ALTER TABLE bst_models ENABLE ROW LEVEL SECURITY;
+CREATE POLICY bst_models_read ON bst_models FOR SELECT
+    USING (pg_catalog.pg_has_role(owner, 'USAGE') OR
+           EXISTS (SELECT FROM @extschema@.bst_model_grants g
+                   WHERE g.model OPERATOR(pg_catalog.=) name
+                     AND (g.grantee IS NULL OR pg_catalog.pg_has_role(g.grantee, 'USAGE'))));
+CREATE POLICY bst_models_insert ON bst_models FOR INSERT
+    WITH CHECK (pg_catalog.pg_has_role(owner, 'USAGE') AND
+                coalesce(@extschema@.bst_model_owner(name) OPERATOR(pg_catalog.=) owner, true));
+CREATE POLICY bst_models_update ON bst_models FOR UPDATE
+    USING (pg_catalog.pg_has_role(owner, 'USAGE'))
+    WITH CHECK (pg_catalog.pg_has_role(owner, 'USAGE') AND
+                @extschema@.bst_model_owner(name) OPERATOR(pg_catalog.=) owner);
+CREATE POLICY bst_models_delete ON bst_models FOR DELETE
+    USING (pg_catalog.pg_has_role(owner, 'USAGE'));
+
+ALTER TABLE bst_model_grants ENABLE ROW LEVEL SECURITY;
+CREATE POLICY bst_model_grants_read ON bst_model_grants FOR SELECT USING (true);
+CREATE POLICY bst_model_grants_write ON bst_model_grants FOR ALL
+    USING (pg_catalog.pg_has_role(@extschema@.bst_model_owner(model), 'USAGE'))
+    WITH CHECK (pg_catalog.pg_has_role(@extschema@.bst_model_owner(model), 'USAGE'));
+
+-- Let grantee (a role, or 'public') use model: predict with it and evaluate
+-- it.  Only the model's owner may.
+CREATE FUNCTION bst_grant(model text, grantee text) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    model_owner regrole := @extschema@.bst_model_owner(model);
+    role regrole := CASE WHEN lower(grantee) = 'public' THEN NULL ELSE grantee::regrole END;
+BEGIN
+    IF model_owner IS NULL THEN
+        RAISE EXCEPTION 'bst model % does not exist', quote_literal(model)
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    IF NOT pg_has_role(model_owner, 'USAGE') THEN
+        RAISE EXCEPTION 'must be owner of bst model %', quote_literal(model)
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = format('The model belongs to %s.', model_owner);
+    END IF;
+    INSERT INTO @extschema@.bst_model_grants VALUES (model, role) ON CONFLICT DO NOTHING;
+END;
+$$;
+
+-- Take back what bst_grant gave.
+CREATE FUNCTION bst_revoke(model text, grantee text) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    model_owner regrole := @extschema@.bst_model_owner(model);
+    role regrole := CASE WHEN lower(grantee) = 'public' THEN NULL ELSE grantee::regrole END;
+BEGIN
+    IF model_owner IS NULL THEN
+        RAISE EXCEPTION 'bst model % does not exist', quote_literal(model)
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    IF NOT pg_has_role(model_owner, 'USAGE') THEN
+        RAISE EXCEPTION 'must be owner of bst model %', quote_literal(model)
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = format('The model belongs to %s.', model_owner);
+    END IF;
+    DELETE FROM @extschema@.bst_model_grants g
+    WHERE g.model = bst_revoke.model AND g.grantee IS NOT DISTINCT FROM role;
+END;
+$$;
+
+-- Everyone may read the models row-level security shows them, predict and
+-- evaluate with them.  Training writes bst_models: a role may train once
+-- granted both
+--     GRANT EXECUTE ON FUNCTION bst_train TO alice;
+--     GRANT INSERT, DELETE ON bst_models TO alice;
+-- (DELETE to drop its own versions).
+GRANT SELECT ON bst_models TO PUBLIC;
+GRANT SELECT, INSERT, DELETE ON bst_model_grants TO PUBLIC;
+REVOKE EXECUTE ON FUNCTION bst_train FROM PUBLIC;

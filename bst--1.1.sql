@@ -79,6 +79,8 @@ RETURN mod(mod(mod(($1::numeric * 1000003 + $2) * 2654435761, 4294967296) + 4294
 
 -- Every trained version of every model.  weights is the numerical core's
 -- versioned, checksummed binary layout; config and metrics are for people.
+-- A model belongs to the role that first trained it (owner, the same in
+-- every version); see "Privileges" below.
 CREATE TABLE bst_models (
     model_id bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
     name text NOT NULL,
@@ -88,6 +90,7 @@ CREATE TABLE bst_models (
     metrics jsonb NOT NULL,
     history text,               -- relation bst_predict(user_id, movie_id) reads histories from
     weights bytea NOT NULL,
+    owner regrole NOT NULL DEFAULT (pg_catalog.quote_ident(CURRENT_USER))::pg_catalog.regrole,
     PRIMARY KEY (name, version)
 );
 SELECT pg_catalog.pg_extension_config_dump('bst_models', '');
@@ -154,3 +157,114 @@ CREATE FUNCTION bst_evaluate(model text, query text,
     OUT n bigint, OUT mae double precision, OUT rmse double precision)
 RETURNS record
 AS 'MODULE_PATHNAME' LANGUAGE C CALLED ON NULL INPUT STABLE PARALLEL UNSAFE;
+
+--------------------------------------------------------------------------
+-- Privileges
+--------------------------------------------------------------------------
+
+-- Who may read a model besides its owner's roles: a grantee, or everyone
+-- (grantee NULL, i.e. PUBLIC).  Kept per model name, so it covers every
+-- version.
+CREATE TABLE bst_model_grants (
+    model text NOT NULL,
+    grantee regrole,            -- NULL: PUBLIC
+    UNIQUE NULLS NOT DISTINCT (model, grantee)
+);
+SELECT pg_catalog.pg_extension_config_dump('bst_model_grants', '');
+
+-- The owner of a model: its first version's.  Row-level security hides
+-- other roles' models, so this reads past it (as the extension's owner) to
+-- tell whether a name is taken; like pg_class.relowner, a model's owner is
+-- not a secret.
+CREATE FUNCTION bst_model_owner(model text) RETURNS regrole
+LANGUAGE sql STABLE STRICT SECURITY DEFINER PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT m.owner FROM @extschema@.bst_models m
+    WHERE m.name OPERATOR(pg_catalog.=) bst_model_owner.model
+    ORDER BY m.version LIMIT 1;
+END;
+
+-- A role sees the versions of the models it owns (directly or through a
+-- role it has the privileges of, as for any PostgreSQL object) and of the
+-- models granted to it or to PUBLIC.  Only an owner's role adds versions,
+-- and only to a name that is free or already its own; only an owner's role
+-- changes or deletes them.  The extension's owner and superusers bypass
+-- row-level security, as for any table.
+ALTER TABLE bst_models ENABLE ROW LEVEL SECURITY;
+CREATE POLICY bst_models_read ON bst_models FOR SELECT
+    USING (pg_catalog.pg_has_role(owner, 'USAGE') OR
+           EXISTS (SELECT FROM @extschema@.bst_model_grants g
+                   WHERE g.model OPERATOR(pg_catalog.=) name
+                     AND (g.grantee IS NULL OR pg_catalog.pg_has_role(g.grantee, 'USAGE'))));
+CREATE POLICY bst_models_insert ON bst_models FOR INSERT
+    WITH CHECK (pg_catalog.pg_has_role(owner, 'USAGE') AND
+                coalesce(@extschema@.bst_model_owner(name) OPERATOR(pg_catalog.=) owner, true));
+CREATE POLICY bst_models_update ON bst_models FOR UPDATE
+    USING (pg_catalog.pg_has_role(owner, 'USAGE'))
+    WITH CHECK (pg_catalog.pg_has_role(owner, 'USAGE') AND
+                @extschema@.bst_model_owner(name) OPERATOR(pg_catalog.=) owner);
+CREATE POLICY bst_models_delete ON bst_models FOR DELETE
+    USING (pg_catalog.pg_has_role(owner, 'USAGE'));
+
+ALTER TABLE bst_model_grants ENABLE ROW LEVEL SECURITY;
+CREATE POLICY bst_model_grants_read ON bst_model_grants FOR SELECT USING (true);
+CREATE POLICY bst_model_grants_write ON bst_model_grants FOR ALL
+    USING (pg_catalog.pg_has_role(@extschema@.bst_model_owner(model), 'USAGE'))
+    WITH CHECK (pg_catalog.pg_has_role(@extschema@.bst_model_owner(model), 'USAGE'));
+
+-- Let grantee (a role, or 'public') use model: predict with it and evaluate
+-- it.  Only the model's owner may.
+CREATE FUNCTION bst_grant(model text, grantee text) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    model_owner regrole := @extschema@.bst_model_owner(model);
+    role regrole := CASE WHEN lower(grantee) = 'public' THEN NULL ELSE grantee::regrole END;
+BEGIN
+    IF model_owner IS NULL THEN
+        RAISE EXCEPTION 'bst model % does not exist', quote_literal(model)
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    IF NOT pg_has_role(model_owner, 'USAGE') THEN
+        RAISE EXCEPTION 'must be owner of bst model %', quote_literal(model)
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = format('The model belongs to %s.', model_owner);
+    END IF;
+    INSERT INTO @extschema@.bst_model_grants VALUES (model, role) ON CONFLICT DO NOTHING;
+END;
+$$;
+
+-- Take back what bst_grant gave.
+CREATE FUNCTION bst_revoke(model text, grantee text) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    model_owner regrole := @extschema@.bst_model_owner(model);
+    role regrole := CASE WHEN lower(grantee) = 'public' THEN NULL ELSE grantee::regrole END;
+BEGIN
+    IF model_owner IS NULL THEN
+        RAISE EXCEPTION 'bst model % does not exist', quote_literal(model)
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    IF NOT pg_has_role(model_owner, 'USAGE') THEN
+        RAISE EXCEPTION 'must be owner of bst model %', quote_literal(model)
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = format('The model belongs to %s.', model_owner);
+    END IF;
+    DELETE FROM @extschema@.bst_model_grants g
+    WHERE g.model = bst_revoke.model AND g.grantee IS NOT DISTINCT FROM role;
+END;
+$$;
+
+-- Everyone may read the models row-level security shows them, predict and
+-- evaluate with them.  Training writes bst_models: a role may train once
+-- granted both
+--     GRANT EXECUTE ON FUNCTION bst_train TO alice;
+--     GRANT INSERT, DELETE ON bst_models TO alice;
+-- (DELETE to drop its own versions).
+GRANT SELECT ON bst_models TO PUBLIC;
+GRANT SELECT, INSERT, DELETE ON bst_model_grants TO PUBLIC;
+REVOKE EXECUTE ON FUNCTION bst_train FROM PUBLIC;

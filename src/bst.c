@@ -6,6 +6,7 @@
 #include "postgres.h"
 
 #include "fmgr.h"
+#include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
@@ -20,6 +21,8 @@ PG_MODULE_MAGIC;
 void		_PG_init(void);
 
 char	   *bst_default_model = NULL;
+int			bst_model_cache_memory_kb = 256 * 1024;
+int			bst_train_memory_kb = 0;
 static int	bst_threads = 0;
 
 /* Where the numerical core's allocations go; see bst_core_memory(). */
@@ -62,7 +65,7 @@ _PG_init(void)
 
 	DefineCustomStringVariable("bst.model",
 							   "Model used by bst_predict(user_id, movie_id).",
-							   "Empty means the most recently trained model.",
+							   "Empty means the most recently trained model the current role owns.",
 							   &bst_default_model,
 							   "",
 							   PGC_USERSET,
@@ -75,6 +78,22 @@ _PG_init(void)
 							0, 0, 64,
 							PGC_USERSET,
 							0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("bst.model_cache_memory",
+							"Memory one backend keeps loaded bst models in.",
+							"The least recently used models are evicted beyond it.",
+							&bst_model_cache_memory_kb,
+							256 * 1024, 1024, MAX_KILOBYTES,
+							PGC_USERSET,
+							GUC_UNIT_KB,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("bst.train_memory",
+							"Most memory one bst_train or bst_evaluate may allocate.",
+							"0 means maintenance_work_mem.",
+							&bst_train_memory_kb,
+							0, 0, MAX_KILOBYTES,
+							PGC_USERSET,
+							GUC_UNIT_KB,
 							NULL, NULL, NULL);
 	MarkGUCPrefixReserved("bst");
 }
@@ -115,4 +134,18 @@ const char *
 bst_schema(FunctionCallInfo fcinfo)
 {
 	return quote_identifier(get_namespace_name(get_func_namespace(fcinfo->flinfo->fn_oid)));
+}
+
+/*
+ * name, or its first BST_MESSAGE_NAME_BYTES bytes (whole characters) and
+ * "...": a NOTICE or an error should not repeat a name of a kilobyte.
+ */
+const char *
+bst_short_name(const char *name)
+{
+	int			len = strlen(name);
+
+	if (len <= BST_MESSAGE_NAME_BYTES)
+		return name;
+	return psprintf("%.*s...", pg_mbcliplen(name, len, BST_MESSAGE_NAME_BYTES), name);
 }

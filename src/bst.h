@@ -18,8 +18,26 @@
 /* Longest window bst_sequences builds: far beyond any useful model. */
 #define BST_MAX_SEQ_LEN 1024
 
+/*
+ * Longest model name, in bytes: far from what the (name, version) index can
+ * hold, so that a name is refused before training rather than at the insert.
+ */
+#define BST_MAX_MODEL_NAME_BYTES 1024
+
+/* Longest model name a message quotes whole; longer ones are shortened. */
+#define BST_MESSAGE_NAME_BYTES 64
+
 /* GUC bst.model: the model bst_predict(user_id, movie_id) uses. */
 extern char *bst_default_model;
+
+/* GUC bst.model_cache_memory (kB): loaded models a backend keeps. */
+extern int	bst_model_cache_memory_kb;
+
+/* GUC bst.train_memory (kB): the most one training may allocate. */
+extern int	bst_train_memory_kb;
+
+/* name, shortened for a message when it is long. */
+extern const char *bst_short_name(const char *name);
 
 /* Apply the bst.threads setting to the numerical core. */
 extern void bst_use_threads(void);
@@ -74,15 +92,18 @@ typedef struct BstModelKey
 } BstModelKey;
 
 /*
- * A stored model, deserialized and cached for the life of the backend.  An
- * entry is never freed while a statement may still use it: eviction only
- * retires it, and retired entries are freed at the end of the transaction.
+ * A stored model, deserialized and cached for the life of the backend.  A
+ * call pins the entry it uses while it runs (other models may be loaded
+ * meanwhile, by a query or a history view): eviction frees a pinned entry
+ * only at its last unpin, or at the end of the transaction.
  */
 typedef struct BstStoredModel
 {
 	BstModelKey key;
 	char	   *name;
 	int32		version;
+	Oid			owner;			/* the role the history is read as; InvalidOid
+								 * in a 1.0 install */
 	char	   *history;		/* relation of the rating histories, or NULL */
 	float		fallback_rating;	/* mean training target, for short histories */
 	int32		min_history;	/* fewest history ratings the model was trained on */
@@ -90,12 +111,21 @@ typedef struct BstStoredModel
 	BstPredictor *predictor;
 	SPIPlanPtr	history_plan;	/* latest ratings of a user, prepared once */
 	MemoryContext context;		/* holds all of the above */
+	Size		bytes;			/* allocated in context */
+	uint64		last_used;		/* cache clock when last found */
+	int			pins;			/* calls running with it */
+	bool		retired;		/* evicted while pinned: freed at the last unpin */
 } BstStoredModel;
 
+extern void bst_check_model_name(const char *name);
 extern BstStoredModel *bst_model_get(FunctionCallInfo fcinfo, const char *name);
 extern BstStoredModel *bst_model_find(const BstModelKey *key);
-extern int32 bst_model_store(FunctionCallInfo fcinfo, const char *name, const BstModel *model,
-							 const char *config_json, const char *metrics_json,
-							 const char *history);
+extern void bst_model_pin(BstStoredModel *entry);
+extern void bst_model_unpin(BstStoredModel *entry);
+extern bool bst_models_have_owner(FunctionCallInfo fcinfo);
+extern Oid	bst_model_owner(FunctionCallInfo fcinfo, const char *name);
+extern int32 bst_model_store(FunctionCallInfo fcinfo, const char *name, Oid owner,
+							 const BstModel *model, const char *config_json,
+							 const char *metrics_json, const char *history);
 
 #endif							/* BST_H */

@@ -11,36 +11,82 @@
  */
 #include "postgres.h"
 
+#include <errno.h>
+#include <float.h>
 #include <math.h>
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "miscadmin.h"
 #include "nodes/pg_list.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 
 #include "bst.h"
 #include "core/serialize.h"
 
-/* Few models are in use at once; beyond this the oldest loaded is dropped. */
-#define MODEL_CACHE_SIZE 8
+/*
+ * The cache holds every model a backend uses until it outgrows
+ * bst.model_cache_memory (or this many entries); then the least recently
+ * used are evicted.  A statement that cycles through more models than fit
+ * reloads them, in constant memory.
+ */
+#define MODEL_CACHE_MAX_ENTRIES 64
 /* Windows per forward pass at prediction time. */
 #define PREDICT_BATCH 256
 
-static BstStoredModel *model_cache[MODEL_CACHE_SIZE];
-static int	model_cache_next = 0;
+static BstStoredModel *model_cache[MODEL_CACHE_MAX_ENTRIES];
+static int	model_cache_count = 0;
+static uint64 model_cache_clock = 0;
+
+/*
+ * Whether bst_models has 1.1's owner column.  The 1.1 library also serves a
+ * 1.0 install until ALTER EXTENSION bst UPDATE; there models have no owner.
+ */
+bool
+bst_models_have_owner(FunctionCallInfo fcinfo)
+{
+	Oid			models = get_relname_relid("bst_models", get_func_namespace(fcinfo->flinfo->fn_oid));
+
+	return OidIsValid(models) && get_attnum(models, "owner") != InvalidAttrNumber;
+}
+
+/*
+ * The owner of model name, InvalidOid when no version exists.  Read past
+ * row-level security by bst_model_owner(), a SECURITY DEFINER function,
+ * since a name taken by a model the caller may not see is still taken.
+ */
+Oid
+bst_model_owner(FunctionCallInfo fcinfo, const char *name)
+{
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		values[1] = {CStringGetTextDatum(name)};
+	bool		isnull = true;
+	Oid			owner = InvalidOid;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	SPI_execute_with_args(psprintf("SELECT %s.bst_model_owner($1)::pg_catalog.oid", bst_schema(fcinfo)),
+						  1, argtypes, values, NULL, true, 1);
+	if (SPI_processed == 1)
+		owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_finish();
+	return isnull ? InvalidOid : owner;
+}
 
 int32
-bst_model_store(FunctionCallInfo fcinfo, const char *name, const BstModel *model,
+bst_model_store(FunctionCallInfo fcinfo, const char *name, Oid owner, const BstModel *model,
 				const char *config_json, const char *metrics_json, const char *history)
 {
 	size_t		size = bst_model_serialized_size(model);
 	bytea	   *weights;
 	char	   *sql;
-	Oid			argtypes[5] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, BYTEAOID};
-	Datum		values[5];
-	char		nulls[5] = {' ', ' ', ' ', history ? ' ' : 'n', ' '};
+	Oid			argtypes[6] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, BYTEAOID, OIDOID};
+	Datum		values[6];
+	char		nulls[6] = {' ', ' ', ' ', history ? ' ' : 'n', ' ', ' '};
+	bool		with_owner = OidIsValid(owner);
 	bool		isnull;
 	int32		version;
 
@@ -58,6 +104,7 @@ bst_model_store(FunctionCallInfo fcinfo, const char *name, const BstModel *model
 	values[2] = CStringGetTextDatum(metrics_json);
 	values[3] = history ? CStringGetTextDatum(history) : (Datum) 0;
 	values[4] = PointerGetDatum(weights);
+	values[5] = ObjectIdGetDatum(owner);
 
 	/*
 	 * Concurrent trainings of one name serialize on the lock, so each gets
@@ -65,25 +112,28 @@ bst_model_store(FunctionCallInfo fcinfo, const char *name, const BstModel *model
 	 * snapshot may not show a version committed meanwhile; then the insert
 	 * conflicts, and the caller gets a serialization failure to retry.
 	 */
-	sql = psprintf("INSERT INTO %s.bst_models (name, version, config, metrics, history, weights) "
+	sql = psprintf("INSERT INTO %s.bst_models (name, version, config, metrics, history, weights%s) "
 				   "SELECT $1, coalesce(pg_catalog.max(version), 0) OPERATOR(pg_catalog.+) 1, "
-				   "       $2::pg_catalog.jsonb, $3::pg_catalog.jsonb, $4, $5 "
+				   "       $2::pg_catalog.jsonb, $3::pg_catalog.jsonb, $4, $5%s "
 				   "FROM %s.bst_models WHERE name OPERATOR(pg_catalog.=) $1 "
 				   "ON CONFLICT (name, version) DO NOTHING "
 				   "RETURNING version",
-				   bst_schema(fcinfo), bst_schema(fcinfo));
+				   bst_schema(fcinfo), with_owner ? ", owner" : "",
+				   with_owner ? ", $6::pg_catalog.regrole" : "", bst_schema(fcinfo));
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	SPI_execute_with_args("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('bst_models'), "
 						  "pg_catalog.hashtext($1))",
 						  1, argtypes, values, NULL, false, 0);
-	if (SPI_execute_with_args(sql, 5, argtypes, values, nulls, false, 0) != SPI_OK_INSERT_RETURNING)
+	if (SPI_execute_with_args(sql, with_owner ? 6 : 5, argtypes, values, nulls, false, 0) !=
+		SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "could not store model \"%s\"", name);
 	if (SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-				 errmsg("could not store model \"%s\": a concurrent training stored that version first", name),
+				 errmsg("could not store model \"%s\": a concurrent training stored that version first",
+						bst_short_name(name)),
 				 errhint("Retry the transaction.")));
 	version = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	SPI_finish();
@@ -92,9 +142,10 @@ bst_model_store(FunctionCallInfo fcinfo, const char *name, const BstModel *model
 }
 
 /*
- * Retired cache entries: evicted, but possibly still in use by a statement
- * that is running (bst_evaluate's own query may load other models, and so
- * may a view used as history), so freed only when the transaction ends.
+ * Evicted entries still pinned by a call that is running (bst_evaluate's own
+ * query may use other models, and so may a view used as history) wait here
+ * until their last unpin, or the end of the transaction: an error skips the
+ * unpin, so the end of the transaction forgets every pin.
  */
 static List *retired_models = NIL;
 static bool xact_callback_registered = false;
@@ -108,7 +159,7 @@ model_free(BstStoredModel *entry)
 }
 
 static void
-free_retired_models(XactEvent event, void *arg)
+model_cache_end_xact(XactEvent event, void *arg)
 {
 	if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_ABORT &&
 		event != XACT_EVENT_PARALLEL_COMMIT && event != XACT_EVENT_PARALLEL_ABORT)
@@ -120,29 +171,88 @@ free_retired_models(XactEvent event, void *arg)
 		retired_models = list_delete_first(retired_models);
 		model_free(entry);
 	}
+	for (int i = 0; i < model_cache_count; i++)
+		model_cache[i]->pins = 0;
+}
+
+void
+bst_model_pin(BstStoredModel *entry)
+{
+	entry->pins++;
+}
+
+void
+bst_model_unpin(BstStoredModel *entry)
+{
+	Assert(entry->pins > 0);
+	if (--entry->pins > 0 || !entry->retired)
+		return;
+	retired_models = list_delete_ptr(retired_models, entry);
+	model_free(entry);
+}
+
+/* Take entry i out of the cache; free it unless a running call holds it. */
+static void
+model_cache_evict(int i)
+{
+	BstStoredModel *entry = model_cache[i];
+
+	model_cache[i] = model_cache[--model_cache_count];
+	model_cache[model_cache_count] = NULL;
+	if (entry->pins == 0)
+		model_free(entry);
+	else
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		entry->retired = true;
+		retired_models = lappend(retired_models, entry);
+		MemoryContextSwitchTo(old);
+	}
+}
+
+/*
+ * Make room for an entry of new_bytes: evict the least recently used until
+ * the cache, with it, fits bst.model_cache_memory.  A single model larger
+ * than the whole budget is still loaded, alone.
+ */
+static void
+model_cache_make_room(Size new_bytes)
+{
+	Size		budget = (Size) bst_model_cache_memory_kb * 1024;
+
+	for (;;)
+	{
+		Size		used = new_bytes;
+		int			oldest = -1;
+
+		for (int i = 0; i < model_cache_count; i++)
+		{
+			used += model_cache[i]->bytes;
+			if (oldest < 0 || model_cache[i]->last_used < model_cache[oldest]->last_used)
+				oldest = i;
+		}
+		if (oldest < 0 || (used <= budget && model_cache_count < MODEL_CACHE_MAX_ENTRIES))
+			return;
+		model_cache_evict(oldest);
+	}
 }
 
 static void
-model_cache_retire(int slot)
+model_cache_add(BstStoredModel *entry)
 {
-	MemoryContext old;
-
-	if (model_cache[slot] == NULL)
-		return;
 	if (!xact_callback_registered)
 	{
-		RegisterXactCallback(free_retired_models, NULL);
+		RegisterXactCallback(model_cache_end_xact, NULL);
 		xact_callback_registered = true;
 	}
-	old = MemoryContextSwitchTo(TopMemoryContext);
-	retired_models = lappend(retired_models, model_cache[slot]);
-	MemoryContextSwitchTo(old);
-	model_cache[slot] = NULL;
+	model_cache_make_room(entry->bytes);
+	model_cache[model_cache_count++] = entry;
 }
 
 /* Deserialize a bst_models row into a new cache entry. */
 static BstStoredModel *
-model_load(const BstModelKey *key, const char *name, int32 version, bytea *weights,
+model_load(const BstModelKey *key, const char *name, int32 version, Oid owner, bytea *weights,
 		   const char *history, float fallback_rating, int32 min_history)
 {
 	MemoryContext cxt = AllocSetContextCreate(TopMemoryContext, "bst model",
@@ -155,6 +265,7 @@ model_load(const BstModelKey *key, const char *name, int32 version, bytea *weigh
 	entry->key = *key;
 	entry->name = MemoryContextStrdup(cxt, name);
 	entry->version = version;
+	entry->owner = owner;
 	entry->history = history ? MemoryContextStrdup(cxt, history) : NULL;
 	entry->fallback_rating = fallback_rating;
 	entry->min_history = min_history;
@@ -175,7 +286,7 @@ model_load(const BstModelKey *key, const char *name, int32 version, bytea *weigh
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_CORRUPTED),
 				 errmsg("weights of model \"%s\" version %d are unusable: %s",
-						name, version, err),
+						bst_short_name(name), version, err),
 				 errhint("Train the model again, or delete this version from bst_models.")));
 	}
 	if (entry->predictor == NULL)
@@ -183,8 +294,9 @@ model_load(const BstModelKey *key, const char *name, int32 version, bytea *weigh
 		MemoryContextDelete(cxt);
 		ereport(ERROR,
 				(errcode(ERRCODE_OUT_OF_MEMORY),
-				 errmsg("out of memory loading model \"%s\"", name)));
+				 errmsg("out of memory loading model \"%s\"", bst_short_name(name))));
 	}
+	entry->bytes = MemoryContextMemAllocated(cxt, true);
 	return entry;
 }
 
@@ -192,29 +304,82 @@ model_load(const BstModelKey *key, const char *name, int32 version, bytea *weigh
 BstStoredModel *
 bst_model_find(const BstModelKey *key)
 {
-	for (int i = 0; i < MODEL_CACHE_SIZE; i++)
+	for (int i = 0; i < model_cache_count; i++)
 	{
 		BstStoredModel *entry = model_cache[i];
 
-		if (entry && entry->key.model_id == key->model_id &&
+		if (entry->key.model_id == key->model_id &&
 			entry->key.xmin == key->xmin && ItemPointerEquals(&entry->key.ctid, (ItemPointer) &key->ctid))
+		{
+			entry->last_used = ++model_cache_clock;
 			return entry;
+		}
 	}
 	return NULL;
 }
 
+/* A hand-edited bst_models row, named by model and field. */
+static void model_row_invalid(const char *name, int32 version, const char *field, const char *why);
+
+static float
+parse_metric_float(const char *text, const char *name, int32 version, const char *field)
+{
+	char	   *end;
+	double		value;
+
+	if (text == NULL)
+		model_row_invalid(name, version, field, "is missing");
+	errno = 0;
+	value = strtod(text, &end);
+	if (end == text || *end != '\0' || errno != 0 || !isfinite(value) || fabs(value) > FLT_MAX)
+		model_row_invalid(name, version, field, psprintf("is not a finite number: %s", text));
+	return (float) value;
+}
+
+static int32
+parse_metric_int(const char *text, const char *name, int32 version, const char *field)
+{
+	char	   *end;
+	long		value;
+
+	errno = 0;
+	value = strtol(text, &end, 10);
+	if (end == text || *end != '\0' || errno != 0 || value < 0 || value > BST_MAX_SEQ_LEN)
+		model_row_invalid(name, version, field,
+						  psprintf("is not a whole number from 0 to %d: %s", BST_MAX_SEQ_LEN, text));
+	return (int32) value;
+}
+
+/* A hand-edited bst_models row, named by model and field. */
 static void
-model_row_missing(const char *name)
+model_row_invalid(const char *name, int32 version, const char *field, const char *why)
 {
 	ereport(ERROR,
 			(errcode(ERRCODE_DATA_CORRUPTED),
-			 errmsg("the bst_models row of model \"%s\" could not be read back", name),
-			 errdetail("It disappeared, or its weights or metrics were set to NULL by hand.")));
+			 errmsg("%s of model \"%s\" version %d %s", field, bst_short_name(name), version, why),
+			 errhint("Restore the row as bst_train stored it, or train the model again.")));
+}
+
+void
+bst_check_model_name(const char *name)
+{
+	if (name[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("model name must not be empty")));
+	if (strlen(name) > BST_MAX_MODEL_NAME_BYTES)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("model name is too long (%zu bytes)", strlen(name)),
+				 errdetail("A model name has at most %d bytes.", BST_MAX_MODEL_NAME_BYTES)));
 }
 
 /*
- * The model named name (its latest version), or with name NULL or empty the
- * one named by bst.model, or else the most recently trained one.
+ * The model to use for name (its latest version).  name NULL means the most
+ * recently trained model the current role owns itself (what
+ * bst_predict(user_id, movie_id) uses when bst.model is not set): never one
+ * that another role could have put there.  Only models that row-level
+ * security shows the current role are found.
  */
 BstStoredModel *
 bst_model_get(FunctionCallInfo fcinfo, const char *name)
@@ -227,13 +392,14 @@ bst_model_get(FunctionCallInfo fcinfo, const char *name)
 	bool		isnull;
 	BstModelKey key;
 	BstStoredModel *entry;
+	bool		with_owner = bst_models_have_owner(fcinfo);
 
-	if (name == NULL || name[0] == '\0')
-		name = bst_default_model;
+	if (name != NULL)
+		bst_check_model_name(name);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (name != NULL && name[0] != '\0')
+	if (name != NULL)
 	{
 		values[0] = CStringGetTextDatum(name);
 		SPI_execute_with_args(psprintf("SELECT model_id, name, version, xmin, ctid FROM %s.bst_models "
@@ -242,19 +408,26 @@ bst_model_get(FunctionCallInfo fcinfo, const char *name)
 		if (SPI_processed == 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("bst model \"%s\" does not exist", name),
-					 errhint("Train it with bst_train('%s', ...), or see SELECT name FROM bst_models.", name)));
+					 errmsg("bst model \"%s\" does not exist", bst_short_name(name)),
+					 errhint("Train it with bst_train(%s, ...), or see SELECT name FROM bst_models.",
+							 quote_literal_cstr(bst_short_name(name)))));
 	}
 	else
 	{
-		SPI_execute(psprintf("SELECT model_id, name, version, xmin, ctid FROM %s.bst_models "
-							 "ORDER BY created_at DESC, model_id DESC LIMIT 1", schema),
-					true, 1);
+		Oid			owner_type[1] = {OIDOID};
+		Datum		owner[1] = {ObjectIdGetDatum(GetUserId())};
+
+		/* Models of a 1.0 install have no owner: its latest, as 1.0 did. */
+		SPI_execute_with_args(psprintf("SELECT model_id, name, version, xmin, ctid FROM %s.bst_models "
+									   "WHERE %s ORDER BY created_at DESC, model_id DESC LIMIT 1", schema,
+									   with_owner ? "owner::pg_catalog.oid OPERATOR(pg_catalog.=) $1" : "$1 IS NOT NULL"),
+							  1, owner_type, owner, NULL, true, 1);
 		if (SPI_processed == 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("no bst model has been trained yet"),
-					 errhint("Train one with bst_train(), or set bst.model.")));
+					 errmsg("bst.model is not set, and role \"%s\" owns no bst model",
+							GetUserNameFromId(GetUserId(), false)),
+					 errhint("SET bst.model = 'name' to use a model by name, or train one with bst_train().")));
 	}
 	row = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
@@ -270,40 +443,45 @@ bst_model_get(FunctionCallInfo fcinfo, const char *name)
 		Datum		id_value[1] = {Int64GetDatum(key.model_id)};
 		Oid			id_type[1] = {INT8OID};
 		Datum		weights_datum;
-		bytea	   *weights;
-		bool		weights_null;
-		bool		fallback_null;
+		bool		field_null;
 		float		fallback;
-		bool		min_history_null;
 		int32		min_history;
+		Oid			owner;
 
 		/*
-		 * A model of version 1.0 was trained on full windows only, and
-		 * records no min_history: then it is seq_len - 1.
+		 * metrics and config are jsonb for people, and may have been edited:
+		 * read them as text and check them here, so that a bad value gets a
+		 * message naming it rather than a cast error.
 		 */
-		SPI_execute_with_args(psprintf("SELECT weights, history, "
-									   "(metrics OPERATOR(pg_catalog.->>) 'train_mean_rating')::pg_catalog.float4, "
-									   "coalesce((metrics OPERATOR(pg_catalog.->>) 'min_history')::pg_catalog.int4, "
-									   "         (config OPERATOR(pg_catalog.->>) 'seq_len')::pg_catalog.int4 "
-									   "         OPERATOR(pg_catalog.-) 1) "
-									   "FROM %s.bst_models WHERE model_id OPERATOR(pg_catalog.=) $1", schema),
+		SPI_execute_with_args(psprintf("SELECT weights, history, %s, "
+									   "metrics OPERATOR(pg_catalog.->>) 'train_mean_rating', "
+									   "metrics OPERATOR(pg_catalog.->>) 'min_history' "
+									   "FROM %s.bst_models WHERE model_id OPERATOR(pg_catalog.=) $1",
+									   with_owner ? "owner::pg_catalog.oid" : "0::pg_catalog.oid", schema),
 							  1, id_type, id_value, NULL, true, 1);
 		if (SPI_processed != 1)
-			model_row_missing(model_name);
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("the bst_models row of model \"%s\" version %d could not be read back",
+							bst_short_name(model_name), version),
+					 errdetail("It was deleted by a concurrent transaction.")));
 		row = SPI_tuptable->vals[0];
 		desc = SPI_tuptable->tupdesc;
-		weights_datum = SPI_getbinval(row, desc, 1, &weights_null);
-		fallback = DatumGetFloat4(SPI_getbinval(row, desc, 3, &fallback_null));
-		min_history = DatumGetInt32(SPI_getbinval(row, desc, 4, &min_history_null));
-		if (weights_null || fallback_null || !isfinite(fallback) || min_history_null)
-			model_row_missing(model_name);
-		weights = DatumGetByteaPP(weights_datum);
+		weights_datum = SPI_getbinval(row, desc, 1, &field_null);
+		if (field_null)
+			model_row_invalid(model_name, version, "weights", "are NULL");
+		owner = DatumGetObjectId(SPI_getbinval(row, desc, 3, &field_null));
+		fallback = parse_metric_float(SPI_getvalue(row, desc, 4), model_name, version,
+									  "metrics->'train_mean_rating'");
+		/* 1.0 trained on full windows only and records no min_history. */
+		min_history = SPI_getvalue(row, desc, 5) == NULL ? BST_MAX_SEQ_LEN :
+			parse_metric_int(SPI_getvalue(row, desc, 5), model_name, version,
+							 "metrics->'min_history'");
 
-		entry = model_load(&key, model_name, version, weights, SPI_getvalue(row, desc, 2),
-						   fallback, min_history);
-		model_cache_retire(model_cache_next);
-		model_cache[model_cache_next] = entry;
-		model_cache_next = (model_cache_next + 1) % MODEL_CACHE_SIZE;
+		entry = model_load(&key, model_name, version, owner, DatumGetByteaPP(weights_datum),
+						   SPI_getvalue(row, desc, 2), fallback, min_history);
+		entry->last_used = ++model_cache_clock;
+		model_cache_add(entry);
 	}
 	SPI_finish();
 	return entry;

@@ -17,6 +17,7 @@
 #include "access/htup_details.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "funcapi.h"
@@ -24,8 +25,10 @@
 #include "storage/proc.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/regproc.h"
+#include "utils/syscache.h"
 
 #include "bst.h"
 
@@ -37,33 +40,44 @@ PG_FUNCTION_INFO_V1(bst_evaluate);
 /* What a call site remembers between rows of one command. */
 typedef struct CallModel
 {
-	char	   *name;			/* as resolved; "" for the most recent model */
+	char	   *name;			/* as resolved; NULL for the default model */
 	LocalTransactionId lxid;	/* the command it was resolved in */
 	CommandId	cid;
+	Oid			userid;			/* the role it was resolved for (row-level security) */
 	BstModelKey key;
 } CallModel;
 
+/*
+ * The model of name (NULL: the default model) for this call, pinned: the
+ * caller unpins it when done.
+ */
 static BstStoredModel *
 model_for_call(FunctionCallInfo fcinfo, const char *name)
 {
 	CallModel  *call = fcinfo->flinfo->fn_extra;
 	BstStoredModel *entry;
 
-	if (call && strcmp(call->name, name) == 0 &&
+	if (call && (call->name == NULL ? name == NULL : name != NULL && strcmp(call->name, name) == 0) &&
 		call->lxid == MyProc->lxid && call->cid == GetCurrentCommandId(false) &&
+		call->userid == GetUserId() &&
 		(entry = bst_model_find(&call->key)) != NULL)
+	{
+		bst_model_pin(entry);
 		return entry;
+	}
 
 	entry = bst_model_get(fcinfo, name);
 	if (call == NULL)
 		call = fcinfo->flinfo->fn_extra =
 			MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(CallModel));
-	else
+	else if (call->name)
 		pfree(call->name);
-	call->name = MemoryContextStrdup(fcinfo->flinfo->fn_mcxt, name);
+	call->name = name ? MemoryContextStrdup(fcinfo->flinfo->fn_mcxt, name) : NULL;
 	call->lxid = MyProc->lxid;
 	call->cid = GetCurrentCommandId(false);
+	call->userid = GetUserId();
 	call->key = entry->key;
+	bst_model_pin(entry);
 	return entry;
 }
 
@@ -135,6 +149,7 @@ predict_window(FunctionCallInfo fcinfo, int movies_arg, bool has_user, int32 use
 	int			n_movies = ArrayGetNItems(ARR_NDIM(movies), ARR_DIMS(movies));
 	int			n_ratings = ArrayGetNItems(ARR_NDIM(ratings), ARR_DIMS(ratings));
 	float	   *rating_values;
+	float		prediction;
 
 	if (ARR_NDIM(movies) > 1 || ARR_NDIM(ratings) > 1 ||
 		array_contains_nulls(movies) || array_contains_nulls(ratings))
@@ -151,7 +166,7 @@ predict_window(FunctionCallInfo fcinfo, int movies_arg, bool has_user, int32 use
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("model \"%s\" needs at least %d history ratings before the target, not %d",
-						entry->name, entry->min_history, n_movies - 1),
+						bst_short_name(entry->name), entry->min_history, n_movies - 1),
 				 errdetail("It was trained only on windows of %d movies or more.",
 						   entry->min_history + 1)));
 	rating_values = (float *) ARR_DATA_PTR(ratings);
@@ -161,8 +176,10 @@ predict_window(FunctionCallInfo fcinfo, int movies_arg, bool has_user, int32 use
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("ratings must not be NaN or infinite")));
 
-	return predict_one(entry, (int32 *) ARR_DATA_PTR(movies), rating_values, n_movies,
-					   has_user, user_id);
+	prediction = predict_one(entry, (int32 *) ARR_DATA_PTR(movies), rating_values, n_movies,
+							 has_user, user_id);
+	bst_model_unpin(entry);
+	return prediction;
 }
 
 /* bst_predict(model, movie_ids, ratings): for the unknown user. */
@@ -180,6 +197,81 @@ bst_predict_user_window(PG_FUNCTION_ARGS)
 }
 
 /*
+ * A model of a 1.0 install has no owner to read its history as: the caller
+ * reads it, so only a relation whose code the caller already trusts (its
+ * own, or a superuser's) is read, and never another role's view.
+ */
+static void
+check_history_owner_1_0(BstStoredModel *entry)
+{
+	RangeVar   *rv = makeRangeVarFromNameList(stringToQualifiedNameList(entry->history));
+	Oid			relid = RangeVarGetRelid(rv, AccessShareLock, false);
+	HeapTuple	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	Oid			relowner;
+
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for relation %u", relid);
+	relowner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
+	ReleaseSysCache(tuple);
+
+	if (relowner != GetUserId() && !superuser_arg(relowner))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("history relation %s of model \"%s\" belongs to another role",
+						entry->history, bst_short_name(entry->name)),
+				 errhint("ALTER EXTENSION bst UPDATE: models then have owners, and a history is read as its model's owner.")));
+}
+
+/*
+ * Read the user's latest seq_len - 1 ratings (newest first) from the model's
+ * history relation into the SPI tuple table.  The relation was named by the
+ * model's owner, and may be a view calling the owner's functions: it is read
+ * as the owner, under a security-restricted operation with a search_path of
+ * pg_catalog only, as PostgreSQL runs the code attached to an object (an
+ * index expression, a materialized view) for whoever maintains it.  So no
+ * model row makes the caller run code it did not choose.
+ */
+static void
+read_history(BstStoredModel *entry, int32 user_id, int limit)
+{
+	Datum		arg[1] = {Int32GetDatum(user_id)};
+	Oid			save_userid;
+	int			save_sec_context;
+	int			save_nestlevel;
+
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	if (!OidIsValid(entry->owner))
+		check_history_owner_1_0(entry);
+	SetUserIdAndSecContext(OidIsValid(entry->owner) ? entry->owner : save_userid,
+						   save_sec_context | SECURITY_RESTRICTED_OPERATION);
+	save_nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+
+	if (entry->history_plan == NULL)
+	{
+		Oid			argtype[1] = {INT4OID};
+		/* The same order as bst_sequences, newest first. */
+		char	   *sql = psprintf("SELECT movie_id::pg_catalog.int4, rating::pg_catalog.float4 FROM %s "
+								   "WHERE user_id OPERATOR(pg_catalog.=) $1 AND unix_timestamp IS NOT NULL "
+								   "ORDER BY unix_timestamp DESC, movie_id DESC, rating DESC LIMIT %d",
+								   history_relation(entry), limit);
+		SPIPlanPtr	plan = SPI_prepare(sql, 1, argtype);
+
+		if (plan == NULL)
+			elog(ERROR, "could not prepare the history query of model \"%s\": %s",
+				 bst_short_name(entry->name), SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		entry->history_plan = plan;
+	}
+	SPI_execute_plan(entry->history_plan, arg, NULL, true, limit);
+
+	/* An error restores both at the (sub)transaction's abort. */
+	AtEOXact_GUC(false, save_nestlevel);
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+}
+
+/*
  * bst_predict(user_id, movie_id): the rating the user would give the movie
  * now, from the user's latest seq_len - 1 ratings in the model's history
  * relation (one index lookup) and the user's features as the model stored
@@ -191,38 +283,23 @@ bst_predict_user(PG_FUNCTION_ARGS)
 {
 	int32		user_id = PG_GETARG_INT32(0);
 	int32		movie_id = PG_GETARG_INT32(1);
-	BstStoredModel *entry = model_for_call(fcinfo, bst_default_model ? bst_default_model : "");
+	BstStoredModel *entry = model_for_call(fcinfo, bst_default_model && bst_default_model[0] ?
+										   bst_default_model : NULL);
 	int			L = bst_model_config(entry->model)->seq_len;
 	int32		movies[BST_MAX_SEQ_LEN];
 	float		ratings[BST_MAX_SEQ_LEN];
-	Datum		arg[1] = {Int32GetDatum(user_id)};
 	uint64		found;
+	float		prediction;
 
 	if (entry->history == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("model \"%s\" was trained without a history relation", entry->name),
+				 errmsg("model \"%s\" was trained without a history relation", bst_short_name(entry->name)),
 				 errhint("Use bst_predict(model, movie_ids, ratings), or train with history => 'ratings'.")));
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (entry->history_plan == NULL)
-	{
-		Oid			argtype[1] = {INT4OID};
-		/* The same order as bst_sequences, newest first. */
-		char	   *sql = psprintf("SELECT movie_id::pg_catalog.int4, rating::pg_catalog.float4 FROM %s "
-								   "WHERE user_id OPERATOR(pg_catalog.=) $1 AND unix_timestamp IS NOT NULL "
-								   "ORDER BY unix_timestamp DESC, movie_id DESC, rating DESC LIMIT %d",
-								   history_relation(entry), L - 1);
-		SPIPlanPtr	plan = SPI_prepare(sql, 1, argtype);
-
-		if (plan == NULL)
-			elog(ERROR, "could not prepare the history query of model \"%s\": %s",
-				 entry->name, SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		entry->history_plan = plan;
-	}
-	SPI_execute_plan(entry->history_plan, arg, NULL, true, L - 1);
+	read_history(entry, user_id, L - 1);
 	found = SPI_processed;
 	/* Newest first from the index; the window wants oldest first. */
 	for (uint64 i = 0; i < found; i++)
@@ -236,16 +313,21 @@ bst_predict_user(PG_FUNCTION_ARGS)
 		ratings[pos] = DatumGetFloat4(SPI_getbinval(row, SPI_tuptable->tupdesc, 2, &null_rating));
 		if (null_movie || null_rating || !isfinite(ratings[pos]))
 			ereport(ERROR,
-					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					(errcode(ERRCODE_DATA_EXCEPTION),
 					 errmsg("history of user %d in %s has a NULL movie id or a NULL or NaN rating",
 							user_id, entry->history)));
 	}
 	SPI_finish();
 
 	if (found < (uint64) entry->min_history)
-		PG_RETURN_FLOAT4(entry->fallback_rating);
-	movies[found] = movie_id;
-	PG_RETURN_FLOAT4(predict_one(entry, movies, ratings, (int) found + 1, true, user_id));
+		prediction = entry->fallback_rating;
+	else
+	{
+		movies[found] = movie_id;
+		prediction = predict_one(entry, movies, ratings, (int) found + 1, true, user_id);
+	}
+	bst_model_unpin(entry);
+	PG_RETURN_FLOAT4(prediction);
 }
 
 static void
@@ -277,6 +359,8 @@ bst_evaluate(PG_FUNCTION_ARGS)
 		elog(ERROR, "bst_evaluate must return a record");
 
 	entry = bst_model_get(fcinfo, text_to_cstring(PG_GETARG_TEXT_PP(0)));
+	/* The query may use other models: keep this one loaded meanwhile. */
+	bst_model_pin(entry);
 	bst_dataset_read(&ds, text_to_cstring(PG_GETARG_TEXT_PP(1)), "evaluation");
 	bst_dataset_pack(&ds, entry->model, entry->min_history, "evaluation", &data);
 
@@ -289,9 +373,10 @@ bst_evaluate(PG_FUNCTION_ARGS)
 	if (failed)
 		ereport(ERROR,
 				(errcode(ERRCODE_OUT_OF_MEMORY),
-				 errmsg("out of memory evaluating model \"%s\"", entry->name)));
+				 errmsg("out of memory evaluating model \"%s\"", bst_short_name(entry->name))));
 	if (!isfinite(mae) || !isfinite(rmse))
 		check_prediction(NAN);
+	bst_model_unpin(entry);
 
 	values[0] = Int64GetDatum(ds.n);
 	values[1] = Float8GetDatum(mae);

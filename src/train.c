@@ -21,6 +21,7 @@
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "portability/instr_time.h"
+#include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
@@ -141,6 +142,7 @@ typedef struct TrainArgs
 	bool		features_explicit;	/* given by the call: a missing source is an error */
 	bool		bias;
 	char	   *history;		/* qualified relation name, or NULL */
+	Oid			history_relid;
 	Oid			users;			/* InvalidOid: none */
 	Oid			movies;
 	char	   *vocabulary;		/* query, or NULL for the movies of the data */
@@ -272,8 +274,7 @@ parse_args(FunctionCallInfo fcinfo, TrainArgs *a)
 	bst_arg_not_null(fcinfo, ARG_QUERY, "query");
 	bst_arg_not_null(fcinfo, ARG_SEED, "seed");
 	a->name = text_to_cstring(PG_GETARG_TEXT_PP(ARG_MODEL));
-	if (a->name[0] == '\0')
-		invalid("model name must not be empty", NULL);
+	bst_check_model_name(a->name);
 	a->query = text_to_cstring(PG_GETARG_TEXT_PP(ARG_QUERY));
 
 	/* Version 1.0's declaration has no preset: it always was the Keras example. */
@@ -392,6 +393,7 @@ parse_args(FunctionCallInfo fcinfo, TrainArgs *a)
 
 		check_history(relid);
 		a->history = bst_relation_name(relid);
+		a->history_relid = relid;
 	}
 	a->embed_dim = arg_given(fcinfo, ARG_EMBED_DIM) ? PG_GETARG_INT32(ARG_EMBED_DIM) : 0;
 	if (arg_given(fcinfo, ARG_EMBED_DIM) && (a->embed_dim < 1 || a->embed_dim > BST_MAX_EMBED_DIM))
@@ -1016,6 +1018,56 @@ inputs_text(uint32 features, const BstConfig *c)
 	return buf.len ? buf.data : "none";
 }
 
+/*
+ * Everything that would keep the trained model from being stored, checked
+ * before the training rather than after it: a read-only transaction or a
+ * standby, the privilege to insert into bst_models, and the model's
+ * ownership.  Returns the role the new version belongs to: the model's
+ * owner (a role the caller has the privileges of), or the caller for a new
+ * model.  That role reads the history at prediction time, so it must be
+ * allowed to.
+ */
+static Oid
+check_can_store(FunctionCallInfo fcinfo, const TrainArgs *a)
+{
+	Oid			models = get_relname_relid("bst_models", get_func_namespace(fcinfo->flinfo->fn_oid));
+	Oid			owner;
+
+	/* A standby is read-only too; say which. */
+	PreventCommandDuringRecovery("bst_train()");
+	PreventCommandIfReadOnly("bst_train()");
+	if (!OidIsValid(models))
+		elog(ERROR, "relation bst_models of the bst extension is missing");
+	if (pg_class_aclcheck(models, GetUserId(), ACL_INSERT) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to train: role \"%s\" may not insert into bst_models",
+						GetUserNameFromId(GetUserId(), false)),
+				 errhint("A role trains once granted EXECUTE on bst_train and INSERT on bst_models.")));
+	/* A 1.0 install, not updated yet, has no owners. */
+	if (!bst_models_have_owner(fcinfo))
+		return InvalidOid;
+
+	owner = bst_model_owner(fcinfo, a->name);
+	if (!OidIsValid(owner))
+		owner = GetUserId();
+	else if (!has_privs_of_role(GetUserId(), owner))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("model \"%s\" belongs to role \"%s\"",
+						bst_short_name(a->name), GetUserNameFromId(owner, true) ?
+						GetUserNameFromId(owner, true) : "(dropped)"),
+				 errdetail("Only a role with the privileges of a model's owner may add versions."),
+				 errhint("Train under another name.")));
+	if (a->history && pg_class_aclcheck(a->history_relid, owner, ACL_SELECT) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("role \"%s\", the owner of model \"%s\", may not read history relation %s",
+						GetUserNameFromId(owner, false), bst_short_name(a->name), a->history),
+				 errdetail("bst_predict(user_id, movie_id) reads the history as the model's owner.")));
+	return owner;
+}
+
 Datum
 bst_train(PG_FUNCTION_ARGS)
 {
@@ -1040,6 +1092,7 @@ bst_train(PG_FUNCTION_ARGS)
 	instr_time	now;
 	StringInfoData metrics;
 	int32		version;
+	Oid			owner;
 	TupleDesc	result_desc;
 	Datum		result[10];
 	bool		result_nulls[10] = {0};
@@ -1050,6 +1103,7 @@ bst_train(PG_FUNCTION_ARGS)
 	memset(&args, 0, sizeof(args));
 	memset(&inputs, 0, sizeof(inputs));
 	parse_args(fcinfo, &args);
+	owner = check_can_store(fcinfo, &args);
 	INSTR_TIME_SET_CURRENT(start);
 
 	bst_dataset_read(&ds, args.query, "training");
@@ -1130,14 +1184,14 @@ bst_train(PG_FUNCTION_ARGS)
 
 	ereport(NOTICE,
 			(errmsg("bst_train \"%s\": %lld windows of up to %d movies, %d movies, %d users; inputs: %s; %s, learning rate %g%s",
-					args.name, (long long) ds.n, config.seq_len, n_movies, inputs.n_users,
+					bst_short_name(args.name), (long long) ds.n, config.seq_len, n_movies, inputs.n_users,
 					inputs_text(args.features, &config), optimizer_names[args.fit.train.optimizer],
 					args.fit.train.learning_rate,
 					args.fit.patience ? psprintf(", early stopping on %g of the windows", args.fit.validation_fraction) : "")));
 
 	initStringInfo(&metrics);
 	appendStringInfoString(&metrics, "{\"epochs\": [");
-	progress.name = args.name;
+	progress.name = bst_short_name(args.name);
 	progress.epochs = args.fit.epochs;
 	progress.metrics = &metrics;
 	old_core = bst_core_memory(train_cxt);
@@ -1152,7 +1206,7 @@ bst_train(PG_FUNCTION_ARGS)
 	if (status == BST_FIT_NO_MEMORY)
 		ereport(ERROR,
 				(errcode(ERRCODE_OUT_OF_MEMORY),
-				 errmsg("out of memory training model \"%s\"", args.name)));
+				 errmsg("out of memory training model \"%s\"", bst_short_name(args.name))));
 	if (status != BST_FIT_OK)
 		elog(ERROR, "bst_fit refused its input");
 
@@ -1168,7 +1222,7 @@ bst_train(PG_FUNCTION_ARGS)
 	appendStringInfo(&metrics, ", \"train_mean_rating\": %.6g, \"min_history\": %d, \"seconds\": %.3f}",
 					 fit.train_mean, min_history, INSTR_TIME_GET_DOUBLE(now));
 
-	version = bst_model_store(fcinfo, args.name, model, config_json(&args, bst_model_config(model), &inputs),
+	version = bst_model_store(fcinfo, args.name, owner, model, config_json(&args, bst_model_config(model), &inputs),
 							  metrics.data, args.history);
 	MemoryContextDelete(train_cxt);
 
