@@ -30,3 +30,15 @@ unittest:
 # PGXS does not track headers.  After the PGXS include, so that "all" stays
 # the default target.
 $(OBJS): $(wildcard src/*.h src/core/*.h)
+
+# TAP tests (test/t/*.pl, PostgreSQL::Test::Cluster): crash-restart, cancel
+# and hot-standby behaviour, each on clusters of their own.  Not TAP_TESTS:
+# that would also run them in "make installcheck", which runs as root in
+# scripts/test.sh, and initdb refuses root.  tmp_check/ goes to the current
+# directory; as root, run them as postgres in a copy that postgres owns:
+#   d=$(mktemp -d) && mkdir "$d/test" && cp Makefile "$d" && cp -r test/t "$d/test" &&
+#     chown -R postgres: "$d" && runuser -u postgres -- make -C "$d" prove_installcheck
+PROVE_TESTS = test/t/*.pl
+.PHONY: prove_installcheck
+prove_installcheck:
+	$(prove_installcheck)

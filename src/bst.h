@@ -15,6 +15,12 @@
 #include "core/fit.h"
 #include "core/model.h"
 
+/*
+ * Largest magnitude of a rating or label: any rating scale, yet far from
+ * where a squared error overflows a float.
+ */
+#define BST_MAX_ABS_RATING 1e6
+
 /* Longest window bst_sequences builds: far beyond any useful model. */
 #define BST_MAX_SEQ_LEN 1024
 

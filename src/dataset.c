@@ -19,6 +19,7 @@
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "utils/array.h"
+#include "nodes/parsenodes.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 #include "utils/plancache.h"
@@ -61,12 +62,12 @@ window_elements(HeapTuple tuple, TupleDesc desc, int col, const char *name,
 
 	if (isnull)
 		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				(errcode(ERRCODE_DATA_EXCEPTION),
 				 errmsg("%s is NULL in row %lld", name, (long long) row)));
 	array = DatumGetArrayTypeP(datum);
 	if (ARR_NDIM(array) != 1 || array_contains_nulls(array))
 		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				(errcode(ERRCODE_DATA_EXCEPTION),
 				 errmsg("%s in row %lld must be a one-dimensional array without NULLs",
 						name, (long long) row)));
 	*length = ARR_DIMS(array)[0];
@@ -120,6 +121,23 @@ dataset_reserve(BstDataset *ds, int len, MemoryContext cxt)
  * "cannot open multi-query plan" or "DELETE is not allowed in a non-volatile
  * function".  purpose names the query in the message.
  */
+/* Whether a prepared statement's queries only read. */
+static bool
+plain_select(List *queries)
+{
+	ListCell   *lc;
+
+	foreach(lc, queries)
+	{
+		Query	   *q = lfirst_node(Query, lc);
+
+		if (q->commandType != CMD_SELECT || q->utilityStmt != NULL ||
+			q->hasModifyingCTE || q->rowMarks != NIL)
+			return false;
+	}
+	return queries != NIL;
+}
+
 SPIPlanPtr
 bst_prepare_select(const char *query, const char *purpose)
 {
@@ -134,12 +152,19 @@ bst_prepare_select(const char *query, const char *purpose)
 	if (plan == NULL)
 		elog(ERROR, "could not prepare the %s query: %s", purpose,
 			 SPI_result_code_string(SPI_result));
+	/*
+	 * A plain SELECT only: SELECT INTO, FOR UPDATE or a data-modifying WITH
+	 * would write (or lock), which the read-only execution refuses with a
+	 * message about volatile functions that does not say what is wrong.
+	 */
 	sources = SPI_plan_get_plan_sources(plan);
 	if (list_length(sources) != 1 ||
-		((CachedPlanSource *) linitial(sources))->commandTag != CMDTAG_SELECT)
+		((CachedPlanSource *) linitial(sources))->commandTag != CMDTAG_SELECT ||
+		!plain_select(((CachedPlanSource *) linitial(sources))->query_list))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s query must be a single SELECT", purpose)));
+				 errmsg("%s query must be a single plain SELECT", purpose),
+				 errdetail("SELECT INTO, FOR UPDATE or FOR SHARE, and WITH ... INSERT, UPDATE or DELETE are not allowed.")));
 	return plan;
 }
 
@@ -196,16 +221,19 @@ bst_dataset_read(BstDataset *ds, const char *query, const char *purpose)
 
 			if (n_movies < 1 || n_ratings != n_movies)
 				ereport(ERROR,
-						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						(errcode(ERRCODE_DATA_EXCEPTION),
 						 errmsg("row %lld of the %s query has %d movie ids and %d ratings, but a window needs at least one of each, as many ratings as movies",
 								(long long) row, purpose, n_movies, n_ratings),
 						 errdetail("The last movie of a window is the target, the last rating its label.")));
 			for (int j = 0; j < n_ratings; j++)
-				if (!isfinite(ratings[j]))
+				if (!isfinite(ratings[j]) || fabsf(ratings[j]) > BST_MAX_ABS_RATING)
 					ereport(ERROR,
-							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-							 errmsg("row %lld of the %s query has a NaN or infinite rating",
-									(long long) row, purpose)));
+							(errcode(ERRCODE_DATA_EXCEPTION),
+							 errmsg("%s %g in row %lld of the %s query is out of range",
+									j == n_ratings - 1 ? "label (target rating)" : "rating",
+									ratings[j], (long long) row, purpose),
+							 errdetail("Ratings and labels must be finite and within -%g .. %g.",
+									   BST_MAX_ABS_RATING, BST_MAX_ABS_RATING)));
 			if (user_col > 0)
 			{
 				bool		isnull;
@@ -213,7 +241,7 @@ bst_dataset_read(BstDataset *ds, const char *query, const char *purpose)
 				user = DatumGetInt32(SPI_getbinval(tuple, desc, user_col, &isnull));
 				if (isnull)
 					ereport(ERROR,
-							(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+							(errcode(ERRCODE_DATA_EXCEPTION),
 							 errmsg("user_id is NULL in row %lld of the %s query",
 									(long long) row, purpose)));
 			}
@@ -269,7 +297,7 @@ bst_dataset_pack(const BstDataset *ds, const BstModel *model, int32 min_history,
 		data->targets[w] = ds->ratings[start + len - 1];
 		if (data->hist_len[w] < min_history)
 			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					(errcode(ERRCODE_DATA_EXCEPTION),
 					 errmsg("row %lld of the %s query has %d history ratings, but the model needs at least %d",
 							(long long) w + 1, purpose, data->hist_len[w], min_history),
 					 errdetail("The model was trained only on windows of %d movies or more.",

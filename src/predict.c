@@ -171,10 +171,12 @@ predict_window(FunctionCallInfo fcinfo, int movies_arg, bool has_user, int32 use
 						   entry->min_history + 1)));
 	rating_values = (float *) ARR_DATA_PTR(ratings);
 	for (int i = 0; i < n_movies - 1; i++)
-		if (!isfinite(rating_values[i]))
+		if (!isfinite(rating_values[i]) || fabsf(rating_values[i]) > BST_MAX_ABS_RATING)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("ratings must not be NaN or infinite")));
+					 errmsg("rating %g is out of range", rating_values[i]),
+					 errdetail("Ratings must be finite and within -%g .. %g.",
+							   BST_MAX_ABS_RATING, BST_MAX_ABS_RATING)));
 
 	prediction = predict_one(entry, (int32 *) ARR_DATA_PTR(movies), rating_values, n_movies,
 							 has_user, user_id);
@@ -311,11 +313,14 @@ bst_predict_user(PG_FUNCTION_ARGS)
 
 		movies[pos] = DatumGetInt32(SPI_getbinval(row, SPI_tuptable->tupdesc, 1, &null_movie));
 		ratings[pos] = DatumGetFloat4(SPI_getbinval(row, SPI_tuptable->tupdesc, 2, &null_rating));
-		if (null_movie || null_rating || !isfinite(ratings[pos]))
+		if (null_movie || null_rating || !isfinite(ratings[pos]) ||
+			fabsf(ratings[pos]) > BST_MAX_ABS_RATING)
 			ereport(ERROR,
 					(errcode(ERRCODE_DATA_EXCEPTION),
-					 errmsg("history of user %d in %s has a NULL movie id or a NULL or NaN rating",
-							user_id, entry->history)));
+					 errmsg("history of user %d in %s has a NULL movie id or a NULL or out-of-range rating",
+							user_id, entry->history),
+					 errdetail("Ratings must be finite and within -%g .. %g.",
+							   BST_MAX_ABS_RATING, BST_MAX_ABS_RATING)));
 	}
 	SPI_finish();
 
