@@ -100,6 +100,14 @@ ALTER TABLE bst_models
     ALTER COLUMN owner SET NOT NULL,
     ALTER COLUMN owner SET DEFAULT (pg_catalog.quote_ident(CURRENT_USER))::pg_catalog.regrole;
 
+-- The models this backend holds loaded (bst.model_cache_memory bounds
+-- them), most recently used first: their memory, and the calls each served
+-- since it was loaded.
+CREATE FUNCTION bst_loaded_models(OUT name text, OUT version integer, OUT model_id bigint,
+                                  OUT bytes bigint, OUT uses bigint)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME' LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
+
 --------------------------------------------------------------------------
 -- Privileges
 --------------------------------------------------------------------------

@@ -158,6 +158,14 @@ CREATE FUNCTION bst_evaluate(model text, query text,
 RETURNS record
 AS 'MODULE_PATHNAME' LANGUAGE C CALLED ON NULL INPUT STABLE PARALLEL UNSAFE;
 
+-- The models this backend holds loaded (bst.model_cache_memory bounds
+-- them), most recently used first: their memory, and the calls each served
+-- since it was loaded.
+CREATE FUNCTION bst_loaded_models(OUT name text, OUT version integer, OUT model_id bigint,
+                                  OUT bytes bigint, OUT uses bigint)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME' LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
+
 --------------------------------------------------------------------------
 -- Privileges
 --------------------------------------------------------------------------

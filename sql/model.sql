@@ -148,6 +148,19 @@ SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratin
 SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', rating_mode => 'divide')$q$);
 SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', factors => -1)$q$);
 SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', seq_len => 1024, batch_size => 256)$q$);
+-- Training memory is estimated before anything is allocated: one window of
+-- 1024 movies in batches of 16 would take over a gigabyte.
+SET maintenance_work_mem = '512MB';
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT array_agg(m) AS movie_ids, array_agg(4::real) AS ratings FROM generate_series(1, 1024) m',
+                                                   batch_size => 16, early_stopping => false, vocabulary => NULL)$q$);
+SET maintenance_work_mem = '2GB';
+SET bst.train_memory = '256MB';   -- the setting, when set, is the limit
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT array_agg(m) AS movie_ids, array_agg(4::real) AS ratings FROM generate_series(1, 1024) m',
+                                                   batch_size => 16, early_stopping => false, vocabulary => NULL)$q$);
+SET bst.train_memory = '1MB';   -- and it bounds the smallest training too
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', hidden => '{8}')$q$);
+RESET bst.train_memory;
+RESET maintenance_work_mem;
 SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT ''{1,2}''::int[] AS movie_ids, ''{4,5}''::real[] AS ratings')$q$);
 SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', users => 'no_such_table')$q$);
 SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', features => '{user_id}')$q$);

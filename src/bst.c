@@ -88,7 +88,7 @@ _PG_init(void)
 							GUC_UNIT_KB,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("bst.train_memory",
-							"Most memory one bst_train or bst_evaluate may allocate.",
+							"Most memory one bst_train may allocate for the model and its training.",
 							"0 means maintenance_work_mem.",
 							&bst_train_memory_kb,
 							0, 0, MAX_KILOBYTES,

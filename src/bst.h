@@ -120,6 +120,7 @@ typedef struct BstStoredModel
 	Size		bytes;			/* allocated in context */
 	uint64		last_used;		/* cache clock when last found */
 	int			pins;			/* calls running with it */
+	uint64		uses;			/* calls served since loaded */
 	bool		retired;		/* evicted while pinned: freed at the last unpin */
 } BstStoredModel;
 

@@ -18,6 +18,7 @@
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "funcapi.h"
 #include "miscadmin.h"
 #include "nodes/pg_list.h"
 #include "utils/builtins.h"
@@ -179,6 +180,7 @@ void
 bst_model_pin(BstStoredModel *entry)
 {
 	entry->pins++;
+	entry->uses++;
 }
 
 void
@@ -264,6 +266,8 @@ model_load(const BstModelKey *key, const char *name, int32 version, Oid owner, b
 	entry->context = cxt;
 	entry->key = *key;
 	entry->name = MemoryContextStrdup(cxt, name);
+	/* pg_backend_memory_contexts shows which model a context holds. */
+	MemoryContextSetIdentifier(cxt, entry->name);
 	entry->version = version;
 	entry->owner = owner;
 	entry->history = history ? MemoryContextStrdup(cxt, history) : NULL;
@@ -396,6 +400,8 @@ bst_model_get(FunctionCallInfo fcinfo, const char *name)
 
 	if (name != NULL)
 		bst_check_model_name(name);
+	/* bst.model_cache_memory may have been lowered since the last load. */
+	model_cache_make_room(0);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -485,4 +491,43 @@ bst_model_get(FunctionCallInfo fcinfo, const char *name)
 	}
 	SPI_finish();
 	return entry;
+}
+
+/*
+ * bst_loaded_models(): the models this backend holds loaded, most recently
+ * used first, with their memory and the calls each served since it was
+ * loaded.
+ */
+PG_FUNCTION_INFO_V1(bst_loaded_models);
+Datum
+bst_loaded_models(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	BstStoredModel *order[MODEL_CACHE_MAX_ENTRIES];
+	int			n = model_cache_count;
+
+	InitMaterializedSRF(fcinfo, 0);
+	memcpy(order, model_cache, n * sizeof(BstStoredModel *));
+	/* Insertion sort by last use, newest first: at most 64 entries. */
+	for (int i = 1; i < n; i++)
+		for (int j = i; j > 0 && order[j]->last_used > order[j - 1]->last_used; j--)
+		{
+			BstStoredModel *t = order[j];
+
+			order[j] = order[j - 1];
+			order[j - 1] = t;
+		}
+	for (int i = 0; i < n; i++)
+	{
+		Datum		values[5];
+		bool		nulls[5] = {0};
+
+		values[0] = CStringGetTextDatum(order[i]->name);
+		values[1] = Int32GetDatum(order[i]->version);
+		values[2] = Int64GetDatum(order[i]->key.model_id);
+		values[3] = Int64GetDatum((int64) order[i]->bytes);
+		values[4] = Int64GetDatum((int64) order[i]->uses);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
 }

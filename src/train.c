@@ -1068,6 +1068,29 @@ check_can_store(FunctionCallInfo fcinfo, const TrainArgs *a)
 	return owner;
 }
 
+/*
+ * What the training would allocate (activations, gradients, optimizer
+ * state, the model), estimated exactly by the core before anything is
+ * allocated, against bst.train_memory (0: maintenance_work_mem, the memory
+ * PostgreSQL's own maintenance operations may use).
+ */
+static void
+check_train_memory(const TrainArgs *a, const BstConfig *config, int64 n_windows)
+{
+	double		needed = (double) bst_fit_memory_bytes(config, &a->fit, n_windows) +
+		(double) bst_model_memory_bytes(config);
+	int			limit_kb = bst_train_memory_kb > 0 ? bst_train_memory_kb : maintenance_work_mem;
+
+	if (needed > (double) limit_kb * 1024)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("training model \"%s\" needs %.0f MB of memory, more than the limit of %d MB",
+						bst_short_name(a->name), ceil(needed / (1024 * 1024)), limit_kb / 1024),
+				 errdetail("batch_size %d, windows of %d movies, %d heads, embedding width %d.",
+						   a->fit.train.batch_size, config->seq_len, config->heads, config->embed_dim),
+				 errhint("Use a smaller batch_size or seq_len, or raise bst.train_memory (0 means maintenance_work_mem).")));
+}
+
 Datum
 bst_train(PG_FUNCTION_ARGS)
 {
@@ -1156,6 +1179,7 @@ bst_train(PG_FUNCTION_ARGS)
 				 errdetail("batch_size times heads times the window length squared must be at most %d.",
 						   BST_MAX_ATTENTION_SCORES),
 				 errhint("Use a smaller batch_size or seq_len.")));
+	check_train_memory(&args, &config, ds.n);
 	if (args.fit.validation_fraction > 0 && ds.n < 2)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

@@ -9,7 +9,9 @@
 #include "layers.h"
 #include "rng.h"
 
-/* Windows per forward pass when scoring the validation split. */
+/* Windows per forward pass asked of the evaluation predictor: it may take
+ * fewer (bst_predictor_batch_limit), and evaluation goes in chunks of what it
+ * takes. */
 #define EVAL_BATCH 1024
 /* Separate streams of the seed: the split, the epoch shuffles (the latter
  * as in format 1, so a run without validation shuffles as it always did). */
@@ -50,9 +52,11 @@ typedef struct Fit {
     int32_t L, B;
     uint32_t *order;           /* [n]: validation windows first, then training */
     int64_t n_val, n_train;
-    int32_t *movies, *hist_len, *users;   /* one batch */
+    int32_t eval_rows;         /* windows per evaluation chunk (the predictor's
+                                * batch); 0 without evaluation */
+    int32_t *movies, *hist_len, *users;   /* one batch: max(B, eval_rows) windows */
     float *ratings, *targets;
-    float *pred;               /* [EVAL_BATCH] */
+    float *pred;               /* [eval_rows] */
     BstPredictor *predictor;
     BstTrainer *trainer;
     float *best_params, *best_bn;
@@ -81,11 +85,12 @@ static void evaluate_windows(Fit *f, const uint32_t *idx, int64_t n, const BstFi
                              double *mae, double *rmse)
 {
     double abs_sum = 0.0, sq_sum = 0.0;
-    const int64_t n_chunks = (n + EVAL_BATCH - 1) / EVAL_BATCH;
-    for (int64_t first = 0; first < n; first += EVAL_BATCH) {
+    const int32_t chunk = f->eval_rows;
+    const int64_t n_chunks = (n + chunk - 1) / chunk;
+    for (int64_t first = 0; first < n; first += chunk) {
         if (hooks && hooks->before_batch)
-            hooks->before_batch(hooks->arg, 0, first / EVAL_BATCH, n_chunks);
-        const int32_t count = (int32_t)(n - first < EVAL_BATCH ? n - first : EVAL_BATCH);
+            hooks->before_batch(hooks->arg, 0, first / chunk, n_chunks);
+        const int32_t count = (int32_t)(n - first < chunk ? n - first : chunk);
         BstBatch b = gather(f, idx + first, count);
         bst_predict(f->predictor, &b, f->pred);
         for (int32_t j = 0; j < count; j++) {
@@ -96,6 +101,15 @@ static void evaluate_windows(Fit *f, const uint32_t *idx, int64_t n, const BstFi
     }
     *mae = abs_sum / (double)n;
     *rmse = sqrt(sq_sum / (double)n);
+}
+
+/* Bytes of bias_init's working arrays, all freed before it returns. */
+static size_t bias_init_bytes(const BstConfig *c)
+{
+    const size_t movie_rows = (size_t)c->n_movies + 1, user_rows = (size_t)c->n_users + 1;
+    const size_t rows = movie_rows > user_rows ? movie_rows : user_rows;
+    /* movie_bias, user_bias, sum, count */
+    return (movie_rows + user_rows + 2 * rows) * sizeof(double);
 }
 
 /*
@@ -156,20 +170,40 @@ static int bias_init(Fit *f, double mean)
     return 0;
 }
 
-/* The window order and batch buffers for up to `rows` windows; -1 when out
- * of memory (fit_free releases what was allocated). */
-static int fit_alloc(Fit *f, int32_t rows)
+/* Windows held by the batch buffers: a training batch, or an evaluation
+ * chunk, whichever is larger (they take turns). */
+static size_t fit_rows(int32_t train_rows, int32_t eval_rows)
 {
-    const size_t L = (size_t)f->L;
+    return (size_t)(train_rows > eval_rows ? train_rows : eval_rows);
+}
+
+/* Bytes fit_alloc allocates for n windows of L positions. */
+static size_t fit_buffers_bytes(int64_t n, int32_t L, int32_t train_rows, int32_t eval_rows)
+{
+    const size_t rows = fit_rows(train_rows, eval_rows);
+    return (size_t)n * sizeof(uint32_t) +                           /* order */
+           rows * (size_t)L * sizeof(int32_t) +                     /* movies */
+           rows * (size_t)(L - 1) * sizeof(float) +                 /* ratings */
+           rows * (2 * sizeof(int32_t) + sizeof(float)) +           /* hist_len, users, targets */
+           (size_t)eval_rows * sizeof(float);                       /* pred */
+}
+
+/* The window order and batch buffers for training batches of train_rows
+ * windows and evaluation chunks of f->eval_rows; -1 when out of memory
+ * (fit_free releases what was allocated). */
+static int fit_alloc(Fit *f, int32_t train_rows)
+{
+    const size_t L = (size_t)f->L, rows = fit_rows(train_rows, f->eval_rows);
     f->order = bst_alloc((size_t)f->data->n * sizeof(uint32_t));
-    f->movies = bst_alloc((size_t)rows * L * sizeof(int32_t));
-    f->ratings = bst_alloc((size_t)rows * (L - 1) * sizeof(float));
-    f->hist_len = bst_alloc((size_t)rows * sizeof(int32_t));
-    f->users = bst_alloc((size_t)rows * sizeof(int32_t));
-    f->targets = bst_alloc((size_t)rows * sizeof(float));
-    f->pred = bst_alloc((size_t)EVAL_BATCH * sizeof(float));
+    f->movies = bst_alloc(rows * L * sizeof(int32_t));
+    f->ratings = bst_alloc(rows * (L - 1) * sizeof(float));
+    f->hist_len = bst_alloc(rows * sizeof(int32_t));
+    f->users = bst_alloc(rows * sizeof(int32_t));
+    f->targets = bst_alloc(rows * sizeof(float));
+    if (f->eval_rows > 0)
+        f->pred = bst_alloc((size_t)f->eval_rows * sizeof(float));
     if (!f->order || !f->movies || !f->ratings || !f->hist_len || !f->users || !f->targets ||
-        !f->pred)
+        (f->eval_rows > 0 && !f->pred))
         return -1;
     for (int64_t i = 0; i < f->data->n; i++)
         f->order[i] = (uint32_t)i;
@@ -205,6 +239,42 @@ static void restore(BstModel *m, const float *params, const float *bn)
         memcpy(m->bn.slab, bn, m->bn.size * sizeof(float));
 }
 
+/* Windows held out for validation: the fraction, but at least one if any. */
+static int64_t validation_windows(int64_t n, float fraction)
+{
+    int64_t n_val = (int64_t)((double)n * fraction);
+    return fraction > 0.0f && n_val < 1 ? 1 : n_val;
+}
+
+/* Floats of a snapshot of the BatchNorm moving statistics (BstBnStats: mean
+ * and variance of each hidden unit), at least 1 for bst_alloc. */
+static size_t bn_snapshot_count(const BstConfig *c)
+{
+    size_t total = 0;
+    for (int i = 0; i < c->n_hidden; i++)
+        total += 2 * (size_t)c->hidden[i];
+    return total ? total : 1;
+}
+
+/*
+ * bst_fit allocates, in order: the batch buffers (fit_alloc), the best
+ * epoch's snapshot, bias_init's arrays (freed on return), the trainer and
+ * the validation predictor; all of it is freed when it returns.
+ */
+size_t bst_fit_memory_bytes(const BstConfig *cfg, const BstFitOptions *o, int64_t n_windows)
+{
+    const int64_t n_val = validation_windows(n_windows, o->validation_fraction);
+    const int32_t eval_rows = n_val > 0 ? bst_predictor_batch_limit(cfg, EVAL_BATCH) : 0;
+    size_t held = fit_buffers_bytes(n_windows, cfg->seq_len, o->train.batch_size, eval_rows);
+    if (o->patience > 0)
+        held += bst_config_num_params(cfg) * sizeof(float) +
+                bn_snapshot_count(cfg) * sizeof(float);
+    const size_t bias = o->bias_init && cfg->use_bias ? bias_init_bytes(cfg) : 0;
+    const size_t training = bst_trainer_memory_bytes(cfg, &o->train) +
+                            (n_val > 0 ? bst_predictor_memory_bytes(cfg, EVAL_BATCH) : 0);
+    return held + (bias > training ? bias : training);
+}
+
 BstFitStatus bst_fit(BstModel *m, const BstData *data, const BstFitOptions *o,
                      const BstFitHooks *hooks, BstFitResult *result)
 {
@@ -221,18 +291,18 @@ BstFitStatus bst_fit(BstModel *m, const BstData *data, const BstFitOptions *o,
     f.data = data;
     f.L = L;
     f.B = o->train.batch_size;
-    f.n_val = (int64_t)((double)data->n * o->validation_fraction);
-    if (o->validation_fraction > 0.0f && f.n_val < 1)
-        f.n_val = 1;
+    f.n_val = validation_windows(data->n, o->validation_fraction);
     f.n_train = data->n - f.n_val;
     if (f.n_train < 1)
         return BST_FIT_BAD_INPUT;
+    /* The predictor created below takes exactly this many windows per pass. */
+    f.eval_rows = f.n_val > 0 ? bst_predictor_batch_limit(&m->cfg, EVAL_BATCH) : 0;
 
-    if (fit_alloc(&f, f.B > EVAL_BATCH ? f.B : EVAL_BATCH) != 0)
+    if (fit_alloc(&f, f.B) != 0)
         goto no_memory;
     if (o->patience > 0) {
         f.best_params = bst_alloc(m->params.size * sizeof(float));
-        f.best_bn = bst_alloc((m->bn.size ? m->bn.size : 1) * sizeof(float));
+        f.best_bn = bst_alloc(bn_snapshot_count(&m->cfg) * sizeof(float));
         if (!f.best_params || !f.best_bn)
             goto no_memory;
     }
@@ -362,7 +432,8 @@ int bst_evaluate_data(const BstModel *m, const BstData *data, const BstFitHooks 
     f.m = (BstModel *)m;
     f.data = data;
     f.L = data->seq_len;
-    int ok = fit_alloc(&f, EVAL_BATCH) == 0 &&
+    f.eval_rows = bst_predictor_batch_limit(&m->cfg, EVAL_BATCH);
+    int ok = fit_alloc(&f, 0) == 0 &&
              (f.predictor = bst_predictor_create(m, EVAL_BATCH)) != NULL;
     if (ok)
         evaluate_windows(&f, f.order, data->n, hooks, mae, rmse);

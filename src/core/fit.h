@@ -7,6 +7,7 @@
 #ifndef BST_FIT_H
 #define BST_FIT_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "model.h"
@@ -82,6 +83,16 @@ typedef enum {
     BST_FIT_NO_MEMORY,
     BST_FIT_DIVERGED,            /* the loss, or the validation error, became infinite or NaN */
 } BstFitStatus;
+
+/*
+ * The most bytes bst_fit allocates at once (through bst_alloc, all freed on
+ * return) training a model of config cfg on n_windows windows with options
+ * o: batch buffers, window order, best-epoch snapshot, gradients, optimizer
+ * state, training activations and their gradients, validation predictor.
+ * Not counted: the model itself (bst_model_memory_bytes) and the data.
+ * cfg and o must be valid (bst_config_check, bst_fit_options_check).
+ */
+size_t bst_fit_memory_bytes(const BstConfig *cfg, const BstFitOptions *o, int64_t n_windows);
 
 /* Trains m in place.  On BST_FIT_DIVERGED, result->epochs_run is the epoch
  * that diverged.  hooks may be NULL. */

@@ -376,8 +376,10 @@ static void layernorm_forward_rows(float *out, float *mean, float *rstd, const f
         float s = 1.0f / sqrtf(v + eps);
         for (int c = 0; c < d; c++)
             o[c] = (x[c] - m) * s * gamma[c] + beta[c];
-        mean[r] = m;
-        rstd[r] = s;
+        if (mean) {
+            mean[r] = m;
+            rstd[r] = s;
+        }
     }
 }
 
@@ -740,18 +742,21 @@ static void attention_forward_windows(float *ctx, float *probs, float *mask, con
         }
     }
     /* The dropped probabilities are never stored: ctx uses probs * mask, which
-     * keeps probs intact for the softmax backward. */
+     * keeps probs intact for the softmax backward.  Without a mask (inference:
+     * p = 0) the factors would all be 1, and x * 1 is x: ctx uses probs. */
     const size_t per_window = (size_t)H * L * L;
-    dropout_mask_range(mask, b0 * per_window, b1 * per_window, p, key);
+    if (mask)
+        dropout_mask_range(mask, b0 * per_window, b1 * per_window, p, key);
     for (size_t b = b0; b < b1; b++) {
         for (int h = 0; h < H; h++) {
             const float *pr = probs + (b * H + h) * L * L;
-            const float *mk = mask + (b * H + h) * L * L;
+            const float *mk = mask ? mask + (b * H + h) * L * L : NULL;
             for (int i = 0; i < L; i++) {
                 float *ci = ctx + (b * L + i) * hd + (size_t)h * dk;
                 memset(ci, 0, (size_t)dk * sizeof(float));
                 for (int j = 0; j < L; j++) {
-                    float w = pr[(size_t)i * L + j] * mk[(size_t)i * L + j];
+                    float w = mk ? pr[(size_t)i * L + j] * mk[(size_t)i * L + j]
+                                 : pr[(size_t)i * L + j];
                     const float *vj = v + (b * L + j) * stride + (size_t)h * dk;
                     for (int c = 0; c < dk; c++)
                         ci[c] += w * vj[c];

@@ -101,7 +101,8 @@ void linear_forward(float *out, const float *in, const float *w, const float *b,
 void linear_backward(float *d_in, float *d_w, float *d_b, const float *d_out,
                      const float *in, const float *w, int n, int in_dim, int out_dim);
 
-/* Normalises each of n rows over its d features; mean/rstd are [n]. */
+/* Normalises each of n rows over its d features; mean/rstd are [n], both
+ * NULL when no backward follows (inference). */
 void layernorm_forward(float *out, float *mean, float *rstd, const float *in,
                        const float *gamma, const float *beta, int n, int d, float eps);
 /* d_in must not alias d_out. */
@@ -148,6 +149,8 @@ void dropout_backward(float *d_in, const float *d_out, const float *mask, size_t
  * each part.  ctx is [B, L, H*dk].  probs and mask are [B, H, L, L]: probs
  * holds the softmax (before dropout), mask the dropout factors (see
  * dropout_forward: one draw from rng per call; rng NULL = no dropout).
+ * mask may be NULL when there is no dropout (rng NULL or p = 0) and no
+ * backward follows (inference).
  * Keys at padded positions (hist_len) get probability 0; the backward needs
  * no mask of its own, since their zero probabilities stop every gradient.
  */

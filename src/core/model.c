@@ -281,6 +281,41 @@ static void params_init(const BstConfig *cfg, BstParams *p, BstRng *rng)
 
 /* ------------------------------------------------------------------- model */
 
+/* Element counts of the model's buffers besides the parameters, shared by
+ * model_alloc and bst_model_memory_bytes.  An empty table still gets one
+ * element: bst_alloc(0) returns NULL, which would read as a failure. */
+static size_t user_id_count(const BstConfig *c)
+{
+    return c->n_users ? (size_t)c->n_users : 1;
+}
+
+static size_t user_feat_count(const BstConfig *c)
+{
+    return ((size_t)c->n_users + 1) * BST_N_USER_FEATS;
+}
+
+static size_t genre_count(const BstConfig *c)
+{
+    return c->n_genres ? ((size_t)c->n_movies + 1) * c->n_genres : 1;
+}
+
+/* BatchNorm moving mean and variance of every hidden unit (0: no slab). */
+static size_t bn_stats_count(const BstConfig *c)
+{
+    size_t total = 0;
+    for (int i = 0; i < c->n_hidden; i++)
+        total += 2 * (size_t)c->hidden[i];
+    return total;
+}
+
+size_t bst_model_memory_bytes(const BstConfig *cfg)
+{
+    return sizeof(BstModel) + (size_t)cfg->n_movies * sizeof(int32_t) +
+           user_id_count(cfg) * sizeof(int32_t) + user_feat_count(cfg) * sizeof(int32_t) +
+           genre_count(cfg) * sizeof(float) + bst_config_num_params(cfg) * sizeof(float) +
+           bn_stats_count(cfg) * sizeof(float);
+}
+
 /* Allocates a model with zeroed parameters, zeroed user features and genres
  * and default moving statistics. */
 static BstModel *model_alloc(const BstConfig *cfg)
@@ -291,20 +326,16 @@ static BstModel *model_alloc(const BstConfig *cfg)
     if (!m)
         return NULL;
     m->cfg = *cfg;
-    const size_t user_rows = (size_t)cfg->n_users + 1, movie_rows = (size_t)cfg->n_movies + 1;
     m->movie_ids = bst_alloc((size_t)cfg->n_movies * sizeof(int32_t));
-    m->user_ids = bst_alloc_zero(cfg->n_users ? (size_t)cfg->n_users : 1, sizeof(int32_t));
-    m->user_feats = bst_alloc_zero(user_rows * BST_N_USER_FEATS, sizeof(int32_t));
-    m->movie_genres = bst_alloc_zero(cfg->n_genres ? movie_rows * cfg->n_genres : 1,
-                                     sizeof(float));
+    m->user_ids = bst_alloc_zero(user_id_count(cfg), sizeof(int32_t));
+    m->user_feats = bst_alloc_zero(user_feat_count(cfg), sizeof(int32_t));
+    m->movie_genres = bst_alloc_zero(genre_count(cfg), sizeof(float));
     if (!m->movie_ids || !m->user_ids || !m->user_feats || !m->movie_genres ||
         bst_params_alloc(&m->params, cfg) != 0) {
         bst_model_free(m);
         return NULL;
     }
-    size_t total = 0;
-    for (int i = 0; i < cfg->n_hidden; i++)
-        total += 2 * (size_t)cfg->hidden[i];
+    const size_t total = bn_stats_count(cfg);
     if (total > 0) {
         m->bn.slab = bst_alloc(total * sizeof(float));
         if (!m->bn.slab) {
@@ -473,12 +504,17 @@ static float *carve(Carver *c, size_t n)
     return p;
 }
 
-static void acts_layout(BstActs *a, const BstConfig *c, size_t N, int for_grads, Carver *cv)
+static void acts_layout(BstActs *a, const BstConfig *c, size_t N, BstActsKind kind, Carver *cv)
 {
     const size_t L = (size_t)c->seq_len, d = (size_t)c->embed_dim, H = (size_t)c->heads;
     const size_t hd = H * d, bld = N * L * d;
-    /* Statistics and masks have no gradient. */
-    const int fwd = !for_grads;
+    /* Masks and statistics: read by the backward only, and without a
+     * gradient of their own.  Indices: written by every forward. */
+    const int backward_reads = kind == BST_ACTS_TRAINING;
+    const int fwd = kind != BST_ACTS_GRADIENTS;
+    /* Inference dropout is the identity: its output is its input's buffer
+     * (dropout_forward is in-place safe). */
+    const int infer = kind == BST_ACTS_INFERENCE;
     const size_t G = (size_t)c->n_genres;
 
     a->gin = G ? carve(cv, N * L * (d + G)) : NULL;
@@ -487,31 +523,31 @@ static void acts_layout(BstActs *a, const BstConfig *c, size_t N, int for_grads,
     a->x = carve(cv, bld);
     a->qkv = carve(cv, N * L * 3 * hd);
     a->probs = carve(cv, N * H * L * L);
-    a->probs_mask = fwd ? carve(cv, N * H * L * L) : NULL;
+    a->probs_mask = backward_reads ? carve(cv, N * H * L * L) : NULL;
     a->ctx = carve(cv, N * L * hd);
     a->attn = carve(cv, bld);
-    a->attn_mask = fwd ? carve(cv, bld) : NULL;
-    a->res1 = carve(cv, bld);
+    a->attn_mask = backward_reads ? carve(cv, bld) : NULL;
+    a->res1 = infer ? a->attn : carve(cv, bld);
     a->x1 = carve(cv, bld);
-    a->ln1_mean = fwd ? carve(cv, N * L) : NULL;
-    a->ln1_rstd = fwd ? carve(cv, N * L) : NULL;
+    a->ln1_mean = backward_reads ? carve(cv, N * L) : NULL;
+    a->ln1_rstd = backward_reads ? carve(cv, N * L) : NULL;
     a->ffn_in = carve(cv, bld);
     a->ffn = carve(cv, bld);
-    a->ffn_mask = fwd ? carve(cv, bld) : NULL;
-    a->res2 = carve(cv, bld);
+    a->ffn_mask = backward_reads ? carve(cv, bld) : NULL;
+    a->res2 = infer ? a->ffn : carve(cv, bld);
     a->y = carve(cv, bld);
-    a->ln2_mean = fwd ? carve(cv, N * L) : NULL;
-    a->ln2_rstd = fwd ? carve(cv, N * L) : NULL;
+    a->ln2_mean = backward_reads ? carve(cv, N * L) : NULL;
+    a->ln2_rstd = backward_reads ? carve(cv, N * L) : NULL;
     a->mlp_in = carve(cv, N * (size_t)bst_config_mlp_input(c));
     for (int i = 0; i < c->n_hidden; i++) {
         size_t u = (size_t)c->hidden[i];
         a->h[i] = carve(cv, N * u);
-        a->bn_mean[i] = fwd ? carve(cv, u) : NULL;
-        a->bn_var[i] = fwd ? carve(cv, u) : NULL;
+        a->bn_mean[i] = backward_reads ? carve(cv, u) : NULL;
+        a->bn_var[i] = backward_reads ? carve(cv, u) : NULL;
         a->bn[i] = carve(cv, N * u);
         a->act[i] = carve(cv, N * u);
-        a->drop_mask[i] = fwd ? carve(cv, N * u) : NULL;
-        a->drop[i] = carve(cv, N * u);
+        a->drop_mask[i] = backward_reads ? carve(cv, N * u) : NULL;
+        a->drop[i] = infer ? a->act[i] : carve(cv, N * u);
     }
     a->pred = carve(cv, N);
     /* Index buffers: int32 in float-sized slots of the same slab. */
@@ -527,24 +563,41 @@ int32_t bst_attention_batch_limit(const BstConfig *cfg, int32_t batch)
     return (int32_t)(fits < batch ? fits : batch);
 }
 
-int bst_acts_alloc(BstActs *a, const BstConfig *cfg, int32_t max_batch, int for_grads)
+static int acts_kind_valid(BstActsKind kind)
+{
+    return kind == BST_ACTS_TRAINING || kind == BST_ACTS_GRADIENTS || kind == BST_ACTS_INFERENCE;
+}
+
+size_t bst_acts_memory_bytes(const BstConfig *cfg, int32_t max_batch, BstActsKind kind)
+{
+    if (max_batch < 1 || !acts_kind_valid(kind))
+        return 0;
+    BstActs a;
+    Carver cv = {NULL, 0};
+    acts_layout(&a, cfg, (size_t)max_batch, kind, &cv);
+    return cv.used * sizeof(float);
+}
+
+int bst_acts_alloc(BstActs *a, const BstConfig *cfg, int32_t max_batch, BstActsKind kind)
 {
     memset(a, 0, sizeof(*a));
     /* Bounds rows (B*L) well inside BLAS's int dimensions and keeps every
      * buffer size far from size_t overflow. */
-    if (max_batch < 1 || (int64_t)max_batch * cfg->seq_len > BST_MAX_BATCH_POSITIONS ||
+    if (!acts_kind_valid(kind) || max_batch < 1 ||
+        (int64_t)max_batch * cfg->seq_len > BST_MAX_BATCH_POSITIONS ||
         bst_attention_batch_limit(cfg, max_batch) < max_batch)
         return -1;
     Carver cv = {NULL, 0};
-    acts_layout(a, cfg, (size_t)max_batch, for_grads, &cv);
+    acts_layout(a, cfg, (size_t)max_batch, kind, &cv);
     float *slab = bst_alloc_zero(cv.used, sizeof(float));
     if (!slab)
         return -1;
     cv.base = slab;
     cv.used = 0;
-    acts_layout(a, cfg, (size_t)max_batch, for_grads, &cv);
+    acts_layout(a, cfg, (size_t)max_batch, kind, &cv);
     a->slab = slab;
     a->max_batch = max_batch;
+    a->kind = kind;
     return 0;
 }
 
@@ -580,7 +633,10 @@ float bst_forward(const BstModel *m, BstActs *a, const BstBatch *b, int training
     const float pd = c->dropout;
     BstRng *drop_rng = training ? rng : NULL;
 
-    if (B < 1 || B > a->max_batch)
+    /* Gradient instances have no indices; only a training instance holds
+     * what a training forward writes for its backward. */
+    if (B < 1 || B > a->max_batch || a->kind == BST_ACTS_GRADIENTS ||
+        (training && a->kind != BST_ACTS_TRAINING))
         return NAN;
     for (int i = 0; i < B; i++) {
         const int32_t u = bst_row_or_zero(b->users ? b->users[i] : 0, user_rows);
@@ -772,31 +828,63 @@ struct BstPredictor {
     BstActs acts;
 };
 
+int32_t bst_predictor_batch_limit(const BstConfig *cfg, int32_t max_batch)
+{
+    if (max_batch < 1)
+        return 0;
+    /* Inference activations are all per window (BST_ACTS_INFERENCE), so the
+     * budget divides exactly. */
+    const size_t per_window = bst_acts_memory_bytes(cfg, 1, BST_ACTS_INFERENCE);
+    const size_t room = BST_PREDICTOR_MEMORY_BUDGET - sizeof(BstPredictor);
+    const size_t fits = room / per_window;
+    int32_t batch = fits < (size_t)max_batch ? (int32_t)fits : max_batch;
+    /* bst_acts_alloc's limits; implied by the budget, but not by its value. */
+    const int32_t attention_fits = bst_attention_batch_limit(cfg, batch);
+    const int32_t positions_fit = BST_MAX_BATCH_POSITIONS / cfg->seq_len;
+    batch = attention_fits < batch ? attention_fits : batch;
+    batch = positions_fit < batch ? positions_fit : batch;
+    return batch > 1 ? batch : 1;
+}
+
+size_t bst_predictor_memory_bytes(const BstConfig *cfg, int32_t max_batch)
+{
+    const int32_t batch = bst_predictor_batch_limit(cfg, max_batch);
+    if (batch < 1)
+        return 0;
+    return sizeof(BstPredictor) + bst_acts_memory_bytes(cfg, batch, BST_ACTS_INFERENCE);
+}
+
 BstPredictor *bst_predictor_create(const BstModel *m, int32_t max_batch)
 {
     /* Fewer windows per pass for long windows; bst_predict chunks anyway. */
-    max_batch = bst_attention_batch_limit(&m->cfg, max_batch);
-    if (max_batch < 1)
+    const int32_t batch = bst_predictor_batch_limit(&m->cfg, max_batch);
+    if (batch < 1)
         return NULL;
     BstPredictor *p = bst_alloc(sizeof(BstPredictor));
     if (!p)
         return NULL;
     bst_threads_init();
     p->model = m;
-    if (bst_acts_alloc(&p->acts, &m->cfg, max_batch, 0) != 0) {
+    if (bst_acts_alloc(&p->acts, &m->cfg, batch, BST_ACTS_INFERENCE) != 0) {
         bst_free(p);
         return NULL;
     }
     return p;
 }
 
+int32_t bst_predictor_batch(const BstPredictor *p)
+{
+    return p->acts.max_batch;
+}
+
 void bst_predict(BstPredictor *p, const BstBatch *b, float *out)
 {
     const int L = p->model->cfg.seq_len;
-    for (int32_t start = 0; start < b->n; start += p->acts.max_batch) {
+    const int32_t batch = bst_predictor_batch(p);
+    for (int32_t start = 0; start < b->n; start += batch) {
         int32_t n = b->n - start;
-        if (n > p->acts.max_batch)
-            n = p->acts.max_batch;
+        if (n > batch)
+            n = batch;
         BstBatch chunk = {
             .n = n,
             .movies = b->movies + (size_t)start * L,

@@ -18,6 +18,12 @@
 /* ... and windows times heads times positions squared those of attention
  * (probabilities and their dropout mask: 256 MB each at most). */
 #define BST_MAX_ATTENTION_SCORES (1 << 26)
+/* Bytes a predictor may allocate: it takes as many windows per pass as fit
+ * in it (at least one, at most what its creator asked for).  A backend keeps
+ * a predictor per loaded model, so this, not the caller's batch, bounds what
+ * a model costs at rest; beyond a few hundred windows per pass a larger
+ * batch buys nothing anyway. */
+#define BST_PREDICTOR_MEMORY_BUDGET ((size_t)64 << 20)
 
 /* Keeps every tensor (and the serialized model) below PostgreSQL's 1 GB
  * allocation and varlena limits. */
@@ -145,6 +151,9 @@ typedef struct BstVocab {
     const float *movie_genres;   /* [n_movies, n_genres] 0/1; NULL: none */
 } BstVocab;
 
+/* Bytes bst_model_alloc (and so bst_model_create*, bst_model_deserialize)
+ * allocates for a valid config. */
+size_t bst_model_memory_bytes(const BstConfig *cfg);
 /* NULL on bad config, unsorted vocabulary or allocation failure. */
 BstModel *bst_model_create(const BstConfig *cfg, const int32_t *movie_ids, uint64_t seed);
 BstModel *bst_model_create_vocab(const BstConfig *cfg, const BstVocab *vocab, uint64_t seed);
@@ -183,43 +192,58 @@ typedef struct BstBatch {
     const int32_t *users;    /* [n] user vocabulary indices; NULL: all unknown (0) */
 } BstBatch;
 
+/* What an activation instance is for, hence which buffers it holds. */
+typedef enum BstActsKind {
+    /* Training forward: every buffer, including what only the backward reads
+     * (dropout masks, normalisation statistics). */
+    BST_ACTS_TRAINING = 0,
+    /* Gradients w.r.t. each activation: fields that have none (statistics,
+     * masks, indices) are NULL. */
+    BST_ACTS_GRADIENTS = 1,
+    /* Inference forward: no masks and no statistics (NULL), and the output
+     * of each dropout, the identity here, shares its input's buffer
+     * (res1 = attn, res2 = ffn, drop[i] = act[i]).  Every buffer is per
+     * window: the slab is max_batch times that of one window. */
+    BST_ACTS_INFERENCE = 2,
+} BstActsKind;
+
 /*
- * Activations for up to max_batch windows; a second instance allocated with
- * for_grads = 1 holds the gradients w.r.t. each activation (fields that have
- * no gradient -- statistics and masks -- are then NULL).  Shapes use
+ * Activations for up to max_batch windows, laid out for one BstActsKind
+ * (a training forward and its gradients are two instances).  Shapes use
  * N = max_batch, dk = key_dim = d.
  */
 typedef struct BstActs {
     int32_t max_batch;
+    BstActsKind kind;
     float *gin;                       /* [N, L, d + n_genres] movie embedding | genres */
     float *gpre;                      /* [N, L, d] genre Dense, before its ReLU */
     float *enc;                       /* [N, L, d] encoded movies */
     float *x;                         /* [N, L, d] sequence input */
     float *qkv;                       /* [N, L, 3*H*dk] rows [q | k | v] */
     float *probs;                     /* [N, H, L, L] softmax (grads: scratch) */
-    float *probs_mask;                /* [N, H, L, L] attention dropout factors */
+    float *probs_mask;                /* [N, H, L, L] attention dropout factors (training) */
     float *ctx;                       /* [N, L, H*dk] */
     float *attn;                      /* [N, L, d] attention output projection */
-    float *attn_mask;                 /* [N, L, d] */
+    float *attn_mask;                 /* [N, L, d] (training) */
     float *res1;                      /* [N, L, d] x + dropout(attn) */
     float *x1;                        /* [N, L, d] layernorm 1 */
-    float *ln1_mean, *ln1_rstd;       /* [N, L] */
+    float *ln1_mean, *ln1_rstd;       /* [N, L] (training) */
     float *ffn_in;                    /* [N, L, d] leaky_relu(x1) */
     float *ffn;                       /* [N, L, d] */
-    float *ffn_mask;                  /* [N, L, d] */
+    float *ffn_mask;                  /* [N, L, d] (training) */
     float *res2;                      /* [N, L, d] x1 + dropout(ffn) */
     float *y;                         /* [N, L*d] layernorm 2, flattened */
-    float *ln2_mean, *ln2_rstd;       /* [N, L] */
+    float *ln2_mean, *ln2_rstd;       /* [N, L] (training) */
     float *mlp_in;                    /* [N, mlp input] y (padding zeroed) | user embeddings */
     float *h[BST_MAX_HIDDEN];         /* [N, hidden[i]] dense */
-    float *bn_mean[BST_MAX_HIDDEN];   /* [hidden[i]] batch statistics */
+    float *bn_mean[BST_MAX_HIDDEN];   /* [hidden[i]] batch statistics (training) */
     float *bn_var[BST_MAX_HIDDEN];
     float *bn[BST_MAX_HIDDEN];        /* [N, hidden[i]] batchnorm */
     float *act[BST_MAX_HIDDEN];       /* [N, hidden[i]] leaky_relu */
-    float *drop_mask[BST_MAX_HIDDEN];
+    float *drop_mask[BST_MAX_HIDDEN]; /* [N, hidden[i]] (training) */
     float *drop[BST_MAX_HIDDEN];      /* [N, hidden[i]] dropout, input of the next dense */
     float *pred;                      /* [N] */
-    /* Indices of the last forward (forward instance only). */
+    /* Indices of the last forward (forward instances only). */
     int32_t *user_idx;                /* [N] user vocabulary index */
     int32_t *feat_idx;                /* [BST_N_USER_FEATS, N] user feature value indices */
     int32_t *target_idx;              /* [N] target movie index */
@@ -230,8 +254,10 @@ typedef struct BstActs {
  * BST_MAX_ATTENTION_SCORES; 0 when not even one window's does. */
 int32_t bst_attention_batch_limit(const BstConfig *cfg, int32_t batch);
 
-/* 0 on success, -1 on bad max_batch or allocation failure. */
-int bst_acts_alloc(BstActs *a, const BstConfig *cfg, int32_t max_batch, int for_grads);
+/* Bytes bst_acts_alloc allocates for this config, batch and kind. */
+size_t bst_acts_memory_bytes(const BstConfig *cfg, int32_t max_batch, BstActsKind kind);
+/* 0 on success, -1 on bad max_batch or kind, or allocation failure. */
+int bst_acts_alloc(BstActs *a, const BstConfig *cfg, int32_t max_batch, BstActsKind kind);
 void bst_acts_free(BstActs *a);
 
 /*
@@ -239,9 +265,10 @@ void bst_acts_free(BstActs *a);
  * training = 0: inference (no dropout, BatchNorm moving statistics).
  * training = 1: BatchNorm batch statistics; dropout drawn from rng, or
  *               disabled when rng is NULL (deterministic, for gradient checks).
+ *               a must be a BST_ACTS_TRAINING instance.
  * Does not update the moving statistics (see bst_update_bn_moving).
  * Returns the mean squared error if b->targets is set, else 0; NaN (and
- * nothing computed) unless 1 <= b->n <= a->max_batch.
+ * nothing computed) unless 1 <= b->n <= a->max_batch and a's kind fits.
  */
 float bst_forward(const BstModel *m, BstActs *a, const BstBatch *b, int training, BstRng *rng);
 /* Moving-statistics update for a training-mode forward held in a. */
@@ -251,12 +278,26 @@ void bst_update_bn_moving(BstModel *m, const BstActs *a);
 void bst_backward(const BstModel *m, const BstActs *a, BstActs *da, BstParams *grads,
                   const BstBatch *b);
 
-/* Prediction workspace: activations for up to max_batch windows, inference
- * mode.  Batches of a few windows run on the calling thread alone; larger
- * ones are split across the core's threads (parallel.h). */
+/* Prediction workspace: inference activations (BST_ACTS_INFERENCE) for
+ * bst_predictor_batch_limit(cfg, max_batch) windows.  Batches of a few
+ * windows run on the calling thread alone; larger ones are split across the
+ * core's threads (parallel.h). */
 typedef struct BstPredictor BstPredictor;
+/* The windows per pass of a predictor created with max_batch for a valid
+ * config: max_batch, lowered to what fits BST_PREDICTOR_MEMORY_BUDGET, but
+ * never below 1 (a model whose single window exceeds the budget still
+ * predicts); 0 when max_batch < 1. */
+int32_t bst_predictor_batch_limit(const BstConfig *cfg, int32_t max_batch);
+/* Bytes bst_predictor_create(m, max_batch) allocates for a model of config
+ * cfg: at most BST_PREDICTOR_MEMORY_BUDGET unless one window alone exceeds
+ * it; 0 when max_batch < 1. */
+size_t bst_predictor_memory_bytes(const BstConfig *cfg, int32_t max_batch);
+/* NULL when max_batch < 1 or on allocation failure. */
 BstPredictor *bst_predictor_create(const BstModel *m, int32_t max_batch);
-/* Any b->n >= 0: larger batches are processed in chunks of max_batch. */
+/* Windows per forward pass: bst_predictor_batch_limit of the creation's. */
+int32_t bst_predictor_batch(const BstPredictor *p);
+/* Any b->n >= 0: larger batches are processed in chunks of
+ * bst_predictor_batch(p) windows. */
 void bst_predict(BstPredictor *p, const BstBatch *b, float *out /* [n] */);
 void bst_predictor_free(BstPredictor *p);
 

@@ -51,6 +51,19 @@ const char *bst_train_options_check(const BstTrainOptions *o)
     return NULL;
 }
 
+size_t bst_trainer_memory_bytes(const BstConfig *cfg, const BstTrainOptions *o)
+{
+    const size_t param_bytes = bst_config_num_params(cfg) * sizeof(float);
+    /* Slabs shaped like the parameters: the gradients, then Adagrad's
+     * accumulator or Adam's two moments (grads, acc, acc2). */
+    const size_t param_slabs = o->optimizer == BST_OPT_ADAGRAD ? 2 : 3;
+    return sizeof(BstTrainer) + param_slabs * param_bytes +
+           bst_acts_memory_bytes(cfg, o->batch_size, BST_ACTS_TRAINING) +
+           bst_acts_memory_bytes(cfg, o->batch_size, BST_ACTS_GRADIENTS) +
+           ((size_t)cfg->n_movies + 1) * sizeof(uint8_t) +
+           (size_t)o->batch_size * cfg->seq_len * sizeof(int32_t);
+}
+
 BstTrainer *bst_trainer_create(BstModel *m, const BstTrainOptions *o)
 {
     if (bst_train_options_check(o))
@@ -74,10 +87,10 @@ BstTrainer *bst_trainer_create(BstModel *m, const BstTrainOptions *o)
         for (size_t i = 0; i < t->acc.size; i++)
             t->acc.slab[i] = BST_ADAGRAD_INITIAL_ACCUMULATOR;
     }
-    if (bst_acts_alloc(&t->acts, c, o->batch_size, 0) != 0 ||
-        bst_acts_alloc(&t->dacts, c, o->batch_size, 1) != 0)
+    if (bst_acts_alloc(&t->acts, c, o->batch_size, BST_ACTS_TRAINING) != 0 ||
+        bst_acts_alloc(&t->dacts, c, o->batch_size, BST_ACTS_GRADIENTS) != 0)
         goto fail;
-    t->row_seen = bst_alloc_zero((size_t)c->n_movies + 1, 1);
+    t->row_seen = bst_alloc_zero((size_t)c->n_movies + 1, sizeof(uint8_t));
     t->rows = bst_alloc((size_t)o->batch_size * c->seq_len * sizeof(int32_t));
     if (!t->row_seen || !t->rows)
         goto fail;

@@ -26,6 +26,10 @@ void bst_train_options_default(BstTrainOptions *o);
 const char *bst_train_options_check(const BstTrainOptions *o);
 
 typedef struct BstTrainer BstTrainer;
+/* Bytes bst_trainer_create allocates for a model of config cfg (gradients,
+ * optimizer state, training activations and their gradients); cfg and o
+ * valid. */
+size_t bst_trainer_memory_bytes(const BstConfig *cfg, const BstTrainOptions *o);
 /* NULL on invalid options or allocation failure.  The model must outlive the trainer. */
 BstTrainer *bst_trainer_create(BstModel *m, const BstTrainOptions *o);
 /*

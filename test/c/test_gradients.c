@@ -524,8 +524,9 @@ static int check_network(BstModel *m, const BstBatch *batch, const char *prefix)
     const BstConfig *cfg = &m->cfg;
     BstActs acts, dacts;
     BstParams grads;
-    CHECK(bst_acts_alloc(&acts, cfg, batch->n, 0) == 0 &&
-          bst_acts_alloc(&dacts, cfg, batch->n, 1) == 0 && bst_params_alloc(&grads, cfg) == 0,
+    CHECK(bst_acts_alloc(&acts, cfg, batch->n, BST_ACTS_TRAINING) == 0 &&
+              bst_acts_alloc(&dacts, cfg, batch->n, BST_ACTS_GRADIENTS) == 0 &&
+              bst_params_alloc(&grads, cfg) == 0,
           "allocation");
     NetCase c = {.m = m, .acts = &acts, .batch = batch};
     net_loss(&c);
@@ -783,7 +784,8 @@ static float *net_outputs(size_t *len)
     BstModel *m = bst_model_create(&cfg, ids, 9);
     BstActs acts, dacts;
     BstParams grads;
-    if (!m || bst_acts_alloc(&acts, &cfg, N, 0) || bst_acts_alloc(&dacts, &cfg, N, 1) ||
+    if (!m || bst_acts_alloc(&acts, &cfg, N, BST_ACTS_TRAINING) ||
+        bst_acts_alloc(&dacts, &cfg, N, BST_ACTS_GRADIENTS) ||
         bst_params_alloc(&grads, &cfg)) {
         fprintf(stderr, "allocation failed\n");
         exit(2);

@@ -5,6 +5,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -497,29 +498,41 @@ static void test_format_v1(void)
     bst_model_free(m);
 }
 
-/* A model with every optional input, on the tiny vocabulary. */
-static BstModel *feature_model(int L_model, uint64_t seed)
+/* tiny_config with every optional input, over windows of L_model positions. */
+static void feature_config(BstConfig *cfg, int L_model)
+{
+    tiny_config(cfg);
+    cfg->seq_len = L_model;
+    cfg->n_users = 5;
+    cfg->user_dim = 3;
+    const int32_t values[BST_N_USER_FEATS] = {2, 3, 5};
+    for (int k = 0; k < BST_N_USER_FEATS; k++) {
+        cfg->n_feat_values[k] = values[k];
+        cfg->feat_dim[k] = 2;
+    }
+    cfg->n_genres = 4;
+    cfg->use_bias = 1;
+    cfg->n_factors = 3;
+}
+
+/* A model of a feature_config (possibly edited), on the tiny vocabulary. */
+static BstModel *feature_model_of(const BstConfig *cfg, uint64_t seed)
 {
     static int32_t users[5] = {100, 101, 102, 103, 104};
     static int32_t feats[5 * BST_N_USER_FEATS] = {1, 1, 1, 2, 2, 2, 1, 3, 3, 2, 1, 4, 1, 2, 5};
     static float genres[N_MOVIES * 4];
     for (int i = 0; i < N_MOVIES * 4; i++)
         genres[i] = (float)((i * 7) % 3 == 0);
-    BstConfig cfg;
-    tiny_config(&cfg);
-    cfg.seq_len = L_model;
-    cfg.n_users = 5;
-    cfg.user_dim = 3;
-    const int32_t values[BST_N_USER_FEATS] = {2, 3, 5};
-    for (int k = 0; k < BST_N_USER_FEATS; k++) {
-        cfg.n_feat_values[k] = values[k];
-        cfg.feat_dim[k] = 2;
-    }
-    cfg.n_genres = 4;
-    cfg.use_bias = 1;
-    cfg.n_factors = 3;
     BstVocab v = {g_ids, users, feats, genres};
-    return bst_model_create_vocab(&cfg, &v, seed);
+    return bst_model_create_vocab(cfg, &v, seed);
+}
+
+/* A model with every optional input, on the tiny vocabulary. */
+static BstModel *feature_model(int L_model, uint64_t seed)
+{
+    BstConfig cfg;
+    feature_config(&cfg, L_model);
+    return feature_model_of(&cfg, seed);
 }
 
 /*
@@ -671,6 +684,437 @@ static void test_early_stopping(const Data *train)
     bst_model_free(m);
 }
 
+/* ----------------------------------------------------------- memory bounds */
+
+/*
+ * Allocator that tracks the bytes the core asks for: live now, the most live
+ * at once, and the total.  Each block's size sits in a header in front of it,
+ * as wide as malloc's alignment so that the block keeps it.
+ */
+#define TRACK_HEADER _Alignof(max_align_t)
+static size_t g_live, g_peak, g_total;
+
+static void *tracking_alloc(size_t n)
+{
+    unsigned char *block = malloc(TRACK_HEADER + n);
+    if (!block)
+        return NULL;
+    memcpy(block, &n, sizeof(n));
+    g_live += n;
+    g_total += n;
+    if (g_live > g_peak)
+        g_peak = g_live;
+    return block + TRACK_HEADER;
+}
+
+static void tracking_free(void *p)
+{
+    unsigned char *block = (unsigned char *)p - TRACK_HEADER;
+    size_t n;
+    memcpy(&n, block, sizeof(n));
+    g_live -= n;
+    free(block);
+}
+
+/* Starts counting; everything allocated from here must be freed before
+ * track_stop(). */
+static void track_start(void)
+{
+    g_live = g_peak = g_total = 0;
+    bst_set_allocator(tracking_alloc, tracking_free);
+}
+
+static void track_stop(void)
+{
+    bst_set_allocator(NULL, NULL);
+}
+
+static double mib(size_t bytes)
+{
+    return (double)bytes / (1 << 20);
+}
+
+/* n random windows of Lw positions: random history lengths (0 to Lw - 1,
+ * left-padded), movies of an n_movies vocabulary, users of an n_users one
+ * (0: unknown too), ratings and targets in [1, 5]. */
+static BstData random_windows(int64_t n, int32_t Lw, int32_t n_movies, int32_t n_users,
+                              BstRng *rng)
+{
+    BstData d = {n, Lw, malloc((size_t)n * Lw * sizeof(int32_t)),
+                 new_floats((size_t)n * (Lw - 1)), malloc((size_t)n * sizeof(int32_t)),
+                 malloc((size_t)n * sizeof(int32_t)), new_floats((size_t)n)};
+    if (!d.movies || !d.hist_len || !d.users) {
+        perror("malloc");
+        exit(2);
+    }
+    for (int64_t w = 0; w < n; w++) {
+        int32_t *mv = d.movies + w * Lw;
+        float *r = d.ratings + w * (Lw - 1);
+        const int32_t hist = (int32_t)(bst_rng_next(rng) % (uint64_t)Lw);
+        for (int32_t i = 0; i < Lw; i++) {
+            const int padding = i < Lw - 1 - hist;
+            mv[i] = padding ? 0 : 1 + (int32_t)(bst_rng_next(rng) % (uint64_t)n_movies);
+            if (i < Lw - 1)
+                r[i] = padding ? 0.0f : (float)(1 + bst_rng_next(rng) % 5);
+        }
+        d.hist_len[w] = hist;
+        d.users[w] = (int32_t)(bst_rng_next(rng) % (uint64_t)(n_users + 1));
+        d.targets[w] = 1.0f + 4.0f * bst_rng_uniform(rng);
+    }
+    return d;
+}
+
+static void free_windows(BstData *d)
+{
+    free(d->movies);
+    free(d->ratings);
+    free(d->hist_len);
+    free(d->users);
+    free(d->targets);
+}
+
+/* A model of any config over vocabularies 1..n_movies and 1..n_users
+ * (features unknown, genres a fixed pattern). */
+static BstModel *model_for(const BstConfig *cfg, uint64_t seed)
+{
+    int32_t *movie_ids = malloc((size_t)cfg->n_movies * sizeof(int32_t));
+    int32_t *user_ids = malloc(((size_t)cfg->n_users + 1) * sizeof(int32_t));
+    float *genres = new_floats((size_t)cfg->n_movies * cfg->n_genres);
+    for (int32_t i = 0; i < cfg->n_movies; i++)
+        movie_ids[i] = i + 1;
+    for (int32_t i = 0; i < cfg->n_users; i++)
+        user_ids[i] = i + 1;
+    for (size_t i = 0; i < (size_t)cfg->n_movies * cfg->n_genres; i++)
+        genres[i] = (float)((i * 7) % 3 == 0);
+    BstVocab v = {movie_ids, user_ids, NULL, genres};
+    BstModel *m = bst_model_create_vocab(cfg, &v, seed);
+    free(movie_ids);
+    free(user_ids);
+    free(genres);
+    return m;
+}
+
+/*
+ * bst_fit_memory_bytes against the most bytes bst_fit really holds at once
+ * (and bst_model_memory_bytes against the model's), to the byte.
+ */
+static void check_fit_memory(const char *name, const BstConfig *cfg, const BstFitOptions *o,
+                             int64_t n, BstRng *rng)
+{
+    BstData data = random_windows(n, cfg->seq_len, cfg->n_movies, cfg->n_users, rng);
+    BstFitResult r;
+    BstFitStatus st = BST_FIT_BAD_INPUT;
+    track_start();
+    BstModel *m = model_for(cfg, 1);
+    const size_t model_bytes = g_total, before = g_live;
+    g_peak = g_live;
+    if (m)
+        st = bst_fit(m, &data, o, NULL, &r);
+    const size_t fit_peak = g_peak - before, fit_left = g_live - before;
+    bst_model_free(m);
+    const size_t left = g_live;
+    track_stop();
+    const size_t model_est = bst_model_memory_bytes(cfg);
+    const size_t fit_est = bst_fit_memory_bytes(cfg, o, n);
+    printf("  %s: model %zu bytes (estimate %zu), bst_fit peak %zu bytes = %.2f MiB "
+           "(estimate %zu)\n",
+           name, model_bytes, model_est, fit_peak, mib(fit_peak), fit_est);
+    CHECK(m && st == BST_FIT_OK, "%s: fit failed (%d)", name, (int)st);
+    CHECK(model_bytes == model_est, "%s: model allocated %zu bytes, estimated %zu", name,
+          model_bytes, model_est);
+    CHECK(fit_peak == fit_est, "%s: bst_fit held %zu bytes at most, estimated %zu", name,
+          fit_peak, fit_est);
+    CHECK(fit_left == 0 && left == 0, "%s: %zu bytes left by bst_fit, %zu in all", name,
+          fit_left, left);
+    free_windows(&data);
+}
+
+static void test_fit_memory(BstRng *rng)
+{
+    BstConfig cfg;
+    BstFitOptions o;
+
+    tiny_config(&cfg);
+    memset(&o, 0, sizeof(o));
+    o.train = (BstTrainOptions){BST_OPT_ADAGRAD, 0.05f, BATCH, 1, 0.0f};
+    o.epochs = 1;
+    check_fit_memory("Adagrad, no validation", &cfg, &o, 500, rng);
+
+    feature_config(&cfg, 8);
+    o.train = (BstTrainOptions){BST_OPT_ADAMW, 0.01f, 16, 5, 0.01f};
+    o.epochs = 2;
+    o.validation_fraction = 0.2f;
+    o.patience = 1;
+    o.bias_init = o.zero_output = o.clip = 1;
+    check_fit_memory("every input, AdamW, early stopping", &cfg, &o, 400, rng);
+
+    /* Validation in several chunks: the predictor takes fewer windows than
+     * it is asked for (1024) at 64 positions and 4 heads. */
+    tiny_config(&cfg);
+    cfg.seq_len = 64;
+    cfg.heads = 4;
+    memset(&o, 0, sizeof(o));
+    o.train = (BstTrainOptions){BST_OPT_ADAM, 0.003f, 24, 3, 0.0f};
+    o.epochs = 1;
+    o.validation_fraction = 0.3f;
+    const int32_t eval_rows = bst_predictor_batch_limit(&cfg, 1024);
+    CHECK(eval_rows < 1200, "64 positions: the predictor takes %d windows of 1024", eval_rows);
+    check_fit_memory("64 positions, 4 heads, Adam, validation", &cfg, &o, 4000, rng);
+
+    /* The bias start's arrays outweigh the trainer: they set the peak. */
+    bst_config_default(&cfg, 20000, 2);
+    cfg.embed_dim = 1;
+    cfg.heads = 1;
+    cfg.n_hidden = 1;
+    cfg.hidden[0] = 2;
+    cfg.n_users = 5000;
+    cfg.use_bias = 1;
+    memset(&o, 0, sizeof(o));
+    o.train = (BstTrainOptions){BST_OPT_ADAGRAD, 0.01f, 4, 1, 0.0f};
+    o.epochs = 1;
+    o.bias_init = 1;
+    BstFitOptions no_start = o;
+    no_start.bias_init = 0;
+    CHECK(bst_fit_memory_bytes(&cfg, &o, 200) > bst_fit_memory_bytes(&cfg, &no_start, 200),
+          "the bias start does not set the peak: the case proves nothing");
+    check_fit_memory("vocabulary of 20000, bias start", &cfg, &o, 200, rng);
+}
+
+/* bst_predictor_memory_bytes and bst_trainer_memory_bytes against what
+ * creating one allocates, to the byte; no trainer when train_batch is 0. */
+static void check_workspace_memory(const char *name, const BstConfig *cfg, int32_t max_batch,
+                                   int32_t train_batch)
+{
+    track_start();
+    BstModel *m = model_for(cfg, 2);
+    const size_t model_bytes = g_total;
+    BstPredictor *p = m ? bst_predictor_create(m, max_batch) : NULL;
+    const size_t predictor_bytes = g_total - model_bytes;
+    const int32_t batch = p ? bst_predictor_batch(p) : 0;
+    bst_predictor_free(p);
+    BstTrainOptions o = {BST_OPT_ADAM, 0.01f, train_batch, 1, 0.0f};
+    const size_t trainer_from = g_total;
+    BstTrainer *t = m && train_batch ? bst_trainer_create(m, &o) : NULL;
+    const size_t trainer_bytes = g_total - trainer_from;
+    bst_trainer_free(t);
+    bst_model_free(m);
+    const size_t left = g_live;
+    track_stop();
+
+    const size_t per_window = bst_acts_memory_bytes(cfg, 1, BST_ACTS_INFERENCE);
+    const size_t predictor_est = bst_predictor_memory_bytes(cfg, max_batch);
+    const size_t trainer_est = train_batch ? bst_trainer_memory_bytes(cfg, &o) : 0;
+    printf("  %s: predictor for %d windows takes %d: %zu bytes = %.2f MiB (estimate %zu); "
+           "trainer for %d: %zu bytes (estimate %zu)\n",
+           name, max_batch, batch, predictor_bytes, mib(predictor_bytes), predictor_est,
+           train_batch, trainer_bytes, trainer_est);
+    CHECK(p && (t || !train_batch) && left == 0, "%s: create (%zu bytes left)", name, left);
+    CHECK(batch == bst_predictor_batch_limit(cfg, max_batch), "%s: batch %d, limit %d", name,
+          batch, bst_predictor_batch_limit(cfg, max_batch));
+    CHECK(predictor_bytes == predictor_est, "%s: predictor allocated %zu bytes, estimated %zu",
+          name, predictor_bytes, predictor_est);
+    CHECK(trainer_bytes == trainer_est, "%s: trainer allocated %zu bytes, estimated %zu", name,
+          trainer_bytes, trainer_est);
+    /* Every inference buffer is per window, so the budget divides exactly. */
+    CHECK(bst_acts_memory_bytes(cfg, batch, BST_ACTS_INFERENCE) == (size_t)batch * per_window,
+          "%s: inference activations are not %d times one window's", name, batch);
+    CHECK(predictor_bytes <= BST_PREDICTOR_MEMORY_BUDGET || batch == 1,
+          "%s: %zu bytes for %d windows, over the budget", name, predictor_bytes, batch);
+    CHECK(batch == max_batch || predictor_bytes + per_window > BST_PREDICTOR_MEMORY_BUDGET,
+          "%s: %d windows of %d, but another would fit the budget", name, batch, max_batch);
+}
+
+static void test_workspace_memory(void)
+{
+    BstConfig cfg;
+    tiny_config(&cfg);
+    check_workspace_memory("4 positions", &cfg, 100, BATCH);
+    feature_config(&cfg, 8);
+    check_workspace_memory("every input, 8 positions", &cfg, 256, 16);
+    tiny_config(&cfg);
+    cfg.seq_len = 64;
+    cfg.heads = 4;
+    check_workspace_memory("64 positions, 4 heads", &cfg, 1024, 8);
+    feature_config(&cfg, 1024);
+    cfg.heads = 4;
+    check_workspace_memory("every input, 1024 positions, 4 heads", &cfg, 256, 1);
+    /* One window over the budget (its attention probabilities alone fill
+     * it) still gets its predictor. */
+    tiny_config(&cfg);
+    cfg.seq_len = 1024;
+    cfg.heads = 16;
+    check_workspace_memory("1024 positions, 16 heads", &cfg, 256, 0);
+}
+
+/*
+ * The inference layout (no masks or statistics, dropout outputs sharing
+ * their inputs' buffers) computes the same bits as the training layout run
+ * in inference mode, which is how predictors ran before; and it refuses a
+ * training forward.
+ */
+static void test_inference_layout(BstRng *rng)
+{
+    enum { LM = 8, N = 6 };
+    BstModel *m = feature_model(LM, 5);
+    BstData d = random_windows(N, LM, N_MOVIES, 5, rng);
+    BstBatch b = {.n = N, .movies = d.movies, .ratings = d.ratings, .hist_len = d.hist_len,
+                  .users = d.users};
+    for (int threads = 1; threads <= 2; threads++) {
+        use_threads(threads);
+        BstActs train_acts, infer_acts;
+        int ok = m && bst_acts_alloc(&train_acts, &m->cfg, N, BST_ACTS_TRAINING) == 0 &&
+                 bst_acts_alloc(&infer_acts, &m->cfg, N, BST_ACTS_INFERENCE) == 0;
+        CHECK(ok, "inference layout: create");
+        if (!ok)
+            break;
+        bst_forward(m, &train_acts, &b, 0, NULL);
+        bst_forward(m, &infer_acts, &b, 0, NULL);
+        CHECK(memcmp(train_acts.pred, infer_acts.pred, N * sizeof(float)) == 0,
+              "%d thread(s): the inference layout predicts other bits", threads);
+        CHECK(isnan(bst_forward(m, &infer_acts, &b, 1, NULL)),
+              "a training forward ran on inference activations");
+        printf("  %d thread(s): inference activations %zu bytes for %d windows, training "
+               "layout %zu, same predictions\n",
+               threads, bst_acts_memory_bytes(&m->cfg, N, BST_ACTS_INFERENCE), N,
+               bst_acts_memory_bytes(&m->cfg, N, BST_ACTS_TRAINING));
+        bst_acts_free(&train_acts);
+        bst_acts_free(&infer_acts);
+    }
+    use_threads(1);
+    free_windows(&d);
+    bst_model_free(m);
+}
+
+/*
+ * A model of 1024 positions and 4 heads: its predictor, asked for 256
+ * windows (as the extension asks), stays within the budget, and predicts in
+ * chunks (full ones and a partial one) what it predicts one window at a
+ * time.
+ */
+static void test_long_window_predictor(BstRng *rng)
+{
+    enum { LM = 1024, ASKED = 256 };
+    BstConfig cfg;
+    feature_config(&cfg, LM);
+    cfg.heads = 4;
+    /* Tracked from the model on: every block is freed by the allocator of
+     * its creation. */
+    track_start();
+    BstModel *m = feature_model_of(&cfg, 6);
+    const size_t model_bytes = g_total;
+    BstPredictor *p = m ? bst_predictor_create(m, ASKED) : NULL;
+    const size_t bytes = g_total - model_bytes;
+    BstPredictor *single = m ? bst_predictor_create(m, 1) : NULL;
+    CHECK(p && single, "long windows: create");
+    if (!p || !single) {
+        bst_predictor_free(p);
+        bst_predictor_free(single);
+        bst_model_free(m);
+        track_stop();
+        return;
+    }
+    const int32_t batch = bst_predictor_batch(p);
+    /* What the same request got before the budget: the training layout for
+     * as many windows as the attention limit allowed. */
+    const int32_t old_batch = bst_attention_batch_limit(&cfg, ASKED);
+    const size_t old_bytes = bytes - bst_acts_memory_bytes(&cfg, batch, BST_ACTS_INFERENCE) +
+                             bst_acts_memory_bytes(&cfg, old_batch, BST_ACTS_TRAINING);
+    printf("  %d positions, %d heads, asked for %d windows: %d per pass, %zu bytes = %.1f MiB "
+           "(budget %.0f MiB; the training layout for %d windows: %.1f MiB)\n",
+           LM, cfg.heads, ASKED, batch, bytes, mib(bytes), mib(BST_PREDICTOR_MEMORY_BUDGET),
+           old_batch, mib(old_bytes));
+    CHECK(bytes <= BST_PREDICTOR_MEMORY_BUDGET && batch > 1 && batch < ASKED,
+          "long windows: %d windows in %zu bytes", batch, bytes);
+
+    const int32_t n = 2 * batch + 1;
+    BstData d = random_windows(n, LM, N_MOVIES, 5, rng);
+    d.hist_len[0] = LM - 1;  /* a full window too */
+    for (int32_t i = 0; i < LM; i++)
+        d.movies[i] = 1 + i % N_MOVIES;
+    for (int32_t i = 0; i < LM - 1; i++)
+        d.ratings[i] = (float)(1 + i % 5);
+    float *chunked = new_floats((size_t)n), *alone = new_floats((size_t)n);
+    BstBatch all = {.n = n, .movies = d.movies, .ratings = d.ratings, .hist_len = d.hist_len,
+                    .users = d.users};
+    bst_predict(p, &all, chunked);
+    for (int32_t i = 0; i < n; i++) {
+        BstBatch one = {.n = 1, .movies = d.movies + (size_t)i * LM,
+                        .ratings = d.ratings + (size_t)i * (LM - 1), .hist_len = d.hist_len + i,
+                        .users = d.users + i};
+        bst_predict(single, &one, &alone[i]);
+    }
+    double worst = 0.0;
+    int same = 0;
+    for (int32_t i = 0; i < n; i++) {
+        worst = fmax(worst, fabs((double)chunked[i] - alone[i]) / fmax(1.0, fabs(alone[i])));
+        same += memcmp(&chunked[i], &alone[i], sizeof(float)) == 0;
+    }
+    printf("  %d windows in chunks of %d vs one at a time: %d of %d bit for bit, worst "
+           "relative difference %.1e\n",
+           n, batch, same, n, worst);
+    CHECK(worst <= 1e-6, "long windows: chunked predictions differ by %.3e", worst);
+    free(chunked);
+    free(alone);
+    free_windows(&d);
+    bst_predictor_free(p);
+    bst_predictor_free(single);
+    bst_model_free(m);
+    track_stop();
+}
+
+static void count_chunk(void *arg, int32_t epoch, int64_t chunk, int64_t n_chunks)
+{
+    int64_t *seen = arg;
+    if (epoch == 0 && chunk == seen[0])
+        seen[0]++;
+    seen[1] = n_chunks;
+}
+
+/* Evaluation goes in chunks of the predictor's batch and scores exactly
+ * what bst_predict predicts. */
+static void test_evaluate_chunks(BstRng *rng)
+{
+    BstConfig cfg;
+    tiny_config(&cfg);
+    cfg.seq_len = 64;
+    cfg.heads = 4;
+    BstModel *m = model_for(&cfg, 3);
+    BstPredictor *p = m ? bst_predictor_create(m, 1024) : NULL;
+    CHECK(p != NULL, "evaluate: create");
+    if (!p) {
+        bst_model_free(m);
+        return;
+    }
+    const int32_t batch = bst_predictor_batch(p);
+    const int64_t n = 2 * (int64_t)batch + 7;
+    BstData d = random_windows(n, cfg.seq_len, cfg.n_movies, 0, rng);
+    float *pred = new_floats((size_t)n);
+    BstBatch all = {.n = (int32_t)n, .movies = d.movies, .ratings = d.ratings,
+                    .hist_len = d.hist_len, .users = d.users};
+    bst_predict(p, &all, pred);
+    double abs_sum = 0.0, sq_sum = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        const double e = (double)pred[i] - (double)d.targets[i];
+        abs_sum += fabs(e);
+        sq_sum += e * e;
+    }
+    int64_t seen[2] = {0, 0};
+    BstFitHooks hooks = {count_chunk, NULL, seen};
+    double mae = NAN, rmse = NAN;
+    int rc = bst_evaluate_data(m, &d, &hooks, &mae, &rmse);
+    printf("  evaluation of %lld windows of 64 positions: %lld chunks of up to %d, MAE %.6f\n",
+           (long long)n, (long long)seen[0], batch, mae);
+    CHECK(rc == 0 && seen[0] == 3 && seen[1] == 3, "evaluate: %lld of %lld chunks",
+          (long long)seen[0], (long long)seen[1]);
+    CHECK(mae == abs_sum / (double)n && rmse == sqrt(sq_sum / (double)n),
+          "evaluate: MAE %.9g, RMSE %.9g; bst_predict's %.9g, %.9g", mae, rmse,
+          abs_sum / (double)n, sqrt(sq_sum / (double)n));
+    free(pred);
+    free_windows(&d);
+    bst_predictor_free(p);
+    bst_model_free(m);
+}
+
 int main(void)
 {
     use_threads(1);
@@ -695,6 +1139,14 @@ int main(void)
     test_padding_invisible();
     test_early_stopping(&train);
     test_allocator(&train);
+    printf("memory bounds\n");
+    BstRng mem_rng;
+    bst_rng_seed(&mem_rng, 64);
+    test_workspace_memory();
+    test_inference_layout(&mem_rng);
+    test_long_window_predictor(&mem_rng);
+    test_evaluate_chunks(&mem_rng);
+    test_fit_memory(&mem_rng);
 
     free_data(&train);
     free_data(&eval);

@@ -1,6 +1,6 @@
 -- Properties of training and prediction on generated data.
 BEGIN;
-SELECT plan(18);
+SELECT plan(21);
 SET client_min_messages = warning;
 DELETE FROM bst_models;  -- rolled back at the end
 
@@ -114,15 +114,29 @@ UPDATE bst_models SET weights = (SELECT weights FROM bst_models WHERE name = 'ot
 SELECT is(bst_predict('untrained', '{1,2,3,4}', '{5,4,3}'), bst_predict('other_seed', '{1,2,3,4}', '{5,4,3}'),
           'weights updated twice in one transaction: the second update is used');
 
--- More models than the cache holds, loaded while bst_evaluate holds one.
+-- Many models in one backend.
 SELECT bst_train('c' || i, 'SELECT movie_ids, ratings FROM windows LIMIT 50', epochs => 1, hidden => '{4}', embed_dim => 2,
                  seed => i, history => NULL, vocabulary => NULL)
 FROM generate_series(1, 10) i;
-SELECT count(bst_predict('c' || i, '{1,2,3,4}', '{5,4,3}')) FROM generate_series(1, 8) i;
+-- Models used in turn are each loaded once, however many rows use them.
+SELECT count(bst_predict('c' || (1 + i % 9), '{1,2,3,4}', '{5,4,3}')) FROM generate_series(0, 269) i;
+SELECT is((SELECT count(*) FILTER (WHERE uses >= 30) FROM bst_loaded_models() WHERE name ~ '^c[1-9]$'), 9::bigint,
+          'nine models used in turn over 270 rows: each loaded once, serving its 30 rows');
+-- A model evicted while a call still uses it stays valid until that call ends.
 SELECT is((SELECT n FROM bst_evaluate('c1', $$SELECT movie_ids, ratings FROM windows
                                            WHERE bst_predict('c9', movie_ids, ratings) IS NOT NULL
                                              AND bst_predict('c10', movie_ids, ratings) IS NOT NULL$$)),
-          (SELECT count(*) FROM windows), 'a model evicted from the cache while in use stays valid until the transaction ends');
+          (SELECT count(*) FROM windows), 'a model evicted from the cache while in use stays valid');
+-- Under a small bst.model_cache_memory (about three of these models) the
+-- loaded models fit it, and an evicted model is freed at once, not at the
+-- end of the transaction (this file is one transaction).
+SET LOCAL bst.model_cache_memory = '1MB';
+SELECT count(bst_predict('c' || (1 + i % 9), '{1,2,3,4}', '{5,4,3}')) FROM generate_series(0, 269) i;
+SELECT ok((SELECT sum(bytes) <= 1024 * 1024 AND count(*) BETWEEN 1 AND 8 FROM bst_loaded_models()),
+          'the loaded models fit bst.model_cache_memory');
+SELECT is((SELECT count(*) FROM pg_backend_memory_contexts WHERE name = 'bst model'),
+          (SELECT count(*) FROM bst_loaded_models()), 'no evicted model stays in memory');
+RESET bst.model_cache_memory;
 
 -- Cancelling a training (statement_timeout) leaves the earlier versions alone.
 CREATE TEMP TABLE big AS SELECT w.* FROM windows w, generate_series(1, 20);
