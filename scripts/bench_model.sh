@@ -21,6 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=${1:-../shared/data}
 source scripts/lib.sh
+log "machine: $(machine_description)"
 if [ -z "${PGHOST:-}" ]; then
     ensure_packages && build_install
     trap cluster_stop EXIT

@@ -312,8 +312,11 @@ git diff --quiet HEAD 2>/dev/null || commit="$commit + uncommitted changes"
 {
     echo "## Quality on MovieLens-100K ($(date +%Y-%m-%d))"
     echo
-    echo "\`scripts/bench_quality.sh\`: commit $commit, $(nproc) cores, seeds $seeds;" \
+    echo "\`scripts/bench_quality.sh\`: commit $commit, seeds $seeds;" \
          "BST rows are the mean over the seeds with the min–max spread in parentheses."
+    echo
+    echo "Machine: $(machine_description). Float results depend on the BLAS kernels:" \
+         "another CPU or OpenBLAS build gives figures that differ in the last decimals."
     for P in "${protocols[@]}"; do
         echo
         if [ "$P" = P1 ]; then

@@ -10,6 +10,7 @@ if [ ! -f "$dir/ratings.dat" ]; then
     echo "skipped: $dir/ratings.dat not found (give an ML-1M directory)"; exit 0
 fi
 source scripts/lib.sh
+log "machine: $(machine_description)"
 if [ -z "${PGHOST:-}" ]; then
     ensure_packages && build_install
     trap cluster_stop EXIT

@@ -28,6 +28,7 @@ if [ ! -f "$root/ml-100k/u.data" ]; then
 fi
 L=${BST_L:-10}
 source scripts/lib.sh
+log "machine: $(machine_description)"
 if [ -z "${PGHOST:-}" ]; then
     ensure_packages && build_install
     trap cluster_stop EXIT

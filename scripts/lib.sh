@@ -59,3 +59,18 @@ cluster_stop() {
     rm -rf "$BST_CLUSTER_DIR"
     BST_CLUSTER_DIR=
 }
+
+# The CPU and the OpenBLAS kernels that run on it, for the header of every
+# benchmark: float results and timings depend on both.
+machine_description() {
+    local probe
+    probe=$(mktemp -d /tmp/bst-blas.XXXXXX)
+    printf '#include <stdio.h>\nchar *openblas_get_corename(void);\nchar *openblas_get_config(void);\nint main(void) { printf("%%s, kernels %%s", openblas_get_config(), openblas_get_corename()); return 0; }\n' >"$probe/probe.c"
+    local blas="OpenBLAS unknown"
+    gcc -o "$probe/probe" "$probe/probe.c" -lopenblas 2>/dev/null && blas=$("$probe/probe")
+    rm -rf "$probe"
+    printf '%s (family %s, model %s), %s cores; %s' \
+        "$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)" \
+        "$(sed -n 's/^cpu family\s*: //p' /proc/cpuinfo | head -1)" \
+        "$(sed -n 's/^model\s*: //p' /proc/cpuinfo | head -1)" "$(nproc)" "$blas"
+}
