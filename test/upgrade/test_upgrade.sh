@@ -102,6 +102,27 @@ WHERE refclassid = 'pg_extension'::regclass AND deptype = 'e'
 UNION ALL
 SELECT 'config ' || c::regclass::text FROM pg_extension, unnest(extconfig) c WHERE extname = 'bst'
 ORDER BY 1"
+# The tables' columns, row-level security, policies and privileges, and the
+# functions' privileges: the privilege model must be the same either way.
+shape_sql="
+SELECT 'column ' || c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+       || ' ' || a.attnotnull || ' ' || coalesce(pg_get_expr(d.adbin, d.adrelid), '')
+FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+LEFT JOIN pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum
+WHERE c.relname IN ('bst_models', 'bst_model_grants')
+UNION ALL
+SELECT 'table ' || relname || ' rls ' || relrowsecurity || ' ' || coalesce(relacl::text, '')
+FROM pg_class WHERE relname IN ('bst_models', 'bst_model_grants')
+UNION ALL
+SELECT 'policy ' || tablename || ' ' || policyname || ' ' || cmd || ' ' || roles::text || ' '
+       || coalesce(qual, '') || ' ' || coalesce(with_check, '')
+FROM pg_policies WHERE tablename IN ('bst_models', 'bst_model_grants')
+UNION ALL
+SELECT 'acl ' || p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ') ' || coalesce(p.proacl::text, '')
+FROM pg_depend d JOIN pg_proc p ON p.oid = d.objid
+WHERE d.classid = 'pg_proc'::regclass AND d.refclassid = 'pg_extension'::regclass
+  AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'bst') AND d.deptype = 'e'
+ORDER BY 1"
 
 q $old -q -c "$helper_sql"
 version_before=$(q $old -c "SELECT extversion FROM pg_extension WHERE extname = 'bst'")
@@ -126,12 +147,16 @@ min_len_windows=$(qa $old -c "SELECT (SELECT count(*) FROM bst_sequences('rating
 functions_old=$(qa $old -c "$functions_sql")
 functions_full_old=$(qa $old -c "$functions_full_sql")
 members_old=$(qa $old -c "$members_sql")
+shape_old=$(qa $old -c "$shape_sql")
+owners_old=$(qa $old -c "SELECT string_agg(DISTINCT owner::text, ',') FROM bst_models")
+table_owner=$(qa $old -c "SELECT relowner::regrole FROM pg_class WHERE relname = 'bst_models'")
 
 q $new -q -c "SET client_min_messages = warning" -c "CREATE EXTENSION bst"
 version_new=$(qa $new -c "SELECT extversion FROM pg_extension WHERE extname = 'bst'")
 functions_new=$(qa $new -c "$functions_sql")
 functions_full_new=$(qa $new -c "$functions_full_sql")
 members_new=$(qa $new -c "$members_sql")
+shape_new=$(qa $new -c "$shape_sql")
 
 status=0
 check() {   # check DESCRIPTION 'CONDITION' (shell code, evaluated here)
@@ -163,14 +188,18 @@ check "updated and fresh installs have the same function definitions (defaults, 
     '[ -n "$functions_full_new" ] && [ "$functions_full_old" = "$functions_full_new" ]'
 check "updated and fresh installs have the same member objects and dumped tables" \
     '[ -n "$members_new" ] && [ "$members_old" = "$members_new" ]'
+check "updated and fresh installs have the same columns, row-level security, policies and privileges ($(grep -c '^policy' <<<"$shape_new") policies)" \
+    '[ "$(grep -c "^policy" <<<"$shape_new")" -ge 4 ] && [ "$shape_old" = "$shape_new" ]'
+check "1.0 models belong to the owner of bst_models after the update ($owners_old)" \
+    '[ -n "$table_owner" ] && [ "$owners_old" = "$table_owner" ]'
 
 if [ $status != 0 ]; then
     echo "--- windows before the update"; printf '%s\n' "$windows_before"
     echo "--- windows after the update"; printf '%s\n' "$windows_after"
     echo "--- bst_sequences after the update: $signature_after"
     echo "--- members: updated 1.0 (<) vs fresh 1.1 (>)"
-    diff <(printf '%s\n' "$functions_full_old" "$members_old") \
-         <(printf '%s\n' "$functions_full_new" "$members_new") || true
+    diff <(printf '%s\n' "$functions_full_old" "$members_old" "$shape_old") \
+         <(printf '%s\n' "$functions_full_new" "$members_new" "$shape_new") || true
 fi
 verdict=$([ $status = 0 ] && echo PASS || echo FAIL)
 echo "test_upgrade: $verdict"
