@@ -61,10 +61,10 @@ END $$;
 CREATE VIEW alice.evil_history AS SELECT * FROM public.sec_ratings WHERE alice.escalate();
 CREATE VIEW alice.spy_history AS SELECT * FROM public.sec_ratings WHERE alice.record();
 SELECT model, version FROM bst_train('alice_evil', 'SELECT movie_ids, ratings FROM public.sec_windows',
-                                     epochs => 1, hidden => '{8,4}', vocabulary => NULL,
+                                     epochs => 1, hidden => '{8,4}', vocabulary => NULL, movies => NULL, users => NULL,
                                      history => 'alice.evil_history');
 SELECT model, version FROM bst_train('alice_spy', 'SELECT movie_ids, ratings FROM public.sec_windows',
-                                     epochs => 1, hidden => '{8,4}', vocabulary => NULL,
+                                     epochs => 1, hidden => '{8,4}', vocabulary => NULL, movies => NULL, users => NULL,
                                      history => 'alice.spy_history');
 RESET ROLE;
 
@@ -73,12 +73,12 @@ RESET ROLE;
 SHOW bst.model;
 SELECT pg_temp.error_of('SELECT bst_predict(1, 5)');
 SELECT model, version FROM bst_train('admin_model', 'SELECT movie_ids, ratings FROM sec_windows',
-                                     epochs => 1, hidden => '{8,4}', vocabulary => NULL,
+                                     epochs => 1, hidden => '{8,4}', vocabulary => NULL, movies => NULL, users => NULL,
                                      history => 'sec_ratings');
 -- Alice trains again, later; the default still is the superuser's own.
 SET ROLE regress_bst_alice;
 SELECT version FROM bst_train('alice_spy', 'SELECT movie_ids, ratings FROM public.sec_windows',
-                              epochs => 1, hidden => '{8,4}', vocabulary => NULL,
+                              epochs => 1, hidden => '{8,4}', vocabulary => NULL, movies => NULL, users => NULL,
                               history => 'alice.spy_history');
 RESET ROLE;
 SELECT bst_predict(1, 5) = (SELECT bst_predict('admin_model', 1, array_append(movie_ids, 5), ratings)
@@ -104,7 +104,7 @@ RESET bst.model;
 -- hand, nor see, use, change or drop it until she grants it.
 SET ROLE regress_bst_bob;
 SELECT pg_temp.error_of($q$SELECT bst_train('alice_spy', 'SELECT movie_ids, ratings FROM public.sec_windows',
-                                            epochs => 1, vocabulary => NULL, history => NULL)$q$);
+                                            epochs => 1, vocabulary => NULL, movies => NULL, users => NULL, history => NULL)$q$);
 SELECT pg_temp.error_of($q$INSERT INTO bst_models (name, version, config, metrics, weights)
                            VALUES ('alice_spy', 99, '{}', '{}', '\x00')$q$);
 SELECT pg_temp.error_of($q$INSERT INTO bst_models (name, version, config, metrics, weights, owner)
@@ -116,7 +116,7 @@ SELECT pg_temp.error_of($q$SELECT bst_grant('alice_spy', 'regress_bst_bob')$q$);
 SELECT pg_temp.error_of($q$INSERT INTO bst_model_grants VALUES ('alice_spy', 'regress_bst_bob')$q$);
 -- Bob's own model is his.
 SELECT model, version FROM bst_train('bob_model', 'SELECT movie_ids, ratings FROM public.sec_windows',
-                                     epochs => 1, hidden => '{8,4}', vocabulary => NULL, history => NULL);
+                                     epochs => 1, hidden => '{8,4}', vocabulary => NULL, movies => NULL, users => NULL, history => NULL);
 SELECT name, version, owner FROM bst_models ORDER BY name, version;
 RESET ROLE;
 SELECT name, version, owner FROM bst_models ORDER BY name, version;
@@ -144,7 +144,7 @@ RESET ROLE;
 GRANT regress_bst_alice TO regress_bst_bob;
 SET ROLE regress_bst_bob;
 SELECT version FROM bst_train('alice_spy', 'SELECT movie_ids, ratings FROM public.sec_windows',
-                              epochs => 1, hidden => '{8,4}', vocabulary => NULL, history => NULL);
+                              epochs => 1, hidden => '{8,4}', vocabulary => NULL, movies => NULL, users => NULL, history => NULL);
 SELECT name, version, owner FROM bst_models WHERE name = 'alice_spy' ORDER BY version;
 RESET ROLE;
 REVOKE regress_bst_alice FROM regress_bst_bob;
@@ -155,29 +155,29 @@ REVOKE regress_bst_alice FROM regress_bst_bob;
 SET client_min_messages = notice;
 SET ROLE regress_bst_carol;
 SELECT pg_temp.error_of($q$SELECT bst_train('carol_model', 'SELECT movie_ids, ratings FROM public.sec_windows',
-                                            history => NULL, vocabulary => NULL)$q$);
+                                            history => NULL, vocabulary => NULL, movies => NULL, users => NULL)$q$);
 RESET ROLE;
 GRANT EXECUTE ON FUNCTION bst_train TO regress_bst_carol;
 SET ROLE regress_bst_carol;
 SELECT pg_temp.error_of($q$SELECT bst_train('carol_model', 'SELECT movie_ids, ratings FROM public.sec_windows',
-                                            history => NULL, vocabulary => NULL)$q$);
+                                            history => NULL, vocabulary => NULL, movies => NULL, users => NULL)$q$);
 RESET ROLE;
 BEGIN READ ONLY;
 SELECT pg_temp.error_of($q$SELECT bst_train('ro_model', 'SELECT movie_ids, ratings FROM sec_windows',
-                                            history => NULL, vocabulary => NULL)$q$);
+                                            history => NULL, vocabulary => NULL, movies => NULL, users => NULL)$q$);
 ROLLBACK;
 SELECT pg_temp.error_of(format($q$SELECT bst_train(%L, 'SELECT movie_ids, ratings FROM sec_windows',
-                                                   history => NULL, vocabulary => NULL)$q$, repeat('x', 1025)));
+                                                   history => NULL, vocabulary => NULL, movies => NULL, users => NULL)$q$, repeat('x', 1025)));
 -- (the longest name is stored)
 SET client_min_messages = warning;
 SELECT version FROM bst_train(repeat('x', 1024), 'SELECT movie_ids, ratings FROM sec_windows',
-                              epochs => 1, hidden => '{8,4}', history => NULL, vocabulary => NULL);
+                              epochs => 1, hidden => '{8,4}', history => NULL, vocabulary => NULL, movies => NULL, users => NULL);
 SET client_min_messages = notice;
 -- ... and a history the model's owner may not read.
 CREATE TABLE secret_ratings (LIKE sec_ratings);
 SET ROLE regress_bst_alice;
 SELECT pg_temp.error_of($q$SELECT bst_train('alice_other', 'SELECT movie_ids, ratings FROM public.sec_windows',
-                                            history => 'public.secret_ratings', vocabulary => NULL)$q$);
+                                            history => 'public.secret_ratings', vocabulary => NULL, movies => NULL, users => NULL)$q$);
 RESET ROLE;
 SET client_min_messages = warning;
 
