@@ -3,6 +3,21 @@
 -- properties of them are printed.
 SET client_min_messages = warning;
 
+-- An error as "SQLSTATE: message DETAIL: detail HINT: hint", so the
+-- expected output shows the SQLSTATE of every error.
+CREATE FUNCTION pg_temp.error_of(query text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    detail text;
+    hint text;
+BEGIN
+    EXECUTE query;
+    RETURN 'no error';
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL, hint = PG_EXCEPTION_HINT;
+    RETURN SQLSTATE || ': ' || SQLERRM || coalesce(nullif(' DETAIL: ' || detail, ' DETAIL: '), '')
+           || coalesce(nullif(' HINT: ' || hint, ' HINT: '), '');
+END $$;
+
 -- 60 movies, 40 users, 30 ratings each; a rating is a per-movie quality
 -- plus a per-user bias, so there is something to learn.
 CREATE TABLE movies (movie_id int PRIMARY KEY, title text, genres text[]);
@@ -85,51 +100,39 @@ SELECT version FROM bst_train('nohist', 'SELECT movie_ids, ratings FROM windows'
                               preset => 'keras_example');
 SELECT config->>'n_movies' AS n_movies, config->>'embed_dim' AS embed_dim, history FROM bst_models WHERE name = 'nohist';
 SET bst.model = 'nohist';
-SELECT bst_predict(1, 10);
+SELECT pg_temp.error_of($q$SELECT bst_predict(1, 10)$q$);
 RESET bst.model;
 
 -- Bad arguments: each a clear error.
-SELECT * FROM bst_train(NULL, 'SELECT movie_ids, ratings FROM windows');
-SELECT * FROM bst_train('', 'SELECT movie_ids, ratings FROM windows');
-SELECT * FROM bst_train('x', NULL);
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows WHERE false');
-SELECT * FROM bst_train('x', 'SELECT movie_ids FROM windows');
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings::float8[] AS ratings FROM windows');
-SELECT * FROM bst_train('x', 'SELECT ''{1}''::int[] AS movie_ids, ''{1}''::real[] AS ratings');
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ''{1,NaN,3,4}''::real[] AS ratings FROM windows');
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings[1:3] || NULL::real AS ratings FROM windows');
-SELECT * FROM bst_train('x', 'SELECT NULL::int[] AS movie_ids, ratings FROM windows');
-SELECT * FROM bst_train('x', 'not sql');
-SELECT * FROM bst_train('x', 'DELETE FROM windows RETURNING movie_ids, ratings');
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings INTO TEMP t FROM windows');
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows FOR UPDATE');
-SELECT * FROM bst_train('x', 'WITH d AS (DELETE FROM windows WHERE false RETURNING *) SELECT movie_ids, ratings FROM d');
-SELECT * FROM bst_evaluate('tiny', 'SELECT movie_ids, ratings FROM windows FOR SHARE');
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings[1:3] || 1e30::real AS ratings FROM windows');
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows; SELECT 1');
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', epochs => 0);
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', batch_size => 0);
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', batch_size => 10000000);
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', learning_rate => -1);
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', learning_rate => 'NaN');
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', heads => 0);
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', hidden => '{0}');
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', hidden => '{16,NULL}');
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', hidden => '{1,2,3,4,5,6,7,8,9}');
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', dropout => 1);
--- Errors of 1.1's options and inputs, with their SQLSTATE (and detail and hint).
-CREATE FUNCTION pg_temp.error_of(query text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-    detail text;
-    hint text;
-BEGIN
-    EXECUTE query;
-    RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL, hint = PG_EXCEPTION_HINT;
-    RETURN SQLSTATE || ': ' || SQLERRM || coalesce(nullif(' DETAIL: ' || detail, ' DETAIL: '), '')
-           || coalesce(nullif(' HINT: ' || hint, ' HINT: '), '');
-END $$;
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train(NULL, 'SELECT movie_ids, ratings FROM windows')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('', 'SELECT movie_ids, ratings FROM windows')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', NULL)$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows WHERE false')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids FROM windows')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings::float8[] AS ratings FROM windows')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT ''{1}''::int[] AS movie_ids, ''{1}''::real[] AS ratings')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ''{1,NaN,3,4}''::real[] AS ratings FROM windows')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings[1:3] || NULL::real AS ratings FROM windows')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT NULL::int[] AS movie_ids, ratings FROM windows')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'not sql')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'DELETE FROM windows RETURNING movie_ids, ratings')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings INTO TEMP t FROM windows')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows FOR UPDATE')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'WITH d AS (DELETE FROM windows WHERE false RETURNING *) SELECT movie_ids, ratings FROM d')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_evaluate('tiny', 'SELECT movie_ids, ratings FROM windows FOR SHARE')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings[1:3] || 1e30::real AS ratings FROM windows')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows; SELECT 1')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', epochs => 0)$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', batch_size => 0)$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', batch_size => 10000000)$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', learning_rate => -1)$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', learning_rate => 'NaN')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', heads => 0)$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', hidden => '{0}')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', hidden => '{16,NULL}')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', hidden => '{1,2,3,4,5,6,7,8,9}')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', dropout => 1)$q$);
+-- Errors of 1.1's options and inputs.
 SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', preset => NULL)$q$);
 SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', preset => 'best')$q$);
 SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', seed => NULL)$q$);
@@ -168,18 +171,18 @@ SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT user_id, movie_i
 SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT user_id, movie_ids, ratings FROM windows', features => '{sex}', users => 'ratings')$q$);
 SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT user_id::int8 AS user_id, movie_ids, ratings FROM windows')$q$);
 SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT NULL::int AS user_id, movie_ids, ratings FROM windows')$q$);
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', optimizer => 'sgd');
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', embed_dim => 0);
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', embed_dim => 100000);
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', vocabulary => 'SELECT movie_id FROM movies WHERE false');
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', vocabulary => 'SELECT title FROM movies');
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', vocabulary => 'SELECT movie_id FROM movies; SELECT 1');
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', history => 'movies');
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', history => 'no_such_table');
-SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', hidden => '{8}', learning_rate => 1e30);
-SELECT * FROM bst_train('x', '   ');
-SELECT * FROM bst_train('x', 'SELECT array_fill(1, ARRAY[300]) AS movie_ids, array_fill(1::real, ARRAY[300]) AS ratings',
-                        batch_size => 65536);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', optimizer => 'sgd')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', embed_dim => 0)$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', embed_dim => 100000)$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', vocabulary => 'SELECT movie_id FROM movies WHERE false')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', vocabulary => 'SELECT title FROM movies')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', vocabulary => 'SELECT movie_id FROM movies; SELECT 1')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', history => 'movies')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', history => 'no_such_table')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', hidden => '{8}', learning_rate => 1e30)$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', '   ')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT array_fill(1, ARRAY[300]) AS movie_ids, array_fill(1::real, ARRAY[300]) AS ratings',
+                        batch_size => 65536)$q$);
 SELECT count(*) AS failed_trainings_stored_nothing FROM bst_models WHERE name = 'x';
 
 -- Windows of different lengths: padded, and the model remembers the
@@ -189,55 +192,55 @@ SELECT training_rows FROM bst_train('mixed', 'SELECT movie_ids[1:2 + user_id % 2
                                     epochs => 1, hidden => '{8}', preset => 'keras_example');
 SELECT config->>'seq_len' AS seq_len, metrics->>'min_history' AS min_history FROM bst_models WHERE name = 'mixed';
 SELECT bst_predict('mixed', '{1,2}', '{5}') BETWEEN -5 AND 10 AS short_window_ok;
-SELECT bst_predict('mixed', '{1}', '{}');
+SELECT pg_temp.error_of($q$SELECT bst_predict('mixed', '{1}', '{}')$q$);
 -- A window longer than the model's keeps its most recent history.
 SELECT bst_predict('mixed', '{9,9,9,1,2,3}', '{1,1,1,5,4}') = bst_predict('mixed', '{1,2,3}', '{5,4}') AS longer_window_truncated;
 
-SELECT bst_predict('nope', '{1,2,3,4}', '{5,4,3}');
-SELECT bst_predict('tiny', '{1,2,3}', '{5,4,3}');
-SELECT bst_predict('tiny', '{1,2,3,4}', '{5,4}');
-SELECT bst_predict('tiny', '{1,2,NULL,4}', '{5,4,3}');
-SELECT bst_predict('tiny', '{1,2,3,4}', '{5,NaN,3}');
-SELECT bst_predict('tiny', '{{1,2},{3,4}}', '{5,4,3}');
+SELECT pg_temp.error_of($q$SELECT bst_predict('nope', '{1,2,3,4}', '{5,4,3}')$q$);
+SELECT pg_temp.error_of($q$SELECT bst_predict('tiny', '{1,2,3}', '{5,4,3}')$q$);
+SELECT pg_temp.error_of($q$SELECT bst_predict('tiny', '{1,2,3,4}', '{5,4}')$q$);
+SELECT pg_temp.error_of($q$SELECT bst_predict('tiny', '{1,2,NULL,4}', '{5,4,3}')$q$);
+SELECT pg_temp.error_of($q$SELECT bst_predict('tiny', '{1,2,3,4}', '{5,NaN,3}')$q$);
+SELECT pg_temp.error_of($q$SELECT bst_predict('tiny', '{{1,2},{3,4}}', '{5,4,3}')$q$);
 SELECT bst_predict('tiny', NULL, '{5,4,3}') IS NULL AS strict;
-SELECT bst_predict('tiny', '{1,2,3,4}', '{3e38,3e38,3e38}');
-SELECT * FROM bst_evaluate('nope', 'SELECT movie_ids, ratings FROM windows');
-SELECT * FROM bst_evaluate(NULL, 'SELECT movie_ids, ratings FROM windows');
-SELECT * FROM bst_evaluate('tiny', 'SELECT movie_ids, ratings FROM windows WHERE false');
-SELECT * FROM bst_evaluate('tiny', 'SELECT movie_ids[1:3] AS movie_ids, ratings[1:3] AS ratings FROM windows');
+SELECT pg_temp.error_of($q$SELECT bst_predict('tiny', '{1,2,3,4}', '{3e38,3e38,3e38}')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_evaluate('nope', 'SELECT movie_ids, ratings FROM windows')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_evaluate(NULL, 'SELECT movie_ids, ratings FROM windows')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_evaluate('tiny', 'SELECT movie_ids, ratings FROM windows WHERE false')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_evaluate('tiny', 'SELECT movie_ids[1:3] AS movie_ids, ratings[1:3] AS ratings FROM windows')$q$);
 
 -- Damaged weights are refused, never read past their end.
 UPDATE bst_models SET weights = substring(weights FROM 1 FOR 200) WHERE name = 'tiny' AND version = 2;
-SELECT bst_predict('tiny', '{1,2,3,4}', '{5,4,3}');
+SELECT pg_temp.error_of($q$SELECT bst_predict('tiny', '{1,2,3,4}', '{5,4,3}')$q$);
 UPDATE bst_models SET weights = '\x0000'::bytea WHERE name = 'tiny' AND version = 2;
-SELECT bst_predict('tiny', '{1,2,3,4}', '{5,4,3}');
+SELECT pg_temp.error_of($q$SELECT bst_predict('tiny', '{1,2,3,4}', '{5,4,3}')$q$);
 UPDATE bst_models SET weights = overlay(w.weights PLACING '\xff'::bytea FROM 500 FOR 1)
 FROM (SELECT weights FROM bst_models WHERE name = 'tiny' AND version = 1) w
 WHERE name = 'tiny' AND version = 2;
-SELECT bst_predict('tiny', '{1,2,3,4}', '{5,4,3}');
+SELECT pg_temp.error_of($q$SELECT bst_predict('tiny', '{1,2,3,4}', '{5,4,3}')$q$);
 UPDATE bst_models SET weights = overlay(weights PLACING 'XXXX'::bytea FROM 1 FOR 4) WHERE name = 'tiny' AND version = 2;
-SELECT bst_predict('tiny', '{1,2,3,4}', '{5,4,3}');
+SELECT pg_temp.error_of($q$SELECT bst_predict('tiny', '{1,2,3,4}', '{5,4,3}')$q$);
 ALTER TABLE bst_models ALTER weights DROP NOT NULL;
 UPDATE bst_models SET weights = NULL WHERE name = 'tiny' AND version = 2;
-SELECT bst_predict('tiny', '{1,2,3,4}', '{5,4,3}');
-ALTER TABLE bst_models ALTER weights SET NOT NULL;  -- fails: the NULL row is still there
+SELECT pg_temp.error_of($q$SELECT bst_predict('tiny', '{1,2,3,4}', '{5,4,3}')$q$);
+SELECT pg_temp.error_of($q$ALTER TABLE bst_models ALTER weights SET NOT NULL$q$);  -- fails: the NULL row is still there
 -- Hand-edited metrics are named in the error.
 UPDATE bst_models SET weights = (SELECT weights FROM bst_models WHERE name = 'tiny' AND version = 1),
                       metrics = jsonb_set(metrics, '{train_mean_rating}', '"three"')
 WHERE name = 'tiny' AND version = 2;
-SELECT bst_predict('tiny', '{1,2,3,4}', '{5,4,3}');
+SELECT pg_temp.error_of($q$SELECT bst_predict('tiny', '{1,2,3,4}', '{5,4,3}')$q$);
 UPDATE bst_models SET metrics = metrics - 'train_mean_rating' WHERE name = 'tiny' AND version = 2;
-SELECT bst_predict('tiny', '{1,2,3,4}', '{5,4,3}');
+SELECT pg_temp.error_of($q$SELECT bst_predict('tiny', '{1,2,3,4}', '{5,4,3}')$q$);
 UPDATE bst_models SET metrics = jsonb_set(metrics, '{train_mean_rating}', '3') || '{"min_history": -1}'
 WHERE name = 'tiny' AND version = 2;
-SELECT bst_predict('tiny', '{1,2,3,4}', '{5,4,3}');
+SELECT pg_temp.error_of($q$SELECT bst_predict('tiny', '{1,2,3,4}', '{5,4,3}')$q$);
 UPDATE bst_models SET metrics = metrics - 'min_history' WHERE name = 'tiny' AND version = 2;
 -- The history relation is a name, never SQL.
 UPDATE bst_models SET weights = (SELECT weights FROM bst_models WHERE name = 'tiny' AND version = 1),
                       history = 'public.ratings WHERE false UNION ALL SELECT 1, 2 --'
 WHERE name = 'tiny' AND version = 2;
 SET bst.model = 'tiny';
-SELECT bst_predict(1, 10);
+SELECT pg_temp.error_of($q$SELECT bst_predict(1, 10)$q$);
 RESET bst.model;
 -- Deleting the broken version makes the previous one current again.
 DELETE FROM bst_models WHERE name = 'tiny' AND version = 2;
@@ -246,7 +249,7 @@ SELECT encode(float4send(bst_predict('tiny', '{1,2,3,4}', '{5,4,3}')), 'hex') = 
 
 -- No model at all.
 DELETE FROM bst_models;
-SELECT bst_predict(1, 10);
+SELECT pg_temp.error_of($q$SELECT bst_predict(1, 10)$q$);
 
 -- 1.1: the default preset, with user features, genres and bias terms.
 CREATE TABLE users (user_id int PRIMARY KEY, sex text, age_group int, occupation int, zip_code text);

@@ -1,5 +1,19 @@
 -- bst_window_agg and bst_sequences on a small hand-made history
 SET extra_float_digits = 0;
+-- An error as "SQLSTATE: message DETAIL: detail HINT: hint", so the
+-- expected output shows the SQLSTATE of every error.
+CREATE FUNCTION pg_temp.error_of(query text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    detail text;
+    hint text;
+BEGIN
+    EXECUTE query;
+    RETURN 'no error';
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL, hint = PG_EXCEPTION_HINT;
+    RETURN SQLSTATE || ': ' || SQLERRM || coalesce(nullif(' DETAIL: ' || detail, ' DETAIL: '), '')
+           || coalesce(nullif(' HINT: ' || hint, ' HINT: '), '');
+END $$;
 CREATE TABLE r (user_id int, movie_id int, rating real, unix_timestamp bigint);
 INSERT INTO r VALUES
   -- user 1: five ratings: windows at 0 and the tail (1..4)
@@ -63,43 +77,43 @@ CREATE TABLE empty_ratings (LIKE r);
 SELECT count(*) FROM bst_sequences('empty_ratings');
 
 -- Bad inputs: each a clear error.
-SELECT * FROM bst_sequences(NULL);
-SELECT * FROM bst_sequences('no_such_table');
-SELECT * FROM bst_sequences('r', NULL);
-SELECT * FROM bst_sequences('r', 1);
-SELECT * FROM bst_sequences('r', 100000);
-SELECT * FROM bst_sequences('r', 4, 0);
-SELECT * FROM bst_sequences('r', 4, NULL);
-SELECT * FROM bst_sequences('r', min_len => 1);
-SELECT * FROM bst_sequences('r', min_len => 0);
-SELECT * FROM bst_sequences('r', min_len => 5);
-SELECT * FROM bst_sequences('r', seq_len => 3, min_len => 4);
-SELECT * FROM bst_sequences('r', 4, 2, 'user_id', 'movie_id', 'rating', 'unix_timestamp', -1);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_sequences(NULL)$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_sequences('no_such_table')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_sequences('r', NULL)$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_sequences('r', 1)$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_sequences('r', 100000)$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_sequences('r', 4, 0)$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_sequences('r', 4, NULL)$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_sequences('r', min_len => 1)$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_sequences('r', min_len => 0)$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_sequences('r', min_len => 5)$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_sequences('r', seq_len => 3, min_len => 4)$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_sequences('r', 4, 2, 'user_id', 'movie_id', 'rating', 'unix_timestamp', -1)$q$);
 \set VERBOSITY sqlstate
-SELECT * FROM bst_sequences('r', min_len => 0);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_sequences('r', min_len => 0)$q$);
 \set VERBOSITY default
-SELECT * FROM bst_sequences('r', movie_column => 'film_id');
-SELECT * FROM bst_sequences('r', rating_column => NULL);
-SELECT * FROM bst_sequences('events', user_column => 'who', movie_column => 'what',
-                            rating_column => 'at', time_column => 'at');
-SELECT * FROM bst_sequences('events', user_column => 'stars', movie_column => 'what',
-                            rating_column => 'stars', time_column => 'at');
+SELECT pg_temp.error_of($q$SELECT * FROM bst_sequences('r', movie_column => 'film_id')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_sequences('r', rating_column => NULL)$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_sequences('events', user_column => 'who', movie_column => 'what',
+                            rating_column => 'at', time_column => 'at')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_sequences('events', user_column => 'stars', movie_column => 'what',
+                            rating_column => 'stars', time_column => 'at')$q$);
 CREATE TABLE texts (user_id int, movie_id int, rating text, unix_timestamp bigint);
-SELECT * FROM bst_sequences('texts');
+SELECT pg_temp.error_of($q$SELECT * FROM bst_sequences('texts')$q$);
 
 INSERT INTO r VALUES (5, 50, NULL, 1), (5, 51, 1, 2);
-SELECT * FROM bst_sequences('r');
-SELECT * FROM bst_sequences('r', step => 1, min_len => 2);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_sequences('r')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_sequences('r', step => 1, min_len => 2)$q$);
 UPDATE r SET rating = 'NaN' WHERE user_id = 5 AND movie_id = 50;
-SELECT * FROM bst_sequences('r');
+SELECT pg_temp.error_of($q$SELECT * FROM bst_sequences('r')$q$);
 UPDATE r SET rating = 1, movie_id = NULL WHERE user_id = 5 AND movie_id = 50;
-SELECT * FROM bst_sequences('r');
+SELECT pg_temp.error_of($q$SELECT * FROM bst_sequences('r')$q$);
 UPDATE r SET movie_id = 50, unix_timestamp = NULL WHERE user_id = 5 AND movie_id IS NULL;
-SELECT * FROM bst_sequences('r');
-SELECT * FROM bst_sequences('r', step => 1, min_len => 2);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_sequences('r')$q$);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_sequences('r', step => 1, min_len => 2)$q$);
 UPDATE r SET user_id = NULL, unix_timestamp = 1 WHERE user_id = 5;
-SELECT * FROM bst_sequences('r');
-SELECT bst_window_agg(x) FROM (VALUES (1::real), ('Infinity')) v(x);
+SELECT pg_temp.error_of($q$SELECT * FROM bst_sequences('r')$q$);
+SELECT pg_temp.error_of($q$SELECT bst_window_agg(x) FROM (VALUES (1::real), ('Infinity')) v(x)$q$);
 DELETE FROM r WHERE user_id IS NULL;
 SELECT count(*) FROM bst_sequences('r');
 SELECT count(*) FROM bst_sequences('r', step => 1, min_len => 2);

@@ -264,7 +264,7 @@ bst_sequences(PG_FUNCTION_ARGS)
 
 			if (DatumGetBool(SPI_getbinval(row, SPI_tuptable->tupdesc, 4, &isnull)))
 				ereport(ERROR,
-						(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+						(errcode(ERRCODE_DATA_EXCEPTION),
 						 errmsg("bst_sequences does not accept NULL user ids or timestamps"),
 						 errhint("Filter out rows where user_column or time_column is NULL.")));
 

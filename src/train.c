@@ -1132,7 +1132,7 @@ bst_train(PG_FUNCTION_ARGS)
 	bst_dataset_read(&ds, args.query, "training");
 	if ((args.seq_len ? args.seq_len : ds.max_len) < 2)
 		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				(errcode(ERRCODE_DATA_EXCEPTION),
 				 errmsg("the windows of the training query hold a single movie"),
 				 errhint("A window is at least one rated movie followed by the target; or pass seq_len.")));
 	movie_ids = read_vocabulary(args.vocabulary, &ds, &n_movies);
@@ -1165,7 +1165,7 @@ bst_train(PG_FUNCTION_ARGS)
 				 errmsg("invalid model configuration: %s", bst_config_check(&config))));
 	if ((int64) args.fit.train.batch_size * config.seq_len > BST_MAX_BATCH_POSITIONS)
 		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("batch_size %d is too large for windows of %d movies",
 						args.fit.train.batch_size, config.seq_len),
 				 errdetail("batch_size times the window length must be at most %d.",

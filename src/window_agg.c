@@ -43,13 +43,13 @@ check_element(FunctionCallInfo fcinfo, Oid elemtype)
 {
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				(errcode(ERRCODE_DATA_EXCEPTION),
 				 errmsg("bst_window_agg does not accept NULL elements"),
 				 errhint("Filter out or fill in rows with NULL movie ids or ratings before building sequences.")));
 
 	if (elemtype == FLOAT4OID && !isfinite(PG_GETARG_FLOAT4(1)))
 		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				(errcode(ERRCODE_DATA_EXCEPTION),
 				 errmsg("bst_window_agg does not accept NaN or infinite ratings")));
 }
 
