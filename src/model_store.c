@@ -252,10 +252,14 @@ model_cache_add(BstStoredModel *entry)
 	model_cache[model_cache_count++] = entry;
 }
 
-/* Deserialize a bst_models row into a new cache entry. */
+/*
+ * Deserialize a bst_models row into a new cache entry.  Its fallback rating
+ * and shortest history come from the weights (format 3), or are left for
+ * the caller to read from the metrics (formats 1 and 2: facts_known false).
+ */
 static BstStoredModel *
 model_load(const BstModelKey *key, const char *name, int32 version, Oid owner, bytea *weights,
-		   const char *history, float fallback_rating, int32 min_history)
+		   const char *history, bool *facts_known)
 {
 	MemoryContext cxt = AllocSetContextCreate(TopMemoryContext, "bst model",
 											  ALLOCSET_DEFAULT_SIZES);
@@ -271,15 +275,13 @@ model_load(const BstModelKey *key, const char *name, int32 version, Oid owner, b
 	entry->version = version;
 	entry->owner = owner;
 	entry->history = history ? MemoryContextStrdup(cxt, history) : NULL;
-	entry->fallback_rating = fallback_rating;
-	entry->min_history = min_history;
 
 	entry->model = bst_model_deserialize(VARDATA_ANY(weights), VARSIZE_ANY_EXHDR(weights),
 										 err, sizeof(err));
 	if (entry->model)
 	{
-		/* Bounded whatever the metrics say: it only decides the fallback. */
-		entry->min_history = Max(0, Min(min_history, bst_model_config(entry->model)->seq_len - 1));
+		*facts_known = bst_model_training_facts(entry->model, &entry->fallback_rating,
+												&entry->min_history) != 0;
 		entry->predictor = bst_predictor_create(entry->model, PREDICT_BATCH);
 	}
 	bst_core_memory(old_core);
@@ -450,15 +452,9 @@ bst_model_get(FunctionCallInfo fcinfo, const char *name)
 		Oid			id_type[1] = {INT8OID};
 		Datum		weights_datum;
 		bool		field_null;
-		float		fallback;
-		int32		min_history;
+		bool		facts_known = false;
 		Oid			owner;
 
-		/*
-		 * metrics and config are jsonb for people, and may have been edited:
-		 * read them as text and check them here, so that a bad value gets a
-		 * message naming it rather than a cast error.
-		 */
 		SPI_execute_with_args(psprintf("SELECT weights, history, %s, "
 									   "metrics OPERATOR(pg_catalog.->>) 'train_mean_rating', "
 									   "metrics OPERATOR(pg_catalog.->>) 'min_history' "
@@ -477,15 +473,38 @@ bst_model_get(FunctionCallInfo fcinfo, const char *name)
 		if (field_null)
 			model_row_invalid(model_name, version, "weights", "are NULL");
 		owner = DatumGetObjectId(SPI_getbinval(row, desc, 3, &field_null));
-		fallback = parse_metric_float(SPI_getvalue(row, desc, 4), model_name, version,
-									  "metrics->'train_mean_rating'");
-		/* 1.0 trained on full windows only and records no min_history. */
-		min_history = SPI_getvalue(row, desc, 5) == NULL ? BST_MAX_SEQ_LEN :
-			parse_metric_int(SPI_getvalue(row, desc, 5), model_name, version,
-							 "metrics->'min_history'");
 
 		entry = model_load(&key, model_name, version, owner, DatumGetByteaPP(weights_datum),
-						   SPI_getvalue(row, desc, 2), fallback, min_history);
+						   SPI_getvalue(row, desc, 2), &facts_known);
+
+		/*
+		 * Weights of formats 1 and 2 do not hold the fallback rating and the
+		 * shortest history: then the metrics, which are jsonb for people
+		 * and may have been edited, are read as text and checked, so that a
+		 * bad value gets a message naming it rather than a cast error.
+		 */
+		if (!facts_known)
+		{
+			PG_TRY();
+			{
+				char	   *min_history = SPI_getvalue(row, desc, 5);
+
+				entry->fallback_rating = parse_metric_float(SPI_getvalue(row, desc, 4), model_name,
+															version, "metrics->'train_mean_rating'");
+				/* 1.0 trained on full windows only and records no min_history. */
+				entry->min_history = min_history == NULL ? BST_MAX_SEQ_LEN :
+					parse_metric_int(min_history, model_name, version, "metrics->'min_history'");
+				/* Bounded whatever the metrics say: it only decides the fallback. */
+				entry->min_history = Max(0, Min(entry->min_history,
+												bst_model_config(entry->model)->seq_len - 1));
+			}
+			PG_CATCH();
+			{
+				model_free(entry);
+				PG_RE_THROW();
+			}
+			PG_END_TRY();
+		}
 		entry->last_used = ++model_cache_clock;
 		model_cache_add(entry);
 	}

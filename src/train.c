@@ -1102,7 +1102,8 @@ bst_train(PG_FUNCTION_ARGS)
 	BstVocab	vocab;
 	int32	   *movie_ids;
 	int32		n_movies;
-	int32		min_history = BST_MAX_SEQ_LEN;
+	float		mean_target = 0;
+	int32		min_history = 0;
 	MemoryContext train_cxt;
 	MemoryContext old_cxt;
 	MemoryContext old_core;
@@ -1203,8 +1204,6 @@ bst_train(PG_FUNCTION_ARGS)
 	old_cxt = MemoryContextSwitchTo(train_cxt);
 	bst_dataset_pack(&ds, model, 0, "training", &data);
 	MemoryContextSwitchTo(old_cxt);
-	for (int64 i = 0; i < data.n; i++)
-		min_history = Min(min_history, data.hist_len[i]);
 
 	ereport(NOTICE,
 			(errmsg("bst_train \"%s\": %lld windows of up to %d movies, %d movies, %d users; inputs: %s; %s, learning rate %g%s",
@@ -1243,8 +1242,10 @@ bst_train(PG_FUNCTION_ARGS)
 	append_json_double(&metrics, fit.best.val_mae);
 	appendStringInfoString(&metrics, ", \"val_rmse\": ");
 	append_json_double(&metrics, fit.best.val_rmse);
-	appendStringInfo(&metrics, ", \"train_mean_rating\": %.6g, \"min_history\": %d, \"seconds\": %.3f}",
-					 fit.train_mean, min_history, INSTR_TIME_GET_DOUBLE(now));
+	/* For people: prediction reads both from the weights. */
+	bst_model_training_facts(model, &mean_target, &min_history);
+	appendStringInfo(&metrics, ", \"train_mean_rating\": %.9g, \"min_history\": %d, \"seconds\": %.3f}",
+					 mean_target, min_history, INSTR_TIME_GET_DOUBLE(now));
 
 	version = bst_model_store(fcinfo, args.name, owner, model, config_json(&args, bst_model_config(model), &inputs),
 							  metrics.data, args.history);

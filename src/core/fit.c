@@ -80,6 +80,13 @@ static BstBatch gather(Fit *f, const uint32_t *idx, int32_t n)
     return b;
 }
 
+/* History items of window w as the forward reads them: hist_len clamped to
+ * 0..L-1 (layers.h), all L-1 without hist_len. */
+static int32_t window_history(const BstData *d, size_t w, int32_t L)
+{
+    return L - 1 - bst_first_valid(d->hist_len, w, L);
+}
+
 /* Errors over windows idx[0..n). */
 static void evaluate_windows(Fit *f, const uint32_t *idx, int64_t n, const BstFitHooks *hooks,
                              double *mae, double *rmse)
@@ -315,9 +322,19 @@ BstFitStatus bst_fit(BstModel *m, const BstData *data, const BstFitOptions *o,
     }
     uint32_t *train = f.order + f.n_val;
     double mean = 0.0;
-    for (int64_t j = 0; j < f.n_train; j++)
+    int32_t min_history = L - 1;
+    for (int64_t j = 0; j < f.n_train; j++) {
         mean += data->targets[train[j]];
+        const int32_t h = window_history(data, train[j], L);
+        min_history = h < min_history ? h : min_history;
+    }
     mean /= (double)f.n_train;
+    /* What prediction falls back on for a history shorter than any trained
+     * on; refused only for a non-finite target. */
+    if (bst_model_set_training_facts(m, (float)mean, min_history) != NULL) {
+        status = BST_FIT_BAD_INPUT;
+        goto done;
+    }
     if (o->clip) {
         float lo = data->targets[train[0]], hi = lo;
         for (int64_t j = 1; j < f.n_train; j++) {

@@ -79,7 +79,8 @@ typedef struct BstFitResult {
 
 typedef enum {
     BST_FIT_OK = 0,
-    BST_FIT_BAD_INPUT,           /* options, or data not shaped for the model */
+    BST_FIT_BAD_INPUT,           /* options, data not shaped for the model, or a
+                                  * non-finite target */
     BST_FIT_NO_MEMORY,
     BST_FIT_DIVERGED,            /* the loss, or the validation error, became infinite or NaN */
 } BstFitStatus;
@@ -94,8 +95,11 @@ typedef enum {
  */
 size_t bst_fit_memory_bytes(const BstConfig *cfg, const BstFitOptions *o, int64_t n_windows);
 
-/* Trains m in place.  On BST_FIT_DIVERGED, result->epochs_run is the epoch
- * that diverged.  hooks may be NULL. */
+/* Trains m in place and records its training facts (model.h) from the
+ * training windows, the validation windows left out: their mean target
+ * (result->train_mean, as a float) and their fewest history items (hist_len
+ * as the forward reads it, clamped to 0..seq_len-1).  On BST_FIT_DIVERGED,
+ * result->epochs_run is the epoch that diverged.  hooks may be NULL. */
 BstFitStatus bst_fit(BstModel *m, const BstData *data, const BstFitOptions *o,
                      const BstFitHooks *hooks, BstFitResult *result);
 

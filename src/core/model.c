@@ -439,6 +439,40 @@ const BstConfig *bst_model_config(const BstModel *m)
     return &m->cfg;
 }
 
+const char *bst_training_facts_check(const BstConfig *cfg, const BstTrainingFacts *f)
+{
+    if (f->known == 0)
+        /* Nothing hides in the fields of unknown facts (not even a sign). */
+        return f->mean_target == 0.0f && !signbit(f->mean_target) && f->min_history == 0
+                   ? NULL
+                   : "unknown facts must have a mean target and min_history of 0";
+    if (f->known != 1)
+        return "known must be 0 or 1";
+    if (!isfinite(f->mean_target))
+        return "the mean training target must be finite";
+    if (f->min_history < 0 || f->min_history >= cfg->seq_len)
+        return "min_history must be between 0 and seq_len - 1";
+    return NULL;
+}
+
+const char *bst_model_set_training_facts(BstModel *m, float mean_target, int32_t min_history)
+{
+    const BstTrainingFacts facts = {1, mean_target, min_history};
+    const char *bad = bst_training_facts_check(&m->cfg, &facts);
+    if (!bad)
+        m->facts = facts;
+    return bad;
+}
+
+int bst_model_training_facts(const BstModel *m, float *mean_target, int32_t *min_history)
+{
+    if (!m->facts.known)
+        return 0;
+    *mean_target = m->facts.mean_target;
+    *min_history = m->facts.min_history;
+    return 1;
+}
+
 /* 1-based position of id in the ascending ids[0..n), 0 when absent. */
 static int32_t vocab_index(const int32_t *ids, int32_t n, int32_t id)
 {

@@ -130,6 +130,19 @@ typedef struct BstBnStats {
     size_t size;
 } BstBnStats;
 
+/*
+ * What prediction needs to know of the data a model was trained on, kept in
+ * the weights (format 3) and not in the metrics, which people read and may
+ * edit: the value to predict for a history shorter than any the model was
+ * trained on, and that length.  A model loaded from format 1 or 2, or not
+ * trained by bst_fit, does not know them.
+ */
+typedef struct BstTrainingFacts {
+    int32_t known;        /* 1: the fields below hold; 0: unknown, and both 0 */
+    float mean_target;    /* mean target of the training windows */
+    int32_t min_history;  /* fewest history items of a training window, 0..seq_len - 1 */
+} BstTrainingFacts;
+
 typedef struct BstModel {
     BstConfig cfg;
     int32_t *movie_ids;   /* [n_movies], strictly ascending; index = position + 1 */
@@ -139,6 +152,7 @@ typedef struct BstModel {
     float *movie_genres;  /* [n_movies + 1, n_genres] multi-hot (row 0 all 0) */
     BstParams params;
     BstBnStats bn;
+    BstTrainingFacts facts;
 } BstModel;
 
 /* What a model is built over, besides its config: the vocabularies and the
@@ -167,6 +181,16 @@ BstModel *bst_model_alloc(const BstConfig *cfg);
 const char *bst_model_set_vocab(BstModel *m, const BstVocab *vocab);
 void bst_model_free(BstModel *m);
 const BstConfig *bst_model_config(const BstModel *m);
+/* NULL if facts suit a model of config cfg (known 0 or 1; when known, a
+ * finite mean and 0 <= min_history < seq_len; when not, both 0), else a
+ * static message. */
+const char *bst_training_facts_check(const BstConfig *cfg, const BstTrainingFacts *facts);
+/* Records the training facts (bst_fit does): NULL on success, else
+ * bst_training_facts_check's message and the model unchanged. */
+const char *bst_model_set_training_facts(BstModel *m, float mean_target, int32_t min_history);
+/* 1 and the facts when the model knows them; 0, outputs untouched, when not
+ * (loaded from format 1 or 2, or never fitted). */
+int bst_model_training_facts(const BstModel *m, float *mean_target, int32_t *min_history);
 /* Vocabulary index of movie_id (1..n_movies), 0 when out of vocabulary. */
 int32_t bst_model_movie_index(const BstModel *m, int32_t movie_id);
 /* Vocabulary index of user_id (1..n_users), 0 when unknown. */

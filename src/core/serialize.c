@@ -5,9 +5,10 @@
 #include <string.h>
 #include <zlib.h>
 
-#define HEADER_SIZE_V1 100u
-#define HEADER_SIZE_V2 156u
 static const unsigned char MAGIC[4] = {'B', 'S', 'T', 'W'};
+/* Where each version's additions to the header start (serialize.h). */
+#define OPTIONAL_INPUTS_OFFSET BST_HEADER_SIZE_V1
+#define TRAINING_FACTS_OFFSET BST_HEADER_SIZE_V2
 
 /* Explicit byte order so blobs move between hosts unchanged. */
 static void put_u32(unsigned char *p, uint32_t v)
@@ -62,6 +63,13 @@ static uint32_t crc32_buf(const unsigned char *p, size_t n)
     return (uint32_t)crc;
 }
 
+static uint32_t header_size(uint32_t version)
+{
+    if (version >= 3)
+        return BST_HEADER_SIZE_V3;
+    return version == 2 ? BST_HEADER_SIZE_V2 : BST_HEADER_SIZE_V1;
+}
+
 /* Blob size implied by a (validated) config, computed in 64 bits. */
 static uint64_t blob_size(const BstConfig *c, uint64_t n_params, uint32_t version)
 {
@@ -71,7 +79,7 @@ static uint64_t blob_size(const BstConfig *c, uint64_t n_params, uint32_t versio
     if (version >= 2)
         vocab += (uint64_t)c->n_users * (1 + BST_N_USER_FEATS) +
                  (uint64_t)c->n_movies * c->n_genres;
-    return (version >= 2 ? HEADER_SIZE_V2 : HEADER_SIZE_V1) + 4 * (vocab + n_params + bn) + 4;
+    return header_size(version) + 4 * (vocab + n_params + bn) + 4;
 }
 
 size_t bst_model_serialized_size(const BstModel *m)
@@ -84,11 +92,12 @@ void bst_model_serialize(const BstModel *m, void *buf)
     const BstConfig *c = &m->cfg;
     unsigned char *p = buf;
     size_t total = bst_model_serialized_size(m);
+    const uint32_t header = header_size(BST_FORMAT_VERSION);
 
-    memset(p, 0, HEADER_SIZE_V2);
+    memset(p, 0, header);
     memcpy(p, MAGIC, 4);
     put_u32(p + 4, BST_FORMAT_VERSION);
-    put_u32(p + 8, HEADER_SIZE_V2);
+    put_u32(p + 8, header);
     put_u64(p + 12, total);
     unsigned char *q = p + 20;
     put_u32(q, (uint32_t)c->n_movies);
@@ -105,7 +114,7 @@ void bst_model_serialize(const BstModel *m, void *buf)
     put_f32(q + 12, c->bn_eps);
     put_f32(q + 16, c->bn_momentum);
     put_u64(p + 92, m->params.size);
-    q = p + 100;
+    q = p + OPTIONAL_INPUTS_OFFSET;
     put_u32(q, (uint32_t)c->n_users);
     put_u32(q + 4, (uint32_t)c->user_dim);
     for (int k = 0; k < BST_N_USER_FEATS; k++) {
@@ -118,8 +127,13 @@ void bst_model_serialize(const BstModel *m, void *buf)
     put_f32(q + 44, c->rating_min);
     put_f32(q + 48, c->rating_max);
     put_u32(q + 52, (uint32_t)c->rating_add);
+    /* Unknown facts are all zero in the model, hence in the blob. */
+    q = p + TRAINING_FACTS_OFFSET;
+    put_u32(q, (uint32_t)m->facts.known);
+    put_f32(q + 4, m->facts.mean_target);
+    put_u32(q + 8, (uint32_t)m->facts.min_history);
 
-    q = p + HEADER_SIZE_V2;
+    q = p + header;
     for (int32_t i = 0; i < c->n_movies; i++, q += 4)
         put_u32(q, (uint32_t)m->movie_ids[i]);
     for (int32_t i = 0; i < c->n_users; i++, q += 4)
@@ -158,21 +172,21 @@ BstModel *bst_model_deserialize(const void *buf, size_t len, char *err, size_t e
         snprintf(msg, sizeof(msg), "unsupported format version %u", (unsigned)version);
         return fail(err, errlen, msg);
     }
-    const uint32_t expected_header = version >= 2 ? HEADER_SIZE_V2 : HEADER_SIZE_V1;
-    uint32_t header_size = get_u32(p + 8);
-    if (header_size != expected_header) {
+    const uint32_t header = header_size(version);
+    const uint32_t recorded_header = get_u32(p + 8);
+    if (recorded_header != header) {
         snprintf(msg, sizeof(msg), "inconsistent shapes (header size %u, expected %u)",
-                 (unsigned)header_size, expected_header);
+                 (unsigned)recorded_header, (unsigned)header);
         return fail(err, errlen, msg);
     }
-    if (len < header_size)
+    if (len < header)
         return fail(err, errlen, "truncated");
     /* The recorded size tells truncation apart from corruption, and locates
      * the checksum without trusting anything else in the header. */
     uint64_t total = get_u64(p + 12);
     if (total > len)
         return fail(err, errlen, "truncated");
-    if (total < (uint64_t)header_size + 4 || total < len) {
+    if (total < (uint64_t)header + 4 || total < len) {
         snprintf(msg, sizeof(msg), "inconsistent shapes (blob is %zu bytes, header says %llu)",
                  len, (unsigned long long)total);
         return fail(err, errlen, msg);
@@ -197,7 +211,7 @@ BstModel *bst_model_deserialize(const void *buf, size_t len, char *err, size_t e
     c.bn_eps = get_f32(q + 12);
     c.bn_momentum = get_f32(q + 16);
     if (version >= 2) {
-        q = p + 100;
+        q = p + OPTIONAL_INPUTS_OFFSET;
         c.n_users = (int32_t)get_u32(q);
         c.user_dim = (int32_t)get_u32(q + 4);
         for (int k = 0; k < BST_N_USER_FEATS; k++) {
@@ -216,6 +230,19 @@ BstModel *bst_model_deserialize(const void *buf, size_t len, char *err, size_t e
         snprintf(msg, sizeof(msg), "invalid config: %s", bad);
         return fail(err, errlen, msg);
     }
+    /* Versions 1 and 2 know no facts: they stay unknown (all zero). */
+    BstTrainingFacts facts = {0, 0.0f, 0};
+    if (version >= 3) {
+        q = p + TRAINING_FACTS_OFFSET;
+        facts.known = (int32_t)get_u32(q);
+        facts.mean_target = get_f32(q + 4);
+        facts.min_history = (int32_t)get_u32(q + 8);
+        bad = bst_training_facts_check(&c, &facts);
+        if (bad) {
+            snprintf(msg, sizeof(msg), "invalid training facts: %s", bad);
+            return fail(err, errlen, msg);
+        }
+    }
     /* The config is bounded now, so these sizes cannot overflow; they are
      * checked before allocating anything the blob asks for. */
     uint64_t n_params = get_u64(p + 92);
@@ -224,8 +251,9 @@ BstModel *bst_model_deserialize(const void *buf, size_t len, char *err, size_t e
     BstModel *m = bst_model_alloc(&c);
     if (!m)
         return fail(err, errlen, "out of memory");
+    m->facts = facts;
 
-    q = p + header_size;
+    q = p + header;
     for (int32_t i = 0; i < c.n_movies; i++, q += 4) {
         m->movie_ids[i] = (int32_t)get_u32(q);
         if (i > 0 && m->movie_ids[i] <= m->movie_ids[i - 1]) {

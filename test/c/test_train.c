@@ -190,6 +190,17 @@ static void expect_reject(const unsigned char *buf, size_t len, const char *want
     bst_model_free(m);
 }
 
+static uint32_t le32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static void put_le32(unsigned char *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
 /* Rewrites the trailing CRC so a deliberately edited blob gets past it. */
 static void fix_crc(unsigned char *buf, size_t len)
 {
@@ -208,6 +219,10 @@ static void test_serialization(const Data *train, const Data *eval)
     CHECK(m != NULL, "deserialize failed: %s", err);
     if (!m)
         return;
+    float mean;
+    int32_t min_history;
+    CHECK(le32(blob + 4) == BST_FORMAT_VERSION && !bst_model_training_facts(m, &mean, &min_history),
+          "a model trained outside bst_fit: format %u, training facts known", le32(blob + 4));
     unsigned char *again = malloc(len);
     bst_model_serialize(m, again);
     CHECK(bst_model_serialized_size(m) == len && memcmp(blob, again, len) == 0,
@@ -283,7 +298,7 @@ static void test_serialization(const Data *train, const Data *eval)
 
     unsigned char *x = malloc(len + 1);
     /* A flipped bit anywhere after the fixed header fields. */
-    size_t positions[] = {20, 24, 60, 100, 101, len / 2, len - 5, len - 1};
+    size_t positions[] = {20, 24, 60, 100, 101, BST_HEADER_SIZE_V2 + 4, len / 2, len - 5, len - 1};
     for (size_t i = 0; i < sizeof(positions) / sizeof(positions[0]); i++) {
         memcpy(x, blob, len);
         x[positions[i]] ^= 0x10;
@@ -295,8 +310,10 @@ static void test_serialization(const Data *train, const Data *eval)
     x[0] = 'X';
     expect_reject(x, len, "not a bst model (bad magic)", "bad magic");
     memcpy(x, blob, len);
-    x[4] = 3;
-    expect_reject(x, len, "unsupported format version 3", "version 3");
+    x[4] = BST_FORMAT_VERSION + 1;
+    char want[64];
+    snprintf(want, sizeof(want), "unsupported format version %d", BST_FORMAT_VERSION + 1);
+    expect_reject(x, len, want, "the next version");
     memcpy(x, blob, len);
     x[len] = 0;
     expect_reject(x, len + 1, "inconsistent shapes", "trailing byte");
@@ -310,7 +327,7 @@ static void test_serialization(const Data *train, const Data *eval)
     fix_crc(x, len);
     expect_reject(x, len, "inconsistent shapes", "n_hidden changed");
     memcpy(x, blob, len);
-    memcpy(x + 160, x + 156, 4);  /* vocabulary[1] = vocabulary[0] */
+    memcpy(x + BST_HEADER_SIZE_V3 + 4, x + BST_HEADER_SIZE_V3, 4);  /* vocabulary[1] = [0] */
     fix_crc(x, len);
     expect_reject(x, len, "vocabulary not strictly ascending", "duplicate movie id");
     free(x);
@@ -447,21 +464,36 @@ static void test_allocator(const Data *train)
     bst_set_allocator(NULL, NULL);
 }
 
+/* The bytes of a fixture blob into buf (cap bytes); 0 when missing. */
+static size_t read_fixture(const char *path, unsigned char *buf, size_t cap)
+{
+    FILE *f = fopen(path, "rb");
+    CHECK(f != NULL, "%s missing", path);
+    if (!f)
+        return 0;
+    size_t len = fread(buf, 1, cap, f);
+    CHECK(len < cap, "%s: larger than %zu bytes", path, cap);
+    fclose(f);
+    return len;
+}
+
 /* A format-1 blob written by the 1.0 core loads and predicts exactly what
- * the 1.0 core predicted (fixtures/gen_model_v1.c). */
+ * the 1.0 core predicted (fixtures/gen_model_v1.c); it knows no training
+ * facts. */
 static void test_format_v1(void)
 {
-    FILE *f = fopen("fixtures/model_v1.bin", "rb");
-    CHECK(f != NULL, "fixtures/model_v1.bin missing");
-    if (!f)
-        return;
     static unsigned char buf[1 << 16];
-    size_t len = fread(buf, 1, sizeof(buf), f);
-    fclose(f);
+    size_t len = read_fixture("fixtures/model_v1.bin", buf, sizeof(buf));
+    if (!len)
+        return;
     char err[128] = "";
     BstModel *m = bst_model_deserialize(buf, len, err, sizeof(err));
     CHECK(m != NULL, "format-1 blob refused: %s", err);
-    f = fopen("fixtures/model_v1_predictions.txt", "r");
+    float mean;
+    int32_t min_history;
+    CHECK(!m || !bst_model_training_facts(m, &mean, &min_history),
+          "a format-1 model knows training facts");
+    FILE *f = fopen("fixtures/model_v1_predictions.txt", "r");
     if (!m || !f) {
         bst_model_free(m);
         if (f)
@@ -495,6 +527,113 @@ static void test_format_v1(void)
     CHECK(rows == ROWS && same == rows, "format-1 model: %d of %d predictions differ",
           rows - same, rows);
     bst_predictor_free(p);
+    bst_model_free(m);
+}
+
+/* The format-2 fixture's windows (fixtures/gen_model_v2.c): left-padded,
+ * of known and unknown users, with what the 1.1 core predicted for them. */
+enum { V2_L = 5, V2_ROWS = 20 };
+typedef struct V2Windows {
+    int rows;
+    int32_t movies[V2_ROWS * V2_L], hist_len[V2_ROWS], users[V2_ROWS];
+    float ratings[V2_ROWS * (V2_L - 1)];
+    unsigned bits[V2_ROWS];
+} V2Windows;
+
+static int read_v2_windows(V2Windows *w)
+{
+    FILE *f = fopen("fixtures/model_v2_predictions.txt", "r");
+    CHECK(f != NULL, "fixtures/model_v2_predictions.txt missing");
+    if (!f)
+        return 0;
+    char line[256];
+    w->rows = 0;
+    while (w->rows < V2_ROWS && fgets(line, sizeof(line), f)) {
+        int32_t *q = w->movies + w->rows * V2_L;
+        float *s = w->ratings + w->rows * (V2_L - 1);
+        if (line[0] != '#' &&
+            sscanf(line, "%d %d %d %d %d %f %f %f %f %d %d %x", &q[0], &q[1], &q[2], &q[3], &q[4],
+                   &s[0], &s[1], &s[2], &s[3], &w->hist_len[w->rows], &w->users[w->rows],
+                   &w->bits[w->rows]) == 12)
+            w->rows++;
+    }
+    fclose(f);
+    return w->rows;
+}
+
+/* How many of the fixture's predictions m reproduces bit for bit, one
+ * window at a time as the 1.1 core made them. */
+static int v2_same_predictions(const BstModel *m, const V2Windows *w)
+{
+    BstPredictor *p = bst_predictor_create(m, 64);
+    int same = 0;
+    for (int i = 0; p && i < w->rows; i++) {
+        BstBatch b = {.n = 1, .movies = w->movies + i * V2_L,
+                      .ratings = w->ratings + i * (V2_L - 1), .hist_len = w->hist_len + i,
+                      .users = w->users + i};
+        float out;
+        bst_predict(p, &b, &out);
+        same += memcmp(&out, &w->bits[i], 4) == 0;
+    }
+    bst_predictor_free(p);
+    return same;
+}
+
+/*
+ * A format-2 blob written by the 1.1 core (every optional input, trained by
+ * bst_fit: fixtures/gen_model_v2.c) loads, knows no training facts and
+ * predicts exactly what the 1.1 core predicted; written again, it is a
+ * format-3 blob saying the facts are unknown, the same model byte for byte
+ * besides, which loads and predicts the same.
+ */
+static void test_format_v2(void)
+{
+    static unsigned char v2[1 << 16], v3[1 << 16];
+    const size_t len2 = read_fixture("fixtures/model_v2.bin", v2, sizeof(v2));
+    V2Windows w;
+    if (!len2 || !read_v2_windows(&w))
+        return;
+    CHECK(len2 > BST_HEADER_SIZE_V2 + 4 && le32(v2 + 4) == 2,
+          "fixtures/model_v2.bin is not a format-2 blob");
+    char err[128] = "";
+    BstModel *m = bst_model_deserialize(v2, len2, err, sizeof(err));
+    CHECK(m != NULL, "format-2 blob refused: %s", err);
+    if (!m)
+        return;
+    float mean;
+    int32_t min_history;
+    CHECK(!bst_model_training_facts(m, &mean, &min_history),
+          "a format-2 model knows training facts");
+    const int same = v2_same_predictions(m, &w);
+    printf("  format 2: %d of %d predictions of the 1.1 core reproduced bit for bit\n", same,
+           w.rows);
+    CHECK(w.rows == V2_ROWS && same == w.rows, "format-2 model: %d of %d predictions differ",
+          w.rows - same, w.rows);
+
+    const size_t len3 = bst_model_serialized_size(m);
+    const size_t added = BST_HEADER_SIZE_V3 - BST_HEADER_SIZE_V2;
+    CHECK(len3 == len2 + added && len3 <= sizeof(v3), "format 2 of %zu bytes rewritten in %zu",
+          len2, len3);
+    if (len3 == len2 + added && len3 <= sizeof(v3)) {
+        bst_model_serialize(m, v3);
+        static const unsigned char unknown[12];
+        CHECK(le32(v3 + 4) == 3 && memcmp(v3 + BST_HEADER_SIZE_V2, unknown, added) == 0,
+              "a format-2 model is written as format %u, facts not all zero", le32(v3 + 4));
+        /* Everything but version, sizes, facts and checksum is as it was. */
+        CHECK(memcmp(v3 + 20, v2 + 20, BST_HEADER_SIZE_V2 - 20) == 0 &&
+                  memcmp(v3 + BST_HEADER_SIZE_V3, v2 + BST_HEADER_SIZE_V2,
+                         len2 - BST_HEADER_SIZE_V2 - 4) == 0,
+              "rewriting a format-2 model changed its config or weights");
+        BstModel *again = bst_model_deserialize(v3, len3, err, sizeof(err));
+        CHECK(again != NULL, "a rewritten format-2 model does not load: %s", err);
+        if (again) {
+            CHECK(!bst_model_training_facts(again, &mean, &min_history),
+                  "a rewritten format-2 model knows training facts");
+            CHECK(v2_same_predictions(again, &w) == w.rows,
+                  "a rewritten format-2 model predicts differently");
+        }
+        bst_model_free(again);
+    }
     bst_model_free(m);
 }
 
@@ -682,6 +821,220 @@ static void test_early_stopping(const Data *train)
           "without early stopping: %d epochs run, epoch %d reported as kept", r.epochs_run,
           r.best_epoch);
     bst_model_free(m);
+}
+
+/* ---------------------------------------------------------- training facts */
+
+static uint32_t float_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof(u));
+    return u;
+}
+
+/* One epoch of bst_fit on a fresh model of every input over the windows of
+ * train with these history lengths (NULL: full windows) and targets; the
+ * model, or NULL when the fit fails. */
+static BstModel *fit_for_facts(const Data *train, int32_t n, int32_t *hist, int32_t *users,
+                               float *targets, float validation_fraction, uint64_t seed,
+                               BstFitResult *r)
+{
+    BstModel *m = feature_model(L, seed);
+    BstData data = {n, L, train->movies, train->ratings, hist, users, targets};
+    BstFitOptions o = {.train = {BST_OPT_ADAGRAD, 0.01f, BATCH, seed, 0.0f}, .epochs = 1,
+                       .validation_fraction = validation_fraction};
+    BstFitStatus st = m ? bst_fit(m, &data, &o, NULL, r) : BST_FIT_NO_MEMORY;
+    CHECK(st == BST_FIT_OK, "training facts: fit failed (%d)", (int)st);
+    if (st != BST_FIT_OK) {
+        bst_model_free(m);
+        return NULL;
+    }
+    return m;
+}
+
+/* A format-3 blob of a model whose training facts are edited to known,
+ * mean_bits and min_history, checksum fixed, is refused with want (NULL:
+ * loads, and reports those facts exactly). */
+static void check_stored_facts(const unsigned char *blob, size_t len, uint32_t known,
+                               uint32_t mean_bits, uint32_t min_history, const char *want)
+{
+    unsigned char *x = malloc(len);
+    memcpy(x, blob, len);
+    put_le32(x + BST_HEADER_SIZE_V2, known);
+    put_le32(x + BST_HEADER_SIZE_V2 + 4, mean_bits);
+    put_le32(x + BST_HEADER_SIZE_V2 + 8, min_history);
+    fix_crc(x, len);
+    char what[96];
+    snprintf(what, sizeof(what), "training facts %u, %08x, %d", known, mean_bits,
+             (int32_t)min_history);
+    if (want) {
+        expect_reject(x, len, want, what);
+    } else {
+        char err[128] = "";
+        BstModel *m = bst_model_deserialize(x, len, err, sizeof(err));
+        float mean = 0.0f;
+        int32_t min = -1;
+        const int knows = m ? bst_model_training_facts(m, &mean, &min) : -1;
+        CHECK(m && knows == (int)known &&
+                  (!known || (float_bits(mean) == mean_bits && min == (int32_t)min_history)),
+              "%s: %s, known %d, mean %08x, min_history %d", what, m ? "loaded" : err, knows,
+              float_bits(mean), min);
+        bst_model_free(m);
+    }
+    free(x);
+}
+
+/*
+ * Training facts: a new model knows none and the setter refuses what the
+ * deserializer would; bst_fit records the mean target and the fewest history
+ * items of its training windows (hist_len clamped as the forward reads it,
+ * validation windows left out); a format-3 blob carries them exactly, and
+ * edited ones out of range are refused, not trusted.
+ */
+static void test_training_facts(const Data *train)
+{
+    enum { N = 200 };
+    float mean = -1.0f;
+    int32_t min_history = -1;
+
+    BstModel *m = feature_model(L, 3);
+    CHECK(m && !bst_model_training_facts(m, &mean, &min_history) && mean == -1.0f &&
+              min_history == -1,
+          "a new model knows training facts");
+    if (!m)
+        return;
+    const struct {
+        float mean;
+        int32_t min_history;
+    } refused[] = {{NAN, 1}, {INFINITY, 1}, {-INFINITY, 1}, {3.0f, -1}, {3.0f, L}};
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++)
+        CHECK(bst_model_set_training_facts(m, refused[i].mean, refused[i].min_history) != NULL &&
+                  !bst_model_training_facts(m, &mean, &min_history),
+              "training facts %g, %d accepted", refused[i].mean, refused[i].min_history);
+    CHECK(bst_model_set_training_facts(m, -2.5f, L - 1) == NULL &&
+              bst_model_training_facts(m, &mean, &min_history) && mean == -2.5f &&
+              min_history == L - 1,
+          "training facts -2.5, %d: got %g, %d", L - 1, mean, min_history);
+    bst_model_free(m);
+
+    /* Without validation every window is a training window. */
+    int32_t hist[N], users[N];
+    float targets[N];
+    BstRng rng;
+    bst_rng_seed(&rng, 31);
+    int32_t fewest = L - 1;
+    double sum = 0.0;
+    for (int i = 0; i < N; i++) {
+        hist[i] = 1 + (int32_t)(bst_rng_next(&rng) % (L - 1));
+        users[i] = (int32_t)(bst_rng_next(&rng) % 6);
+        targets[i] = train->targets[i];
+        fewest = hist[i] < fewest ? hist[i] : fewest;
+        sum += targets[i];
+    }
+    BstFitResult r;
+    m = fit_for_facts(train, N, hist, users, targets, 0.0f, 5, &r);
+    if (!m)
+        return;
+    CHECK(bst_model_training_facts(m, &mean, &min_history) && mean == (float)r.train_mean &&
+              fabs(r.train_mean - sum / N) < 1e-9 && min_history == fewest && fewest == 1,
+          "fit recorded %g, %d; the training windows' mean %g, fewest %d", mean, min_history,
+          sum / N, fewest);
+    printf("  training facts: mean target %.6f, min_history %d, from %d windows\n", mean,
+           min_history, N);
+
+    /* Written as format 3 and read back exactly. */
+    size_t len = bst_model_serialized_size(m);
+    unsigned char *blob = malloc(len), *again = malloc(len);
+    bst_model_serialize(m, blob);
+    CHECK(le32(blob + 4) == 3 && le32(blob + 8) == BST_HEADER_SIZE_V3 &&
+              le32(blob + BST_HEADER_SIZE_V2) == 1 &&
+              le32(blob + BST_HEADER_SIZE_V2 + 4) == float_bits(mean) &&
+              le32(blob + BST_HEADER_SIZE_V2 + 8) == (uint32_t)min_history,
+          "format %u, header %u, facts %u, %08x, %u", le32(blob + 4), le32(blob + 8),
+          le32(blob + BST_HEADER_SIZE_V2), le32(blob + BST_HEADER_SIZE_V2 + 4),
+          le32(blob + BST_HEADER_SIZE_V2 + 8));
+    char err[128] = "";
+    BstModel *loaded = bst_model_deserialize(blob, len, err, sizeof(err));
+    float loaded_mean = 0.0f;
+    int32_t loaded_min = -1;
+    CHECK(loaded && bst_model_training_facts(loaded, &loaded_mean, &loaded_min) &&
+              float_bits(loaded_mean) == float_bits(mean) && loaded_min == min_history,
+          "training facts did not round-trip: %s %g, %d", loaded ? "" : err, loaded_mean,
+          loaded_min);
+    if (loaded) {
+        bst_model_serialize(loaded, again);
+        CHECK(memcmp(blob, again, len) == 0, "serialize(deserialize(x)) != x with training facts");
+    }
+    bst_model_free(loaded);
+
+    /* Edited facts: out of range refused, in range trusted. */
+    const uint32_t three = float_bits(3.0f);
+    check_stored_facts(blob, len, 2, three, 1, "invalid training facts: known must be 0 or 1");
+    check_stored_facts(blob, len, 1, 0x7fc00000u, 1,
+                       "invalid training facts: the mean training target must be finite");
+    check_stored_facts(blob, len, 1, float_bits(-INFINITY), 1,
+                       "invalid training facts: the mean training target must be finite");
+    const char *range = "invalid training facts: min_history must be between 0 and seq_len - 1";
+    check_stored_facts(blob, len, 1, three, (uint32_t)-1, range);
+    check_stored_facts(blob, len, 1, three, L, range);
+    check_stored_facts(blob, len, 1, three, 0x80000000u, range);
+    const char *hidden = "invalid training facts: unknown facts must have a mean target and "
+                         "min_history of 0";
+    check_stored_facts(blob, len, 0, three, 0, hidden);
+    check_stored_facts(blob, len, 0, float_bits(-0.0f), 0, hidden);
+    check_stored_facts(blob, len, 0, 0, 1, hidden);
+    check_stored_facts(blob, len, 1, float_bits(-7.5f), L - 1, NULL);
+    check_stored_facts(blob, len, 1, three, 0, NULL);
+    check_stored_facts(blob, len, 0, 0, 0, NULL);
+    free(blob);
+    free(again);
+    bst_model_free(m);
+
+    /* hist_len as the forward reads it: below 0 is 0, above L - 1 is L - 1,
+     * none is full windows. */
+    hist[7] = -3;
+    m = fit_for_facts(train, N, hist, users, targets, 0.0f, 5, &r);
+    CHECK(m && bst_model_training_facts(m, &mean, &min_history) && min_history == 0,
+          "a history length of -3 recorded as %d", min_history);
+    bst_model_free(m);
+    for (int i = 0; i < N; i++)
+        hist[i] = 99;
+    m = fit_for_facts(train, N, hist, users, targets, 0.0f, 5, &r);
+    CHECK(m && bst_model_training_facts(m, &mean, &min_history) && min_history == L - 1,
+          "history lengths of 99 recorded as %d", min_history);
+    bst_model_free(m);
+    m = fit_for_facts(train, N, NULL, users, targets, 0.0f, 5, &r);
+    CHECK(m && bst_model_training_facts(m, &mean, &min_history) && min_history == L - 1,
+          "full windows recorded as %d", min_history);
+    bst_model_free(m);
+
+    /* With validation, only the training windows count.  One window has no
+     * history and the only target off 3: the training mean shows on which
+     * side of the split each seed put it. */
+    for (int i = 0; i < N; i++) {
+        hist[i] = 1 + i % (L - 1);
+        targets[i] = 3.0f;
+    }
+    hist[17] = 0;
+    targets[17] = 4.0f;
+    int in_training = 0, held_out = 0;
+    for (uint64_t seed = 1; seed <= 8; seed++) {
+        m = fit_for_facts(train, N, hist, users, targets, 0.5f, seed, &r);
+        if (!m)
+            continue;
+        const int trained_on = r.train_mean != 3.0;
+        CHECK(bst_model_training_facts(m, &mean, &min_history) &&
+                  min_history == (trained_on ? 0 : 1) && mean == (float)r.train_mean,
+              "seed %llu: the window without history %s, min_history %d",
+              (unsigned long long)seed, trained_on ? "trained on" : "held out", min_history);
+        in_training += trained_on;
+        held_out += !trained_on;
+        bst_model_free(m);
+    }
+    printf("  validation split: the window without history trained on for %d seeds, held out "
+           "for %d\n",
+           in_training, held_out);
+    CHECK(in_training > 0 && held_out > 0, "the split never separates: the test proves nothing");
 }
 
 /* ----------------------------------------------------------- memory bounds */
@@ -1136,8 +1489,10 @@ int main(void)
     test_determinism(&train);
     test_serialization(&train, &eval);
     test_format_v1();
+    test_format_v2();
     test_padding_invisible();
     test_early_stopping(&train);
+    test_training_facts(&train);
     test_allocator(&train);
     printf("memory bounds\n");
     BstRng mem_rng;

@@ -148,6 +148,10 @@ functions_old=$(qa $old -c "$functions_sql")
 functions_full_old=$(qa $old -c "$functions_full_sql")
 members_old=$(qa $old -c "$members_sql")
 shape_old=$(qa $old -c "$shape_sql")
+# A format-1 row keeps its fallback rating in the metrics: an edit there is
+# an error naming the field (format 3 keeps it in the weights).
+v1_edited=$(qa $old -c "UPDATE bst_models SET metrics = jsonb_set(metrics, '{train_mean_rating}', '\"three\"')
+                        WHERE name = 'v1'" -c "SELECT bst_predict('v1', '{10,13,16,19}', '{4,5,3}')")
 owners_old=$(qa $old -c "SELECT string_agg(DISTINCT owner::text, ',') FROM bst_models")
 table_owner=$(qa $old -c "SELECT relowner::regrole FROM pg_class WHERE relname = 'bst_models'")
 
@@ -190,6 +194,8 @@ check "updated and fresh installs have the same member objects and dumped tables
     '[ -n "$members_new" ] && [ "$members_old" = "$members_new" ]'
 check "updated and fresh installs have the same columns, row-level security, policies and privileges ($(grep -c '^policy' <<<"$shape_new") policies)" \
     '[ "$(grep -c "^policy" <<<"$shape_new")" -ge 4 ] && [ "$shape_old" = "$shape_new" ]'
+check "an edited fallback rating of a format-1 row is an error naming the field" \
+    'grep -q "metrics->.train_mean_rating. of model \"v1\" version 1 is not a finite number: three" <<<"$v1_edited"'
 check "1.0 models belong to the owner of bst_models after the update ($owners_old)" \
     '[ -n "$table_owner" ] && [ "$owners_old" = "$table_owner" ]'
 
