@@ -166,6 +166,57 @@ CREATE FUNCTION bst_loaded_models(OUT name text, OUT version integer, OUT model_
 RETURNS SETOF record
 AS 'MODULE_PATHNAME' LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
 
+-- One row per epoch of every stored version, written with it by bst_train:
+-- the loss and MAE on the training windows during the epoch, the
+-- validation MAE and RMSE after it (NULL without validation), the learning
+-- rate at its last step, its seconds and when it ended.  Dropping a version
+-- drops its log.
+CREATE TABLE bst_training_log (
+    model_id bigint NOT NULL REFERENCES bst_models (model_id) ON DELETE CASCADE,
+    model text NOT NULL,
+    version integer NOT NULL,
+    epoch integer NOT NULL,
+    train_loss double precision NOT NULL,
+    train_mae double precision NOT NULL,
+    val_mae double precision,
+    val_rmse double precision,
+    learning_rate double precision NOT NULL,
+    seconds double precision NOT NULL,
+    at timestamptz NOT NULL,
+    PRIMARY KEY (model_id, epoch)
+);
+SELECT pg_catalog.pg_extension_config_dump('bst_training_log', '');
+
+-- A running bst_train of any session, refreshed every batch: PostgreSQL's
+-- progress reporting (the fields of pg_stat_progress_*), which a training
+-- fills as a COPY marked as bst's (see src/progress.c).  Like
+-- pg_stat_activity, another role's trainings show with NULL figures unless
+-- the viewer has the privileges of that role or of pg_read_all_stats.
+CREATE VIEW bst_training_progress AS
+SELECT p.pid,
+       a.usename AS role,
+       pg_catalog.convert_from(pg_catalog.substr(
+           pg_catalog.int8send(p.param10) OPERATOR(pg_catalog.||) pg_catalog.int8send(p.param11)
+           OPERATOR(pg_catalog.||) pg_catalog.int8send(p.param12) OPERATOR(pg_catalog.||) pg_catalog.int8send(p.param13)
+           OPERATOR(pg_catalog.||) pg_catalog.int8send(p.param14) OPERATOR(pg_catalog.||) pg_catalog.int8send(p.param15)
+           OPERATOR(pg_catalog.||) pg_catalog.int8send(p.param16) OPERATOR(pg_catalog.||) pg_catalog.int8send(p.param17)
+           OPERATOR(pg_catalog.||) pg_catalog.int8send(p.param18) OPERATOR(pg_catalog.||) pg_catalog.int8send(p.param19)
+           OPERATOR(pg_catalog.||) pg_catalog.int8send(p.param20),
+           1, p.param9::integer), 'UTF8') AS model,
+       p.param2::integer AS epoch,
+       p.param3::integer AS epochs,
+       p.param4 AS batch,
+       p.param5 AS batches,
+       CASE WHEN p.param6 OPERATOR(pg_catalog.>=) 0
+            THEN p.param6::double precision OPERATOR(pg_catalog./) 1e6 END AS running_loss,
+       p.param8 AS windows,
+       pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-)
+           ('2000-01-01 00:00:00+00'::timestamptz OPERATOR(pg_catalog.+)
+            (p.param7 OPERATOR(pg_catalog.*) interval '1 microsecond')) AS elapsed
+FROM pg_catalog.pg_stat_get_progress_info('COPY') p
+LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid OPERATOR(pg_catalog.=) p.pid
+WHERE p.param1 OPERATOR(pg_catalog.=) 27711491372511854;   -- "bst_trn", src/progress.c
+
 --------------------------------------------------------------------------
 -- Privileges
 --------------------------------------------------------------------------
@@ -214,6 +265,14 @@ CREATE POLICY bst_models_update ON bst_models FOR UPDATE
                 @extschema@.bst_model_owner(name) OPERATOR(pg_catalog.=) owner);
 CREATE POLICY bst_models_delete ON bst_models FOR DELETE
     USING (pg_catalog.pg_has_role(owner, 'USAGE'));
+
+-- The log shows what bst_models shows; bst_train writes it for the versions
+-- it stores (as the model's owner's role).
+ALTER TABLE bst_training_log ENABLE ROW LEVEL SECURITY;
+CREATE POLICY bst_training_log_read ON bst_training_log FOR SELECT
+    USING (EXISTS (SELECT FROM @extschema@.bst_models m WHERE m.model_id OPERATOR(pg_catalog.=) model_id));
+CREATE POLICY bst_training_log_insert ON bst_training_log FOR INSERT
+    WITH CHECK (pg_catalog.pg_has_role(@extschema@.bst_model_owner(model), 'USAGE'));
 
 ALTER TABLE bst_model_grants ENABLE ROW LEVEL SECURITY;
 CREATE POLICY bst_model_grants_read ON bst_model_grants FOR SELECT USING (true);
@@ -273,6 +332,7 @@ $$;
 --     GRANT EXECUTE ON FUNCTION bst_train TO alice;
 --     GRANT INSERT, DELETE ON bst_models TO alice;
 -- (DELETE to drop its own versions).
-GRANT SELECT ON bst_models TO PUBLIC;
+GRANT SELECT ON bst_models, bst_training_progress TO PUBLIC;
+GRANT SELECT, INSERT ON bst_training_log TO PUBLIC;
 GRANT SELECT, INSERT, DELETE ON bst_model_grants TO PUBLIC;
 REVOKE EXECUTE ON FUNCTION bst_train FROM PUBLIC;

@@ -94,6 +94,22 @@ RESET bst.threads;
 SET bst.threads = -1;
 SET bst.threads = 1000;
 
+-- bst_training_log: one row per epoch of each version, the kept epoch's
+-- validation error as bst_train returned it, the cosine schedule's falling
+-- learning rate; deleting the version deletes its log.
+CREATE TEMP TABLE logged AS
+SELECT * FROM bst_train('logged', 'SELECT movie_ids, ratings FROM windows', epochs => 4, hidden => '{8}',
+                        early_stopping => false, validation_fraction => 0.2, history => NULL);
+SELECT count(*) AS epochs_logged, (SELECT epochs FROM logged) AS epochs_run,
+       (SELECT val_mae FROM bst_training_log WHERE model = 'logged' AND epoch = (SELECT best_epoch FROM logged))
+           = (SELECT val_mae FROM logged) AS kept_epoch_val_mae,
+       bool_and(learning_rate < previous_rate) AS learning_rate_falls,
+       bool_and(at > previous_at) AS timestamps_advance
+FROM (SELECT *, lag(learning_rate) OVER w AS previous_rate, lag(at) OVER w AS previous_at
+      FROM bst_training_log WHERE model = 'logged' WINDOW w AS (ORDER BY epoch)) l;
+DELETE FROM bst_models WHERE name = 'logged';
+SELECT count(*) AS log_after_delete FROM bst_training_log WHERE model = 'logged';
+
 -- Vocabulary from the training windows; no history relation.
 SELECT version FROM bst_train('nohist', 'SELECT movie_ids, ratings FROM windows', epochs => 1,
                               hidden => '{8}', vocabulary => NULL, history => NULL, embed_dim => 3,

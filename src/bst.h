@@ -11,6 +11,7 @@
 #include "executor/spi.h"
 #include "storage/itemptr.h"
 #include "utils/memutils.h"
+#include "utils/timestamp.h"
 
 #include "core/fit.h"
 #include "core/model.h"
@@ -124,6 +125,18 @@ typedef struct BstStoredModel
 	bool		retired;		/* evicted while pinned: freed at the last unpin */
 } BstStoredModel;
 
+/* Live progress of bst_train, shown by the bst_training_progress view. */
+extern void bst_progress_start(Oid models_relid, const char *name, int64 windows, int32 epochs);
+extern void bst_progress_update(int32 epoch, int64 batch, int64 n_batches, double running_loss);
+extern void bst_progress_end(void);
+
+/* One epoch of a training, as bst_training_log stores it. */
+typedef struct BstEpochLog
+{
+	BstEpochStats stats;
+	TimestampTz at;				/* when it ended */
+} BstEpochLog;
+
 extern void bst_check_model_name(const char *name);
 extern BstStoredModel *bst_model_get(FunctionCallInfo fcinfo, const char *name);
 extern BstStoredModel *bst_model_find(const BstModelKey *key);
@@ -133,6 +146,7 @@ extern bool bst_models_have_owner(FunctionCallInfo fcinfo);
 extern Oid	bst_model_owner(FunctionCallInfo fcinfo, const char *name);
 extern int32 bst_model_store(FunctionCallInfo fcinfo, const char *name, Oid owner,
 							 const BstModel *model, const char *config_json,
-							 const char *metrics_json, const char *history);
+							 const char *metrics_json, const char *history,
+							 const BstEpochLog *log, int32 n_log);
 
 #endif							/* BST_H */

@@ -77,9 +77,58 @@ bst_model_owner(FunctionCallInfo fcinfo, const char *name)
 	return isnull ? InvalidOid : owner;
 }
 
+/*
+ * One row per epoch of the new version in bst_training_log (a 1.1 install:
+ * 1.0 has no log).
+ */
+static void
+store_training_log(FunctionCallInfo fcinfo, int64 model_id, const char *name, int32 version,
+				   const BstEpochLog *log, int32 n_log)
+{
+	Oid			argtypes[11] = {INT8OID, TEXTOID, INT4OID, INT4OID, FLOAT8OID, FLOAT8OID,
+		FLOAT8OID, FLOAT8OID, FLOAT8OID, FLOAT8OID, TIMESTAMPTZOID};
+	SPIPlanPtr	plan;
+
+	if (!OidIsValid(get_relname_relid("bst_training_log",
+									  get_func_namespace(fcinfo->flinfo->fn_oid))))
+		return;
+	plan = SPI_prepare(psprintf("INSERT INTO %s.bst_training_log (model_id, model, version, epoch, "
+								"train_loss, train_mae, val_mae, val_rmse, learning_rate, seconds, at) "
+								"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+								bst_schema(fcinfo)),
+					   11, argtypes);
+	if (plan == NULL)
+		elog(ERROR, "could not prepare the training log insert: %s", SPI_result_code_string(SPI_result));
+	for (int32 i = 0; i < n_log; i++)
+	{
+		const BstEpochStats *e = &log[i].stats;
+		Datum		values[11];
+		char		nulls[11];
+
+		memset(nulls, ' ', sizeof(nulls));
+		values[0] = Int64GetDatum(model_id);
+		values[1] = CStringGetTextDatum(name);
+		values[2] = Int32GetDatum(version);
+		values[3] = Int32GetDatum(e->epoch);
+		values[4] = Float8GetDatum(e->loss);
+		values[5] = Float8GetDatum(e->mae);
+		values[6] = Float8GetDatum(e->val_mae);
+		nulls[6] = isnan(e->val_mae) ? 'n' : ' ';
+		values[7] = Float8GetDatum(e->val_rmse);
+		nulls[7] = isnan(e->val_rmse) ? 'n' : ' ';
+		values[8] = Float8GetDatum(e->learning_rate);
+		values[9] = Float8GetDatum(e->seconds);
+		values[10] = TimestampTzGetDatum(log[i].at);
+		if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "could not store the training log of model \"%s\"", bst_short_name(name));
+	}
+	SPI_freeplan(plan);
+}
+
 int32
 bst_model_store(FunctionCallInfo fcinfo, const char *name, Oid owner, const BstModel *model,
-				const char *config_json, const char *metrics_json, const char *history)
+				const char *config_json, const char *metrics_json, const char *history,
+				const BstEpochLog *log, int32 n_log)
 {
 	size_t		size = bst_model_serialized_size(model);
 	bytea	   *weights;
@@ -118,7 +167,7 @@ bst_model_store(FunctionCallInfo fcinfo, const char *name, Oid owner, const BstM
 				   "       $2::pg_catalog.jsonb, $3::pg_catalog.jsonb, $4, $5%s "
 				   "FROM %s.bst_models WHERE name OPERATOR(pg_catalog.=) $1 "
 				   "ON CONFLICT (name, version) DO NOTHING "
-				   "RETURNING version",
+				   "RETURNING version, model_id",
 				   bst_schema(fcinfo), with_owner ? ", owner" : "",
 				   with_owner ? ", $6::pg_catalog.regrole" : "", bst_schema(fcinfo));
 
@@ -137,6 +186,8 @@ bst_model_store(FunctionCallInfo fcinfo, const char *name, Oid owner, const BstM
 						bst_short_name(name)),
 				 errhint("Retry the transaction.")));
 	version = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	store_training_log(fcinfo, DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)),
+					   name, version, log, n_log);
 	SPI_finish();
 
 	return version;

@@ -336,7 +336,7 @@ bst_predict_user(PG_FUNCTION_ARGS)
 }
 
 static void
-evaluate_before_chunk(void *arg, int32 epoch, int64 chunk, int64 n_chunks)
+evaluate_before_chunk(void *arg, int32 epoch, int64 chunk, int64 n_chunks, double running_loss)
 {
 	CHECK_FOR_INTERRUPTS();
 }

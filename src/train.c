@@ -958,12 +958,15 @@ typedef struct Progress
 	const char *name;
 	int32		epochs;
 	StringInfo	metrics;
+	BstEpochLog *log;			/* [epochs] */
+	int32		n_log;
 } Progress;
 
 static void
-before_batch(void *arg, int32 epoch, int64 batch, int64 n_batches)
+before_batch(void *arg, int32 epoch, int64 batch, int64 n_batches, double running_loss)
 {
 	CHECK_FOR_INTERRUPTS();
+	bst_progress_update(epoch, batch, n_batches, running_loss);
 }
 
 /* JSON has no NaN or infinity: no validation is null. */
@@ -997,6 +1000,9 @@ after_epoch(void *arg, const BstEpochStats *s)
 	append_json_double(p->metrics, s->val_rmse);
 	appendStringInfo(p->metrics, ", \"learning_rate\": %.6g, \"seconds\": %.3f}",
 					 s->learning_rate, s->seconds);
+	p->log[p->n_log].stats = *s;
+	p->log[p->n_log].at = GetCurrentTimestamp();
+	p->n_log++;
 }
 
 /* What the model takes besides the rated sequence, for the first NOTICE. */
@@ -1018,6 +1024,13 @@ inputs_text(uint32 features, const BstConfig *c)
 	return buf.len ? buf.data : "none";
 }
 
+/* The bst_models table of the extension being called. */
+static Oid
+models_relid(FunctionCallInfo fcinfo)
+{
+	return get_relname_relid("bst_models", get_func_namespace(fcinfo->flinfo->fn_oid));
+}
+
 /*
  * Everything that would keep the trained model from being stored, checked
  * before the training rather than after it: a read-only transaction or a
@@ -1030,7 +1043,7 @@ inputs_text(uint32 features, const BstConfig *c)
 static Oid
 check_can_store(FunctionCallInfo fcinfo, const TrainArgs *a)
 {
-	Oid			models = get_relname_relid("bst_models", get_func_namespace(fcinfo->flinfo->fn_oid));
+	Oid			models = models_relid(fcinfo);
 	Oid			owner;
 
 	/* A standby is read-only too; say which. */
@@ -1217,9 +1230,13 @@ bst_train(PG_FUNCTION_ARGS)
 	progress.name = bst_short_name(args.name);
 	progress.epochs = args.fit.epochs;
 	progress.metrics = &metrics;
+	progress.log = palloc(args.fit.epochs * sizeof(BstEpochLog));
+	progress.n_log = 0;
+	bst_progress_start(models_relid(fcinfo), args.name, ds.n, args.fit.epochs);
 	old_core = bst_core_memory(train_cxt);
 	status = bst_fit(model, &data, &args.fit, &hooks, &fit);
 	bst_core_memory(old_core);
+	bst_progress_end();
 	if (status == BST_FIT_DIVERGED)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_EXCEPTION),
@@ -1248,7 +1265,7 @@ bst_train(PG_FUNCTION_ARGS)
 					 mean_target, min_history, INSTR_TIME_GET_DOUBLE(now));
 
 	version = bst_model_store(fcinfo, args.name, owner, model, config_json(&args, bst_model_config(model), &inputs),
-							  metrics.data, args.history);
+							  metrics.data, args.history, progress.log, progress.n_log);
 	MemoryContextDelete(train_cxt);
 
 	result[0] = CStringGetTextDatum(args.name);

@@ -96,7 +96,7 @@ static void evaluate_windows(Fit *f, const uint32_t *idx, int64_t n, const BstFi
     const int64_t n_chunks = (n + chunk - 1) / chunk;
     for (int64_t first = 0; first < n; first += chunk) {
         if (hooks && hooks->before_batch)
-            hooks->before_batch(hooks->arg, 0, first / chunk, n_chunks);
+            hooks->before_batch(hooks->arg, 0, first / chunk, n_chunks, NAN);
         const int32_t count = (int32_t)(n - first < chunk ? n - first : chunk);
         BstBatch b = gather(f, idx + first, count);
         bst_predict(f->predictor, &b, f->pred);
@@ -380,7 +380,8 @@ BstFitStatus bst_fit(BstModel *m, const BstData *data, const BstFitOptions *o,
         bst_rng_shuffle_u32(&shuffle, train, (size_t)f.n_train);
         for (int64_t k = 0; k < n_batches; k++, step++) {
             if (hooks && hooks->before_batch)
-                hooks->before_batch(hooks->arg, epoch, k, n_batches);
+                hooks->before_batch(hooks->arg, epoch, k, n_batches,
+                                    k > 0 ? loss_sum / (double)(k * f.B) : NAN);
             if (o->lr_schedule == BST_LR_COSINE) {
                 lr = (float)(o->train.learning_rate * 0.5 *
                              (1.0 + cos(PI * (double)step / total_steps)));

@@ -62,8 +62,11 @@ typedef struct BstEpochStats {
 
 typedef struct BstFitHooks {
     /* Before every batch: a host may abort here (PostgreSQL's cancel longjmps
-     * out; every buffer is in a memory context it frees). */
-    void (*before_batch)(void *arg, int32_t epoch, int64_t batch, int64_t n_batches);
+     * out; every buffer is in a memory context it frees), or report progress.
+     * running_loss: the mean training loss of the epoch's batches so far
+     * (NAN before the first, and when evaluating: epoch 0). */
+    void (*before_batch)(void *arg, int32_t epoch, int64_t batch, int64_t n_batches,
+                         double running_loss);
     void (*after_epoch)(void *arg, const BstEpochStats *s);
     void *arg;
 } BstFitHooks;

@@ -32,7 +32,8 @@ psql -X -q -d $dst -v ON_ERROR_STOP=1 -f "$dump" >/dev/null
 fingerprint="SELECT string_agg(name || ':' || version || ':' || owner || ':' || md5(weights), ',' ORDER BY name, version)
                     || ' ' || bst_predict('dumped', '{1,2,3,4}', '{5,4,3}')
                     || ' grants ' || (SELECT string_agg(model || ':' || coalesce(grantee::text, 'PUBLIC'), ',')
-                                      FROM bst_model_grants) FROM bst_models"
+                                      FROM bst_model_grants)
+                    || ' log ' || (SELECT count(*) || ':' || sum(epoch) FROM bst_training_log) FROM bst_models"
 before=$(psql -X -At -d $src -c "$fingerprint")
 after=$(psql -X -At -d $dst -c "$fingerprint")
 next=$(PGOPTIONS="-c client_min_messages=warning" psql -X -At -d $dst -c "

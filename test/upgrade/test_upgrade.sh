@@ -153,6 +153,9 @@ shape_old=$(qa $old -c "$shape_sql")
 v1_edited=$(qa $old -c "UPDATE bst_models SET metrics = jsonb_set(metrics, '{train_mean_rating}', '\"three\"')
                         WHERE name = 'v1'" -c "SELECT bst_predict('v1', '{10,13,16,19}', '{4,5,3}')")
 owners_old=$(qa $old -c "SELECT string_agg(DISTINCT owner::text, ',') FROM bst_models")
+# The epochs 1.0 recorded in metrics become bst_training_log rows.
+log_old=$(qa $old -c "SELECT string_agg(format('%s:%s:%s', l.model, l.epoch, l.train_loss = (m.metrics->'epochs'->(l.epoch - 1)->>'loss')::float8), ',' ORDER BY l.model, l.epoch)
+                      FROM bst_training_log l JOIN bst_models m USING (model_id)")
 table_owner=$(qa $old -c "SELECT relowner::regrole FROM pg_class WHERE relname = 'bst_models'")
 
 q $new -q -c "SET client_min_messages = warning" -c "CREATE EXTENSION bst"
@@ -196,6 +199,8 @@ check "updated and fresh installs have the same columns, row-level security, pol
     '[ "$(grep -c "^policy" <<<"$shape_new")" -ge 4 ] && [ "$shape_old" = "$shape_new" ]'
 check "an edited fallback rating of a format-1 row is an error naming the field" \
     'grep -q "metrics->.train_mean_rating. of model \"v1\" version 1 is not a finite number: three" <<<"$v1_edited"'
+check "the epochs of the 1.0 model are in bst_training_log ($log_old)" \
+    '[ "$log_old" = "m:1:t" ]'
 check "1.0 models belong to the owner of bst_models after the update ($owners_old)" \
     '[ -n "$table_owner" ] && [ "$owners_old" = "$table_owner" ]'
 
