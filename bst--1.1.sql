@@ -217,6 +217,155 @@ FROM pg_catalog.pg_stat_get_progress_info('COPY') p
 LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid OPERATOR(pg_catalog.=) p.pid
 WHERE p.param1 OPERATOR(pg_catalog.=) 27711491372511854;   -- "bst_trn", src/progress.c
 
+-- Which version of a model serves: every deployment, newest last.  A model
+-- without one serves its latest version.  previous is the deployment this
+-- one replaced, so that rollbacks walk back through them.
+CREATE TABLE bst_deployments (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    model text NOT NULL,
+    version integer NOT NULL,
+    strategy text NOT NULL,
+    previous bigint,            -- the id of the deployment this one replaced
+    deployed_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    deployed_by regrole NOT NULL DEFAULT (pg_catalog.quote_ident(CURRENT_USER))::pg_catalog.regrole
+);
+CREATE INDEX ON bst_deployments (model, id);
+SELECT pg_catalog.pg_extension_config_dump('bst_deployments', '');
+SELECT pg_catalog.pg_extension_config_dump('bst_deployments_id_seq', '');
+
+-- Every version you can see, with whether it serves.
+CREATE VIEW bst_models_list AS
+SELECT m.name, m.version,
+       m.version OPERATOR(pg_catalog.=) coalesce(d.version, l.latest) AS deployed,
+       m.created_at, m.owner,
+       (m.metrics OPERATOR(pg_catalog.->>) 'training_rows')::bigint AS rows,
+       coalesce((m.metrics OPERATOR(pg_catalog.->>) 'epochs_run')::integer,
+                pg_catalog.jsonb_array_length(m.metrics OPERATOR(pg_catalog.->) 'epochs')) AS epochs,
+       (m.metrics OPERATOR(pg_catalog.->>) 'val_mae')::double precision AS val_mae,
+       pg_catalog.octet_length(m.weights) AS bytes,
+       m.config AS options
+FROM bst_models m
+JOIN (SELECT name, pg_catalog.max(version) AS latest FROM bst_models GROUP BY name) l USING (name)
+LEFT JOIN LATERAL (SELECT dd.version FROM bst_deployments dd
+                   WHERE dd.model OPERATOR(pg_catalog.=) m.name
+                     AND EXISTS (SELECT FROM bst_models v WHERE v.name OPERATOR(pg_catalog.=) dd.model
+                                                             AND v.version OPERATOR(pg_catalog.=) dd.version)
+                   ORDER BY dd.id DESC LIMIT 1) d ON true;
+
+-- Make a version serve bst_predict and bst_evaluate from the next statement
+-- on: the given version, or by strategy 'best' (lowest validation MAE),
+-- 'latest', or 'rollback' (the version deployed before the current one).
+-- Returns the version deployed.  Only the model's owner may.
+CREATE FUNCTION bst_deploy(model text, version integer DEFAULT NULL, strategy text DEFAULT 'best')
+RETURNS integer
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    model_owner regrole := @extschema@.bst_model_owner(model);
+    current_deployment @extschema@.bst_deployments;
+    chosen integer;
+    previous bigint;
+BEGIN
+    IF model IS NULL OR strategy IS NULL THEN
+        RAISE EXCEPTION 'model and strategy must not be NULL' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF model_owner IS NULL OR NOT EXISTS (SELECT FROM @extschema@.bst_models m WHERE m.name = bst_deploy.model) THEN
+        RAISE EXCEPTION 'bst model % does not exist', quote_literal(model) USING ERRCODE = 'undefined_object';
+    END IF;
+    IF NOT pg_has_role(model_owner, 'USAGE') THEN
+        RAISE EXCEPTION 'must be owner of bst model %', quote_literal(model)
+            USING ERRCODE = 'insufficient_privilege', DETAIL = format('The model belongs to %s.', model_owner);
+    END IF;
+    -- Deployments serialize per model, as trainings do.
+    PERFORM pg_advisory_xact_lock(hashtext('bst_models'), hashtext(model));
+    SELECT * INTO current_deployment FROM @extschema@.bst_deployments d
+    WHERE d.model = bst_deploy.model ORDER BY d.id DESC LIMIT 1;
+    previous := current_deployment.id;
+
+    IF version IS NOT NULL THEN
+        chosen := version;
+        strategy := 'version';
+    ELSIF strategy = 'latest' THEN
+        SELECT max(m.version) INTO chosen FROM @extschema@.bst_models m WHERE m.name = bst_deploy.model;
+    ELSIF strategy = 'best' THEN
+        SELECT m.version INTO chosen FROM @extschema@.bst_models m
+        WHERE m.name = bst_deploy.model AND (m.metrics ->> 'val_mae') IS NOT NULL
+        ORDER BY (m.metrics ->> 'val_mae')::float8, m.version DESC LIMIT 1;
+        IF chosen IS NULL THEN
+            RAISE EXCEPTION 'no version of bst model % has a validation error', quote_literal(model)
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'Deploy by version, or with strategy => ''latest''.';
+        END IF;
+    ELSIF strategy = 'rollback' THEN
+        SELECT d.version, d.previous INTO chosen, previous FROM @extschema@.bst_deployments d
+        WHERE d.id = current_deployment.previous;
+        IF chosen IS NULL THEN
+            RAISE EXCEPTION 'bst model % has no earlier deployment to roll back to', quote_literal(model)
+                USING ERRCODE = 'object_not_in_prerequisite_state';
+        END IF;
+    ELSE
+        RAISE EXCEPTION 'unknown strategy %', quote_literal(strategy)
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Use ''best'', ''latest'' or ''rollback''.';
+    END IF;
+    IF NOT EXISTS (SELECT FROM @extschema@.bst_models m WHERE m.name = bst_deploy.model AND m.version = chosen) THEN
+        RAISE EXCEPTION 'version % of bst model % does not exist', chosen, quote_literal(model)
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    INSERT INTO @extschema@.bst_deployments (model, version, strategy, previous)
+    VALUES (model, chosen, strategy, previous);
+    RETURN chosen;
+END;
+$$;
+
+-- Remove a version of a model (version given) or the whole model, with its
+-- training log; the whole model also loses its grants and deployments.  The
+-- deployed version cannot be dropped alone.  Returns the versions removed.
+CREATE FUNCTION bst_drop(model text, version integer DEFAULT NULL)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    model_owner regrole := @extschema@.bst_model_owner(model);
+    deployed integer;
+    removed integer;
+BEGIN
+    IF model IS NULL THEN
+        RAISE EXCEPTION 'model must not be NULL' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF model_owner IS NULL OR NOT EXISTS (SELECT FROM @extschema@.bst_models m WHERE m.name = bst_drop.model) THEN
+        RAISE EXCEPTION 'bst model % does not exist', quote_literal(model) USING ERRCODE = 'undefined_object';
+    END IF;
+    IF NOT pg_has_role(model_owner, 'USAGE') THEN
+        RAISE EXCEPTION 'must be owner of bst model %', quote_literal(model)
+            USING ERRCODE = 'insufficient_privilege', DETAIL = format('The model belongs to %s.', model_owner);
+    END IF;
+    PERFORM pg_advisory_xact_lock(hashtext('bst_models'), hashtext(model));
+    IF version IS NULL THEN
+        DELETE FROM @extschema@.bst_deployments d WHERE d.model = bst_drop.model;
+        DELETE FROM @extschema@.bst_model_grants g WHERE g.model = bst_drop.model;
+        DELETE FROM @extschema@.bst_models m WHERE m.name = bst_drop.model;
+        GET DIAGNOSTICS removed = ROW_COUNT;
+        RETURN removed;
+    END IF;
+    SELECT d.version INTO deployed FROM @extschema@.bst_deployments d
+    WHERE d.model = bst_drop.model ORDER BY d.id DESC LIMIT 1;
+    IF deployed = version THEN
+        RAISE EXCEPTION 'version % of bst model % is deployed', version, quote_literal(model)
+            USING ERRCODE = 'object_in_use',
+                  HINT = 'Deploy another version first, e.g. SELECT bst_deploy(' || quote_literal(model) || ', strategy => ''rollback'').';
+    END IF;
+    DELETE FROM @extschema@.bst_models m WHERE m.name = bst_drop.model AND m.version = bst_drop.version;
+    GET DIAGNOSTICS removed = ROW_COUNT;
+    IF removed = 0 THEN
+        RAISE EXCEPTION 'version % of bst model % does not exist', version, quote_literal(model)
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    RETURN removed;
+END;
+$$;
+
 --------------------------------------------------------------------------
 -- Privileges
 --------------------------------------------------------------------------
@@ -272,6 +421,13 @@ ALTER TABLE bst_training_log ENABLE ROW LEVEL SECURITY;
 CREATE POLICY bst_training_log_read ON bst_training_log FOR SELECT
     USING (EXISTS (SELECT FROM @extschema@.bst_models m WHERE m.model_id OPERATOR(pg_catalog.=) model_id));
 CREATE POLICY bst_training_log_insert ON bst_training_log FOR INSERT
+    WITH CHECK (pg_catalog.pg_has_role(@extschema@.bst_model_owner(model), 'USAGE'));
+
+ALTER TABLE bst_deployments ENABLE ROW LEVEL SECURITY;
+CREATE POLICY bst_deployments_read ON bst_deployments FOR SELECT
+    USING (EXISTS (SELECT FROM @extschema@.bst_models m WHERE m.name OPERATOR(pg_catalog.=) model));
+CREATE POLICY bst_deployments_write ON bst_deployments FOR ALL
+    USING (pg_catalog.pg_has_role(@extschema@.bst_model_owner(model), 'USAGE'))
     WITH CHECK (pg_catalog.pg_has_role(@extschema@.bst_model_owner(model), 'USAGE'));
 
 ALTER TABLE bst_model_grants ENABLE ROW LEVEL SECURITY;
@@ -332,7 +488,8 @@ $$;
 --     GRANT EXECUTE ON FUNCTION bst_train TO alice;
 --     GRANT INSERT, DELETE ON bst_models TO alice;
 -- (DELETE to drop its own versions).
-GRANT SELECT ON bst_models, bst_training_progress TO PUBLIC;
+GRANT SELECT ON bst_models, bst_training_progress, bst_models_list TO PUBLIC;
+GRANT SELECT, INSERT, DELETE ON bst_deployments TO PUBLIC;
 GRANT SELECT, INSERT ON bst_training_log TO PUBLIC;
 GRANT SELECT, INSERT, DELETE ON bst_model_grants TO PUBLIC;
 REVOKE EXECUTE ON FUNCTION bst_train FROM PUBLIC;

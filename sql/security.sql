@@ -127,6 +127,12 @@ SELECT bst_grant('alice_spy', 'regress_bst_bob');
 SET ROLE regress_bst_bob;
 SELECT bst_predict('alice_spy', '{1,2,3,4}', '{5,4,3}') BETWEEN 1 AND 5 AS bob_predicts;
 SELECT name, version FROM bst_models WHERE name = 'alice_spy' ORDER BY version;
+-- ... but not deploy, drop or delete it.
+SELECT pg_temp.error_of($q$SELECT bst_deploy('alice_spy', 1)$q$);
+SELECT pg_temp.error_of($q$SELECT bst_drop('alice_spy', 1)$q$);
+SELECT pg_temp.error_of($q$INSERT INTO bst_deployments (model, version, strategy) VALUES ('alice_spy', 1, 'version')$q$);
+DELETE FROM bst_models WHERE name = 'alice_spy';
+SELECT count(*) AS alice_versions_bob_sees FROM bst_models WHERE name = 'alice_spy';
 SET ROLE regress_bst_carol;
 SELECT pg_temp.error_of($q$SELECT bst_predict('alice_spy', '{1,2,3,4}', '{5,4,3}')$q$);
 SET ROLE regress_bst_alice;

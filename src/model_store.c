@@ -432,11 +432,11 @@ bst_check_model_name(const char *name)
 }
 
 /*
- * The model to use for name (its latest version).  name NULL means the most
- * recently trained model the current role owns itself (what
- * bst_predict(user_id, movie_id) uses when bst.model is not set): never one
- * that another role could have put there.  Only models that row-level
- * security shows the current role are found.
+ * The model to use for name: its deployed version, else its latest.  name
+ * NULL means the most recently trained model the current role owns itself
+ * (what bst_predict(user_id, movie_id) uses when bst.model is not set):
+ * never one that another role could have put there.  Only models that
+ * row-level security shows the current role are found.
  */
 BstStoredModel *
 bst_model_get(FunctionCallInfo fcinfo, const char *name)
@@ -458,26 +458,13 @@ bst_model_get(FunctionCallInfo fcinfo, const char *name)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (name != NULL)
-	{
-		values[0] = CStringGetTextDatum(name);
-		SPI_execute_with_args(psprintf("SELECT model_id, name, version, xmin, ctid FROM %s.bst_models "
-									   "WHERE name OPERATOR(pg_catalog.=) $1 ORDER BY version DESC LIMIT 1", schema),
-							  1, argtypes, values, NULL, true, 1);
-		if (SPI_processed == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("bst model \"%s\" does not exist", bst_short_name(name)),
-					 errhint("Train it with bst_train(%s, ...), or see SELECT name FROM bst_models.",
-							 quote_literal_cstr(bst_short_name(name)))));
-	}
-	else
+	if (name == NULL)
 	{
 		Oid			owner_type[1] = {OIDOID};
 		Datum		owner[1] = {ObjectIdGetDatum(GetUserId())};
 
 		/* Models of a 1.0 install have no owner: its latest, as 1.0 did. */
-		SPI_execute_with_args(psprintf("SELECT model_id, name, version, xmin, ctid FROM %s.bst_models "
+		SPI_execute_with_args(psprintf("SELECT name FROM %s.bst_models "
 									   "WHERE %s ORDER BY created_at DESC, model_id DESC LIMIT 1", schema,
 									   with_owner ? "owner::pg_catalog.oid OPERATOR(pg_catalog.=) $1" : "$1 IS NOT NULL"),
 							  1, owner_type, owner, NULL, true, 1);
@@ -487,7 +474,33 @@ bst_model_get(FunctionCallInfo fcinfo, const char *name)
 					 errmsg("bst.model is not set, and role \"%s\" owns no bst model",
 							GetUserNameFromId(GetUserId(), false)),
 					 errhint("SET bst.model = 'name' to use a model by name, or train one with bst_train().")));
+		name = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	}
+
+	/*
+	 * The deployed version (bst_deploy), while it exists, else the latest.
+	 * A 1.0 install has no deployments.
+	 */
+	values[0] = CStringGetTextDatum(name);
+	if (OidIsValid(get_relname_relid("bst_deployments", get_func_namespace(fcinfo->flinfo->fn_oid))))
+		SPI_execute_with_args(psprintf("SELECT model_id, name, version, xmin, ctid FROM %s.bst_models m "
+									   "WHERE name OPERATOR(pg_catalog.=) $1 "
+									   "ORDER BY (version OPERATOR(pg_catalog.=) "
+									   "          (SELECT d.version FROM %s.bst_deployments d "
+									   "           WHERE d.model OPERATOR(pg_catalog.=) $1 "
+									   "           ORDER BY d.id DESC LIMIT 1)) IS TRUE DESC, "
+									   "         version DESC LIMIT 1", schema, schema),
+							  1, argtypes, values, NULL, true, 1);
+	else
+		SPI_execute_with_args(psprintf("SELECT model_id, name, version, xmin, ctid FROM %s.bst_models "
+									   "WHERE name OPERATOR(pg_catalog.=) $1 ORDER BY version DESC LIMIT 1", schema),
+							  1, argtypes, values, NULL, true, 1);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("bst model \"%s\" does not exist", bst_short_name(name)),
+				 errhint("Train it with bst_train(%s, ...), or see SELECT name FROM bst_models.",
+						 quote_literal_cstr(bst_short_name(name)))));
 	row = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
 	key.model_id = DatumGetInt64(SPI_getbinval(row, desc, 1, &isnull));

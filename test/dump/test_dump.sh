@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # pg_dump keeps the models: train a small model, dump the database, restore
-# it into a new one, and compare the weights, owners, grants and a
-# prediction.
+# it into a new one, and compare the weights, owners, grants, training log,
+# deployments and a prediction (of the deployed version).
 # Needs the libpq environment of a running cluster with bst installed.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -25,6 +25,7 @@ SELECT bst_train('dumped', 'SELECT movie_ids, ratings FROM bst_sequences(''ratin
 SELECT bst_train('dumped', 'SELECT movie_ids, ratings FROM bst_sequences(''ratings'')',
                  epochs => 1, hidden => '{8}', vocabulary => NULL, seed => 3);
 SELECT bst_grant('dumped', 'public');
+SELECT bst_deploy('dumped', 1);
 SQL
 "$PG_BIN/pg_dump" -d $src -f "$dump"
 psql -X -q -d $dst -v ON_ERROR_STOP=1 -f "$dump" >/dev/null
@@ -33,7 +34,8 @@ fingerprint="SELECT string_agg(name || ':' || version || ':' || owner || ':' || 
                     || ' ' || bst_predict('dumped', '{1,2,3,4}', '{5,4,3}')
                     || ' grants ' || (SELECT string_agg(model || ':' || coalesce(grantee::text, 'PUBLIC'), ',')
                                       FROM bst_model_grants)
-                    || ' log ' || (SELECT count(*) || ':' || sum(epoch) FROM bst_training_log) FROM bst_models"
+                    || ' log ' || (SELECT count(*) || ':' || sum(epoch) FROM bst_training_log)
+                    || ' deployed ' || (SELECT string_agg(model || ':' || version, ',') FROM bst_deployments) FROM bst_models"
 before=$(psql -X -At -d $src -c "$fingerprint")
 after=$(psql -X -At -d $dst -c "$fingerprint")
 next=$(PGOPTIONS="-c client_min_messages=warning" psql -X -At -d $dst -c "
