@@ -158,6 +158,15 @@ CREATE FUNCTION bst_evaluate(model text, query text,
 RETURNS record
 AS 'MODULE_PATHNAME' LANGUAGE C CALLED ON NULL INPUT STABLE PARALLEL UNSAFE;
 
+-- The top k movies of the model's vocabulary for a user's current history
+-- (the latest seq_len - 1 ratings, as bst_predict(user_id, movie_id) reads
+-- them), best first, without the movies the user rated unless asked; model
+-- NULL: bst.model, else your own latest.
+CREATE FUNCTION bst_recommend(user_id integer, k integer DEFAULT 10, exclude_rated boolean DEFAULT true,
+                              model text DEFAULT NULL)
+RETURNS TABLE (movie_id integer, score real, rank integer)
+AS 'MODULE_PATHNAME' LANGUAGE C STABLE CALLED ON NULL INPUT PARALLEL SAFE ROWS 10;
+
 -- The models this backend holds loaded (bst.model_cache_memory bounds
 -- them), most recently used first: their memory, and the calls each served
 -- since it was loaded.

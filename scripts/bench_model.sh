@@ -75,6 +75,13 @@ if [ -f "$root/ml-1m-shuffled/ratings.dat" ]; then
     q "SET bst.model = 'speed'; SELECT count(bst_predict(1 + (i * 7919) % 6040, 1193)) FROM generate_series(1, 10000) i" >/dev/null
     ns=$(( $(date +%s%N) - start ))
     echo "bst_predict(user_id, movie_id), 10,000 calls in one statement: $((ns / 10000 / 1000)) us per call"
+    # bst_recommend over the whole vocabulary (3,706 movies on ML-1M), the
+    # model already loaded: 200 users in one statement.
+    q "SET bst.model = 'speed'; SELECT count(*) FROM bst_recommend(1, 10)" >/dev/null
+    start=$(date +%s%N)
+    q "SET bst.model = 'speed'; SELECT count(*) FROM generate_series(1, 200) u, LATERAL bst_recommend(u * 30, 10) r" >/dev/null
+    ns=$(( $(date +%s%N) - start ))
+    echo "bst_recommend(user_id, 10) over the $(q "SELECT config->>'n_movies' FROM bst_models WHERE name = 'speed'") movies of the vocabulary: $((ns / 200 / 1000)) us per user (200 users in one statement)"
 else
     echo "skipped: speed ($root/ml-1m-shuffled not found)"
 fi

@@ -117,6 +117,7 @@ typedef struct BstStoredModel
 	BstModel   *model;
 	BstPredictor *predictor;
 	SPIPlanPtr	history_plan;	/* latest ratings of a user, prepared once */
+	SPIPlanPtr	rated_plan;		/* every movie a user rated, prepared once */
 	MemoryContext context;		/* holds all of the above */
 	Size		bytes;			/* allocated in context */
 	uint64		last_used;		/* cache clock when last found */
@@ -143,6 +144,21 @@ extern BstStoredModel *bst_model_find(const BstModelKey *key);
 extern void bst_model_pin(BstStoredModel *entry);
 extern void bst_model_unpin(BstStoredModel *entry);
 extern bool bst_models_have_owner(FunctionCallInfo fcinfo);
+
+/*
+ * The model of name (NULL: bst.model, else the caller's own latest) for a
+ * call, resolved once per command and pinned: unpin it when done.
+ */
+extern BstStoredModel *bst_model_for_call(FunctionCallInfo fcinfo, const char *name);
+
+/*
+ * From the model's history relation, read as the model's owner: the user's
+ * latest seq_len - 1 ratings, oldest first, into movies and ratings (room
+ * for BST_MAX_SEQ_LEN), returning how many; and every movie the user rated
+ * (palloc'd, *n of them).
+ */
+extern int	bst_user_history(BstStoredModel *entry, int32 user_id, int32 *movies, float *ratings);
+extern int32 *bst_user_rated_movies(BstStoredModel *entry, int32 user_id, int64 *n);
 extern Oid	bst_model_owner(FunctionCallInfo fcinfo, const char *name);
 extern int32 bst_model_store(FunctionCallInfo fcinfo, const char *name, Oid owner,
 							 const BstModel *model, const char *config_json,

@@ -207,6 +207,8 @@ model_free(BstStoredModel *entry)
 {
 	if (entry->history_plan)
 		SPI_freeplan(entry->history_plan);
+	if (entry->rated_plan)
+		SPI_freeplan(entry->rated_plan);
 	MemoryContextDelete(entry->context);
 }
 

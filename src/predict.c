@@ -51,8 +51,8 @@ typedef struct CallModel
  * The model of name (NULL: the default model) for this call, pinned: the
  * caller unpins it when done.
  */
-static BstStoredModel *
-model_for_call(FunctionCallInfo fcinfo, const char *name)
+BstStoredModel *
+bst_model_for_call(FunctionCallInfo fcinfo, const char *name)
 {
 	CallModel  *call = fcinfo->flinfo->fn_extra;
 	BstStoredModel *entry;
@@ -145,7 +145,7 @@ predict_window(FunctionCallInfo fcinfo, int movies_arg, bool has_user, int32 use
 	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	ArrayType  *movies = PG_GETARG_ARRAYTYPE_P(movies_arg);
 	ArrayType  *ratings = PG_GETARG_ARRAYTYPE_P(movies_arg + 1);
-	BstStoredModel *entry = model_for_call(fcinfo, name);
+	BstStoredModel *entry = bst_model_for_call(fcinfo, name);
 	int			n_movies = ArrayGetNItems(ARR_NDIM(movies), ARR_DIMS(movies));
 	int			n_ratings = ArrayGetNItems(ARR_NDIM(ratings), ARR_DIMS(ratings));
 	float	   *rating_values;
@@ -225,21 +225,29 @@ check_history_owner_1_0(BstStoredModel *entry)
 }
 
 /*
- * Read the user's latest seq_len - 1 ratings (newest first) from the model's
- * history relation into the SPI tuple table.  The relation was named by the
- * model's owner, and may be a view calling the owner's functions: it is read
- * as the owner, under a security-restricted operation with a search_path of
- * pg_catalog only, as PostgreSQL runs the code attached to an object (an
- * index expression, a materialized view) for whoever maintains it.  So no
- * model row makes the caller run code it did not choose.
+ * Run one of the model's history queries for a user: the relation was named
+ * by the model's owner, and may be a view calling the owner's functions, so
+ * it is read as the owner, under a security-restricted operation with a
+ * search_path of pg_catalog only, as PostgreSQL runs the code attached to an
+ * object (an index expression, a materialized view) for whoever maintains
+ * it.  So no model row makes the caller run code it did not choose.  The
+ * query (sql_format: the relation as %s) is prepared once per loaded model
+ * into *plan; its rows are left in SPI_tuptable (within SPI_connect).
  */
 static void
-read_history(BstStoredModel *entry, int32 user_id, int limit)
+history_query(BstStoredModel *entry, SPIPlanPtr *plan, const char *sql_format, int32 user_id,
+			  int64 limit)
 {
 	Datum		arg[1] = {Int32GetDatum(user_id)};
 	Oid			save_userid;
 	int			save_sec_context;
 	int			save_nestlevel;
+
+	if (entry->history == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("model \"%s\" was trained without a history relation", bst_short_name(entry->name)),
+				 errhint("Use bst_predict(model, movie_ids, ratings), or train with history => 'ratings'.")));
 
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
 	if (!OidIsValid(entry->owner))
@@ -250,58 +258,37 @@ read_history(BstStoredModel *entry, int32 user_id, int limit)
 	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
 
-	if (entry->history_plan == NULL)
+	if (*plan == NULL)
 	{
 		Oid			argtype[1] = {INT4OID};
-		/* The same order as bst_sequences, newest first. */
-		char	   *sql = psprintf("SELECT movie_id::pg_catalog.int4, rating::pg_catalog.float4 FROM %s "
-								   "WHERE user_id OPERATOR(pg_catalog.=) $1 AND unix_timestamp IS NOT NULL "
-								   "ORDER BY unix_timestamp DESC, movie_id DESC, rating DESC LIMIT %d",
-								   history_relation(entry), limit);
-		SPIPlanPtr	plan = SPI_prepare(sql, 1, argtype);
+		SPIPlanPtr	prepared = SPI_prepare(psprintf(sql_format, history_relation(entry)), 1, argtype);
 
-		if (plan == NULL)
-			elog(ERROR, "could not prepare the history query of model \"%s\": %s",
+		if (prepared == NULL)
+			elog(ERROR, "could not prepare a history query of model \"%s\": %s",
 				 bst_short_name(entry->name), SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		entry->history_plan = plan;
+		SPI_keepplan(prepared);
+		*plan = prepared;
 	}
-	SPI_execute_plan(entry->history_plan, arg, NULL, true, limit);
+	SPI_execute_plan(*plan, arg, NULL, true, limit);
 
 	/* An error restores both at the (sub)transaction's abort. */
 	AtEOXact_GUC(false, save_nestlevel);
 	SetUserIdAndSecContext(save_userid, save_sec_context);
 }
 
-/*
- * bst_predict(user_id, movie_id): the rating the user would give the movie
- * now, from the user's latest seq_len - 1 ratings in the model's history
- * relation (one index lookup) and the user's features as the model stored
- * them.  A user with fewer ratings than the model was trained on gets the
- * mean rating of the model's training windows.
- */
-Datum
-bst_predict_user(PG_FUNCTION_ARGS)
+int
+bst_user_history(BstStoredModel *entry, int32 user_id, int32 *movies, float *ratings)
 {
-	int32		user_id = PG_GETARG_INT32(0);
-	int32		movie_id = PG_GETARG_INT32(1);
-	BstStoredModel *entry = model_for_call(fcinfo, bst_default_model && bst_default_model[0] ?
-										   bst_default_model : NULL);
-	int			L = bst_model_config(entry->model)->seq_len;
-	int32		movies[BST_MAX_SEQ_LEN];
-	float		ratings[BST_MAX_SEQ_LEN];
+	int			limit = bst_model_config(entry->model)->seq_len - 1;
+	/* The same order as bst_sequences, newest first. */
+	char	   *sql = psprintf("SELECT movie_id::pg_catalog.int4, rating::pg_catalog.float4 FROM %%s "
+							   "WHERE user_id OPERATOR(pg_catalog.=) $1 AND unix_timestamp IS NOT NULL "
+							   "ORDER BY unix_timestamp DESC, movie_id DESC, rating DESC LIMIT %d", limit);
 	uint64		found;
-	float		prediction;
-
-	if (entry->history == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("model \"%s\" was trained without a history relation", bst_short_name(entry->name)),
-				 errhint("Use bst_predict(model, movie_ids, ratings), or train with history => 'ratings'.")));
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	read_history(entry, user_id, L - 1);
+	history_query(entry, &entry->history_plan, sql, user_id, limit);
 	found = SPI_processed;
 	/* Newest first from the index; the window wants oldest first. */
 	for (uint64 i = 0; i < found; i++)
@@ -323,13 +310,59 @@ bst_predict_user(PG_FUNCTION_ARGS)
 							   BST_MAX_ABS_RATING, BST_MAX_ABS_RATING)));
 	}
 	SPI_finish();
+	return (int) found;
+}
 
-	if (found < (uint64) entry->min_history)
+int32 *
+bst_user_rated_movies(BstStoredModel *entry, int32 user_id, int64 *n)
+{
+	int32	   *ids;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	history_query(entry, &entry->rated_plan,
+				  "SELECT DISTINCT movie_id::pg_catalog.int4 FROM %s "
+				  "WHERE user_id OPERATOR(pg_catalog.=) $1 AND movie_id IS NOT NULL",
+				  user_id, 0);
+	*n = (int64) SPI_processed;
+	ids = SPI_palloc(Max(*n, 1) * sizeof(int32));
+	for (int64 i = 0; i < *n; i++)
+	{
+		bool		isnull;
+
+		ids[i] = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	SPI_finish();
+	return ids;
+}
+
+/*
+ * bst_predict(user_id, movie_id): the rating the user would give the movie
+ * now, from the user's latest seq_len - 1 ratings in the model's history
+ * relation (one index lookup) and the user's features as the model stored
+ * them.  A user with fewer ratings than the model was trained on gets the
+ * mean rating of the model's training windows.
+ */
+Datum
+bst_predict_user(PG_FUNCTION_ARGS)
+{
+	int32		user_id = PG_GETARG_INT32(0);
+	int32		movie_id = PG_GETARG_INT32(1);
+	BstStoredModel *entry = bst_model_for_call(fcinfo, bst_default_model && bst_default_model[0] ?
+										   bst_default_model : NULL);
+	int32		movies[BST_MAX_SEQ_LEN];
+	float		ratings[BST_MAX_SEQ_LEN];
+	int			found;
+	float		prediction;
+
+	found = bst_user_history(entry, user_id, movies, ratings);
+
+	if (found < entry->min_history)
 		prediction = entry->fallback_rating;
 	else
 	{
 		movies[found] = movie_id;
-		prediction = predict_one(entry, movies, ratings, (int) found + 1, true, user_id);
+		prediction = predict_one(entry, movies, ratings, found + 1, true, user_id);
 	}
 	bst_model_unpin(entry);
 	PG_RETURN_FLOAT4(prediction);
