@@ -109,6 +109,37 @@ CREATE FUNCTION bst_recommend(user_id integer, k integer DEFAULT 10, exclude_rat
 RETURNS TABLE (movie_id integer, score real, rank integer)
 AS 'MODULE_PATHNAME' LANGUAGE C STABLE CALLED ON NULL INPUT PARALLEL SAFE ROWS 10;
 
+-- Where a prediction looked: for the window bst_predict(user_id, movie_id)
+-- scores, the attention weight the target's query gave each history item
+-- and itself, per head (1..heads) and averaged (head NULL); the target's
+-- rows (the last position) carry the prediction as their rating.
+CREATE FUNCTION bst_explain_weights(user_id integer, target_movie_id integer, model text DEFAULT NULL)
+RETURNS TABLE ("position" integer, movie_id integer, rating real, attention real, head integer)
+AS 'MODULE_PATHNAME' LANGUAGE C STABLE CALLED ON NULL INPUT PARALLEL SAFE ROWS 40;
+
+-- The same with the movies' titles, from movies (yours: read as you).
+CREATE FUNCTION bst_explain(user_id integer, target_movie_id integer, model text DEFAULT NULL,
+                            movies regclass DEFAULT pg_catalog.to_regclass('movies'))
+RETURNS TABLE ("position" integer, movie_id integer, rating real, title text, attention real, head integer)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF movies IS NULL THEN
+        RETURN QUERY SELECT e.position, e.movie_id, e.rating, NULL::text, e.attention, e.head
+                     FROM @extschema@.bst_explain_weights(user_id, target_movie_id, model) e
+                     ORDER BY e.head NULLS FIRST, e.position;
+    ELSE
+        RETURN QUERY EXECUTE format(
+            'SELECT e.position, e.movie_id, e.rating, m.title::text, e.attention, e.head '
+            'FROM @extschema@.bst_explain_weights($1, $2, $3) e '
+            'LEFT JOIN %s m ON m.movie_id OPERATOR(pg_catalog.=) e.movie_id '
+            'ORDER BY e.head NULLS FIRST, e.position', movies)
+            USING user_id, target_movie_id, model;
+    END IF;
+END;
+$$;
+
 -- The models this backend holds loaded (bst.model_cache_memory bounds
 -- them), most recently used first: their memory, and the calls each served
 -- since it was loaded.

@@ -932,6 +932,19 @@ void bst_predict(BstPredictor *p, const BstBatch *b, float *out)
     }
 }
 
+int bst_predict_attention(BstPredictor *p, const BstBatch *b, float *out, float *attention)
+{
+    if (b->n != 1)
+        return -1;
+    bst_predict(p, b, out);
+    /* probs is [N, H, L, L] (query, key); the target is the last query. */
+    const int L = p->model->cfg.seq_len, H = p->model->cfg.heads;
+    for (int h = 0; h < H; h++)
+        memcpy(attention + (size_t)h * L, p->acts.probs + ((size_t)h * L + (L - 1)) * L,
+               (size_t)L * sizeof(float));
+    return 0;
+}
+
 void bst_predictor_free(BstPredictor *p)
 {
     if (!p)

@@ -325,4 +325,9 @@ int32_t bst_predictor_batch(const BstPredictor *p);
 void bst_predict(BstPredictor *p, const BstBatch *b, float *out /* [n] */);
 void bst_predictor_free(BstPredictor *p);
 
+/* bst_predict for one window (b->n = 1, else -1), also copying where the
+ * target looks: each head's attention weights of the target's query over
+ * the window's positions (padding gets 0), attention[h * L + position]. */
+int bst_predict_attention(BstPredictor *p, const BstBatch *b, float *out, float *attention /* [H * L] */);
+
 #endif
