@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BST_PORT=${BST_PORT:-54339}   # not the test suite's port: both may run at once
 source scripts/lib.sh
-BST_PACKAGES="$BST_PACKAGES curl unzip ca-certificates"
+BST_PACKAGES="$BST_PACKAGES curl unzip ca-certificates gnuplot-nox"
 
 ML1M_URL=https://files.grouplens.org/datasets/movielens/ml-1m.zip
 FALLBACK_DIR=../shared/data/ml-100k
@@ -65,6 +65,26 @@ run_sql -c "CREATE TABLE history_windows AS
 log "training BST with the defaults: user features, genres, bias and factor terms, AdamW, early stopping"
 run_sql -c "SELECT * FROM bst_train('movielens', 'SELECT user_id, movie_ids, ratings FROM history_windows WHERE NOT held_out')"
 
+# The training and validation curves, from bst_training_log, as a PNG.
+mkdir -p bench/results
+curves=$PWD/bench/results/training-curves.png
+psql -X -At -F ' ' -v ON_ERROR_STOP=1 -c "SELECT epoch, train_mae, val_mae FROM bst_training_log
+                       WHERE model = 'movielens' AND version = (SELECT max(version) FROM bst_models WHERE name = 'movielens')
+                       ORDER BY epoch" >/tmp/bst-demo-curves.dat
+gnuplot <<GNUPLOT
+set terminal pngcairo size 800,500 noenhanced
+set output '$curves'
+set title 'bst_train "movielens": MAE per epoch (bst_training_log)'
+set xlabel 'epoch'
+set ylabel 'MAE'
+set key bottom left
+set grid
+plot '/tmp/bst-demo-curves.dat' using 1:2 with linespoints title 'training (during the epoch)', \
+     '' using 1:3 with linespoints title 'validation (after the epoch)'
+GNUPLOT
+rm -f /tmp/bst-demo-curves.dat
+log "training and validation curves written to $curves"
+
 log "evaluating on the held-out targets (each from its window of up to 10 ratings)"
 run_sql -c "SELECT * FROM bst_evaluate('movielens', 'SELECT h.user_id, h.movie_ids, h.ratings
                                                    FROM windows w JOIN history_windows h
@@ -85,11 +105,13 @@ run_sql -c "SELECT w.user_id, m.title AS target_movie, w.ratings[4] AS rating,
             JOIN movies m ON m.movie_id = w.movie_ids[4]
             WHERE w.held_out ORDER BY w.user_id LIMIT 8"
 
-log "the five movies user 1 has not rated that the model says they would like most"
-run_sql -c "SET bst.model = 'movielens'" \
-        -c "SELECT m.movie_id, m.title, round(bst_predict(1, m.movie_id)::numeric, 2) AS predicted
-            FROM movies m
-            WHERE NOT EXISTS (SELECT FROM ratings r WHERE r.user_id = 1 AND r.movie_id = m.movie_id)
-            ORDER BY predicted DESC LIMIT 5"
+log "the five movies user 1 has not rated that the model says they would like most (bst_recommend)"
+run_sql -c "SELECT r.rank, r.movie_id, m.title, round(r.score::numeric, 2) AS score
+            FROM bst_recommend(1, 5, model => 'movielens') r JOIN movies m USING (movie_id) ORDER BY r.rank"
+
+log "why: where the model looked for its first recommendation (bst_explain, mean over the heads)"
+run_sql -c "SELECT e.position, e.title, e.rating, round(e.attention::numeric, 3) AS attention
+            FROM bst_explain(1, (SELECT movie_id FROM bst_recommend(1, 1, model => 'movielens')), 'movielens') e
+            WHERE e.head IS NULL ORDER BY e.position"
 
 log "done"
