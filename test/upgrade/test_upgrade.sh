@@ -132,6 +132,21 @@ weights_before=$(q $old -c "$weights_sql")
 v1_before=$(qa $old -c "$v1_predictions_sql")
 min_len_before=$(qa $old -c "SELECT count(*) FROM bst_sequences('ratings', min_len => 2)")
 
+# Before the update the 1.1 library serves 1.0's table, whose models have
+# no owner to read a history as: a history relation another role owns (a
+# view that could run its code) is refused, one the caller owns is read.
+hostile_1_0=$(qa $old -c "SET client_min_messages = warning" \
+    -c "DROP ROLE IF EXISTS regress_bst_upgrade_mallory" -c "CREATE ROLE regress_bst_upgrade_mallory" \
+    -c "CREATE VIEW mallory_history AS SELECT * FROM ratings" \
+    -c "ALTER VIEW mallory_history OWNER TO regress_bst_upgrade_mallory" \
+    -c "INSERT INTO bst_models (name, version, config, metrics, history, weights)
+        SELECT 'mallory', 1, config, metrics, 'public.mallory_history', weights FROM bst_models WHERE name = 'm'" \
+    -c "SET bst.model = 'mallory'" -c "SELECT bst_predict(1, 10)")
+own_1_0=$(qa $old -c "UPDATE bst_models SET history = 'public.ratings' WHERE name = 'mallory'" \
+    -c "SET bst.model = 'mallory'" -c "SELECT bst_predict(1, 10) BETWEEN -10 AND 20")
+q $old -q -c "DELETE FROM bst_models WHERE name = 'mallory'" -c "DROP VIEW mallory_history" \
+    -c "DROP ROLE regress_bst_upgrade_mallory"
+
 q $old -q -c "ALTER EXTENSION bst UPDATE TO '1.1'"
 
 version_after=$(qa $old -c "SELECT extversion FROM pg_extension WHERE extname = 'bst'")
@@ -172,6 +187,9 @@ check() {   # check DESCRIPTION 'CONDITION' (shell code, evaluated here)
 check "installed at 1.0 (extversion '$version_before')" '[ "$version_before" = 1.0 ]'
 check "1.0's bst_sequences has no min_len" \
     'grep -q "ERROR:  function bst_sequences(unknown, min_len => integer) does not exist" <<<"$min_len_before"'
+check "before the update, another role's history relation is refused" \
+    'grep -q "history relation public.mallory_history of model \"mallory\" belongs to another role" <<<"$hostile_1_0"'
+check "... and the caller's own is read" '[ "$(tail -n 1 <<<"$own_1_0")" = t ]'
 check "extension version after the update is 1.1 ('$version_after')" '[ "$version_after" = 1.1 ]'
 check "a fresh CREATE EXTENSION bst installs 1.1 ('$version_new')" '[ "$version_new" = 1.1 ]'
 check "stored model unchanged ($weights_after)" \
