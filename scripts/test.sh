@@ -4,8 +4,10 @@
 # installs what is missing, builds and installs the extension, starts a
 # private cluster, runs pg_regress (make installcheck), pgTAP (pg_prove),
 # the loader, pg_dump and 1.0 -> 1.1 upgrade tests, the C unit tests of
-# the numerical core and the TAP tests (kill -9, statement_timeout, hot
-# standby), prints one summary line per suite, stops the cluster
+# the numerical core (also under ASan and UBSan), 60 s of libFuzzer on the
+# weights deserializer and prediction, the SQL suites against an ASan+UBSan
+# build of the extension, and the TAP tests (kill -9, statement_timeout, hot
+# standby, memory, progress), prints one summary line per suite, stops the cluster
 # (also on failure or Ctrl-C) and exits non-zero when any suite failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -61,6 +63,9 @@ run_suite "loader (test/loader)" bash test/loader/test_loader.sh
 run_suite "pg_dump round trip (test/dump)" bash test/dump/test_dump.sh
 run_suite "extension upgrade 1.0 -> 1.1 (test/upgrade)" bash test/upgrade/test_upgrade.sh
 run_suite "C unit tests (make -C test/c check)" make -s -C test/c check
+run_suite "C unit tests under ASan+UBSan (make -C test/c check-sanitized)" make -s -j2 -C test/c check-sanitized
+run_suite "fuzzing the deserializer and prediction, 60 s (test/fuzz)" make -s -C test/fuzz run FUZZ_SECONDS=60 QUIET=1
+run_suite "SQL suites under ASan+UBSan (scripts/test_sanitized.sh)" bash scripts/test_sanitized.sh
 run_suite "TAP: crash, cancel, standby (make prove_installcheck)" tap
 
 printf '\n'
