@@ -2,6 +2,7 @@
 
 #include <stdint.h>
 #include <stdio.h>
+#include <math.h>
 #include <string.h>
 #include <zlib.h>
 
@@ -202,8 +203,10 @@ BstModel *bst_model_deserialize(const void *buf, size_t len, char *err, size_t e
     c.seq_len = (int32_t)get_u32(q + 8);
     c.heads = (int32_t)get_u32(q + 12);
     c.n_hidden = (int32_t)get_u32(q + 16);
+    /* Sizes past n_hidden are written as 0 and mean nothing: keep them 0, so
+     * that a loaded config is the one that was saved. */
     for (int i = 0; i < BST_MAX_HIDDEN; i++)
-        c.hidden[i] = (int32_t)get_u32(q + 20 + 4 * i);
+        c.hidden[i] = i < c.n_hidden ? (int32_t)get_u32(q + 20 + 4 * i) : 0;
     q += 20 + 4 * BST_MAX_HIDDEN;
     c.dropout = get_f32(q);
     c.leaky_slope = get_f32(q + 4);
@@ -276,8 +279,15 @@ BstModel *bst_model_deserialize(const void *buf, size_t len, char *err, size_t e
         }
         m->user_feats[BST_N_USER_FEATS + i] = f;
     }
-    for (size_t i = 0; i < (size_t)c.n_movies * c.n_genres; i++, q += 4)
-        m->movie_genres[c.n_genres + i] = get_f32(q);
+    for (size_t i = 0; i < (size_t)c.n_movies * c.n_genres; i++, q += 4) {
+        /* The check bst_model_set_vocab makes when a model is built. */
+        float g = get_f32(q);
+        if (!isfinite(g)) {
+            bst_model_free(m);
+            return fail(err, errlen, "genre values must be finite");
+        }
+        m->movie_genres[c.n_genres + i] = g;
+    }
     for (size_t i = 0; i < m->params.size; i++, q += 4)
         m->params.slab[i] = get_f32(q);
     for (size_t i = 0; i < m->bn.size; i++, q += 4)
