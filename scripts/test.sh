@@ -7,7 +7,8 @@
 # the numerical core (also under ASan and UBSan), 60 s of libFuzzer on the
 # weights deserializer and prediction, the SQL suites against an ASan+UBSan
 # build of the extension, and the TAP tests (kill -9, statement_timeout, hot
-# standby, memory, progress), prints one summary line per suite, stops the cluster
+# standby, memory, progress), and builds, installs, tests and removes the
+# Debian package, prints one summary line per suite, stops the cluster
 # (also on failure or Ctrl-C) and exits non-zero when any suite failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -67,6 +68,9 @@ run_suite "C unit tests under ASan+UBSan (make -C test/c check-sanitized)" make 
 run_suite "fuzzing the deserializer and prediction, 60 s (test/fuzz)" make -s -C test/fuzz run FUZZ_SECONDS=60 QUIET=1
 run_suite "SQL suites under ASan+UBSan (scripts/test_sanitized.sh)" bash scripts/test_sanitized.sh
 run_suite "TAP: crash, cancel, standby (make prove_installcheck)" tap
+# Last: removing the package removes what "make install" installed (the
+# script installs the working tree again at its end).
+run_suite "Debian package: build, install, installcheck, remove (scripts/test_package.sh)" bash scripts/test_package.sh
 
 printf '\n'
 printf '%s\n' "${summary[@]}"
