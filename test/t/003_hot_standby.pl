@@ -1,7 +1,9 @@
-# A hot standby (streaming replica): the models arrive by WAL, prediction
-# and evaluation on the standby give the primary's values bit for bit, and
-# bst_train is refused up front (SQLSTATE 25006, "... during recovery"):
-# before it runs its training query, so before any epoch.
+# A hot standby (streaming replica): the models arrive by WAL; prediction,
+# evaluation and recommendations on the standby give the primary's values
+# bit for bit; a new version or a deployment on the primary is used by a
+# standby session at its next statement after replay; and bst_train is
+# refused up front (SQLSTATE 25006, "... during recovery"): before it runs
+# its training query, so before any epoch.
 use strict;
 use warnings;
 
@@ -71,6 +73,26 @@ is($r->{stdout}, $keras_window, 'the same value as the primary');
 
 is(models_fingerprint($primary), $models, 'no version was added on the primary');
 is(models_fingerprint($standby), $models, 'nor on the standby');
+
+# bst_recommend on the standby, from the user's history there.
+my $recommend = q{SELECT string_agg(movie_id || ':' || score, ',' ORDER BY rank) FROM bst_recommend(5, 10, model => 'keras')};
+my $recommended = $primary->safe_psql('postgres', "SET bst.threads = 1; $recommend");
+$r = session_query($s, $recommend);
+is($r->{sqlstate}, '00000', 'bst_recommend runs on the standby');
+is($r->{stdout}, "$recommended\n", 'and ranks as on the primary, with the same scores');
+
+# A version trained on the primary is used by the standby session at its
+# next statement after replay, and a deployment likewise.
+bst_train($primary, 'keras', epochs => 2, seed => 21);
+$primary->wait_for_catchup($standby, 'replay', $primary->lsn('insert'));
+my $new_window = $primary->safe_psql('postgres', $predict);
+isnt("$new_window\n", $keras_window, 'the primary predicts differently with its new version');
+$r = session_query($s, $predict);
+is($r->{stdout}, "$new_window\n", 'the standby session uses the new version at its next statement');
+$primary->safe_psql('postgres', q{SELECT bst_deploy('keras', 2)});
+$primary->wait_for_catchup($standby, 'replay', $primary->lsn('insert'));
+$r = session_query($s, $predict);
+is($r->{stdout}, $keras_window, 'and the version deployed on the primary (2, the earlier latest), after replay');
 
 $s->{stdin} .= "\\q\n";
 $s->{run}->finish;
