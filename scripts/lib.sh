@@ -3,7 +3,7 @@
 
 PG_BIN=/usr/lib/postgresql/15/bin
 BST_PORT=${BST_PORT:-54329}
-BST_PACKAGES="make gcc clang libclang-rt-14-dev postgresql-15 postgresql-server-dev-15 libopenblas-dev zlib1g-dev postgresql-15-pgtap pgtap libipc-run-perl"
+BST_PACKAGES="make gcc clang libclang-rt-14-dev postgresql-15 postgresql-server-dev-15 libopenblas-dev zlib1g-dev postgresql-15-pgtap pgtap libipc-run-perl postgresql-15-plproxy"
 
 log() { printf '== %s\n' "$*" >&2; }
 

@@ -48,8 +48,8 @@ pgtap() {
 # (initdb refuses root), in a copy of the tests that owner may write to.
 tap() {
     local d rc
-    d=$(mktemp -d /tmp/bst-tap.XXXXXX) && mkdir "$d/test" && cp Makefile "$d/" &&
-        cp -r test/t "$d/test/" || return 1
+    d=$(mktemp -d /tmp/bst-tap.XXXXXX) && mkdir "$d/test" "$d/scripts" && cp Makefile "$d/" &&
+        cp -r test/t "$d/test/" && cp scripts/sharding.sh "$d/scripts/" || return 1
     [ "$(id -u)" = 0 ] && chown -R postgres: "$d"
     as_owner make -s -C "$d" prove_installcheck
     rc=$?
