@@ -45,6 +45,8 @@ DROP FUNCTION bst_train(text, text, integer, integer, real, integer, integer[], 
 -- option but model, query and seed defaults to NULL: the preset's value
 -- ('default', the best configuration found; 'keras_example', the Keras BST
 -- example's exact recipe).  users and movies are read when they exist.
+-- warm_start => v continues version v's weights and optimizer state; the
+-- options left NULL are then v's, and its architecture cannot change.
 CREATE FUNCTION bst_train(
     model text,
     query text,
@@ -73,6 +75,7 @@ CREATE FUNCTION bst_train(
     early_stopping boolean DEFAULT NULL,
     factors integer DEFAULT NULL,                -- width of a user x movie factor term, 0: none
     rating_mode text DEFAULT NULL,               -- 'multiply' (Keras) or 'add'
+    warm_start integer DEFAULT NULL,             -- a version of the model to continue from
     OUT model text,
     OUT version integer,
     OUT training_rows bigint,
@@ -99,6 +102,12 @@ UPDATE bst_models SET owner = (SELECT c.relowner FROM pg_catalog.pg_class c
 ALTER TABLE bst_models
     ALTER COLUMN owner SET NOT NULL,
     ALTER COLUMN owner SET DEFAULT (pg_catalog.quote_ident(CURRENT_USER))::pg_catalog.regrole;
+
+-- What bst_train(warm_start => version) continues from: the optimizer's
+-- state, in a checksummed layout of its own bound to the weights, as large
+-- as the weights again or twice, so a column apart that prediction never
+-- reads.  1.0 kept none: its versions cannot be continued.
+ALTER TABLE bst_models ADD COLUMN optimizer_state bytea;
 
 -- The top k movies of the model's vocabulary for a user's current history
 -- (the latest seq_len - 1 ratings, as bst_predict(user_id, movie_id) reads

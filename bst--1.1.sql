@@ -80,7 +80,11 @@ RETURN mod(mod(mod(($1::numeric * 1000003 + $2) * 2654435761, 4294967296) + 4294
 -- Every trained version of every model.  weights is the numerical core's
 -- versioned, checksummed binary layout; config and metrics are for people.
 -- A model belongs to the role that first trained it (owner, the same in
--- every version); see "Privileges" below.
+-- every version); see "Privileges" below.  optimizer_state is what
+-- bst_train(warm_start => version) continues from, in a checksummed layout
+-- of its own bound to the weights: as large as the weights again or twice,
+-- so a column apart that prediction never reads (NULL: none, as for 1.0's
+-- versions; setting it NULL frees the space and only forbids warm starts).
 CREATE TABLE bst_models (
     model_id bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
     name text NOT NULL,
@@ -91,6 +95,7 @@ CREATE TABLE bst_models (
     history text,               -- relation bst_predict(user_id, movie_id) reads histories from
     weights bytea NOT NULL,
     owner regrole NOT NULL DEFAULT (pg_catalog.quote_ident(CURRENT_USER))::pg_catalog.regrole,
+    optimizer_state bytea,
     PRIMARY KEY (name, version)
 );
 SELECT pg_catalog.pg_extension_config_dump('bst_models', '');
@@ -101,6 +106,8 @@ SELECT pg_catalog.pg_extension_config_dump('bst_models_model_id_seq', '');
 -- option but model, query and seed defaults to NULL: the preset's value
 -- ('default', the best configuration found; 'keras_example', the Keras BST
 -- example's exact recipe).  users and movies are read when they exist.
+-- warm_start => v continues version v's weights and optimizer state; the
+-- options left NULL are then v's, and its architecture cannot change.
 CREATE FUNCTION bst_train(
     model text,
     query text,
@@ -129,6 +136,7 @@ CREATE FUNCTION bst_train(
     early_stopping boolean DEFAULT NULL,
     factors integer DEFAULT NULL,                -- width of a user x movie factor term, 0: none
     rating_mode text DEFAULT NULL,               -- 'multiply' (Keras) or 'add'
+    warm_start integer DEFAULT NULL,             -- a version of the model to continue from
     OUT model text,
     OUT version integer,
     OUT training_rows bigint,

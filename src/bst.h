@@ -10,6 +10,7 @@
 #include "fmgr.h"
 #include "executor/spi.h"
 #include "storage/itemptr.h"
+#include "utils/jsonb.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
@@ -160,9 +161,23 @@ extern BstStoredModel *bst_model_for_call(FunctionCallInfo fcinfo, const char *n
 extern int	bst_user_history(BstStoredModel *entry, int32 user_id, int32 *movies, float *ratings);
 extern int32 *bst_user_rated_movies(BstStoredModel *entry, int32 user_id, int64 *n);
 extern Oid	bst_model_owner(FunctionCallInfo fcinfo, const char *name);
+/* Stores a new version of name: its weights, and its optimizer state when
+ * state is not NULL (and the install has the column); returns the version. */
 extern int32 bst_model_store(FunctionCallInfo fcinfo, const char *name, Oid owner,
-							 const BstModel *model, const char *config_json,
-							 const char *metrics_json, const char *history,
-							 const BstEpochLog *log, int32 n_log);
+							 const BstModel *model, const BstTrainState *state,
+							 const char *config_json, const char *metrics_json,
+							 const char *history, const BstEpochLog *log, int32 n_log);
+
+/* A stored version as bst_train(warm_start => version) continues it. */
+typedef struct BstStoredVersion
+{
+	int32		version;
+	BstModel   *model;			/* its weights: a model of its own, not the cache's */
+	BstTrainState *state;		/* its optimizer state */
+	Jsonb	   *config;			/* its options, the value lists of its inputs */
+} BstStoredVersion;
+
+extern void bst_model_read_version(FunctionCallInfo fcinfo, const char *name, int32 version,
+								   MemoryContext core_cxt, BstStoredVersion *out);
 
 #endif							/* BST_H */

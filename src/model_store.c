@@ -22,6 +22,7 @@
 #include "miscadmin.h"
 #include "nodes/pg_list.h"
 #include "utils/builtins.h"
+#include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 
@@ -52,6 +53,15 @@ bst_models_have_owner(FunctionCallInfo fcinfo)
 	Oid			models = get_relname_relid("bst_models", get_func_namespace(fcinfo->flinfo->fn_oid));
 
 	return OidIsValid(models) && get_attnum(models, "owner") != InvalidAttrNumber;
+}
+
+/* Whether bst_models has 1.1's optimizer_state column (see above). */
+static bool
+models_have_optimizer_state(FunctionCallInfo fcinfo)
+{
+	Oid			models = get_relname_relid("bst_models", get_func_namespace(fcinfo->flinfo->fn_oid));
+
+	return OidIsValid(models) && get_attnum(models, "optimizer_state") != InvalidAttrNumber;
 }
 
 /*
@@ -127,16 +137,18 @@ store_training_log(FunctionCallInfo fcinfo, int64 model_id, const char *name, in
 
 int32
 bst_model_store(FunctionCallInfo fcinfo, const char *name, Oid owner, const BstModel *model,
-				const char *config_json, const char *metrics_json, const char *history,
-				const BstEpochLog *log, int32 n_log)
+				const BstTrainState *state, const char *config_json, const char *metrics_json,
+				const char *history, const BstEpochLog *log, int32 n_log)
 {
 	size_t		size = bst_model_serialized_size(model);
 	bytea	   *weights;
 	char	   *sql;
-	Oid			argtypes[6] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, BYTEAOID, OIDOID};
-	Datum		values[6];
-	char		nulls[6] = {' ', ' ', ' ', history ? ' ' : 'n', ' ', ' '};
+	Oid			argtypes[7] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, BYTEAOID, OIDOID, BYTEAOID};
+	Datum		values[7];
+	char		nulls[7] = {' ', ' ', ' ', history ? ' ' : 'n', ' ', ' ', ' '};
 	bool		with_owner = OidIsValid(owner);
+	/* A 1.0 install, not updated yet, keeps no optimizer state. */
+	bool		with_state = state != NULL && models_have_optimizer_state(fcinfo);
 	bool		isnull;
 	int32		version;
 
@@ -148,6 +160,24 @@ bst_model_store(FunctionCallInfo fcinfo, const char *name, Oid owner, const BstM
 	weights = palloc(VARHDRSZ + size);
 	SET_VARSIZE(weights, VARHDRSZ + size);
 	bst_model_serialize(model, VARDATA(weights));
+	values[6] = (Datum) 0;
+	if (with_state)
+	{
+		size_t		state_size = bst_train_state_serialized_size(state);
+		bytea	   *state_blob;
+
+		/* Twice the parameters (Adam) may pass the limit the weights keep. */
+		if (state_size > MaxAllocSize - VARHDRSZ)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("the optimizer state of model \"%s\" is too large to store (%zu bytes)",
+							bst_short_name(name), state_size),
+					 errhint("Use a smaller embed_dim or hidden layers, or optimizer => 'adagrad', whose state is half Adam's.")));
+		state_blob = palloc(VARHDRSZ + state_size);
+		SET_VARSIZE(state_blob, VARHDRSZ + state_size);
+		bst_train_state_serialize(state, VARDATA(weights), size, VARDATA(state_blob));
+		values[6] = PointerGetDatum(state_blob);
+	}
 
 	values[0] = CStringGetTextDatum(name);
 	values[1] = CStringGetTextDatum(config_json);
@@ -162,21 +192,24 @@ bst_model_store(FunctionCallInfo fcinfo, const char *name, Oid owner, const BstM
 	 * snapshot may not show a version committed meanwhile; then the insert
 	 * conflicts, and the caller gets a serialization failure to retry.
 	 */
-	sql = psprintf("INSERT INTO %s.bst_models (name, version, config, metrics, history, weights%s) "
+	sql = psprintf("INSERT INTO %s.bst_models (name, version, config, metrics, history, weights%s%s) "
 				   "SELECT $1, coalesce(pg_catalog.max(version), 0) OPERATOR(pg_catalog.+) 1, "
-				   "       $2::pg_catalog.jsonb, $3::pg_catalog.jsonb, $4, $5%s "
+				   "       $2::pg_catalog.jsonb, $3::pg_catalog.jsonb, $4, $5%s%s "
 				   "FROM %s.bst_models WHERE name OPERATOR(pg_catalog.=) $1 "
 				   "ON CONFLICT (name, version) DO NOTHING "
 				   "RETURNING version, model_id",
-				   bst_schema(fcinfo), with_owner ? ", owner" : "",
-				   with_owner ? ", $6::pg_catalog.regrole" : "", bst_schema(fcinfo));
+				   bst_schema(fcinfo), with_owner ? ", owner" : "", with_state ? ", optimizer_state" : "",
+				   with_owner ? ", $6::pg_catalog.regrole" : "", with_state ? ", $7" : "",
+				   bst_schema(fcinfo));
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	SPI_execute_with_args("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('bst_models'), "
 						  "pg_catalog.hashtext($1))",
 						  1, argtypes, values, NULL, false, 0);
-	if (SPI_execute_with_args(sql, with_owner ? 6 : 5, argtypes, values, nulls, false, 0) !=
+	/* Every parameter has its type: the ones the statement leaves out are
+	 * unused, not undetermined. */
+	if (SPI_execute_with_args(sql, 7, argtypes, values, nulls, false, 0) !=
 		SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "could not store model \"%s\"", name);
 	if (SPI_processed != 1)
@@ -576,6 +609,91 @@ bst_model_get(FunctionCallInfo fcinfo, const char *name)
 	}
 	SPI_finish();
 	return entry;
+}
+
+/*
+ * Version `version` of model name as bst_train(warm_start => version)
+ * continues it, read as the caller (row-level security applies): its
+ * weights and optimizer state deserialized into core_cxt, never into the
+ * cache, and its config, copied into the caller's memory context.  42704 when
+ * the caller sees no such version; 55000 when it has no optimizer state;
+ * XX001 when a blob is unusable.
+ */
+void
+bst_model_read_version(FunctionCallInfo fcinfo, const char *name, int32 version,
+					   MemoryContext core_cxt, BstStoredVersion *out)
+{
+	MemoryContext outer = CurrentMemoryContext;
+	const char *schema = bst_schema(fcinfo);
+	bool		with_state = models_have_optimizer_state(fcinfo);
+	Oid			argtypes[2] = {TEXTOID, INT4OID};
+	Datum		values[2] = {CStringGetTextDatum(name), Int32GetDatum(version)};
+	HeapTuple	row;
+	TupleDesc	desc;
+	bool		isnull;
+	Datum		datum;
+	bytea	   *weights;
+	bytea	   *state;
+	char		err[256];
+	MemoryContext old;
+	MemoryContext old_core;
+
+	memset(out, 0, sizeof(*out));
+	out->version = version;
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	SPI_execute_with_args(psprintf("SELECT weights, %s, config FROM %s.bst_models "
+								   "WHERE name OPERATOR(pg_catalog.=) $1 AND version OPERATOR(pg_catalog.=) $2",
+								   with_state ? "optimizer_state" : "NULL::pg_catalog.bytea", schema),
+						  2, argtypes, values, NULL, true, 1);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("version %d of bst model \"%s\" does not exist", version, bst_short_name(name)),
+				 errhint("warm_start names a stored version of the model being trained: see SELECT version FROM bst_models WHERE name = %s.",
+						 quote_literal_cstr(bst_short_name(name)))));
+	row = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	datum = SPI_getbinval(row, desc, 1, &isnull);
+	if (isnull)
+		model_row_invalid(name, version, "weights", "are NULL");
+	weights = DatumGetByteaPP(datum);
+	datum = SPI_getbinval(row, desc, 2, &isnull);
+	if (isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("version %d of bst model \"%s\" has no optimizer state to continue from",
+						version, bst_short_name(name)),
+				 errdetail("Versions trained by bst 1.0, or before bst_train kept the optimizer's state, hold only their weights."),
+				 errhint("Train without warm_start, or continue a version trained since: see SELECT version FROM bst_models WHERE name = %s AND optimizer_state IS NOT NULL.",
+						 quote_literal_cstr(bst_short_name(name)))));
+	state = DatumGetByteaPP(datum);
+
+	old_core = bst_core_memory(core_cxt);
+	out->model = bst_model_deserialize(VARDATA_ANY(weights), VARSIZE_ANY_EXHDR(weights),
+									   err, sizeof(err));
+	bst_core_memory(old_core);
+	if (out->model == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("weights of model \"%s\" version %d are unusable: %s",
+						bst_short_name(name), version, err),
+				 errhint("Train without warm_start, or continue another version.")));
+	old_core = bst_core_memory(core_cxt);
+	out->state = bst_train_state_deserialize(VARDATA_ANY(state), VARSIZE_ANY_EXHDR(state),
+											 out->model, VARDATA_ANY(weights),
+											 VARSIZE_ANY_EXHDR(weights), err, sizeof(err));
+	bst_core_memory(old_core);
+	if (out->state == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("optimizer state of model \"%s\" version %d is unusable: %s",
+						bst_short_name(name), version, err),
+				 errhint("Train without warm_start, or continue another version.")));
+	old = MemoryContextSwitchTo(outer);
+	out->config = DatumGetJsonbPCopy(SPI_getbinval(row, desc, 3, &isnull));
+	MemoryContextSwitchTo(old);
+	SPI_finish();
 }
 
 /*

@@ -16,6 +16,7 @@
 
 #include "access/htup_details.h"
 #include "catalog/pg_type.h"
+#include "common/shortest_dec.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "lib/stringinfo.h"
@@ -42,7 +43,7 @@ enum
 	/* 1.1 */
 	ARG_PRESET, ARG_USERS, ARG_MOVIES, ARG_SEQ_LEN, ARG_FEATURES, ARG_BIAS, ARG_BIAS_INIT,
 	ARG_WEIGHT_DECAY, ARG_LR_SCHEDULE, ARG_VALIDATION_FRACTION, ARG_PATIENCE,
-	ARG_EARLY_STOPPING, ARG_FACTORS, ARG_RATING_MODE
+	ARG_EARLY_STOPPING, ARG_FACTORS, ARG_RATING_MODE, ARG_WARM_START
 };
 #define NARGS_1_0 13
 
@@ -147,6 +148,22 @@ typedef struct TrainArgs
 	Oid			movies;
 	char	   *vocabulary;		/* query, or NULL for the movies of the data */
 } TrainArgs;
+
+/*
+ * A warm start: the stored version it continues, and what its options and
+ * inputs were.  Its options stand in for the preset; the value lists of its
+ * user features and its genre names stay the model's, since the weights
+ * hold only their positions in them.
+ */
+typedef struct WarmStart
+{
+	BstStoredVersion stored;
+	Preset		options;
+	int32		n_values[BST_N_USER_FEATS];
+	char	  **values[BST_N_USER_FEATS];	/* sorted distinct text values */
+	int32		n_genres;
+	char	  **genres;			/* sorted distinct genre names */
+} WarmStart;
 
 /* What the model's optional inputs are built from. */
 typedef struct Inputs
@@ -263,8 +280,13 @@ parse_features(ArrayType *array)
 	return features;
 }
 
+/*
+ * The call's options, each left NULL taken from the preset, or on a warm
+ * start (warm not NULL) from the stored version's options, which then
+ * stand in for the preset.
+ */
 static void
-parse_args(FunctionCallInfo fcinfo, TrainArgs *a)
+parse_args(FunctionCallInfo fcinfo, TrainArgs *a, const WarmStart *warm)
 {
 	const Preset *p = NULL;
 	BstFitOptions *o = &a->fit;
@@ -293,6 +315,8 @@ parse_args(FunctionCallInfo fcinfo, TrainArgs *a)
 					 errmsg("unknown preset \"%s\"", name),
 					 errhint("Use 'default' or 'keras_example'.")));
 	}
+	if (warm)
+		p = &warm->options;
 	a->preset = p;
 
 	bst_train_options_default(&o->train);
@@ -343,9 +367,11 @@ parse_args(FunctionCallInfo fcinfo, TrainArgs *a)
 							BST_MAX_VALIDATION_FRACTION, o->validation_fraction),
 					 errhint("Pass early_stopping => false to train on every window.")));
 	}
+	else if (early_stopping)
+		o->validation_fraction = p->validation_fraction > 0 ? p->validation_fraction : DEFAULT_VALIDATION_FRACTION;
 	else
-		o->validation_fraction = early_stopping ?
-			(p->validation_fraction > 0 ? p->validation_fraction : DEFAULT_VALIDATION_FRACTION) : 0.0f;
+		/* A stored version may have had a split without early stopping. */
+		o->validation_fraction = warm && !arg_given(fcinfo, ARG_EARLY_STOPPING) ? p->validation_fraction : 0.0f;
 	if (arg_given(fcinfo, ARG_PATIENCE))
 	{
 		o->patience = PG_GETARG_INT32(ARG_PATIENCE);
@@ -424,6 +450,286 @@ parse_args(FunctionCallInfo fcinfo, TrainArgs *a)
 	a->features = a->features_explicit ? parse_features(PG_GETARG_ARRAYTYPE_P(ARG_FEATURES)) : p->features;
 }
 
+/* The inputs a model's config takes, as feature bits. */
+static uint32
+config_features(const BstConfig *c)
+{
+	uint32		features = 0;
+
+	if (c->user_dim > 0)
+		features |= FEATURE_BIT(FEATURE_USER_ID);
+	for (int k = 0; k < BST_N_USER_FEATS; k++)
+		if (c->feat_dim[k] > 0)
+			features |= FEATURE_BIT(FEATURE_SEX + k);
+	if (c->n_genres > 0)
+		features |= FEATURE_BIT(FEATURE_GENRES);
+	return features;
+}
+
+/*
+ * The stored version's config, edited into what bst_train never stores
+ * (key NULL: its options together).
+ */
+static void
+config_invalid(const WarmStart *w, const char *name, const char *key, const char *why)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_DATA_CORRUPTED),
+			 key ? errmsg("config->'%s' of model \"%s\" version %d %s", key, bst_short_name(name),
+						  w->stored.version, why) :
+			 errmsg("the options in the config of model \"%s\" version %d are invalid: %s",
+					bst_short_name(name), w->stored.version, why),
+			 errhint("Restore the row as bst_train stored it, or train without warm_start.")));
+}
+
+static JsonbValue *
+config_value(const WarmStart *w, const char *name, const char *key, enum jbvType type)
+{
+	JsonbValue *v = getKeyJsonValueFromContainer(&w->stored.config->root, key, strlen(key), NULL);
+
+	if (v == NULL)
+		config_invalid(w, name, key, "is missing");
+	if (v->type != type)
+		config_invalid(w, name, key, type == jbvString ? "is not a string" :
+					   type == jbvNumeric ? "is not a number" : "is not an array");
+	return v;
+}
+
+static double
+config_number(const WarmStart *w, const char *name, const char *key)
+{
+	JsonbValue *v = config_value(w, name, key, jbvNumeric);
+
+	return DatumGetFloat8(DirectFunctionCall1(numeric_float8, NumericGetDatum(v->val.numeric)));
+}
+
+/* A float option as the config's decimal reads as a float: directly, not
+ * through a double, which could round it to the other neighbour. */
+static float
+config_float(const WarmStart *w, const char *name, const char *key)
+{
+	JsonbValue *v = config_value(w, name, key, jbvNumeric);
+	char	   *digits = DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v->val.numeric)));
+	float		f = strtof(digits, NULL);
+
+	if (!isfinite(f))
+		config_invalid(w, name, key, "is not a finite float");
+	return f;
+}
+
+static int32
+config_int(const WarmStart *w, const char *name, const char *key)
+{
+	double		v = config_number(w, name, key);
+
+	if (v != floor(v) || v < PG_INT32_MIN || v > PG_INT32_MAX)
+		config_invalid(w, name, key, "is not a whole number");
+	return (int32) v;
+}
+
+/* The index of the config's string among names. */
+static int
+config_name(const WarmStart *w, const char *name, const char *key, const char *const *names, int n)
+{
+	JsonbValue *v = config_value(w, name, key, jbvString);
+	char	   *value = pnstrdup(v->val.string.val, v->val.string.len);
+
+	for (int k = 0; k < n; k++)
+		if (strcmp(value, names[k]) == 0)
+			return k;
+	config_invalid(w, name, key, psprintf("names no known value: \"%s\"", value));
+	return -1;					/* not reached */
+}
+
+/* The config's sorted list of n distinct strings (value lists, genres). */
+static char **
+config_strings(const WarmStart *w, const char *name, const char *key, int32 n)
+{
+	JsonbValue *v = config_value(w, name, key, jbvBinary);
+	JsonbContainer *list = v->val.binary.data;
+	char	  **out;
+
+	if (!JsonContainerIsArray(list) || JsonContainerSize(list) != (uint32) n)
+		config_invalid(w, name, key, psprintf("does not list the model's %d values", n));
+	out = palloc(Max(n, 1) * sizeof(char *));
+	for (int32 i = 0; i < n; i++)
+	{
+		JsonbValue *e = getIthJsonbValueFromContainer(list, i);
+
+		if (e == NULL || e->type != jbvString)
+			config_invalid(w, name, key, "lists a value that is not a string");
+		out[i] = pnstrdup(e->val.string.val, e->val.string.len);
+		/* Positions in this order are what the weights hold. */
+		if (i > 0 && strcmp(out[i - 1], out[i]) >= 0)
+			config_invalid(w, name, key, "is not sorted and distinct");
+	}
+	return out;
+}
+
+/*
+ * bst_train(..., warm_start => version): the stored version (its model and
+ * optimizer state allocated in train_cxt), and its options, which stand in
+ * for the preset: the training options from its config, the architecture
+ * from its weights.  Its biases and output layer are trained already, so
+ * neither starts afresh; predictions are clipped if its were.
+ */
+static void
+read_warm_start(FunctionCallInfo fcinfo, MemoryContext train_cxt, WarmStart *w)
+{
+	static const char *const value_keys[BST_N_USER_FEATS] = {
+		"sex_values", "age_group_values", "occupation_values"
+	};
+	Preset	   *o = &w->options;
+	const BstConfig *c;
+	BstFitOptions check;
+	const char *bad;
+	char	   *name;
+
+	bst_arg_not_null(fcinfo, ARG_MODEL, "model");
+	name = text_to_cstring(PG_GETARG_TEXT_PP(ARG_MODEL));
+	bst_check_model_name(name);
+	bst_model_read_version(fcinfo, name, PG_GETARG_INT32(ARG_WARM_START), train_cxt, &w->stored);
+	c = bst_model_config(w->stored.model);
+
+	{
+		JsonbValue *v = config_value(w, name, "preset", jbvString);
+		const Preset *preset = find_preset(pnstrdup(v->val.string.val, v->val.string.len));
+
+		if (preset == NULL)
+			config_invalid(w, name, "preset", "names no preset");
+		/* Its name, for the config; every value is the version's. */
+		*o = *preset;
+	}
+	o->epochs = config_int(w, name, "epochs");
+	o->batch_size = config_int(w, name, "batch_size");
+	o->learning_rate = config_float(w, name, "learning_rate");
+	/* The state is the optimizer's: authoritative, and checksummed. */
+	o->optimizer = w->stored.state->optimizer;
+	o->weight_decay = config_float(w, name, "weight_decay");
+	o->lr_schedule = (BstLrSchedule) config_name(w, name, "lr_schedule", schedule_names,
+												 lengthof(schedule_names));
+	o->validation_fraction = config_float(w, name, "validation_fraction");
+	o->patience = config_int(w, name, "patience");
+	memset(&check, 0, sizeof(check));
+	check.train.optimizer = o->optimizer;
+	check.train.learning_rate = o->learning_rate;
+	check.train.batch_size = o->batch_size;
+	check.train.weight_decay = o->weight_decay;
+	check.epochs = o->epochs;
+	check.lr_schedule = o->lr_schedule;
+	check.validation_fraction = o->validation_fraction;
+	check.patience = o->patience;
+	if ((bad = bst_fit_options_check(&check)) != NULL)
+		config_invalid(w, name, NULL, bad);
+
+	o->heads = c->heads;
+	o->n_hidden = c->n_hidden;
+	memcpy(o->hidden, c->hidden, sizeof(o->hidden));
+	o->dropout = c->dropout;
+	o->features = config_features(c);
+	o->bias = c->use_bias != 0;
+	o->bias_init = false;
+	o->zero_output = false;
+	o->clip = c->rating_min < c->rating_max;
+	o->factors = c->n_factors;
+	o->rating_add = c->rating_add != 0;
+
+	for (int k = 0; k < BST_N_USER_FEATS; k++)
+		if (c->feat_dim[k] > 0)
+		{
+			w->n_values[k] = c->n_feat_values[k];
+			w->values[k] = config_strings(w, name, value_keys[k], w->n_values[k]);
+		}
+	if (c->n_genres > 0)
+	{
+		w->n_genres = c->n_genres;
+		w->genres = config_strings(w, name, "genres", w->n_genres);
+	}
+}
+
+/* An option of the call that the stored version's architecture, or its
+ * optimizer state, rules out. */
+static void
+contradiction(const TrainArgs *a, const WarmStart *w, const char *option, const char *given,
+			  const char *stored)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("%s => %s contradicts version %d of model \"%s\", which has %s",
+					option, given, w->stored.version, bst_short_name(a->name), stored),
+			 errhint("A warm start keeps the stored version's architecture and optimizer: leave %s out, or train without warm_start.",
+					 option)));
+}
+
+static char *
+hidden_text(int32 n, const int32 *hidden)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '{');
+	for (int32 i = 0; i < n; i++)
+		appendStringInfo(&buf, "%s%d", i ? "," : "", hidden[i]);
+	appendStringInfoChar(&buf, '}');
+	return buf.data;
+}
+
+static char *
+features_text(uint32 features)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '{');
+	for (int f = 0; f < N_FEATURES; f++)
+		if (features & FEATURE_BIT(f))
+			appendStringInfo(&buf, "%s%s", buf.len > 1 ? "," : "", feature_names[f]);
+	appendStringInfoChar(&buf, '}');
+	return buf.data;
+}
+
+/*
+ * On a warm start every option is the stored version's unless given; one
+ * given that changes its architecture or optimizer is an error naming it.
+ * Its inputs are then asked for explicitly: a missing source is an error,
+ * never a dropped input.
+ */
+static void
+check_warm_start_args(FunctionCallInfo fcinfo, TrainArgs *a, const WarmStart *w)
+{
+	const BstConfig *c = bst_model_config(w->stored.model);
+	const char *const bools[] = {"false", "true"};
+
+	if (arg_given(fcinfo, ARG_BIAS_INIT) && PG_GETARG_BOOL(ARG_BIAS_INIT))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("bias_init does not apply to a warm start"),
+				 errhint("The bias terms continue from version %d's.", w->stored.version)));
+	if (a->embed_dim > 0 && a->embed_dim != c->embed_dim)
+		contradiction(a, w, "embed_dim", psprintf("%d", a->embed_dim), psprintf("%d", c->embed_dim));
+	if (a->seq_len > 0 && a->seq_len != c->seq_len)
+		contradiction(a, w, "seq_len", psprintf("%d", a->seq_len), psprintf("%d", c->seq_len));
+	if (a->heads != c->heads)
+		contradiction(a, w, "heads", psprintf("%d", a->heads), psprintf("%d", c->heads));
+	if (a->n_hidden != c->n_hidden || memcmp(a->hidden, c->hidden, a->n_hidden * sizeof(int32)) != 0)
+		contradiction(a, w, "hidden", hidden_text(a->n_hidden, a->hidden),
+					  hidden_text(c->n_hidden, c->hidden));
+	if (a->features != config_features(c))
+		contradiction(a, w, "features", features_text(a->features),
+					  features_text(config_features(c)));
+	if (a->bias != (c->use_bias != 0))
+		contradiction(a, w, "bias", bools[a->bias], bools[c->use_bias != 0]);
+	if (a->factors != c->n_factors)
+		contradiction(a, w, "factors", psprintf("%d", a->factors), psprintf("%d", c->n_factors));
+	if (a->rating_add != (c->rating_add != 0))
+		contradiction(a, w, "rating_mode", rating_mode_names[a->rating_add],
+					  rating_mode_names[c->rating_add != 0]);
+	if (a->fit.train.optimizer != w->stored.state->optimizer)
+		contradiction(a, w, "optimizer", optimizer_names[a->fit.train.optimizer],
+					  psprintf("%s's state", optimizer_names[w->stored.state->optimizer]));
+	a->features_explicit = true;
+}
+
 /*
  * A feature the call asked for explicitly must have its source; one that
  * only the preset asks for is dropped, with a notice, when the data lacks it.
@@ -486,6 +792,18 @@ string_index(char **values, int32 n, const char *value)
 	char	  **found = bsearch(&value, values, n, sizeof(char *), cmp_string);
 
 	return found ? (int32) (found - values) + 1 : 0;
+}
+
+/* The sorted distinct ids of both ascending lists, a[0..na) and b[0..nb). */
+static int32 *
+union_ids(const int32 *a, int32 na, const int32 *b, int32 nb, int32 *n)
+{
+	int32	   *out = palloc_extended(Max((int64) na + nb, 1) * sizeof(int32), MCXT_ALLOC_HUGE);
+
+	memcpy(out, a, na * sizeof(int32));
+	memcpy(out + na, b, nb * sizeof(int32));
+	*n = sort_unique(out, (int64) na + nb);
+	return out;
 }
 
 static int32
@@ -552,10 +870,17 @@ read_vocabulary(const char *query, const BstDataset *ds, int32 *n_movies)
  * each value (as text) mapped to an embedding row.  A training user without
  * a row is an error when those features are on: a silent "unknown" would
  * train the model on wrong data.
+ *
+ * On a warm start the stored version's users stay in the vocabulary, and
+ * the values map to the rows of its value lists (a value new since then is
+ * unknown, row 0); a user the relation has no row for keeps the features
+ * the version knew.
  */
 static void
-read_users(TrainArgs *a, const BstDataset *ds, Inputs *in)
+read_users(TrainArgs *a, const BstDataset *ds, const WarmStart *warm, Inputs *in)
 {
+	const BstModel *stored = warm ? warm->stored.model : NULL;
+	const int32 n_stored = stored ? bst_model_config(stored)->n_users : 0;
 	static const int table_features[BST_N_USER_FEATS] = {
 		FEATURE_SEX, FEATURE_AGE_GROUP, FEATURE_OCCUPATION
 	};
@@ -574,7 +899,15 @@ read_users(TrainArgs *a, const BstDataset *ds, Inputs *in)
 				drop_feature(a, f, ERRCODE_UNDEFINED_COLUMN,
 							 "the training query returns no user_id column",
 							 "Return user_id integer from the query.");
-		return;					/* the global and movie biases need no user */
+		/* The global and movie biases need no user; a stored model's users
+		 * stay. */
+		if (n_stored > 0)
+		{
+			in->n_users = n_stored;
+			in->user_ids = palloc(n_stored * sizeof(int32));
+			memcpy(in->user_ids, stored->user_ids, n_stored * sizeof(int32));
+		}
+		return;
 	}
 	if (want_table && a->users == InvalidOid)
 	{
@@ -650,11 +983,13 @@ read_users(TrainArgs *a, const BstDataset *ds, Inputs *in)
 	}
 
 	/* The user vocabulary. */
-	ids = palloc_extended((ds->n + n_rows + 1) * sizeof(int32), MCXT_ALLOC_HUGE);
+	ids = palloc_extended((ds->n + n_rows + n_stored + 1) * sizeof(int32), MCXT_ALLOC_HUGE);
 	for (int64 i = 0; i < ds->n; i++)
 		ids[n_ids++] = ds->users[i];
 	for (int64 i = 0; i < n_rows; i++)
 		ids[n_ids++] = row_ids[i];
+	for (int32 i = 0; i < n_stored; i++)
+		ids[n_ids++] = stored->user_ids[i];
 	in->n_users = sort_unique(ids, n_ids);
 	in->user_ids = ids;
 
@@ -669,6 +1004,12 @@ read_users(TrainArgs *a, const BstDataset *ds, Inputs *in)
 
 		if (!(a->features & FEATURE_BIT(table_features[k])))
 			continue;
+		if (warm)
+		{
+			in->n_values[k] = warm->n_values[k];
+			in->values[k] = warm->values[k];
+			continue;
+		}
 		sorted = palloc_extended(Max(n_rows, 1) * sizeof(char *), MCXT_ALLOC_HUGE);
 		for (int64 i = 0; i < n_rows; i++)
 			if (row_values[k][i])
@@ -699,6 +1040,15 @@ read_users(TrainArgs *a, const BstDataset *ds, Inputs *in)
 					in->user_feats[(int64) u * BST_N_USER_FEATS + k] =
 						string_index(in->values[k], in->n_values[k], row_values[k][i]);
 		}
+		for (int32 u = 0; u < in->n_users && stored; u++)
+		{
+			int32		known = has_row[u] ? 0 : bst_model_user_index(stored, in->user_ids[u]);
+
+			if (known > 0)
+				memcpy(in->user_feats + (int64) u * BST_N_USER_FEATS,
+					   stored->user_feats + (int64) known * BST_N_USER_FEATS,
+					   BST_N_USER_FEATS * sizeof(int32));
+		}
 		for (int64 i = 0; i < ds->n; i++)
 			if (!has_row[id_index(in->user_ids, in->n_users, ds->users[i]) - 1])
 				ereport(ERROR,
@@ -715,8 +1065,10 @@ read_users(TrainArgs *a, const BstDataset *ds, Inputs *in)
  * row has none).
  */
 static void
-read_genres(TrainArgs *a, const int32 *vocab, int32 n_movies, Inputs *in)
+read_genres(TrainArgs *a, const int32 *vocab, int32 n_movies, const WarmStart *warm, Inputs *in)
 {
+	const BstModel *stored = warm ? warm->stored.model : NULL;
+	bool	   *has_row;
 	MemoryContext outer = CurrentMemoryContext;
 	AttrNumber	att;
 	char	   *rel;
@@ -790,6 +1142,9 @@ read_genres(TrainArgs *a, const int32 *vocab, int32 n_movies, Inputs *in)
 						(errcode(ERRCODE_DATA_EXCEPTION),
 						 errmsg("movie %d has a NULL genre in movies relation \"%s\"",
 								row_movie[i], get_rel_name(a->movies))));
+			/* A warm start keeps the stored version's genres. */
+			if (warm)
+				continue;
 			if (n_names == capacity)
 			{
 				capacity *= 2;
@@ -803,8 +1158,16 @@ read_genres(TrainArgs *a, const int32 *vocab, int32 n_movies, Inputs *in)
 	}
 	SPI_finish();
 
-	in->n_genres = sort_unique_strings(names, n_names);
-	in->genres = names;
+	if (warm)
+	{
+		in->n_genres = warm->n_genres;
+		in->genres = warm->genres;
+	}
+	else
+	{
+		in->n_genres = sort_unique_strings(names, n_names);
+		in->genres = names;
+	}
 	if (in->n_genres > BST_MAX_GENRES)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
@@ -816,6 +1179,7 @@ read_genres(TrainArgs *a, const int32 *vocab, int32 n_movies, Inputs *in)
 		return;
 	}
 	in->movie_genres = palloc_extended((int64) n_movies * in->n_genres * sizeof(float), MCXT_ALLOC_HUGE | MCXT_ALLOC_ZERO);
+	has_row = palloc_extended(Max(n_movies, 1) * sizeof(bool), MCXT_ALLOC_HUGE | MCXT_ALLOC_ZERO);
 	for (uint64 i = 0; i < n_rows; i++)
 	{
 		int32		m = row_genres[i] ? id_index(vocab, n_movies, row_movie[i]) : 0;
@@ -825,10 +1189,26 @@ read_genres(TrainArgs *a, const int32 *vocab, int32 n_movies, Inputs *in)
 
 		if (m == 0)
 			continue;
+		has_row[m - 1] = true;
 		deconstruct_array(row_genres[i], TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
 		for (int j = 0; j < n; j++)
-			in->movie_genres[(int64) (m - 1) * in->n_genres +
-							 string_index(in->genres, in->n_genres, TextDatumGetCString(elems[j])) - 1] = 1.0f;
+		{
+			/* 0 only on a warm start: a genre new since the stored version. */
+			int32		g = string_index(in->genres, in->n_genres, TextDatumGetCString(elems[j]));
+
+			if (g > 0)
+				in->movie_genres[(int64) (m - 1) * in->n_genres + g - 1] = 1.0f;
+		}
+	}
+	/* A movie the relation no longer has keeps the genres the version knew. */
+	for (int32 m = 0; m < n_movies && stored; m++)
+	{
+		int32		known = has_row[m] ? 0 : bst_model_movie_index(stored, vocab[m]);
+
+		if (known > 0)
+			memcpy(in->movie_genres + (int64) m * in->n_genres,
+				   stored->movie_genres + (int64) known * in->n_genres,
+				   in->n_genres * sizeof(float));
 	}
 }
 
@@ -865,8 +1245,22 @@ append_json_strings(StringInfo buf, const char *key, char **values, int32 n)
 	appendStringInfoChar(buf, ']');
 }
 
+/*
+ * A training option a warm start reads back: the shortest decimal that
+ * parses to the same float (what %g prints for 0.001, more digits where 6
+ * would round), so that the continued training runs with the same bits.
+ */
+static void
+append_json_float(StringInfo buf, float v)
+{
+	char		digits[FLOAT_SHORTEST_DECIMAL_LEN];
+
+	float_to_shortest_decimal_buf(v, digits);
+	appendStringInfoString(buf, digits);
+}
+
 static char *
-config_json(const TrainArgs *a, const BstConfig *c, const Inputs *in)
+config_json(const TrainArgs *a, const BstConfig *c, const Inputs *in, const WarmStart *warm)
 {
 	const BstFitOptions *o = &a->fit;
 	StringInfoData buf;
@@ -924,17 +1318,17 @@ config_json(const TrainArgs *a, const BstConfig *c, const Inputs *in)
 	append_json_key(&buf, "optimizer");
 	escape_json(&buf, optimizer_names[o->train.optimizer]);
 	append_json_key(&buf, "learning_rate");
-	appendStringInfo(&buf, "%g", o->train.learning_rate);
+	append_json_float(&buf, o->train.learning_rate);
 	append_json_key(&buf, "lr_schedule");
 	escape_json(&buf, schedule_names[o->lr_schedule]);
 	append_json_key(&buf, "weight_decay");
-	appendStringInfo(&buf, "%g", o->train.weight_decay);
+	append_json_float(&buf, o->train.weight_decay);
 	append_json_key(&buf, "batch_size");
 	appendStringInfo(&buf, "%d", o->train.batch_size);
 	append_json_key(&buf, "epochs");
 	appendStringInfo(&buf, "%d", o->epochs);
 	append_json_key(&buf, "validation_fraction");
-	appendStringInfo(&buf, "%g", o->validation_fraction);
+	append_json_float(&buf, o->validation_fraction);
 	append_json_key(&buf, "patience");
 	appendStringInfo(&buf, "%d", o->patience);
 	append_json_key(&buf, "bias_init");
@@ -948,6 +1342,12 @@ config_json(const TrainArgs *a, const BstConfig *c, const Inputs *in)
 		escape_json(&buf, a->vocabulary);
 	else
 		appendStringInfoString(&buf, "null");
+	/* Only on a warm start: the version it continued. */
+	if (warm)
+	{
+		append_json_key(&buf, "warm_start");
+		appendStringInfo(&buf, "%d", warm->stored.version);
+	}
 	appendStringInfoChar(&buf, '}');
 	return buf.data;
 }
@@ -1024,6 +1424,32 @@ inputs_text(uint32 features, const BstConfig *c)
 	return buf.len ? buf.data : "none";
 }
 
+/* A new model's config: the options over the data's vocabularies. */
+static void
+build_config(const TrainArgs *a, const Inputs *in, int32 n_movies, int32 max_len, BstConfig *config)
+{
+	bst_config_default(config, n_movies, a->seq_len ? a->seq_len : max_len);
+	config->heads = a->heads;
+	config->n_hidden = a->n_hidden;
+	memcpy(config->hidden, a->hidden, sizeof(a->hidden));
+	config->dropout = a->dropout;
+	if (a->embed_dim > 0)
+		config->embed_dim = a->embed_dim;
+	config->n_users = in->n_users;
+	if (a->features & FEATURE_BIT(FEATURE_USER_ID))
+		config->user_dim = sqrt_dim(in->n_users);
+	for (int k = 0; k < BST_N_USER_FEATS; k++)
+		if (a->features & FEATURE_BIT(FEATURE_SEX + k))
+		{
+			config->n_feat_values[k] = in->n_values[k];
+			config->feat_dim[k] = sqrt_dim(in->n_values[k]);
+		}
+	config->n_genres = in->n_genres;
+	config->use_bias = a->bias ? 1 : 0;
+	config->n_factors = a->factors < 0 ? config->embed_dim : a->factors;
+	config->rating_add = a->rating_add ? 1 : 0;
+}
+
 /* The bst_models table of the extension being called. */
 static Oid
 models_relid(FunctionCallInfo fcinfo)
@@ -1083,16 +1509,26 @@ check_can_store(FunctionCallInfo fcinfo, const TrainArgs *a)
 
 /*
  * What the training would allocate (activations, gradients, optimizer
- * state, the model), estimated exactly by the core before anything is
- * allocated, against bst.train_memory (0: maintenance_work_mem, the memory
- * PostgreSQL's own maintenance operations may use).
+ * state and the copy of it a best epoch keeps, the model; on a warm start
+ * the stored version and its state as well), estimated exactly by the core
+ * before anything is allocated, against bst.train_memory (0:
+ * maintenance_work_mem, the memory PostgreSQL's own maintenance operations
+ * may use).
  */
 static void
-check_train_memory(const TrainArgs *a, const BstConfig *config, int64 n_windows)
+check_train_memory(const TrainArgs *a, const BstConfig *config, int64 n_windows, bool keep_state,
+				   const WarmStart *warm)
 {
-	double		needed = (double) bst_fit_memory_bytes(config, &a->fit, n_windows) +
+	double		needed = (double) bst_fit_continue_memory_bytes(config, &a->fit, n_windows, keep_state) +
 		(double) bst_model_memory_bytes(config);
 	int			limit_kb = bst_train_memory_kb > 0 ? bst_train_memory_kb : maintenance_work_mem;
+
+	/* The stored version, and its state grown beside it. */
+	if (warm)
+		needed += (double) bst_model_memory_bytes(bst_model_config(warm->stored.model)) +
+			(double) bst_train_state_memory_bytes(bst_model_config(warm->stored.model),
+												  warm->stored.state->optimizer) +
+			(double) bst_train_state_memory_bytes(config, warm->stored.state->optimizer);
 
 	if (needed > (double) limit_kb * 1024)
 		ereport(ERROR,
@@ -1121,6 +1557,13 @@ bst_train(PG_FUNCTION_ARGS)
 	MemoryContext old_cxt;
 	MemoryContext old_core;
 	BstModel   *model;
+	WarmStart	warm_start;
+	WarmStart  *warm = NULL;
+	BstTrainState *from_state = NULL;
+	BstTrainState *kept_state = NULL;
+	const char *grow_error = NULL;
+	/* 1.1 keeps every version's optimizer state; a 1.0 install has no room. */
+	bool		keep_state = PG_NARGS() > NARGS_1_0;
 	BstFitResult fit;
 	BstFitStatus status;
 	Progress	progress;
@@ -1139,40 +1582,45 @@ bst_train(PG_FUNCTION_ARGS)
 
 	memset(&args, 0, sizeof(args));
 	memset(&inputs, 0, sizeof(inputs));
-	parse_args(fcinfo, &args);
+	memset(&warm_start, 0, sizeof(warm_start));
+	train_cxt = AllocSetContextCreate(CurrentMemoryContext, "bst_train", ALLOCSET_DEFAULT_SIZES);
+	if (arg_given(fcinfo, ARG_WARM_START))
+	{
+		/* As check_can_store refuses it, but before reading anything. */
+		PreventCommandDuringRecovery("bst_train()");
+		PreventCommandIfReadOnly("bst_train()");
+		warm = &warm_start;
+		read_warm_start(fcinfo, train_cxt, warm);
+	}
+	parse_args(fcinfo, &args, warm);
+	if (warm)
+		check_warm_start_args(fcinfo, &args, warm);
 	owner = check_can_store(fcinfo, &args);
 	INSTR_TIME_SET_CURRENT(start);
 
 	bst_dataset_read(&ds, args.query, "training");
-	if ((args.seq_len ? args.seq_len : ds.max_len) < 2)
+	if (!warm && (args.seq_len ? args.seq_len : ds.max_len) < 2)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_EXCEPTION),
 				 errmsg("the windows of the training query hold a single movie"),
 				 errhint("A window is at least one rated movie followed by the target; or pass seq_len.")));
 	movie_ids = read_vocabulary(args.vocabulary, &ds, &n_movies);
-	read_users(&args, &ds, &inputs);
-	read_genres(&args, movie_ids, n_movies, &inputs);
+	if (warm)
+		movie_ids = union_ids(movie_ids, n_movies, warm->stored.model->movie_ids,
+							  bst_model_config(warm->stored.model)->n_movies, &n_movies);
+	read_users(&args, &ds, warm, &inputs);
+	read_genres(&args, movie_ids, n_movies, warm, &inputs);
 
-	bst_config_default(&config, n_movies, args.seq_len ? args.seq_len : ds.max_len);
-	config.heads = args.heads;
-	config.n_hidden = args.n_hidden;
-	memcpy(config.hidden, args.hidden, sizeof(args.hidden));
-	config.dropout = args.dropout;
-	if (args.embed_dim > 0)
-		config.embed_dim = args.embed_dim;
-	config.n_users = inputs.n_users;
-	if (args.features & FEATURE_BIT(FEATURE_USER_ID))
-		config.user_dim = sqrt_dim(inputs.n_users);
-	for (int k = 0; k < BST_N_USER_FEATS; k++)
-		if (args.features & FEATURE_BIT(FEATURE_SEX + k))
-		{
-			config.n_feat_values[k] = inputs.n_values[k];
-			config.feat_dim[k] = sqrt_dim(inputs.n_values[k]);
-		}
-	config.n_genres = inputs.n_genres;
-	config.use_bias = args.bias ? 1 : 0;
-	config.n_factors = args.factors < 0 ? config.embed_dim : args.factors;
-	config.rating_add = args.rating_add ? 1 : 0;
+	if (warm)
+	{
+		/* The stored architecture over the grown vocabularies. */
+		config = *bst_model_config(warm->stored.model);
+		config.n_movies = n_movies;
+		config.n_users = inputs.n_users;
+		config.dropout = args.dropout;
+	}
+	else
+		build_config(&args, &inputs, n_movies, ds.max_len, &config);
 	if (bst_config_check(&config))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -1193,7 +1641,7 @@ bst_train(PG_FUNCTION_ARGS)
 				 errdetail("batch_size times heads times the window length squared must be at most %d.",
 						   BST_MAX_ATTENTION_SCORES),
 				 errhint("Use a smaller batch_size or seq_len.")));
-	check_train_memory(&args, &config, ds.n);
+	check_train_memory(&args, &config, ds.n, keep_state, warm);
 	if (args.fit.validation_fraction > 0 && ds.n < 2)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -1201,15 +1649,31 @@ bst_train(PG_FUNCTION_ARGS)
 				 errhint("Pass early_stopping => false.")));
 
 	bst_use_threads();
-	train_cxt = AllocSetContextCreate(CurrentMemoryContext, "bst_train", ALLOCSET_DEFAULT_SIZES);
 	old_core = bst_core_memory(train_cxt);
 	vocab.movie_ids = movie_ids;
 	vocab.user_ids = inputs.user_ids;
 	vocab.user_feats = inputs.user_feats;
 	vocab.movie_genres = inputs.movie_genres;
-	model = bst_model_create_vocab(&config, &vocab, args.fit.train.seed);
+	if (warm)
+	{
+		/* Known rows bit for bit; new ones as a fresh model draws them. */
+		model = bst_model_grow(warm->stored.model, n_movies, inputs.n_users, &vocab,
+							   args.fit.train.seed, &grow_error);
+		from_state = model ? bst_train_state_grow(warm->stored.state, warm->stored.model, model) : NULL;
+		/* Only the grown ones are trained. */
+		bst_model_free(warm->stored.model);
+		bst_train_state_free(warm->stored.state);
+		warm->stored.model = NULL;
+		warm->stored.state = NULL;
+	}
+	else
+		model = bst_model_create_vocab(&config, &vocab, args.fit.train.seed);
 	bst_core_memory(old_core);
-	if (model == NULL)
+	/* The vocabularies hold the stored ones: only a bug refuses them. */
+	if (model == NULL && grow_error && strcmp(grow_error, "out of memory") != 0)
+		elog(ERROR, "could not grow version %d of model \"%s\": %s", warm->stored.version,
+			 bst_short_name(args.name), grow_error);
+	if (model == NULL || (warm && from_state == NULL))
 		ereport(ERROR,
 				(errcode(ERRCODE_OUT_OF_MEMORY),
 				 errmsg("out of memory creating a model of %d movies", n_movies)));
@@ -1219,11 +1683,13 @@ bst_train(PG_FUNCTION_ARGS)
 	MemoryContextSwitchTo(old_cxt);
 
 	ereport(NOTICE,
-			(errmsg("bst_train \"%s\": %lld windows of up to %d movies, %d movies, %d users; inputs: %s; %s, learning rate %g%s",
+			(errmsg("bst_train \"%s\": %lld windows of up to %d movies, %d movies, %d users; inputs: %s; %s, learning rate %g%s%s",
 					bst_short_name(args.name), (long long) ds.n, config.seq_len, n_movies, inputs.n_users,
 					inputs_text(args.features, &config), optimizer_names[args.fit.train.optimizer],
 					args.fit.train.learning_rate,
-					args.fit.patience ? psprintf(", early stopping on %g of the windows", args.fit.validation_fraction) : "")));
+					args.fit.patience ? psprintf(", early stopping on %g of the windows", args.fit.validation_fraction) : "",
+					warm ? psprintf("; continuing version %d after %lld optimizer steps", warm->stored.version,
+									(long long) from_state->step) : "")));
 
 	initStringInfo(&metrics);
 	appendStringInfoString(&metrics, "{\"epochs\": [");
@@ -1234,7 +1700,8 @@ bst_train(PG_FUNCTION_ARGS)
 	progress.n_log = 0;
 	bst_progress_start(models_relid(fcinfo), args.name, ds.n, args.fit.epochs);
 	old_core = bst_core_memory(train_cxt);
-	status = bst_fit(model, &data, &args.fit, &hooks, &fit);
+	status = bst_fit_continue(model, &data, &args.fit, from_state, keep_state ? &kept_state : NULL,
+							  &hooks, &fit);
 	bst_core_memory(old_core);
 	bst_progress_end();
 	if (status == BST_FIT_DIVERGED)
@@ -1264,7 +1731,8 @@ bst_train(PG_FUNCTION_ARGS)
 	appendStringInfo(&metrics, ", \"train_mean_rating\": %.9g, \"min_history\": %d, \"seconds\": %.3f}",
 					 mean_target, min_history, INSTR_TIME_GET_DOUBLE(now));
 
-	version = bst_model_store(fcinfo, args.name, owner, model, config_json(&args, bst_model_config(model), &inputs),
+	version = bst_model_store(fcinfo, args.name, owner, model, kept_state,
+							  config_json(&args, bst_model_config(model), &inputs, warm),
 							  metrics.data, args.history, progress.log, progress.n_log);
 	MemoryContextDelete(train_cxt);
 

@@ -60,6 +60,9 @@ typedef struct Fit {
     BstPredictor *predictor;
     BstTrainer *trainer;
     float *best_params, *best_bn;
+    BstTrainState *kept;       /* the state handed back: with a best-epoch
+                                * snapshot, that epoch's copy; else filled
+                                * from the trainer at the end */
 } Fit;
 
 /* Copies windows idx[0..n) of the data into the batch buffers. */
@@ -230,6 +233,7 @@ static void fit_free(Fit *f)
     bst_trainer_free(f->trainer);
     bst_free(f->best_params);
     bst_free(f->best_bn);
+    bst_train_state_free(f->kept);
 }
 
 static void snapshot(const BstModel *m, float *params, float *bn)
@@ -267,8 +271,11 @@ static size_t bn_snapshot_count(const BstConfig *c)
  * bst_fit allocates, in order: the batch buffers (fit_alloc), the best
  * epoch's snapshot, bias_init's arrays (freed on return), the trainer and
  * the validation predictor; all of it is freed when it returns.
+ * bst_fit_continue keeping the state also allocates it, with the snapshot,
+ * and hands it back with the trainer's slots in it (or the best epoch's).
  */
-size_t bst_fit_memory_bytes(const BstConfig *cfg, const BstFitOptions *o, int64_t n_windows)
+size_t bst_fit_continue_memory_bytes(const BstConfig *cfg, const BstFitOptions *o,
+                                     int64_t n_windows, int keep_state)
 {
     const int64_t n_val = validation_windows(n_windows, o->validation_fraction);
     const int32_t eval_rows = n_val > 0 ? bst_predictor_batch_limit(cfg, EVAL_BATCH) : 0;
@@ -276,14 +283,31 @@ size_t bst_fit_memory_bytes(const BstConfig *cfg, const BstFitOptions *o, int64_
     if (o->patience > 0)
         held += bst_config_num_params(cfg) * sizeof(float) +
                 bn_snapshot_count(cfg) * sizeof(float);
+    /* The kept state: a snapshot of the best epoch's, or the trainer's own
+     * slots given to it at the end (counted with the trainer). */
+    if (keep_state)
+        held += o->patience > 0 ? bst_train_state_memory_bytes(cfg, o->train.optimizer)
+                                : sizeof(BstTrainState);
     const size_t bias = o->bias_init && cfg->use_bias ? bias_init_bytes(cfg) : 0;
     const size_t training = bst_trainer_memory_bytes(cfg, &o->train) +
                             (n_val > 0 ? bst_predictor_memory_bytes(cfg, EVAL_BATCH) : 0);
     return held + (bias > training ? bias : training);
 }
 
+size_t bst_fit_memory_bytes(const BstConfig *cfg, const BstFitOptions *o, int64_t n_windows)
+{
+    return bst_fit_continue_memory_bytes(cfg, o, n_windows, 0);
+}
+
 BstFitStatus bst_fit(BstModel *m, const BstData *data, const BstFitOptions *o,
                      const BstFitHooks *hooks, BstFitResult *result)
+{
+    return bst_fit_continue(m, data, o, NULL, NULL, hooks, result);
+}
+
+BstFitStatus bst_fit_continue(BstModel *m, const BstData *data, const BstFitOptions *o,
+                              const BstTrainState *from, BstTrainState **kept,
+                              const BstFitHooks *hooks, BstFitResult *result)
 {
     Fit f;
     BstFitStatus status = BST_FIT_OK;
@@ -291,9 +315,17 @@ BstFitStatus bst_fit(BstModel *m, const BstData *data, const BstFitOptions *o,
 
     memset(result, 0, sizeof(*result));
     memset(&f, 0, sizeof(f));
+    if (kept)
+        *kept = NULL;
     if (bst_fit_options_check(o) || data->seq_len != L || data->n < 1 ||
-        data->n > (int64_t)UINT32_MAX)
+        data->n > (int64_t)UINT32_MAX ||
+        (from && (from->optimizer != o->train.optimizer || from->size != m->params.size ||
+                  from->step < 0 || from->epochs < 0)))
         return BST_FIT_BAD_INPUT;
+    /* The seed's streams continue where from left them; another seed's
+     * start afresh. */
+    const int streams_continue = from && from->seed == o->train.seed;
+    const int32_t epochs_before = streams_continue ? from->epochs : 0;
     f.m = m;
     f.data = data;
     f.L = L;
@@ -313,6 +345,12 @@ BstFitStatus bst_fit(BstModel *m, const BstData *data, const BstFitOptions *o,
         if (!f.best_params || !f.best_bn)
             goto no_memory;
     }
+    if (kept) {
+        f.kept = f.best_params ? bst_train_state_create(&m->cfg, o->train.optimizer, o->train.seed)
+                               : bst_alloc_zero(1, sizeof(BstTrainState));
+        if (!f.kept)
+            goto no_memory;
+    }
 
     /* The split: a seeded permutation, validation windows first. */
     if (f.n_val > 0) {
@@ -329,6 +367,9 @@ BstFitStatus bst_fit(BstModel *m, const BstData *data, const BstFitOptions *o,
         min_history = h < min_history ? h : min_history;
     }
     mean /= (double)f.n_train;
+    /* A continued model was trained on shorter histories too. */
+    if (from && m->facts.known && m->facts.min_history < min_history)
+        min_history = m->facts.min_history;
     /* What prediction falls back on for a history shorter than any trained
      * on; refused only for a non-finite target. */
     if (bst_model_set_training_facts(m, (float)mean, min_history) != NULL) {
@@ -342,6 +383,11 @@ BstFitStatus bst_fit(BstModel *m, const BstData *data, const BstFitOptions *o,
             lo = t < lo ? t : lo;
             hi = t > hi ? t : hi;
         }
+        /* ... and on the targets of the stored training. */
+        if (from && m->cfg.rating_min < m->cfg.rating_max) {
+            lo = m->cfg.rating_min < lo ? m->cfg.rating_min : lo;
+            hi = m->cfg.rating_max > hi ? m->cfg.rating_max : hi;
+        }
         m->cfg.rating_min = lo;
         m->cfg.rating_max = hi;
     }
@@ -349,9 +395,10 @@ BstFitStatus bst_fit(BstModel *m, const BstData *data, const BstFitOptions *o,
     result->n_train = f.n_train;
     result->n_val = f.n_val;
 
-    if (o->bias_init && m->cfg.use_bias && bias_init(&f, mean) != 0)
+    /* A continued model starts from its trained weights. */
+    if (!from && o->bias_init && m->cfg.use_bias && bias_init(&f, mean) != 0)
         goto no_memory;
-    if (o->zero_output) {
+    if (!from && o->zero_output) {
         const int32_t out_in = m->cfg.n_hidden ? m->cfg.hidden[m->cfg.n_hidden - 1]
                                                : bst_config_mlp_input(&m->cfg);
         memset(m->params.out_w, 0, (size_t)out_in * sizeof(float));
@@ -362,9 +409,20 @@ BstFitStatus bst_fit(BstModel *m, const BstData *data, const BstFitOptions *o,
     f.predictor = f.n_val > 0 ? bst_predictor_create(m, EVAL_BATCH) : NULL;
     if (!f.trainer || (f.n_val > 0 && !f.predictor))
         goto no_memory;
+    if (from && bst_trainer_set_state(f.trainer, from) != 0) {
+        status = BST_FIT_BAD_INPUT;
+        goto done;
+    }
 
     BstRng shuffle;
     bst_rng_seed(&shuffle, o->train.seed ^ SHUFFLE_SALT);
+    /* Each epoch shuffles the previous epoch's order: replaying the earlier
+     * epochs' shuffles puts the order, and the stream, where they left them. */
+    for (int32_t e = 0; e < epochs_before; e++) {
+        if (hooks && hooks->before_batch)
+            hooks->before_batch(hooks->arg, 0, e, epochs_before, NAN);
+        bst_rng_shuffle_u32(&shuffle, train, (size_t)f.n_train);
+    }
     const int64_t n_batches = (f.n_train + f.B - 1) / f.B;
     const double total_steps = (double)n_batches * o->epochs;
     double best_val = INFINITY;
@@ -416,8 +474,13 @@ BstFitStatus bst_fit(BstModel *m, const BstData *data, const BstFitOptions *o,
         if (s.best) {
             best_val = f.n_val ? s.val_mae : best_val;
             best_epoch = epoch;
-            if (f.best_params)
+            if (f.best_params) {
                 snapshot(m, f.best_params, f.best_bn);
+                if (f.kept) {
+                    bst_trainer_copy_state(f.trainer, f.kept);
+                    f.kept->epochs = epochs_before + epoch;
+                }
+            }
         }
         /* The kept epoch: the best with early stopping, else the last. */
         if (s.best || !f.best_params) {
@@ -431,6 +494,15 @@ BstFitStatus bst_fit(BstModel *m, const BstData *data, const BstFitOptions *o,
     }
     if (f.best_params && result->best_epoch != result->epochs_run)
         restore(m, f.best_params, f.best_bn);
+    if (f.kept) {
+        /* Without a snapshot the kept epoch is the last: the trainer's state. */
+        if (!f.best_params) {
+            bst_trainer_give_state(f.trainer, f.kept);
+            f.kept->epochs = epochs_before + result->epochs_run;
+        }
+        *kept = f.kept;
+        f.kept = NULL;
+    }
     goto done;
 
 no_memory:

@@ -106,6 +106,39 @@ size_t bst_fit_memory_bytes(const BstConfig *cfg, const BstFitOptions *o, int64_
 BstFitStatus bst_fit(BstModel *m, const BstData *data, const BstFitOptions *o,
                      const BstFitHooks *hooks, BstFitResult *result);
 
+/*
+ * bst_fit, continued from a saved state (a warm start) and keeping the
+ * state it ends in; bst_fit is bst_fit_continue(m, data, o, NULL, NULL, ...).
+ *
+ * from (NULL: a fresh start) must be of o's optimizer and shaped for m
+ * (grown with the model: bst_train_state_grow), else BST_FIT_BAD_INPUT.
+ * From it the model's weights continue as they are: no bias start, no zeroed
+ * output layer.  The validation split is drawn from the seed as in any
+ * training.  When from->seed is o's seed, the shuffle stream is replayed
+ * past from->epochs (O(epochs x windows), hooks->before_batch called per
+ * replayed epoch with epoch 0) and the dropout stream resumed where it
+ * stood, so that on the same data two trainings of n and k epochs give the
+ * weights of one of n + k; another seed starts both streams afresh.  The
+ * optimizer's update count always continues (Adam's bias correction).  The
+ * cosine schedule restarts: from the learning rate to 0 over this call's
+ * epochs (a warm restart), since the stored training's ran down to 0.
+ * Training facts and the clipping range cover both trainings: the fewest
+ * history items of either, the range of both; the mean target is this
+ * call's.
+ *
+ * kept (NULL: not kept): on BST_FIT_OK, *kept is the state of the kept
+ * epoch (the one whose weights m holds), epochs counting from->epochs when
+ * the streams continued; free it with bst_train_state_free.
+ */
+BstFitStatus bst_fit_continue(BstModel *m, const BstData *data, const BstFitOptions *o,
+                              const BstTrainState *from, BstTrainState **kept,
+                              const BstFitHooks *hooks, BstFitResult *result);
+
+/* bst_fit_memory_bytes of bst_fit_continue, keep_state saying whether it
+ * keeps the state (which then, held until freed, is counted). */
+size_t bst_fit_continue_memory_bytes(const BstConfig *cfg, const BstFitOptions *o,
+                                     int64_t n_windows, int keep_state);
+
 /* Mean absolute and root mean squared error of m over data (inference mode);
  * hooks->before_batch (epoch 0) runs before every chunk.  -1 on bad input or
  * allocation failure. */

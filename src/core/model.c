@@ -421,6 +421,110 @@ BstModel *bst_model_alloc(const BstConfig *cfg)
     return model_alloc(cfg);
 }
 
+/* ------------------------------------------------------------ warm start */
+
+static int32_t vocab_index(const int32_t *ids, int32_t n, int32_t id);
+
+/* What a tensor's rows are indexed by: rows of the movie and user tables
+ * follow their ids when a vocabulary grows; other tensors keep their shape. */
+enum { ROWS_NONE, ROWS_MOVIE, ROWS_USER };
+
+static int spec_rows(const ParamSpec *s, BstParams *p)
+{
+    if (s->slot == &p->movie_emb || s->slot == &p->movie_bias || s->slot == &p->movie_factors)
+        return ROWS_MOVIE;
+    if (s->slot == &p->user_emb || s->slot == &p->user_bias || s->slot == &p->user_factors)
+        return ROWS_USER;
+    return ROWS_NONE;
+}
+
+/* 1 when every id of small[0..n_small) is in big[0..n_big) (both strictly
+ * ascending). */
+static int ids_included(const int32_t *small, int32_t n_small, const int32_t *big, int32_t n_big)
+{
+    int32_t j = 0;
+    for (int32_t i = 0; i < n_small; i++) {
+        while (j < n_big && big[j] < small[i])
+            j++;
+        if (j == n_big || big[j] != small[i])
+            return 0;
+    }
+    return 1;
+}
+
+/* Row r of from's table (0: the out-of-vocabulary or unknown row) is row
+ * carry_row of to's: the row of the same id. */
+static int32_t carry_row(const int32_t *from_ids, const int32_t *to_ids, int32_t n_to, int32_t r)
+{
+    return r == 0 ? 0 : vocab_index(to_ids, n_to, from_ids[r - 1]);
+}
+
+void bst_model_carry_params(const BstModel *to, float *to_slab, const BstModel *from,
+                            const float *from_slab)
+{
+    ParamSpec from_specs[BST_MAX_TENSORS], to_specs[BST_MAX_TENSORS];
+    BstParams from_layout = from->params, to_layout = to->params;
+    /* Configs equal but for the vocabulary sizes list the same tensors in
+     * the same order. */
+    const int n = param_specs(&from->cfg, &from_layout, from_specs);
+    param_specs(&to->cfg, &to_layout, to_specs);
+    for (int i = 0; i < n; i++) {
+        const float *src = from_slab + (*from_specs[i].slot - from->params.slab);
+        float *dst = to_slab + (*to_specs[i].slot - to->params.slab);
+        const int rows = spec_rows(&from_specs[i], &from_layout);
+        if (rows == ROWS_NONE) {
+            memcpy(dst, src, from_specs[i].size * sizeof(float));
+            continue;
+        }
+        const int32_t n_from = rows == ROWS_MOVIE ? from->cfg.n_movies : from->cfg.n_users;
+        const int32_t n_to = rows == ROWS_MOVIE ? to->cfg.n_movies : to->cfg.n_users;
+        const int32_t *from_ids = rows == ROWS_MOVIE ? from->movie_ids : from->user_ids;
+        const int32_t *to_ids = rows == ROWS_MOVIE ? to->movie_ids : to->user_ids;
+        const size_t width = from_specs[i].size / ((size_t)n_from + 1);
+        for (int32_t r = 0; r <= n_from; r++)
+            memcpy(dst + (size_t)carry_row(from_ids, to_ids, n_to, r) * width,
+                   src + (size_t)r * width, width * sizeof(float));
+    }
+}
+
+BstModel *bst_model_grow(const BstModel *from, int32_t n_movies, int32_t n_users,
+                         const BstVocab *vocab, uint64_t seed, const char **err)
+{
+    BstConfig cfg = from->cfg;
+    cfg.n_movies = n_movies;
+    cfg.n_users = n_users;
+    *err = NULL;
+    if (n_movies < from->cfg.n_movies || n_users < from->cfg.n_users ||
+        !ids_included(from->movie_ids, from->cfg.n_movies, vocab->movie_ids, n_movies) ||
+        (from->cfg.n_users > 0 &&
+         (!vocab->user_ids ||
+          !ids_included(from->user_ids, from->cfg.n_users, vocab->user_ids, n_users)))) {
+        *err = "the vocabulary drops a movie or user the model knows";
+        return NULL;
+    }
+    if ((*err = bst_config_check(&cfg)) != NULL)
+        return NULL;
+    BstModel *m = model_alloc(&cfg);
+    if (!m) {
+        *err = "out of memory";
+        return NULL;
+    }
+    if ((*err = bst_model_set_vocab(m, vocab)) != NULL) {
+        bst_model_free(m);
+        return NULL;
+    }
+    /* Every row as a fresh model of the grown vocabulary draws it, then
+     * what from knows over it. */
+    BstRng rng;
+    bst_rng_seed(&rng, seed);
+    params_init(&cfg, &m->params, &rng);
+    bst_model_carry_params(m, m->params.slab, from, from->params.slab);
+    if (m->bn.size)
+        memcpy(m->bn.slab, from->bn.slab, m->bn.size * sizeof(float));
+    m->facts = from->facts;
+    return m;
+}
+
 void bst_model_free(BstModel *m)
 {
     if (!m)

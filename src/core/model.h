@@ -175,6 +175,27 @@ BstModel *bst_model_create_vocab(const BstConfig *cfg, const BstVocab *vocab, ui
  * uninitialised: for the deserializer, which fills both.  NULL on bad config
  * or allocation failure. */
 BstModel *bst_model_alloc(const BstConfig *cfg);
+/*
+ * A warm start's model: from's config and weights over the vocabularies of
+ * vocab, which hold n_movies movies and n_users users, every one of from's
+ * among them (fixed inputs, user features and genres, are vocab's).  Every
+ * parameter row of a movie or user from knows, row 0 (out of vocabulary,
+ * unknown user) and every other tensor are copied from from bit for bit,
+ * with the BatchNorm moving statistics, the rating range and the training
+ * facts; the rows of new movies and users are what bst_model_create_vocab
+ * (seed) gives them for the grown config.  NULL and a static message in
+ * *err when vocab drops one of from's ids, is not strictly ascending, or
+ * on allocation failure.
+ */
+BstModel *bst_model_grow(const BstModel *from, int32_t n_movies, int32_t n_users,
+                         const BstVocab *vocab, uint64_t seed, const char **err);
+/* Copies a parameter-shaped array of model from (its parameters, or an
+ * optimizer's per-parameter state) into that of model to, whose config is
+ * from's with vocabularies that include from's (bst_model_grow): the rows
+ * of movie and user tables to the rows of the same ids, every other tensor
+ * whole; the rows of ids from lacks are left as they are. */
+void bst_model_carry_params(const BstModel *to, float *to_slab, const BstModel *from,
+                            const float *from_slab);
 /* Copies the vocabularies and fixed inputs into a model of the same config:
  * NULL on success, else a static message (nothing is left half-checked for a
  * caller that then frees the model). */

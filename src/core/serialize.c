@@ -294,3 +294,146 @@ BstModel *bst_model_deserialize(const void *buf, size_t len, char *err, size_t e
         m->bn.slab[i] = get_f32(q);
     return m;
 }
+
+/* ------------------------------------------------------- optimizer state */
+
+static const unsigned char STATE_MAGIC[4] = {'B', 'S', 'T', 'S'};
+
+/* The checksum a weights blob ends with: what identifies it to its state. */
+static uint32_t weights_checksum(const void *weights, size_t weights_len)
+{
+    return weights_len >= 4 ? get_u32((const unsigned char *)weights + weights_len - 4) : 0;
+}
+
+static uint64_t state_blob_size(int slots, uint64_t floats_per_slot)
+{
+    return BST_STATE_HEADER_SIZE + 4 * (uint64_t)slots * floats_per_slot + 4;
+}
+
+size_t bst_train_state_serialized_size(const BstTrainState *s)
+{
+    return (size_t)state_blob_size(bst_optimizer_slots(s->optimizer), s->size);
+}
+
+void bst_train_state_serialize(const BstTrainState *s, const void *weights, size_t weights_len,
+                               void *buf)
+{
+    unsigned char *p = buf;
+    const size_t total = bst_train_state_serialized_size(s);
+    const int slots = bst_optimizer_slots(s->optimizer);
+
+    memset(p, 0, BST_STATE_HEADER_SIZE);
+    memcpy(p, STATE_MAGIC, 4);
+    put_u32(p + 4, BST_STATE_FORMAT_VERSION);
+    put_u32(p + 8, BST_STATE_HEADER_SIZE);
+    put_u64(p + 12, total);
+    put_u32(p + 20, (uint32_t)s->optimizer);
+    put_u32(p + 24, (uint32_t)slots);
+    put_u64(p + 28, s->size);
+    put_u64(p + 36, s->seed);
+    put_u64(p + 44, (uint64_t)s->step);
+    put_u32(p + 52, (uint32_t)s->epochs);
+    for (int i = 0; i < 4; i++)
+        put_u64(p + 56 + 8 * i, s->dropout_rng.s[i]);
+    put_u32(p + 88, weights_checksum(weights, weights_len));
+    unsigned char *q = p + BST_STATE_HEADER_SIZE;
+    for (int k = 0; k < slots; k++)
+        for (size_t i = 0; i < s->size; i++, q += 4)
+            put_f32(q, s->slot[k][i]);
+    put_u32(q, crc32_buf(p, total - 4));
+}
+
+static BstTrainState *state_fail(char *err, size_t errlen, const char *msg)
+{
+    if (err && errlen > 0)
+        snprintf(err, errlen, "%s", msg);
+    return NULL;
+}
+
+/* NULL if value v at slot k of an optimizer's state is one its updates can
+ * produce, else why not. */
+static const char *slot_value_check(BstOptimizerKind kind, int k, float v)
+{
+    if (!isfinite(v))
+        return "invalid state: a value is not finite";
+    if (kind == BST_OPT_ADAGRAD && !(v > 0.0f))
+        return "invalid state: an Adagrad accumulator is not positive";
+    if (kind != BST_OPT_ADAGRAD && k == 1 && v < 0.0f)
+        return "invalid state: an Adam second moment is negative";
+    return NULL;
+}
+
+BstTrainState *bst_train_state_deserialize(const void *buf, size_t len, const BstModel *m,
+                                           const void *weights, size_t weights_len, char *err,
+                                           size_t errlen)
+{
+    const unsigned char *p = buf;
+    char msg[128];
+
+    if (len < 12)
+        return state_fail(err, errlen, "truncated");
+    if (memcmp(p, STATE_MAGIC, 4) != 0)
+        return state_fail(err, errlen, "not an optimizer state (bad magic)");
+    const uint32_t version = get_u32(p + 4);
+    if (version != BST_STATE_FORMAT_VERSION) {
+        snprintf(msg, sizeof(msg), "unsupported format version %u", (unsigned)version);
+        return state_fail(err, errlen, msg);
+    }
+    if (get_u32(p + 8) != BST_STATE_HEADER_SIZE) {
+        snprintf(msg, sizeof(msg), "inconsistent shapes (header size %u, expected %u)",
+                 (unsigned)get_u32(p + 8), (unsigned)BST_STATE_HEADER_SIZE);
+        return state_fail(err, errlen, msg);
+    }
+    if (len < BST_STATE_HEADER_SIZE)
+        return state_fail(err, errlen, "truncated");
+    const uint64_t total = get_u64(p + 12);
+    if (total > len)
+        return state_fail(err, errlen, "truncated");
+    if (total < len) {
+        snprintf(msg, sizeof(msg), "inconsistent shapes (blob is %zu bytes, header says %llu)",
+                 len, (unsigned long long)total);
+        return state_fail(err, errlen, msg);
+    }
+    if (crc32_buf(p, len - 4) != get_u32(p + len - 4))
+        return state_fail(err, errlen, "checksum mismatch");
+
+    const uint32_t kind = get_u32(p + 20);
+    const int slots = kind <= BST_OPT_ADAMW ? bst_optimizer_slots((BstOptimizerKind)kind) : 0;
+    if (slots == 0)
+        return state_fail(err, errlen, "invalid state: unknown optimizer");
+    const uint64_t size = get_u64(p + 28);
+    if (get_u32(p + 24) != (uint32_t)slots || size != m->params.size ||
+        state_blob_size(slots, size) != len)
+        return state_fail(err, errlen, "inconsistent shapes (sizes do not match the weights)");
+    if (get_u32(p + 88) != weights_checksum(weights, weights_len))
+        return state_fail(err, errlen, "it belongs to other weights");
+    const int64_t step = (int64_t)get_u64(p + 44);
+    const int32_t epochs = (int32_t)get_u32(p + 52);
+    BstRng rng;
+    for (int i = 0; i < 4; i++)
+        rng.s[i] = get_u64(p + 56 + 8 * i);
+    if (step < 0 || epochs < 0)
+        return state_fail(err, errlen, "invalid state: a negative count");
+    /* xoshiro's one state it never leaves, and never reaches from a seed. */
+    if ((rng.s[0] | rng.s[1] | rng.s[2] | rng.s[3]) == 0)
+        return state_fail(err, errlen, "invalid state: a dropout stream of all zeros");
+    const unsigned char *q = p + BST_STATE_HEADER_SIZE;
+    for (int k = 0; k < slots; k++)
+        for (size_t i = 0; i < size; i++) {
+            const char *bad = slot_value_check((BstOptimizerKind)kind, k,
+                                               get_f32(q + 4 * ((size_t)k * size + i)));
+            if (bad)
+                return state_fail(err, errlen, bad);
+        }
+
+    BstTrainState *s = bst_train_state_create(&m->cfg, (BstOptimizerKind)kind, get_u64(p + 36));
+    if (!s)
+        return state_fail(err, errlen, "out of memory");
+    s->step = step;
+    s->epochs = epochs;
+    s->dropout_rng = rng;
+    for (int k = 0; k < slots; k++)
+        for (size_t i = 0; i < size; i++, q += 4)
+            s->slot[k][i] = get_f32(q);
+    return s;
+}

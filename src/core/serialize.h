@@ -34,6 +34,7 @@
 #include <stddef.h>
 
 #include "model.h"
+#include "trainer.h"
 
 #define BST_FORMAT_VERSION 3
 /* Header bytes of each version: each adds fields after the previous one's. */
@@ -53,5 +54,53 @@ void bst_model_serialize(const BstModel *m, void *buf);
  * "out of memory").
  */
 BstModel *bst_model_deserialize(const void *buf, size_t len, char *err, size_t errlen);
+
+/*
+ * The optimizer state of a stored version (BstTrainState, trainer.h), what
+ * a warm start continues from.  A blob of its own beside the weights, not a
+ * section of them: it is as large as the parameters again (Adagrad) or
+ * twice (Adam), and prediction, which loads the weights, never reads it.
+ * Same conventions as the weights (little-endian, checksummed):
+ *
+ *   offset size
+ *        0    4  magic "BSTS"
+ *        4    4  u32 format version (1)
+ *        8    4  u32 header size in bytes (96)
+ *       12    8  u64 total blob size in bytes, checksum included
+ *       20    4  u32 optimizer (0 Adagrad, 1 Adam, 2 AdamW)
+ *       24    4  u32 slots (1 for Adagrad, 2 for Adam and AdamW)
+ *       28    8  u64 floats per slot: the weights' parameter count
+ *       36    8  u64 seed of the streams
+ *       44    8  i64 optimizer updates made (>= 0)
+ *       52    4  i32 epochs drawn from the shuffle stream (>= 0)
+ *       56   32  u64 dropout stream state[4] (xoshiro256**, not all zero)
+ *       88    4  u32 CRC-32 of the weights blob the state belongs to (its
+ *                last 4 bytes), so that it never continues other weights
+ *       92    4  reserved, 0
+ *   header       f32 slot 0 [floats per slot], then slot 1, in the
+ *                parameter slab's order (bst_param_tensors): Adagrad's
+ *                accumulator (finite, > 0); Adam's first moment (finite)
+ *                and second moment (finite, >= 0)
+ *   size-4    4  u32 CRC-32 (zlib) of every preceding byte
+ */
+#define BST_STATE_FORMAT_VERSION 1
+#define BST_STATE_HEADER_SIZE 96u
+
+size_t bst_train_state_serialized_size(const BstTrainState *s);
+/* buf must hold bst_train_state_serialized_size(s) bytes; weights is the
+ * serialized model the state belongs to. */
+void bst_train_state_serialize(const BstTrainState *s, const void *weights, size_t weights_len,
+                               void *buf);
+/*
+ * The state in buf[0, len), validated as the weights are (never read past
+ * its end), for the model m deserialized from weights[0, weights_len).
+ * NULL and a message in err on failure ("truncated", "not an optimizer
+ * state (bad magic)", "unsupported format version N", "checksum mismatch",
+ * "inconsistent shapes ...", "it belongs to other weights", "invalid
+ * state: ...", "out of memory").
+ */
+BstTrainState *bst_train_state_deserialize(const void *buf, size_t len, const BstModel *m,
+                                           const void *weights, size_t weights_len, char *err,
+                                           size_t errlen);
 
 #endif

@@ -26,6 +26,7 @@ struct BstTrainer {
      * Adam updates, and clears, the whole table anyway. */
     uint8_t *row_seen;       /* [n_movies + 1] */
     int32_t *rows;           /* [batch_size * L] */
+    int state_given;         /* acc and acc2 moved out (bst_trainer_give_state) */
 };
 
 void bst_train_options_default(BstTrainOptions *o)
@@ -49,6 +50,95 @@ const char *bst_train_options_check(const BstTrainOptions *o)
     if (o->batch_size < 1 || o->batch_size > 65536)
         return "batch size must be between 1 and 65536";
     return NULL;
+}
+
+static void fill(float *x, size_t n, float value)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] = value;
+}
+
+int bst_optimizer_slots(BstOptimizerKind kind)
+{
+    switch (kind) {
+    case BST_OPT_ADAGRAD:
+        return 1;
+    case BST_OPT_ADAM:
+    case BST_OPT_ADAMW:
+        return 2;
+    }
+    return 0;
+}
+
+/* The value a slot starts at: Keras' initial Adagrad accumulator, Adam's
+ * zero moments. */
+static float slot_initial_value(BstOptimizerKind kind)
+{
+    return kind == BST_OPT_ADAGRAD ? BST_ADAGRAD_INITIAL_ACCUMULATOR : 0.0f;
+}
+
+size_t bst_train_state_memory_bytes(const BstConfig *cfg, BstOptimizerKind kind)
+{
+    return sizeof(BstTrainState) +
+           (size_t)bst_optimizer_slots(kind) * bst_config_num_params(cfg) * sizeof(float);
+}
+
+void bst_train_state_free(BstTrainState *s)
+{
+    if (!s)
+        return;
+    bst_free(s->slot[0]);
+    bst_free(s->slot[1]);
+    bst_free(s);
+}
+
+/* A state of kind over size floats per slot, its slots allocated but not
+ * filled. */
+static BstTrainState *state_alloc(BstOptimizerKind kind, size_t size, uint64_t seed)
+{
+    const int slots = bst_optimizer_slots(kind);
+    if (slots == 0)
+        return NULL;
+    BstTrainState *s = bst_alloc_zero(1, sizeof(BstTrainState));
+    if (!s)
+        return NULL;
+    s->optimizer = kind;
+    s->seed = seed;
+    s->size = size;
+    bst_rng_seed(&s->dropout_rng, seed);
+    for (int k = 0; k < slots; k++)
+        if (!(s->slot[k] = bst_alloc(size * sizeof(float)))) {
+            bst_train_state_free(s);
+            return NULL;
+        }
+    return s;
+}
+
+BstTrainState *bst_train_state_create(const BstConfig *cfg, BstOptimizerKind kind,
+                                      uint64_t seed)
+{
+    BstTrainState *s = state_alloc(kind, bst_config_num_params(cfg), seed);
+    if (!s)
+        return NULL;
+    for (int k = 0; k < bst_optimizer_slots(kind); k++)
+        fill(s->slot[k], s->size, slot_initial_value(kind));
+    return s;
+}
+
+BstTrainState *bst_train_state_grow(const BstTrainState *s, const BstModel *from,
+                                    const BstModel *to)
+{
+    if (s->size != from->params.size)
+        return NULL;
+    BstTrainState *g = bst_train_state_create(&to->cfg, s->optimizer, s->seed);
+    if (!g)
+        return NULL;
+    g->step = s->step;
+    g->epochs = s->epochs;
+    g->dropout_rng = s->dropout_rng;
+    for (int k = 0; k < bst_optimizer_slots(s->optimizer); k++)
+        bst_model_carry_params(to, g->slot[k], from, s->slot[k]);
+    return g;
 }
 
 size_t bst_trainer_memory_bytes(const BstConfig *cfg, const BstTrainOptions *o)
@@ -84,8 +174,7 @@ BstTrainer *bst_trainer_create(BstModel *m, const BstTrainOptions *o)
             goto fail;
         t->n_tensors = bst_param_tensors(c, &m->params, t->tensors);
     } else {
-        for (size_t i = 0; i < t->acc.size; i++)
-            t->acc.slab[i] = BST_ADAGRAD_INITIAL_ACCUMULATOR;
+        fill(t->acc.slab, t->acc.size, BST_ADAGRAD_INITIAL_ACCUMULATOR);
     }
     if (bst_acts_alloc(&t->acts, c, o->batch_size, BST_ACTS_TRAINING) != 0 ||
         bst_acts_alloc(&t->dacts, c, o->batch_size, BST_ACTS_GRADIENTS) != 0)
@@ -103,6 +192,65 @@ fail:
 void bst_trainer_set_learning_rate(BstTrainer *t, float lr)
 {
     t->lr = lr;
+}
+
+/* The trainer's slots, in BstTrainState order. */
+static float *trainer_slot(const BstTrainer *t, int k)
+{
+    return k == 0 ? t->acc.slab : t->acc2.slab;
+}
+
+static int state_fits(const BstTrainer *t, const BstTrainState *s)
+{
+    return !t->state_given && s->optimizer == t->opt.optimizer &&
+           s->size == t->model->params.size;
+}
+
+/* Counters and stream of the trainer into s. */
+static void copy_counters(const BstTrainer *t, BstTrainState *s)
+{
+    s->seed = t->opt.seed;
+    s->step = t->step;
+    s->dropout_rng = t->rng;
+}
+
+int bst_trainer_set_state(BstTrainer *t, const BstTrainState *s)
+{
+    if (!state_fits(t, s))
+        return -1;
+    for (int k = 0; k < bst_optimizer_slots(s->optimizer); k++)
+        memcpy(trainer_slot(t, k), s->slot[k], s->size * sizeof(float));
+    t->step = s->step;
+    /* Another seed's stream would not be this seed's continued. */
+    if (s->seed == t->opt.seed)
+        t->rng = s->dropout_rng;
+    return 0;
+}
+
+int bst_trainer_copy_state(const BstTrainer *t, BstTrainState *s)
+{
+    if (!state_fits(t, s))
+        return -1;
+    for (int k = 0; k < bst_optimizer_slots(s->optimizer); k++)
+        memcpy(s->slot[k], trainer_slot(t, k), s->size * sizeof(float));
+    copy_counters(t, s);
+    return 0;
+}
+
+int bst_trainer_give_state(BstTrainer *t, BstTrainState *s)
+{
+    if (t->state_given || s->slot[0] || s->slot[1])
+        return -1;
+    s->optimizer = t->opt.optimizer;
+    s->size = t->model->params.size;
+    s->slot[0] = t->acc.slab;
+    s->slot[1] = t->opt.optimizer == BST_OPT_ADAGRAD ? NULL : t->acc2.slab;
+    copy_counters(t, s);
+    /* The slabs are s's now: the trainer neither frees nor updates them. */
+    t->acc.slab = NULL;
+    t->acc2.slab = NULL;
+    t->state_given = 1;
+    return 0;
 }
 
 void bst_trainer_free(BstTrainer *t)
@@ -166,7 +314,7 @@ static void adam_range(BstTrainer *t, size_t lo, size_t hi, float step, float de
 
 float bst_train_step(BstTrainer *t, const BstBatch *b, double *abs_err_sum)
 {
-    if (!b || b->n < 1 || b->n > t->opt.batch_size || !b->targets)
+    if (!b || b->n < 1 || b->n > t->opt.batch_size || !b->targets || t->state_given)
         return NAN;
     BstModel *m = t->model;
     const size_t d = (size_t)m->cfg.embed_dim;

@@ -25,6 +25,44 @@ void bst_train_options_default(BstTrainOptions *o);
 /* NULL if valid, else a static human-readable message. */
 const char *bst_train_options_check(const BstTrainOptions *o);
 
+/*
+ * What a training continues from besides the model's weights (a warm
+ * start): the optimizer's per-parameter state, laid out as the parameter
+ * slab (Adagrad's accumulator; Adam's first and second moments), its update
+ * count (Adam's bias correction), where the dropout stream stands, and,
+ * kept by bst_fit_continue (fit.h), how many epochs the shuffle stream has
+ * drawn.  Both streams are the seed's: the state says which seed, so that
+ * a training with another seed starts them afresh instead.
+ */
+typedef struct BstTrainState {
+    BstOptimizerKind optimizer;
+    uint64_t seed;           /* of the dropout and shuffle streams */
+    int64_t step;            /* optimizer updates made, whatever the seed */
+    int32_t epochs;          /* epochs shuffled from seed's shuffle stream */
+    BstRng dropout_rng;      /* seed's dropout stream after the last update */
+    size_t size;             /* floats per slot: the model's parameter count */
+    float *slot[2];          /* Adagrad: accumulator; Adam: first, second moment */
+} BstTrainState;
+
+/* Per-parameter slots of an optimizer's state: 1 for Adagrad, 2 for Adam(W);
+ * 0 for an unknown kind. */
+int bst_optimizer_slots(BstOptimizerKind kind);
+/* Bytes bst_train_state_create allocates for a model of config cfg. */
+size_t bst_train_state_memory_bytes(const BstConfig *cfg, BstOptimizerKind kind);
+/* The state a fresh training starts from: slots at the optimizer's initial
+ * values, no step, no epoch, seed's streams at their start.  NULL for an
+ * unknown optimizer or on allocation failure. */
+BstTrainState *bst_train_state_create(const BstConfig *cfg, BstOptimizerKind kind,
+                                      uint64_t seed);
+void bst_train_state_free(BstTrainState *s);
+/* The state of model from carried to model to, from's vocabularies grown
+ * (bst_model_grow): slots copied as bst_model_carry_params copies the
+ * parameters, the rows of new movies and users at the optimizer's initial
+ * values, counters and streams unchanged.  NULL if s is not shaped for
+ * from, or on allocation failure. */
+BstTrainState *bst_train_state_grow(const BstTrainState *s, const BstModel *from,
+                                    const BstModel *to);
+
 typedef struct BstTrainer BstTrainer;
 /* Bytes bst_trainer_create allocates for a model of config cfg (gradients,
  * optimizer state, training activations and their gradients); cfg and o
@@ -41,5 +79,20 @@ float bst_train_step(BstTrainer *t, const BstBatch *b, double *abs_err_sum);
 void bst_trainer_free(BstTrainer *t);
 /* The learning rate of the following steps (a schedule's current value). */
 void bst_trainer_set_learning_rate(BstTrainer *t, float lr);
+/*
+ * Continue from s: its slots and update count; its dropout stream too when
+ * s->seed is the trainer's seed (another seed keeps the trainer's own,
+ * fresh stream).  0, or -1 (nothing changed) when s is of another optimizer
+ * or shape, or the trainer has given its state away.
+ */
+int bst_trainer_set_state(BstTrainer *t, const BstTrainState *s);
+/* Copies the trainer's state into s (of the same optimizer and shape; its
+ * epochs left as they are): 0, or -1 as bst_trainer_set_state. */
+int bst_trainer_copy_state(const BstTrainer *t, BstTrainState *s);
+/* Moves the trainer's slots into s (whose slots must be NULL), without a
+ * copy, and fills its counters as bst_trainer_copy_state; the trainer
+ * steps no more (bst_train_step returns NaN).  0, or -1 when already
+ * given. */
+int bst_trainer_give_state(BstTrainer *t, BstTrainState *s);
 
 #endif
