@@ -1415,9 +1415,11 @@ static void test_long_window_predictor(BstRng *rng)
     track_stop();
 }
 
-static void count_chunk(void *arg, int32_t epoch, int64_t chunk, int64_t n_chunks)
+static void count_chunk(void *arg, int32_t epoch, int64_t chunk, int64_t n_chunks,
+                        double running_loss)
 {
     int64_t *seen = arg;
+    (void)running_loss;
     if (epoch == 0 && chunk == seen[0])
         seen[0]++;
     seen[1] = n_chunks;
