@@ -74,3 +74,19 @@ machine_description() {
         "$(sed -n 's/^cpu family\s*: //p' /proc/cpuinfo | head -1)" \
         "$(sed -n 's/^model\s*: //p' /proc/cpuinfo | head -1)" "$(nproc)" "$blas"
 }
+
+# Run one suite of a test script ("run_suite NAME COMMAND..."): a PASS or
+# FAIL line with its seconds goes to $summary, and a failure sets $failed.
+summary=()
+failed=0
+run_suite() {
+    local name=$1 start=$SECONDS
+    shift
+    log "suite: $name"
+    if "$@"; then
+        summary+=("PASS  $name ($((SECONDS - start)) s)")
+    else
+        summary+=("FAIL  $name ($((SECONDS - start)) s)")
+        failed=1
+    fi
+}

@@ -20,19 +20,6 @@ trap cluster_stop EXIT
 trap 'exit 130' INT TERM
 cluster_start || exit 1
 
-summary=()
-failed=0
-run_suite() {
-    local name=$1 start=$SECONDS
-    shift
-    log "suite: $name"
-    if "$@"; then
-        summary+=("PASS  $name ($((SECONDS - start)) s)")
-    else
-        summary+=("FAIL  $name ($((SECONDS - start)) s)")
-        failed=1
-    fi
-}
 
 regress() {
     make -s installcheck || { cat regression.diffs 2>/dev/null; return 1; }

@@ -148,19 +148,6 @@ grep -q "$INST/usr/lib/postgresql/15/lib/bst.so" <<<"$maps" && grep -q libasan <
     { echo "the backend did not load the sanitized bst.so with the sanitizer runtimes" >&2; exit 1; }
 
 # --- the suites -------------------------------------------------------------
-summary=()
-failed=0
-run_suite() {
-    local name=$1 start=$SECONDS
-    shift
-    log "suite: $name"
-    if "$@"; then
-        summary+=("PASS  $name ($((SECONDS - start)) s)")
-    else
-        summary+=("FAIL  $name ($((SECONDS - start)) s)")
-        failed=1
-    fi
-}
 
 regress() {
     make -s -C "$T/src" with_llvm=no installcheck ||
