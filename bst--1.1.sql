@@ -310,7 +310,6 @@ LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    model_owner regrole := @extschema@.bst_model_owner(model);
     current_deployment @extschema@.bst_deployments;
     chosen integer;
     previous bigint;
@@ -318,13 +317,11 @@ BEGIN
     IF model IS NULL OR strategy IS NULL THEN
         RAISE EXCEPTION 'model and strategy must not be NULL' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF model_owner IS NULL OR NOT EXISTS (SELECT FROM @extschema@.bst_models m WHERE m.name = bst_deploy.model) THEN
+    -- A model row-level security hides does not exist for the caller.
+    IF NOT EXISTS (SELECT FROM @extschema@.bst_models m WHERE m.name = bst_deploy.model) THEN
         RAISE EXCEPTION 'bst model % does not exist', quote_literal(model) USING ERRCODE = 'undefined_object';
     END IF;
-    IF NOT pg_has_role(model_owner, 'USAGE') THEN
-        RAISE EXCEPTION 'must be owner of bst model %', quote_literal(model)
-            USING ERRCODE = 'insufficient_privilege', DETAIL = format('The model belongs to %s.', model_owner);
-    END IF;
+    PERFORM @extschema@.bst_check_model_owner(model);
     -- Deployments serialize per model, as trainings do.
     PERFORM pg_advisory_xact_lock(hashtext('bst_models'), hashtext(model));
     SELECT * INTO current_deployment FROM @extschema@.bst_deployments d
@@ -375,20 +372,17 @@ LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    model_owner regrole := @extschema@.bst_model_owner(model);
     deployed integer;
     removed integer;
 BEGIN
     IF model IS NULL THEN
         RAISE EXCEPTION 'model must not be NULL' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF model_owner IS NULL OR NOT EXISTS (SELECT FROM @extschema@.bst_models m WHERE m.name = bst_drop.model) THEN
+    -- A model row-level security hides does not exist for the caller.
+    IF NOT EXISTS (SELECT FROM @extschema@.bst_models m WHERE m.name = bst_drop.model) THEN
         RAISE EXCEPTION 'bst model % does not exist', quote_literal(model) USING ERRCODE = 'undefined_object';
     END IF;
-    IF NOT pg_has_role(model_owner, 'USAGE') THEN
-        RAISE EXCEPTION 'must be owner of bst model %', quote_literal(model)
-            USING ERRCODE = 'insufficient_privilege', DETAIL = format('The model belongs to %s.', model_owner);
-    END IF;
+    PERFORM @extschema@.bst_check_model_owner(model);
     PERFORM pg_advisory_xact_lock(hashtext('bst_models'), hashtext(model));
     IF version IS NULL THEN
         DELETE FROM @extschema@.bst_deployments d WHERE d.model = bst_drop.model;
@@ -441,6 +435,28 @@ BEGIN ATOMIC
     ORDER BY m.version LIMIT 1;
 END;
 
+-- Raise 42704 when model does not exist and 42501 unless the caller has the
+-- privileges of its owner: what bst_grant, bst_revoke, bst_deploy and
+-- bst_drop require.
+CREATE FUNCTION bst_check_model_owner(model text) RETURNS void
+LANGUAGE plpgsql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    model_owner regrole := @extschema@.bst_model_owner(model);
+BEGIN
+    IF model_owner IS NULL THEN
+        RAISE EXCEPTION 'bst model % does not exist', quote_literal(model)
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    IF NOT pg_has_role(model_owner, 'USAGE') THEN
+        RAISE EXCEPTION 'must be owner of bst model %', quote_literal(model)
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = format('The model belongs to %s.', model_owner);
+    END IF;
+END;
+$$;
+
 -- A role sees the versions of the models it owns (directly or through a
 -- role it has the privileges of, as for any PostgreSQL object) and of the
 -- models granted to it or to PUBLIC.  Only an owner's role adds versions,
@@ -491,18 +507,9 @@ LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    model_owner regrole := @extschema@.bst_model_owner(model);
     role regrole := CASE WHEN lower(grantee) = 'public' THEN NULL ELSE grantee::regrole END;
 BEGIN
-    IF model_owner IS NULL THEN
-        RAISE EXCEPTION 'bst model % does not exist', quote_literal(model)
-            USING ERRCODE = 'undefined_object';
-    END IF;
-    IF NOT pg_has_role(model_owner, 'USAGE') THEN
-        RAISE EXCEPTION 'must be owner of bst model %', quote_literal(model)
-            USING ERRCODE = 'insufficient_privilege',
-                  DETAIL = format('The model belongs to %s.', model_owner);
-    END IF;
+    PERFORM @extschema@.bst_check_model_owner(model);
     INSERT INTO @extschema@.bst_model_grants VALUES (model, role) ON CONFLICT DO NOTHING;
 END;
 $$;
@@ -513,18 +520,9 @@ LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    model_owner regrole := @extschema@.bst_model_owner(model);
     role regrole := CASE WHEN lower(grantee) = 'public' THEN NULL ELSE grantee::regrole END;
 BEGIN
-    IF model_owner IS NULL THEN
-        RAISE EXCEPTION 'bst model % does not exist', quote_literal(model)
-            USING ERRCODE = 'undefined_object';
-    END IF;
-    IF NOT pg_has_role(model_owner, 'USAGE') THEN
-        RAISE EXCEPTION 'must be owner of bst model %', quote_literal(model)
-            USING ERRCODE = 'insufficient_privilege',
-                  DETAIL = format('The model belongs to %s.', model_owner);
-    END IF;
+    PERFORM @extschema@.bst_check_model_owner(model);
     DELETE FROM @extschema@.bst_model_grants g
     WHERE g.model = bst_revoke.model AND g.grantee IS NOT DISTINCT FROM role;
 END;
