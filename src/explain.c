@@ -66,8 +66,7 @@ bst_explain_weights(PG_FUNCTION_ARGS)
 	movie_id = PG_GETARG_INT32(1);
 
 	InitMaterializedSRF(fcinfo, 0);
-	entry = bst_model_for_call(fcinfo, !PG_ARGISNULL(2) ? text_to_cstring(PG_GETARG_TEXT_PP(2)) :
-							   bst_default_model && bst_default_model[0] ? bst_default_model : NULL);
+	entry = bst_model_for_call(fcinfo, !PG_ARGISNULL(2) ? text_to_cstring(PG_GETARG_TEXT_PP(2)) : NULL);
 	model = entry->model;
 	L = bst_model_config(model)->seq_len;
 	H = bst_model_config(model)->heads;

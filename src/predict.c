@@ -57,6 +57,10 @@ bst_model_for_call(FunctionCallInfo fcinfo, const char *name)
 	CallModel  *call = fcinfo->flinfo->fn_extra;
 	BstStoredModel *entry;
 
+	/* NULL is bst.model when set: a name, so a change of it is noticed. */
+	if (name == NULL && bst_default_model != NULL && bst_default_model[0] != '\0')
+		name = bst_default_model;
+
 	if (call && (call->name == NULL ? name == NULL : name != NULL && strcmp(call->name, name) == 0) &&
 		call->lxid == MyProc->lxid && call->cid == GetCurrentCommandId(false) &&
 		call->userid == GetUserId() &&
@@ -348,8 +352,7 @@ bst_predict_user(PG_FUNCTION_ARGS)
 {
 	int32		user_id = PG_GETARG_INT32(0);
 	int32		movie_id = PG_GETARG_INT32(1);
-	BstStoredModel *entry = bst_model_for_call(fcinfo, bst_default_model && bst_default_model[0] ?
-										   bst_default_model : NULL);
+	BstStoredModel *entry = bst_model_for_call(fcinfo, NULL);
 	int32		movies[BST_MAX_SEQ_LEN];
 	float		ratings[BST_MAX_SEQ_LEN];
 	int			found;

@@ -130,8 +130,7 @@ bst_recommend(PG_FUNCTION_ARGS)
 				 errmsg("k must be at least 1, not %d", k)));
 
 	InitMaterializedSRF(fcinfo, 0);
-	entry = bst_model_for_call(fcinfo, !PG_ARGISNULL(3) ? text_to_cstring(PG_GETARG_TEXT_PP(3)) :
-							   bst_default_model && bst_default_model[0] ? bst_default_model : NULL);
+	entry = bst_model_for_call(fcinfo, !PG_ARGISNULL(3) ? text_to_cstring(PG_GETARG_TEXT_PP(3)) : NULL);
 	model = entry->model;
 
 	found = bst_user_history(entry, user_id, history, history_ratings);
