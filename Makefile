@@ -6,14 +6,17 @@ CORE_OBJS = $(patsubst %.c,%.o,$(wildcard src/core/*.c))
 OBJS = $(patsubst %.c,%.o,$(wildcard src/*.c)) $(CORE_OBJS)
 PGFILEDESC = "bst - Behavior Sequence Transformer recommender"
 
-PG_CPPFLAGS = -I$(srcdir)/src
+# BST_BLAS_DLOPEN: OpenBLAS is not linked; _PG_init chooses its kernels,
+# then loads it (src/core/blas.h says why).
+PG_CPPFLAGS = -I$(srcdir)/src -DBST_BLAS_DLOPEN
 PG_CFLAGS = -O2
 # The core is plain C11 with its own stricter warnings; gcc 12 at -O2 leaves
 # its element-wise loops scalar unless the cost model is dynamic (~20% faster),
-# and sqrtf only vectorises without errno.  OpenMP splits each batch across
-# cores (src/core/parallel.h).
+# and sqrtf only vectorises without errno.  -fopenmp makes gcc turn each
+# parallel loop into a function; the loops run on the core's own thread pool
+# (src/core/parallel.c), so no OpenMP library is linked.
 src/core/%.o: override CFLAGS += -Wextra -Wno-declaration-after-statement -fvect-cost-model=dynamic -fno-math-errno -fopenmp
-SHLIB_LINK = -lopenblas -lz -lm -fopenmp
+SHLIB_LINK = -lz -lm
 
 REGRESS = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/*.sql)))
 REGRESS_OPTS = --load-extension=$(EXTENSION)

@@ -5,6 +5,7 @@
  */
 #include "postgres.h"
 
+#include "access/parallel.h"
 #include "fmgr.h"
 #include "mb/pg_wchar.h"
 #include "utils/builtins.h"
@@ -13,6 +14,7 @@
 #include "utils/memutils.h"
 
 #include "bst.h"
+#include "core/blas_load.h"
 #include "core/bst_alloc.h"
 #include "core/parallel.h"
 
@@ -58,10 +60,48 @@ bst_core_memory(MemoryContext cxt)
 	return old;
 }
 
+/*
+ * PostgreSQL's parallel workers run one core thread each: the query already
+ * runs in several processes, and a worker that only scores its share of the
+ * rows should not start a pool of its own.  Asked at every parallel loop:
+ * with bst in shared_preload_libraries, a parallel worker inherits the
+ * setting from the postmaster and never applies bst.threads itself.
+ */
+static int
+in_parallel_worker(void)
+{
+	return IsParallelWorker();
+}
+
+/*
+ * Applies bst.threads whenever it changes: the core only records the count
+ * (and ends surplus workers), so this is cheap and safe in an assign hook.
+ */
+static void
+assign_threads(int newval, void *extra)
+{
+	bst_set_num_threads(newval);
+}
+
 void
 _PG_init(void)
 {
+	/*
+	 * First, before anything else is defined: when OpenBLAS cannot be loaded
+	 * the error leaves nothing half set up, and the next use of the
+	 * extension tries again.
+	 */
+	const char *blas_error = bst_blas_load();
+
+	if (blas_error)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FILE),
+				 errmsg("bst could not load OpenBLAS"),
+				 errdetail("%s", blas_error),
+				 errhint("Install OpenBLAS on the database server (on Debian: apt-get install libopenblas0).")));
+
 	bst_set_allocator(core_alloc, core_free);
+	bst_set_thread_veto(in_parallel_worker);
 
 	DefineCustomStringVariable("bst.model",
 							   "Model used by bst_predict(user_id, movie_id).",
@@ -72,13 +112,13 @@ _PG_init(void)
 							   0,
 							   NULL, NULL, NULL);
 	DefineCustomIntVariable("bst.threads",
-							"Threads one backend uses to train and evaluate bst models.",
-							"0 means every core this process may run on.",
+							"Threads one backend uses to train, evaluate and score bst models.",
+							"0 means the cores this process may run on, at most " CppAsString2(BST_AUTO_THREADS_MAX) ".",
 							&bst_threads,
-							0, 0, 64,
+							0, 0, BST_MAX_THREADS,
 							PGC_USERSET,
 							0,
-							NULL, NULL, NULL);
+							NULL, assign_threads, NULL);
 	DefineCustomIntVariable("bst.model_cache_memory",
 							"Memory one backend keeps loaded bst models in.",
 							"The least recently used models are evicted beyond it.",
@@ -99,14 +139,26 @@ _PG_init(void)
 }
 
 /*
- * Apply bst.threads before the core runs.  Not an assign hook: the core
- * starts its thread pool here, which must not happen while GUCs are being
- * loaded.
+ * Apply bst.threads before the core runs.  assign_threads() already does
+ * whenever it changes, so this only repeats it; kept for its callers.
  */
 void
 bst_use_threads(void)
 {
 	bst_set_num_threads(bst_threads);
+}
+
+/*
+ * bst_compute_info(): the BLAS, its kernels and where they came from, and
+ * the threads a training would use, e.g. "OpenBLAS 0.3.21 ... SkylakeX
+ * MAX_THREADS=64, kernels SkylakeX (chosen by bst: AVX-512), 2 threads".
+ */
+PG_FUNCTION_INFO_V1(bst_compute_info);
+
+Datum
+bst_compute_info(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_TEXT_P(cstring_to_text(bst_compute_description()));
 }
 
 void

@@ -1,9 +1,9 @@
 #include "layers.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <string.h>
 
+#include "blas.h"
 #include "parallel.h"
 
 /*
@@ -305,9 +305,9 @@ static void linear_forward_rows(float *out, const float *in, const float *w, con
         for (size_t r = r0; r < r1; r++)
             memcpy(out + r * out_dim, b, (size_t)out_dim * sizeof(float));
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(r1 - r0), out_dim, in_dim,
-                1.0f, in + r0 * in_dim, in_dim, w, out_dim, b ? 1.0f : 0.0f,
-                out + r0 * out_dim, out_dim);
+    bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(r1 - r0), out_dim, in_dim,
+                   1.0f, in + r0 * in_dim, in_dim, w, out_dim, b ? 1.0f : 0.0f,
+                   out + r0 * out_dim, out_dim);
 }
 
 void linear_forward(float *out, const float *in, const float *w, const float *b,
@@ -323,9 +323,9 @@ static void linear_backward_input_rows(float *d_in, const float *d_out, const fl
 {
     if (r1 <= r0)
         return;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(r1 - r0), in_dim, out_dim,
-                1.0f, d_out + r0 * out_dim, out_dim, w, out_dim, 0.0f,
-                d_in + r0 * in_dim, in_dim);
+    bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(r1 - r0), in_dim, out_dim,
+                   1.0f, d_out + r0 * out_dim, out_dim, w, out_dim, 0.0f,
+                   d_in + r0 * in_dim, in_dim);
 }
 
 /* Columns [c0, c1) of d_w += in^T . d_out and of d_b += column sums of d_out. */
@@ -335,8 +335,8 @@ static void linear_backward_param_cols(float *d_w, float *d_b, const float *d_ou
 {
     if (c1 <= c0)
         return;
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, in_dim, (int)(c1 - c0), n,
-                1.0f, in, in_dim, d_out + c0, out_dim, 1.0f, d_w + c0, out_dim);
+    bst_blas.sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, in_dim, (int)(c1 - c0), n,
+                   1.0f, in, in_dim, d_out + c0, out_dim, 1.0f, d_w + c0, out_dim);
     if (!d_b)
         return;
     for (size_t b0 = c0; b0 < c1; b0 += COL_BLOCK) {

@@ -1,26 +1,89 @@
-#define _POSIX_C_SOURCE 200809L
+/*
+ * The core's thread pool: runs the OpenMP parallel regions of PARALLEL_FOR
+ * (parallel.h) on worker threads that wait passively.
+ *
+ * gcc compiles "#pragma omp parallel num_threads(n)" into a function holding
+ * the region's body and a call GOMP_parallel(fn, data, n, flags): libgomp's
+ * entry point (ABI version GOMP_4.0, stable since gcc 4.9).  This file
+ * defines GOMP_parallel itself, with hidden visibility, so the core's regions
+ * bind to it when the core is linked and nothing else in the process (another
+ * library using libgomp) ever does.  Neither the extension nor the tests need
+ * libgomp.  Why not libgomp: its threads spin at every barrier (300,000
+ * iterations, milliseconds) unless OMP_WAIT_POLICY or GOMP_SPINCOUNT are set
+ * when it loads; with every core busy, that spinning took the CPU from the
+ * thread doing the work, and training ran 6-17 times slower than on one
+ * thread.  Here a waiting thread spins for at most SPIN_WAIT_NS (long enough
+ * to cover the gap between two regions of a batch on an idle machine), then
+ * sleeps on a condition variable.
+ *
+ * One region at a time (GOMP_parallel below says how its shares are run).
+ * A region started inside a region, or by a second thread while the pool is
+ * busy, runs in the calling thread alone (team of 1).
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT, sched_getcpu */
+#endif
 #include "parallel.h"
 
-#include <cblas.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
+#include <stdalign.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <time.h>
 
-/* Set by the host before training or prediction, never from a worker. */
-static int g_setting;                  /* 0 = all cores */
-static int g_pool;                     /* threads created with signals blocked */
-static int g_threads = 1;              /* in effect: min(wanted, pool), cached */
+#include "blas.h"
+
+#if defined(_OPENMP) && defined(__clang__)
+#error "parallel.c provides gcc's OpenMP entry point (GOMP_parallel): build the core with gcc"
+#endif
+
+/*
+ * How long a thread waiting for work (a worker) or for the workers (the
+ * thread that started a region) spins before it sleeps.  On an idle machine
+ * the next region of a batch starts within a few microseconds and the
+ * workers finish within a few of each other, so the waits end while
+ * spinning and cost no wake-up; on a busy one a waiter gives its core away
+ * after this long.  Waking a sleeping thread costs some 5-50 us.
+ */
+#define SPIN_WAIT_NS 50000
+/* Spin iterations between two looks at the clock (a pause is ~10-150 cycles). */
+#define SPIN_CLOCK_EVERY 64
+
+/* ----------------------------------------------------------- settings */
+
+/* Set by the host thread, outside regions. */
+static int g_setting;                  /* bst_set_num_threads; 0 = automatic */
+static int g_threads;                  /* the count a large loop uses; 0 = not resolved yet */
 static double g_min_work = BST_PAR_MIN_WORK_DEFAULT;
+static int (*g_veto)(void);
 
-/* Bounds a silly setting; far above any useful count for these sizes. */
-#define BST_MAX_THREADS 64
+static void pool_shrink(int workers);
+static void forget_stalls(void);
 
-static int wanted_threads(void)
+/* Cores this process may run on (its affinity mask, as taskset sets it). */
+static int available_cores(void)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) != 0)
+        return 1;
+    int n = CPU_COUNT(&set);
+    return n > 0 ? n : 1;
+}
+
+/* The setting as a thread count; cached in g_threads (sched_getaffinity is a
+ * system call). */
+static int threads_in_effect(void)
 {
 #ifdef _OPENMP
-    int n = g_setting > 0 ? g_setting : omp_get_num_procs();
-    if (n > BST_MAX_THREADS)
-        n = BST_MAX_THREADS;
-    return n < 1 ? 1 : n;
+    if (g_threads == 0) {
+        int n = g_setting > 0 ? g_setting : available_cores();
+        if (g_setting == 0 && n > BST_AUTO_THREADS_MAX)
+            n = BST_AUTO_THREADS_MAX;
+        g_threads = n > BST_MAX_THREADS ? BST_MAX_THREADS : n;
+    }
+    return g_threads;
 #else
     return 1;
 #endif
@@ -29,12 +92,19 @@ static int wanted_threads(void)
 void bst_set_num_threads(int n)
 {
     g_setting = n < 0 ? 0 : n;
-    bst_threads_init();
+    g_threads = 0;
+    pool_shrink(threads_in_effect() - 1);
+    forget_stalls();
 }
 
 int bst_get_num_threads(void)
 {
-    return g_threads;
+    return g_veto && g_veto() ? 1 : threads_in_effect();
+}
+
+void bst_set_thread_veto(int (*veto)(void))
+{
+    g_veto = veto;
 }
 
 void bst_set_parallel_min_work(double flops)
@@ -42,55 +112,395 @@ void bst_set_parallel_min_work(double flops)
     g_min_work = flops;
 }
 
-/*
- * Inside PostgreSQL the core runs in a backend whose main thread handles
- * SIGINT, SIGTERM, SIGALRM, SIGUSR1, ...: the handlers set flags and latches
- * that only make sense on that thread.  The kernel delivers a process-wide
- * signal to any thread that does not block it, so the OpenMP workers must
- * block them all.  A thread inherits the signal mask of the thread that
- * creates it, and libgomp creates its workers lazily, at the first parallel
- * region that needs them, then keeps them for the life of the process.
- * Hence: block everything, run one trivial region of the full size so that
- * libgomp creates every worker now, restore the caller's mask.  Regions never
- * ask for more threads than this pool holds (bst_threads_for), so libgomp
- * never creates a worker later with the caller's (unblocked) mask.  A worker
- * that faults (SIGSEGV) still kills the process: synchronous faults cannot be
- * blocked.
- */
 void bst_threads_init(void)
 {
     /* OpenBLAS's own pool would compete with ours; a one-thread OpenBLAS call
      * runs in the caller and is safe to make from several threads at once. */
-    openblas_set_num_threads(1);
-#ifdef _OPENMP
-    int n = wanted_threads();
-    if (n > g_pool && n > 1) {
+    bst_blas.set_num_threads(1);
+}
+
+/* ------------------------------------------------------------- waiting */
+
+/*
+ * A counter that threads wait on until it moves past the value they have
+ * seen: spin first, then sleep.  The counter changes under the lock, so a
+ * thread that decides to sleep cannot miss the change.
+ */
+typedef struct Waiter {
+    atomic_uint count;
+    pthread_mutex_t lock;
+    pthread_cond_t changed;
+} Waiter;
+
+static void waiter_init(Waiter *w)
+{
+    atomic_init(&w->count, 0);
+    pthread_mutex_init(&w->lock, NULL);
+    pthread_cond_init(&w->changed, NULL);
+}
+
+static void waiter_destroy(Waiter *w)
+{
+    pthread_mutex_destroy(&w->lock);
+    pthread_cond_destroy(&w->changed);
+}
+
+static void waiter_bump(Waiter *w)
+{
+    pthread_mutex_lock(&w->lock);
+    atomic_fetch_add_explicit(&w->count, 1, memory_order_release);
+    pthread_cond_signal(&w->changed);
+    pthread_mutex_unlock(&w->lock);
+}
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+static uint64_t clock_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/*
+ * Waits until the count differs from `seen`; returns the new count.  The
+ * spin yields the core now and then: when the scheduler has put two of the
+ * pool's threads on one core (its other cores busy), the one that spins must
+ * not keep the one that works from running.
+ */
+static unsigned waiter_await(Waiter *w, unsigned seen)
+{
+    unsigned count;
+    const uint64_t deadline = clock_ns() + SPIN_WAIT_NS;
+    for (unsigned i = 1;; i++) {
+        count = atomic_load_explicit(&w->count, memory_order_acquire);
+        if (count != seen)
+            return count;
+        if (i % SPIN_CLOCK_EVERY == 0) {
+            if (clock_ns() >= deadline)
+                break;
+            sched_yield();
+        }
+        cpu_relax();
+    }
+    pthread_mutex_lock(&w->lock);
+    while ((count = atomic_load_explicit(&w->count, memory_order_acquire)) == seen)
+        pthread_cond_wait(&w->changed, &w->lock);
+    pthread_mutex_unlock(&w->lock);
+    return count;
+}
+
+/* ---------------------------------------------------------------- pool */
+
+typedef struct Region {
+    void (*fn)(void *);
+    void *data;
+    int team;                          /* shares: the thread count asked for */
+} Region;
+
+/* One cache line or more each: a worker's start counter is written by the
+ * starting thread and polled by the worker, and nobody else. */
+typedef struct Worker {
+    alignas(64) Waiter start;          /* bumped for each region, and to quit */
+    atomic_bool quit;
+    pthread_t thread;
+    /* Where and in which region it last ran a share (for stalled()). */
+    atomic_int cpu;
+    _Atomic uint64_t ran_generation;
+} Worker;
+
+static Worker g_workers[BST_MAX_THREADS - 1];
+static int g_n_workers;                /* running: g_workers[0 .. g_n_workers) */
+static Region g_region;                /* the current region; see claim() */
+static uint64_t g_generation;          /* regions started */
+/* The current region: its generation (bits 16-63) and shares (0-15),
+ * published by the starting thread once g_region is written. */
+static _Atomic uint64_t g_current;
+/* Per share: the generation of the last region in which it was claimed (a
+ * cache line each: different threads claim them). */
+static struct {
+    alignas(64) _Atomic uint64_t generation;
+} g_claimed[BST_MAX_THREADS];
+static atomic_int g_finished;          /* shares of the current region done */
+static Waiter g_done;                  /* bumped by a worker finishing the last share */
+static atomic_flag g_busy = ATOMIC_FLAG_INIT;
+static int g_done_ready;               /* g_done initialised */
+
+/* The calling thread's share of the region it runs, and region nesting. */
+static _Thread_local int t_team_thread = 0, t_team_size = 1, t_depth = 0;
+
+int bst_team_thread(void)
+{
+    return t_team_thread;
+}
+
+int bst_team_size(void)
+{
+    return t_team_size;
+}
+
+static void run_share(const Region *r, int share)
+{
+    const int saved_thread = t_team_thread, saved_size = t_team_size;
+    t_team_thread = share;
+    t_team_size = r->team;
+    t_depth++;
+    r->fn(r->data);
+    t_depth--;
+    t_team_thread = saved_thread;
+    t_team_size = saved_size;
+}
+
+/*
+ * Claims a share of the region `current` (as read from g_current); whether
+ * this thread got it.  A share is claimed once per region, so a successful
+ * claim pins the region (it cannot end before the share is done) and, by the
+ * acquire of g_current, shows g_region as the starting thread wrote it.  A
+ * worker that looks late, after its region ended, finds every share of it
+ * claimed.
+ */
+static int claim(uint64_t current, int share)
+{
+    const uint64_t generation = current >> 16;
+    uint64_t last = atomic_load_explicit(&g_claimed[share].generation, memory_order_relaxed);
+    return last < generation &&
+           atomic_compare_exchange_strong_explicit(&g_claimed[share].generation, &last, generation,
+                                                   memory_order_acq_rel, memory_order_relaxed);
+}
+
+/*
+ * Runs shares of the current region: `own` first (a thread usually runs the
+ * same share of every region, so the rows it computed in one layer are still
+ * in its core's cache for the next), then any the others have not claimed.
+ */
+static void run_shares(int own, Worker *worker)
+{
+    const uint64_t current = atomic_load_explicit(&g_current, memory_order_acquire);
+    const int team = (int)(current & 0xffff);
+    for (int k = 0; k < team; k++) {
+        const int share = (own + k) % team;
+        if (!claim(current, share))
+            continue;
+        const Region region = g_region;
+        run_share(&region, share);
+        if (worker) {
+            atomic_store_explicit(&worker->cpu, sched_getcpu(), memory_order_relaxed);
+            atomic_store_explicit(&worker->ran_generation, current >> 16, memory_order_relaxed);
+        }
+        /* After the last increment the region may end and g_region change:
+         * only the local copy is read from here on. */
+        if (atomic_fetch_add_explicit(&g_finished, 1, memory_order_acq_rel) + 1 == team && worker)
+            waiter_bump(&g_done);
+    }
+}
+
+static void *worker_main(void *arg)
+{
+    Worker *w = arg;
+    const int own = (int)(w - g_workers) + 1;
+    unsigned seen = 0;
+    for (;;) {
+        seen = waiter_await(&w->start, seen);
+        if (atomic_load_explicit(&w->quit, memory_order_acquire))
+            return NULL;
+        run_shares(own, w);
+    }
+}
+
+/*
+ * Starts workers until there are `workers` (or thread creation fails);
+ * returns how many there are, at most `workers`.
+ *
+ * Inside PostgreSQL the core runs in a backend whose main thread handles
+ * SIGINT, SIGTERM, SIGALRM, SIGUSR1, ...: the handlers set flags and latches
+ * that only make sense on that thread.  The kernel delivers a process-wide
+ * signal to any thread that does not block it, so the workers must block
+ * them all.  A thread inherits the signal mask of the thread that creates
+ * it: block everything around pthread_create, then restore the caller's
+ * mask.  A worker that faults (SIGSEGV) still kills the process: synchronous
+ * faults cannot be blocked.
+ */
+static int pool_grow(int workers)
+{
+    if (g_n_workers < workers) {
+        if (!g_done_ready) {
+            waiter_init(&g_done);
+            g_done_ready = 1;
+        }
         sigset_t all, old;
         sigfillset(&all);
         pthread_sigmask(SIG_SETMASK, &all, &old);
-        int got = 1;
-        /* The region only makes libgomp start its threads.  It may grant
-         * fewer than n (OMP_THREAD_LIMIT): the pool is what it gave. */
-#pragma omp parallel num_threads(n)
-        {
-#pragma omp master
-            got = omp_get_num_threads();
+        while (g_n_workers < workers) {
+            Worker *w = &g_workers[g_n_workers];
+            waiter_init(&w->start);
+            atomic_init(&w->quit, 0);
+            atomic_init(&w->cpu, -1);
+            atomic_init(&w->ran_generation, 0);
+            if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+                waiter_destroy(&w->start);
+                break;
+            }
+            g_n_workers++;
         }
         pthread_sigmask(SIG_SETMASK, &old, NULL);
-        if (got > g_pool)
-            g_pool = got;
     }
-    /* Cached for bst_threads_for: omp_get_num_procs() is a system call. */
-    g_threads = n <= g_pool ? n : (g_pool > 0 ? g_pool : 1);
-#endif
+    return g_n_workers < workers ? g_n_workers : workers;
+}
+
+/* Ends the workers beyond the first `workers` (idle: no region runs). */
+static void pool_shrink(int workers)
+{
+    if (workers < 0)
+        workers = 0;
+    if (t_depth > 0)
+        return;
+    while (g_n_workers > workers) {
+        Worker *w = &g_workers[--g_n_workers];
+        atomic_store_explicit(&w->quit, 1, memory_order_release);
+        waiter_bump(&w->start);
+        pthread_join(w->thread, NULL);
+        waiter_destroy(&w->start);
+    }
+}
+
+/* Visible to the core's own object files only; see the top of this file. */
+__attribute__((visibility("hidden"))) void GOMP_parallel(void (*fn)(void *), void *data,
+                                                          unsigned num_threads, unsigned flags);
+
+/*
+ * Stalls.  Workers help only when they run on other cores than the thread
+ * that starts the regions, at the same time.  On a busy machine they often
+ * do not: a worker that the scheduler preempts in the middle of a share (the
+ * machine's other processes want its core) holds the region up until it
+ * runs again, some milliseconds, against 10-500 us for a whole region; and
+ * when the other cores are busy, the scheduler may keep a worker on the
+ * starting thread's own core, where the two only take turns.  Either made
+ * 2 threads slower than 1.  So a region is a stall when the starting thread
+ * waited STALL_NS or more for the workers, or when every worker that ran a
+ * share of it ran on the starting thread's core, or when the workers ran no
+ * share of IDLE_HELPER_REGIONS regions in a row (woken in vain).  After a
+ * stall the starting thread runs the next regions alone (all their shares
+ * itself: the same results), SOLO_REGIONS_MIN regions after a first stall,
+ * twice as many after each further one up to SOLO_REGIONS_MAX (some 0.1-0.2 s
+ * of training, so that the threads are back soon after the machine's load
+ * goes), and back to the minimum after CLEAN_REGIONS_RESET regions in a row
+ * without a stall.  A stall costs about as much as 20-50 regions run alone.
+ * On an idle machine no wait comes near STALL_NS (a sleeping worker wakes in
+ * tens of microseconds) and the scheduler puts the threads on idle cores, so
+ * nothing changes there.
+ */
+#define STALL_NS 300000
+#define IDLE_HELPER_REGIONS 8
+#define SOLO_REGIONS_MIN 16
+#define SOLO_REGIONS_MAX 1024
+#define CLEAN_REGIONS_RESET 256
+
+static unsigned g_solo_left;           /* regions still to run alone */
+static unsigned g_solo_next = SOLO_REGIONS_MIN; /* length of the next solo period */
+static unsigned g_clean_streak;        /* regions with helpers in a row without a stall */
+static unsigned g_idle_helper_streak;  /* regions in a row whose helpers ran no share */
+
+/* A new thread count starts without history. */
+static void forget_stalls(void)
+{
+    g_solo_left = 0;
+    g_solo_next = SOLO_REGIONS_MIN;
+    g_clean_streak = 0;
+    g_idle_helper_streak = 0;
+}
+
+/* Whether the region just run with `helpers` workers was a stall (above). */
+static int stalled(uint64_t waited_ns, int helpers)
+{
+    if (waited_ns >= STALL_NS)
+        return 1;
+    /* The workers wrote these before their last increment of g_finished. */
+    const int cpu = sched_getcpu();
+    int ran = 0, elsewhere = 0;
+    for (int i = 0; i < helpers; i++) {
+        const Worker *w = &g_workers[i];
+        if (atomic_load_explicit(&w->ran_generation, memory_order_relaxed) == g_generation) {
+            ran++;
+            elsewhere += atomic_load_explicit(&w->cpu, memory_order_relaxed) != cpu;
+        }
+    }
+    if (ran == 0)
+        return ++g_idle_helper_streak >= IDLE_HELPER_REGIONS;
+    g_idle_helper_streak = 0;
+    return elsewhere == 0;
+}
+
+/* After a region with helpers: adjust the solo periods (see above). */
+static void note_region(int stall)
+{
+    if (stall) {
+        g_solo_left = g_solo_next;
+        if (g_solo_next < SOLO_REGIONS_MAX)
+            g_solo_next *= 2;
+        g_clean_streak = 0;
+        g_idle_helper_streak = 0;
+    } else if (++g_clean_streak >= CLEAN_REGIONS_RESET)
+        g_solo_next = SOLO_REGIONS_MIN;
+}
+
+/*
+ * The region's shares are numbered 0..team-1 and fixed by the thread count,
+ * so the results are too; which thread runs which share is not.  Each
+ * thread claims its own share (the starting thread 0, worker i share i),
+ * then any share still unclaimed: a worker that the scheduler keeps waiting
+ * behind other processes delays nobody, its share is simply run by a thread
+ * that is running.  The shares must not wait for each other
+ * (no barrier inside a region): one thread may run them one after another.
+ */
+void GOMP_parallel(void (*fn)(void *), void *data, unsigned num_threads, unsigned flags)
+{
+    (void)flags;                       /* proc_bind: the workers are not pinned */
+    int team = num_threads > 0 ? (int)num_threads : threads_in_effect();
+    if (team > BST_MAX_THREADS)
+        team = BST_MAX_THREADS;
+    if (team <= 1 || t_depth > 0 || atomic_flag_test_and_set(&g_busy)) {
+        Region alone = {fn, data, 1};
+        run_share(&alone, 0);
+        return;
+    }
+    /* The pool has the size asked for even while the workers rest. */
+    int helpers = pool_grow(team - 1);
+    if (g_solo_left > 0) {
+        g_solo_left--;
+        helpers = 0;
+    }
+    g_region = (Region){fn, data, team};
+    atomic_store_explicit(&g_finished, 0, memory_order_relaxed);
+    g_generation++;
+    atomic_store_explicit(&g_current, g_generation << 16 | (uint64_t)team, memory_order_release);
+    for (int i = 0; i < helpers; i++)
+        waiter_bump(&g_workers[i].start);
+    run_shares(0, NULL);
+    uint64_t wait_start = 0;
+    for (;;) {
+        const unsigned seen = atomic_load_explicit(&g_done.count, memory_order_acquire);
+        if (atomic_load_explicit(&g_finished, memory_order_acquire) == team)
+            break;
+        if (wait_start == 0)
+            wait_start = clock_ns();
+        waiter_await(&g_done, seen);
+    }
+    if (helpers > 0)
+        note_region(stalled(wait_start ? clock_ns() - wait_start : 0, helpers));
+    atomic_flag_clear(&g_busy);
 }
 
 int bst_threads_for(size_t blocks, double work)
 {
 #ifdef _OPENMP
-    int nt = g_threads;
-    /* Nested regions would create threads outside the pool. */
-    if (nt <= 1 || work < g_min_work || blocks < 2 || omp_in_parallel())
+    const int nt = threads_in_effect();
+    /* Nested regions would run alone anyway. */
+    if (nt <= 1 || work < g_min_work || blocks < 2 || t_depth > 0 || (g_veto && g_veto()))
         return 1;
     return blocks < (size_t)nt ? (int)blocks : nt;
 #else

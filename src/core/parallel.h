@@ -1,5 +1,6 @@
 /*
- * Data-parallel execution of the core's loops on a small OpenMP thread pool.
+ * Data-parallel execution of the core's loops on a small thread pool of its
+ * own (parallel.c).
  *
  * Every parallel loop of the core splits its OUTPUT into disjoint contiguous
  * ranges, one per thread, and each thread runs the same serial code on its
@@ -13,51 +14,91 @@
  * (dropout masks come from counter-based streams, bst_rng_at, which any
  * thread can evaluate at any position).  Only the BLAS may round an element
  * of a product differently depending on the block it is asked for: OpenBLAS's
- * AVX-512 kernels do not (weights are then identical for any thread count),
- * its AVX2 kernels do (last-bit differences between thread counts).
+ * AVX2 kernels do (last-bit differences between thread counts); its AVX-512
+ * kernels mostly do not, but a block narrower than their 16 columns can take
+ * another path (dW of a 41 x 41 projection split 32 + 9 does), so weights are
+ * identical across thread counts on some shapes only.
  *
  * OpenBLAS is kept to one thread (its own pool spins and yields on these small
  * matrices); the core calls it concurrently on disjoint blocks instead.
+ *
+ * The loops are written as OpenMP parallel regions (PARALLEL_FOR below), so
+ * that the compiler turns each loop body into a function, but the regions
+ * run on parallel.c's pool, not on libgomp's: libgomp spin-waits at every
+ * barrier unless OMP_WAIT_POLICY says otherwise when it loads, which on a
+ * busy server made training 6-17 times slower than one thread, and an
+ * extension cannot set the environment before a library it links is loaded.
+ * parallel.c's workers spin briefly, then sleep.  The core is compiled with
+ * -fopenmp (gcc) but needs no OpenMP library.
  */
 #ifndef BST_PARALLEL_H
 #define BST_PARALLEL_H
 
 #include <stddef.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+/*
+ * At most this many threads per process, whatever is asked: far above any
+ * useful count for the core's batch sizes.
+ */
+#define BST_MAX_THREADS 64
 
 /*
- * Thread count of the core's parallel loops: n >= 1, or 0 for all the cores
- * this process may run on.  Also (re)creates the thread pool as
- * bst_threads_init() does.  Default 0.
+ * The automatic thread count (setting 0) is the number of cores this process
+ * may run on, at most this.  A database server runs many backends at once:
+ * 20 trainings on 64 cores with every core each would run 1280 threads.  At
+ * 4 threads a mini-batch of ~256 windows still splits into shares of 64 rows
+ * or more, large enough for sgemm; beyond, each share's fixed costs (packing
+ * the whole other operand, waking a thread) weigh more and more.  And 20
+ * backends at 4 threads oversubscribe 64 cores only 1.25 times, which the
+ * pool's sleeping waits absorb.  Where one backend trains alone, SET
+ * bst.threads higher.
+ */
+#define BST_AUTO_THREADS_MAX 4
+
+/*
+ * Thread count of the core's parallel loops: n >= 1, or 0 for the automatic
+ * count (above).  Records the setting: no thread is created until a loop
+ * needs one, so a process that only makes single predictions (too little work
+ * to split) never has a pool.  Lowering the count ends the surplus workers.
+ * Default 0.  Never call it from inside a parallel loop.
  */
 void bst_set_num_threads(int n);
-/* The thread count in effect (1 when built without OpenMP). */
+/* The thread count a large loop would use now (1 when the host vetoes). */
 int bst_get_num_threads(void);
 
 /*
- * Creates the OpenMP worker threads (once, or again when the thread count
- * grows) with every signal blocked, and limits OpenBLAS to one thread.
- * Called by bst_trainer_create() and bst_predictor_create(); cheap when there
- * is nothing to do.
+ * A host's veto: while veto() returns nonzero every loop runs in the calling
+ * thread and no worker is created.  The extension vetoes in PostgreSQL's
+ * parallel workers, which are already one process among several sharing a
+ * query.  NULL (the default): no veto.
+ */
+void bst_set_thread_veto(int (*veto)(void));
+
+/*
+ * Limits OpenBLAS to one thread.  Called by bst_trainer_create() and
+ * bst_predictor_create(); creates no thread.
  */
 void bst_threads_init(void);
 
 /*
  * Loops whose estimated work (in flops, roughly) is below this run serially
- * in the calling thread, without entering OpenMP at all: a parallel region
- * costs ~0.6 us even with one thread, about the whole per-layer budget of a
- * one-window prediction.  Tests set 0 to push tiny inputs through the
+ * in the calling thread, without entering a parallel region at all: waking
+ * the workers costs about a microsecond, about the whole per-layer budget of
+ * a one-window prediction.  Tests set 0 to push tiny inputs through the
  * parallel paths.
  */
 #define BST_PAR_MIN_WORK_DEFAULT 32768.0
 void bst_set_parallel_min_work(double flops);
 
 /* Threads worth using for `blocks` independent blocks of work totalling
- * `work` flops: at most one per block. */
+ * `work` flops: at most one per block; 1 inside a parallel region. */
 int bst_threads_for(size_t blocks, double work);
+
+/* Inside a parallel region: the share the calling thread runs (0..size-1;
+ * which thread runs which share is the pool's choice) and the number of
+ * shares, the region's thread count.  Outside: 0, 1. */
+int bst_team_thread(void);
+int bst_team_size(void);
 
 /*
  * Share [*lo, *hi) of thread t among nt of the items [0, n): contiguous,
@@ -79,9 +120,10 @@ static inline void bst_share(size_t n, size_t grain, int t, int nt, size_t *lo, 
  * an sgemm call, whose fixed cost includes packing the whole other operand)
  * and keeps split points aligned (16 floats: threads rarely write to the
  * same cache line).  CALL appears twice in the expansion so that the serial
- * path never touches OpenMP.  The shares follow the team libgomp actually
- * gave (OMP_DYNAMIC or OMP_THREAD_LIMIT may shrink it), so every item is
- * always covered.
+ * path never touches the pool.  The shares are those of the thread count
+ * asked for, whichever threads run them (fewer, even the calling thread
+ * alone, when the pool could not create them all or the machine is busy), so
+ * the results depend on the thread count only.
  *
  *     PARALLEL_FOR((size_t)rows, 1, (double)rows * d, lo, hi,
  *                  layer_rows(out, in, lo, hi, d));   // lo, hi: size_t
@@ -95,8 +137,8 @@ static inline void bst_share(size_t n, size_t grain, int t, int nt, size_t *lo, 
             _Pragma("omp parallel num_threads(par_nt_)")                          \
             {                                                                     \
                 size_t lo, hi;                                                    \
-                bst_share(par_n_, par_grain_, omp_get_thread_num(),               \
-                          omp_get_num_threads(), &lo, &hi);                       \
+                bst_share(par_n_, par_grain_, bst_team_thread(), bst_team_size(), \
+                          &lo, &hi);                                              \
                 CALL;                                                             \
             }                                                                     \
         } else {                                                                  \

@@ -2,15 +2,22 @@
  * Training, determinism, serialization and robustness tests of the core.
  */
 #define _POSIX_C_SOURCE 200809L
+#include <dirent.h>
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 #include <zlib.h>
 
+#include "blas.h"
 #include "bst_alloc.h"
 #include "model.h"
 #include "parallel.h"
@@ -379,29 +386,140 @@ static int blocks_all(const sigset_t *m)
            sigismember(m, SIGQUIT) == 1 && sigismember(m, SIGURG) == 1;
 }
 
-/* The pool's workers block every signal; the caller's mask is left as it was. */
+/* The pool's workers block every signal; the caller's mask is left as it was,
+ * and the pool is created by the first region that needs it, not before. */
 static void test_worker_signals(void)
 {
 #ifdef _OPENMP
     sigset_t before, after;
     pthread_sigmask(SIG_SETMASK, NULL, &before);
     use_threads(2);
+    CHECK(bst_get_num_threads() == 2, "2 threads requested, %d in effect", bst_get_num_threads());
+    const pthread_t caller = pthread_self();
+    int ran_on_worker = 0, worker_blocks = 1, caller_blocks = 0, team = 0;
+    /* Which thread runs which share is the pool's business (a running
+     * thread takes the shares that a waiting one has not claimed yet, and on
+     * a busy machine the caller runs regions alone for a while), so slow
+     * shares, repeated with the history forgotten, give a worker its turn. */
+    for (int attempt = 0; attempt < 200 && !ran_on_worker; attempt++) {
+        use_threads(2);
+#pragma omp parallel num_threads(2)
+        {
+            sigset_t m;
+            pthread_sigmask(SIG_SETMASK, NULL, &m);
+            nanosleep(&(struct timespec){0, 2000000}, NULL);
+            if (pthread_equal(pthread_self(), caller))
+                caller_blocks |= blocks_all(&m);
+            else {
+                ran_on_worker = 1;
+                worker_blocks &= blocks_all(&m);
+            }
+            if (bst_team_thread() == 0)
+                team = bst_team_size();
+        }
+    }
     pthread_sigmask(SIG_SETMASK, NULL, &after);
     CHECK(!blocks_all(&after) && sigismember(&after, SIGINT) == sigismember(&before, SIGINT),
-          "bst_threads_init changed the caller's signal mask");
-    int nt = bst_get_num_threads(), blocked[2] = {0, 0};
-    CHECK(nt == 2, "2 threads requested, %d in effect", nt);
-    /* A region no larger than the pool runs on the pool's threads. */
-#pragma omp parallel num_threads(nt)
-    {
-        sigset_t m;
-        pthread_sigmask(SIG_SETMASK, NULL, &m);
-        blocked[omp_get_thread_num()] = blocks_all(&m);
-    }
-    CHECK(blocked[1], "a worker thread does not block signals");
-    CHECK(!blocked[0], "the calling thread blocks signals");
+          "creating the pool changed the caller's signal mask");
+    CHECK(team == 2, "a region of 2 threads ran as %d shares", team);
+    CHECK(ran_on_worker, "no share ran on a worker thread");
+    CHECK(worker_blocks, "a worker thread does not block signals");
+    CHECK(!caller_blocks, "the calling thread blocks signals");
     use_threads(1);
 #endif
+}
+
+/* Threads of this process (OpenBLAS's own included), from /proc. */
+static int process_threads(void)
+{
+    DIR *dir = opendir("/proc/self/task");
+    int n = 0;
+    if (!dir)
+        return -1;
+    for (struct dirent *e; (e = readdir(dir));)
+        n += e->d_name[0] != '.';
+    closedir(dir);
+    return n;
+}
+
+/* The thread count once it is `expected`, or after 2 s whatever it is: an
+ * ended thread leaves /proc a little after pthread_join returns. */
+static int process_threads_settled(int expected)
+{
+    int n = process_threads();
+    for (int i = 0; i < 2000 && n != expected; i++) {
+        nanosleep(&(struct timespec){0, 1000000}, NULL);
+        n = process_threads();
+    }
+    return n;
+}
+
+static int veto_all(void)
+{
+    return 1;
+}
+
+/*
+ * The pool is created by the first region that needs threads, with the
+ * thread count in effect then: single predictions (too little work to
+ * split) create none; lowering the count ends the surplus workers; a host's
+ * veto keeps everything in the calling thread; the automatic count is at
+ * most BST_AUTO_THREADS_MAX.
+ */
+static void test_pool_lifecycle(const Data *eval)
+{
+    use_threads(1);
+    /* Settled: the workers of earlier tests have just been ended. */
+    int base = process_threads();
+    for (int i = 0; i < 100; i++) {
+        nanosleep(&(struct timespec){0, 10000000}, NULL);
+        const int again = process_threads();
+        if (again == base)
+            break;
+        base = again;
+    }
+    bst_set_num_threads(3);
+    BstConfig cfg;
+    tiny_config(&cfg);
+    BstModel *m = bst_model_create(&cfg, g_ids, 3);
+    BstPredictor *p = m ? bst_predictor_create(m, 1) : NULL;
+    CHECK(p, "pool: create");
+    if (!p) {
+        bst_model_free(m);
+        return;
+    }
+    float out;
+    for (int i = 0; i < 100; i++) {
+        BstBatch one = slice(eval, i, 1);
+        one.targets = NULL;
+        bst_predict(p, &one, &out);
+    }
+    CHECK(process_threads() == base, "single predictions started %d threads",
+          process_threads() - base);
+#ifdef _OPENMP
+#pragma omp parallel num_threads(bst_get_num_threads())
+    {
+        (void)bst_team_thread();
+    }
+    int n = process_threads_settled(base + 2);
+    CHECK(n == base + 2, "3 threads: %d workers, 2 expected", n - base);
+    bst_set_num_threads(2);
+    n = process_threads_settled(base + 1);
+    CHECK(n == base + 1, "down to 2 threads: %d workers, 1 expected", n - base);
+#endif
+    bst_set_thread_veto(veto_all);
+    CHECK(bst_get_num_threads() == 1 && bst_threads_for(1000, 1e12) == 1,
+          "vetoed: %d threads in effect", bst_get_num_threads());
+    bst_set_thread_veto(NULL);
+    bst_set_num_threads(0);
+    const int automatic = bst_get_num_threads();
+    printf("pool: automatic thread count %d (at most %d)\n", automatic, BST_AUTO_THREADS_MAX);
+    CHECK(automatic >= 1 && automatic <= BST_AUTO_THREADS_MAX, "automatic: %d threads", automatic);
+    use_threads(1);
+    n = process_threads_settled(base);
+    CHECK(n == base, "1 thread: %d workers left", n - base);
+    bst_predictor_free(p);
+    bst_model_free(m);
 }
 
 /* Counting allocator that can be told to fail after a number of calls. */
@@ -1470,7 +1588,197 @@ static void test_evaluate_chunks(BstRng *rng)
     bst_model_free(m);
 }
 
-int main(void)
+/*
+ * OpenBLAS's generic x86-64 kernels (Prescott: SSE2, no FMA) and the ones
+ * bst chooses for this CPU (blas_load.h) compute the same model within
+ * rounding.  OpenBLAS picks its kernels once, when it loads, so each side
+ * runs in a child process: this binary again, with OPENBLAS_CORETYPE set,
+ * printing its kernels' name, then (hexadecimal floats) the predictions of a
+ * freshly initialised model, its predictions after KERNELS_SHORT_STEPS
+ * training steps, and after KERNELS_EPOCHS epochs the mean training loss and
+ * the mean squared error on held-out windows.  The model has the default
+ * widths (MLP 256, 128), so the sgemm calls are real blocked products.
+ *
+ * Tolerances:
+ * - untrained predictions, 1e-4 (rating units, targets 1..5): the kernels
+ *   sum the terms of each element in another order, with or without FMA; an
+ *   inner dimension K changes an element by at most about K * 2^-24 of the
+ *   sum of its terms' magnitudes (K <= 256: 1.5e-5), through a handful of
+ *   products.  Measured: 4e-7.
+ * - predictions after 5 steps, 1e-3: each step starts from slightly other
+ *   weights, and the first steps (loss 13 -> 9, Adagrad's largest updates)
+ *   multiply the differences by about 3 per step.  Measured: 1e-4.
+ * - after 2 epochs, the held-out MSE within 10% (relative).  By then two
+ *   trainings whose first steps differ in the last bits have drifted apart
+ *   (predictions 0.03 apart on average), so only their quality compares.
+ *   Measured: 0.2562 (Prescott) vs 0.2509 (SkylakeX), 2%; one kernel on 1,
+ *   2 and 3 threads spreads as much (Haswell: 0.2508 .. 0.2567).  The first
+ *   two checks are the sharp ones: they cover every sgemm variant of the
+ *   forward and the backward pass.
+ * A wrong kernel gives errors of the order of the ratings themselves.
+ */
+#define KERNELS_CHILD_ARG "--kernels-child"
+enum { KERNELS_SHORT_STEPS = 5, KERNELS_EPOCHS = 2 };
+
+static void kernels_child(const Data *train, const Data *eval)
+{
+    BstConfig cfg;
+    bst_config_default(&cfg, N_MOVIES, L);
+    BstModel *m = bst_model_create(&cfg, g_ids, 11);
+    BstTrainOptions o = {BST_OPT_ADAGRAD, 0.05f, BATCH, 11, 0.0f};
+    BstTrainer *t = m ? bst_trainer_create(m, &o) : NULL;
+    BstPredictor *p = m ? bst_predictor_create(m, 256) : NULL;
+    if (!t || !p)
+        exit(3);
+    float *out = new_floats((size_t)eval->n);
+    BstBatch all = {eval->n, eval->movies, eval->ratings, NULL, NULL, NULL};
+    printf("kernels %s\n", bst_blas.get_corename());
+    bst_predict(p, &all, out);
+    for (int32_t i = 0; i < eval->n; i++)
+        printf("untrained %a\n", out[i]);
+    double loss = 0.0;
+    int steps = 0;
+    for (int e = 0; e < KERNELS_EPOCHS; e++)
+        for (int32_t s = 0; s < train->n; s += BATCH) {
+            BstBatch b = slice(train, s, train->n - s < BATCH ? train->n - s : BATCH);
+            loss += bst_train_step(t, &b, NULL);
+            if (++steps == KERNELS_SHORT_STEPS) {
+                bst_predict(p, &all, out);
+                for (int32_t i = 0; i < eval->n; i++)
+                    printf("short %a\n", out[i]);
+            }
+        }
+    printf("loss %a\n", loss / steps);
+    printf("mse %a\n", eval_mse(m, eval));
+    free(out);
+    bst_predictor_free(p);
+    bst_trainer_free(t);
+    bst_model_free(m);
+}
+
+typedef struct KernelRun {
+    char kernels[64];
+    double loss, mse;
+    float *untrained, *short_trained;
+    int32_t n_untrained, n_short;
+} KernelRun;
+
+/* Runs kernels_child() in this binary again with OPENBLAS_CORETYPE =
+ * coretype; 0 when it ran and its output parsed. */
+static int run_kernels_child(const char *coretype, int32_t n, KernelRun *run)
+{
+    memset(run, 0, sizeof(*run));
+    run->untrained = new_floats((size_t)n);
+    run->short_trained = new_floats((size_t)n);
+    int out[2];
+    if (pipe(out) != 0)
+        return -1;
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
+    posix_spawn_file_actions_addclose(&actions, out[0]);
+    posix_spawn_file_actions_addclose(&actions, out[1]);
+    /* The child inherits the environment as it is at the spawn. */
+    const char *saved = getenv("OPENBLAS_CORETYPE");
+    char *restore = saved ? strdup(saved) : NULL;
+    setenv("OPENBLAS_CORETYPE", coretype, 1);
+    char *argv[] = {"test_train", KERNELS_CHILD_ARG, NULL};
+    extern char **environ;
+    pid_t pid;
+    int spawned = posix_spawn(&pid, "/proc/self/exe", &actions, NULL, argv, environ);
+    if (restore)
+        setenv("OPENBLAS_CORETYPE", restore, 1);
+    else
+        unsetenv("OPENBLAS_CORETYPE");
+    free(restore);
+    posix_spawn_file_actions_destroy(&actions);
+    close(out[1]);
+    if (spawned != 0) {
+        close(out[0]);
+        return -1;
+    }
+    FILE *f = fdopen(out[0], "r");
+    char line[128], value[64];
+    while (f && fgets(line, sizeof line, f)) {
+        if (sscanf(line, "kernels %63s", run->kernels) == 1)
+            continue;
+        if (sscanf(line, "loss %63s", value) == 1)
+            run->loss = strtod(value, NULL);
+        else if (sscanf(line, "mse %63s", value) == 1)
+            run->mse = strtod(value, NULL);
+        else if (sscanf(line, "untrained %63s", value) == 1 && run->n_untrained < n)
+            run->untrained[run->n_untrained++] = strtof(value, NULL);
+        else if (sscanf(line, "short %63s", value) == 1 && run->n_short < n)
+            run->short_trained[run->n_short++] = strtof(value, NULL);
+    }
+    if (f)
+        fclose(f);
+    int status;
+    if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        return -1;
+    return run->n_untrained == n && run->n_short == n && run->mse > 0.0 ? 0 : -1;
+}
+
+static double max_abs_diff(const float *a, const float *b, int32_t n)
+{
+    double worst = 0.0;
+    for (int32_t i = 0; i < n; i++)
+        worst = fmax(worst, fabs((double)a[i] - b[i]));
+    return worst;
+}
+
+static void test_kernels_agree(int32_t n_eval)
+{
+    const BstCpuFeatures cpu = bst_cpu_features();
+    const BstKernelChoice choice = bst_kernels_for(&cpu);
+    if (!choice.coretype) {
+        printf("kernels: no choice to compare on this CPU (%s)\n", choice.reason);
+        return;
+    }
+    static const char generic[] = "Prescott";
+    KernelRun base, chosen;
+    const int ok = run_kernels_child(generic, n_eval, &base) == 0 &&
+                   run_kernels_child(choice.coretype, n_eval, &chosen) == 0;
+    CHECK(ok, "kernels: a child run failed");
+    if (ok) {
+        CHECK(strcasecmp(base.kernels, generic) == 0 &&
+                  strcasecmp(chosen.kernels, choice.coretype) == 0,
+              "kernels: asked for %s and %s, OpenBLAS ran %s and %s", generic, choice.coretype,
+              base.kernels, chosen.kernels);
+        const double untrained = max_abs_diff(base.untrained, chosen.untrained, n_eval);
+        const double short_trained = max_abs_diff(base.short_trained, chosen.short_trained, n_eval);
+        const double mse = fabs(base.mse - chosen.mse) / base.mse;
+        printf("kernels %s vs %s (%s): predictions differ by at most %.1e untrained, %.1e after "
+               "%d steps; after %d epochs mean loss %.4f vs %.4f, held-out MSE %.4f vs %.4f\n",
+               base.kernels, chosen.kernels, choice.reason, untrained, short_trained,
+               KERNELS_SHORT_STEPS, KERNELS_EPOCHS, base.loss, chosen.loss, base.mse, chosen.mse);
+        CHECK(untrained <= 1e-4, "kernels: untrained predictions differ by %.3e", untrained);
+        CHECK(short_trained <= 1e-3, "kernels: predictions after %d steps differ by %.3e",
+              KERNELS_SHORT_STEPS, short_trained);
+        CHECK(mse <= 0.10, "kernels: held-out MSE differs by %.1f%%", 100.0 * mse);
+    }
+    free(base.untrained);
+    free(base.short_trained);
+    free(chosen.untrained);
+    free(chosen.short_trained);
+}
+
+/* The kernel choice by CPU class. */
+static void test_kernel_choice(void)
+{
+    const BstCpuFeatures avx512 = {0, 1, 1}, zen = {1, 1, 0}, intel_avx2 = {0, 1, 0},
+                         sse = {0, 0, 0};
+    CHECK(strcmp(bst_kernels_for(&avx512).coretype, "SkylakeX") == 0, "AVX-512: not SkylakeX");
+    CHECK(strcmp(bst_kernels_for(&zen).coretype, "Zen") == 0, "AMD AVX2: not Zen");
+    CHECK(strcmp(bst_kernels_for(&intel_avx2).coretype, "Haswell") == 0, "AVX2: not Haswell");
+    CHECK(bst_kernels_for(&sse).coretype == NULL, "no AVX2: bst chose kernels");
+    const BstCpuFeatures here = bst_cpu_features();
+    printf("kernels: bst chooses %s on this CPU (%s); %s\n",
+           bst_kernels_for(&here).coretype ? bst_kernels_for(&here).coretype : "nothing",
+           bst_kernels_for(&here).reason, bst_compute_description());
+}
+
+int main(int argc, char **argv)
 {
     use_threads(1);
     BstRng rng;
@@ -1483,9 +1791,18 @@ int main(void)
     score[0] = 3.0f;
     Data train = make_data(N_TRAIN, score, &rng);
     Data eval = make_data(N_EVAL, score, &rng);
+    if (argc > 1 && strcmp(argv[1], KERNELS_CHILD_ARG) == 0) {
+        kernels_child(&train, &eval);
+        free_data(&train);
+        free_data(&eval);
+        return 0;
+    }
 
     test_config_check();
+    test_kernel_choice();
+    test_kernels_agree(eval.n);
     test_worker_signals();
+    test_pool_lifecycle(&eval);
     test_learns(BST_OPT_ADAGRAD, "adagrad", 0.05f, &train, &eval);
     test_learns(BST_OPT_ADAM, "adam", 0.003f, &train, &eval);
     test_determinism(&train);
