@@ -214,6 +214,14 @@ CREATE FUNCTION bst_loaded_models(OUT name text, OUT version integer, OUT model_
 RETURNS SETOF record
 AS 'MODULE_PATHNAME' LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
 
+-- What computes in this backend: the BLAS library, the kernels it runs and
+-- what chose them (the server's OPENBLAS_CORETYPE, bst by the CPU's
+-- features, or OpenBLAS's own detection), and the threads bst.threads gives
+-- a training.  bst_train's first NOTICE repeats it.
+CREATE FUNCTION bst_compute_info()
+RETURNS text
+AS 'MODULE_PATHNAME' LANGUAGE C VOLATILE STRICT PARALLEL SAFE;
+
 -- One row per epoch of every stored version, written with it by bst_train:
 -- the loss and MAE on the training windows during the epoch, the
 -- validation MAE and RMSE after it (NULL without validation), the learning

@@ -30,6 +30,7 @@
 #include "utils/memutils.h"
 
 #include "bst.h"
+#include "core/blas_load.h"
 #include "core/fit.h"
 
 PG_FUNCTION_INFO_V1(bst_train);
@@ -1689,7 +1690,8 @@ bst_train(PG_FUNCTION_ARGS)
 					args.fit.train.learning_rate,
 					args.fit.patience ? psprintf(", early stopping on %g of the windows", args.fit.validation_fraction) : "",
 					warm ? psprintf("; continuing version %d after %lld optimizer steps", warm->stored.version,
-									(long long) from_state->step) : "")));
+									(long long) from_state->step) : ""),
+			 errdetail("Computing with %s.", bst_compute_description())));
 
 	initStringInfo(&metrics);
 	appendStringInfoString(&metrics, "{\"epochs\": [");

@@ -1,0 +1,100 @@
+# OpenBLAS's kernels inside the server: bst chooses them by the CPU's
+# features when the server's environment does not set OPENBLAS_CORETYPE,
+# never overrides it when it does, says which ones run (bst_compute_info()
+# and bst_train's first NOTICE), and a model predicts the same, within
+# rounding, on the generic kernels (Prescott: SSE2) and on the chosen ones.
+use strict;
+use warnings;
+
+use FindBin;
+use lib $FindBin::RealBin;
+use BstTap;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+# What bst should choose here, from the kernel's view of the CPU (blas_load.h).
+open(my $cpuinfo, '<', '/proc/cpuinfo') or die "cannot read /proc/cpuinfo: $!";
+my ($flags_line) = grep { /^flags\s*:/ } <$cpuinfo>;
+close $cpuinfo;
+my %flag = map { $_ => 1 } split ' ', ($flags_line =~ s/^flags\s*:\s*//r);
+my $amd = `grep -m1 vendor_id /proc/cpuinfo` =~ /AuthenticAMD/;
+my ($kernels, $reason);
+if (!grep { !$flag{"avx512$_"} } qw(f cd bw dq vl)) { ($kernels, $reason) = ('SkylakeX', 'AVX-512') }
+elsif ($flag{avx2} && $flag{fma}) { ($kernels, $reason) = ($amd ? 'Zen' : 'Haswell', 'AVX2 and FMA') }
+note 'this CPU: ' . ($kernels ? "$kernels ($reason)" : 'neither AVX2 nor AVX-512: OpenBLAS decides');
+
+my $node = bst_node('kernels');
+
+# The model's predictions of every window, one per line, in full precision.
+my $predictions_sql = q{
+SET extra_float_digits = 3;
+SELECT string_agg(bst_predict('k', movie_ids, ratings)::text, E'\n' ORDER BY user_id, movie_ids, ratings)
+FROM windows};
+
+sub restart_with_coretype
+{
+	my ($coretype) = @_;
+	local $ENV{OPENBLAS_CORETYPE} = $coretype;
+	delete $ENV{OPENBLAS_CORETYPE} unless defined $coretype;
+	$node->restart;
+	return;
+}
+
+# 1. The server's environment says Prescott: bst leaves it so.
+restart_with_coretype('Prescott');
+bst_load_data($node);
+is( $node->safe_psql('postgres', 'SELECT bst_compute_info()') =~ s/^.*, kernels //r,
+	'Prescott (from OPENBLAS_CORETYPE), 1 thread',
+	'OPENBLAS_CORETYPE set by the server environment is kept, and reported with its origin');
+
+my $s = start_session($node, 'bst_tap_kernels');
+my $r = session_query($s, bst_train_sql('k', epochs => 2));
+is($r->{sqlstate}, '00000', 'a model trains on the generic kernels');
+like($r->{stderr}, qr/NOTICE:  bst_train "k": .*\nDETAIL:  Computing with OpenBLAS .*, kernels Prescott \(from OPENBLAS_CORETYPE\), 1 thread\./,
+	"bst_train's first NOTICE says which kernels and how many threads compute");
+$s->{stdin} .= "\\q\n";
+$s->{run}->finish;
+my @generic = split /\n/, $node->safe_psql('postgres', $predictions_sql);
+is(scalar @generic, 2400, 'predictions of every window on the generic kernels');
+
+# 2. No OPENBLAS_CORETYPE: bst chooses by the CPU's features.
+restart_with_coretype(undef);
+my $info = $node->safe_psql('postgres', 'SELECT bst_compute_info()');
+note "chosen: $info";
+if ($kernels)
+{
+	is($info =~ s/^.*, kernels //r, "$kernels (chosen by bst: $reason), 1 thread",
+		"without OPENBLAS_CORETYPE, bst chooses $kernels by the CPU's features");
+}
+else
+{
+	like($info, qr/\(OpenBLAS's own detection\)/, 'on a CPU without AVX2, OpenBLAS decides');
+}
+# The automatic thread count: this process's cores, at most 4 (parallel.h).
+chomp(my $cores = `nproc`);
+my $auto = $cores < 4 ? $cores : 4;
+like($node->safe_psql('postgres', "SET bst.threads = 0; SELECT bst_compute_info()"),
+	qr/, $auto threads?$/, "bst.threads = 0 means this process's $cores cores, at most 4: $auto");
+like($node->safe_psql('postgres', "SET bst.threads = 3; SELECT bst_compute_info()"),
+	qr/, 3 threads$/, 'SET bst.threads takes effect at once');
+
+# 3. The same model, the same windows: the predictions agree within rounding.
+# The kernels sum each element's terms in another order, with or without FMA:
+# about K * 2^-24 of the terms' magnitudes per product (K <= 256), through a
+# handful of products (test/c/test_train.c, test_kernels_agree, measures
+# 4e-7).  A wrong kernel is off by the order of the ratings themselves.
+my @chosen = split /\n/, $node->safe_psql('postgres', $predictions_sql);
+is(scalar @chosen, scalar @generic, 'predictions of every window on the chosen kernels');
+my ($max_diff, $differ) = (0, 0);
+for my $i (0 .. $#generic)
+{
+	my $d = abs($generic[$i] - $chosen[$i]);
+	$max_diff = $d if $d > $max_diff;
+	$differ++ if $generic[$i] ne $chosen[$i];
+}
+note sprintf('largest difference %.3g; %d of %d predictions differ in some digit', $max_diff, $differ, scalar @generic);
+cmp_ok($max_diff, '<', 1e-4, 'generic and chosen kernels predict the same within 1e-4 (rating units)');
+
+$node->stop;
+done_testing();
