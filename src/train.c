@@ -135,7 +135,7 @@ typedef struct TrainArgs
 	int32		n_hidden;
 	int32		hidden[BST_MAX_HIDDEN];
 	float		dropout;
-	int32		embed_dim;		/* 0: floor(sqrt(vocabulary size)) */
+	int32		embed_dim;		/* 0: bst_default_dim(vocabulary size) */
 	int32		seq_len;		/* 0: the longest window of the query */
 	int32		factors;		/* -1: the embedding width */
 	bool		rating_add;
@@ -1213,16 +1213,6 @@ read_genres(TrainArgs *a, const int32 *vocab, int32 n_movies, const WarmStart *w
 	}
 }
 
-static int32
-sqrt_dim(int32 n)
-{
-	int32		d = 1;
-
-	while ((int64) (d + 1) * (d + 1) <= n)
-		d++;
-	return d;
-}
-
 static void
 append_json_key(StringInfo buf, const char *key)
 {
@@ -1438,12 +1428,12 @@ build_config(const TrainArgs *a, const Inputs *in, int32 n_movies, int32 max_len
 		config->embed_dim = a->embed_dim;
 	config->n_users = in->n_users;
 	if (a->features & FEATURE_BIT(FEATURE_USER_ID))
-		config->user_dim = sqrt_dim(in->n_users);
+		config->user_dim = bst_default_dim(in->n_users);
 	for (int k = 0; k < BST_N_USER_FEATS; k++)
 		if (a->features & FEATURE_BIT(FEATURE_SEX + k))
 		{
 			config->n_feat_values[k] = in->n_values[k];
-			config->feat_dim[k] = sqrt_dim(in->n_values[k]);
+			config->feat_dim[k] = bst_default_dim(in->n_values[k]);
 		}
 	config->n_genres = in->n_genres;
 	config->use_bias = a->bias ? 1 : 0;

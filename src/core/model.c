@@ -10,14 +10,19 @@
 
 /* ---------------------------------------------------------------- config */
 
+int32_t bst_default_dim(int64_t n)
+{
+    int32_t d = 1;
+    while (d < BST_DEFAULT_DIM_MAX && (int64_t)(d + 1) * (d + 1) <= n)
+        d++;
+    return d;
+}
+
 void bst_config_default(BstConfig *cfg, int32_t n_movies, int32_t seq_len)
 {
     memset(cfg, 0, sizeof(*cfg));
-    int32_t d = 1;
-    while ((int64_t)(d + 1) * (d + 1) <= n_movies)
-        d++;
     cfg->n_movies = n_movies;
-    cfg->embed_dim = d;
+    cfg->embed_dim = bst_default_dim(n_movies);
     cfg->seq_len = seq_len;
     cfg->heads = 3;
     cfg->n_hidden = 2;

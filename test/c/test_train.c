@@ -348,6 +348,12 @@ static void test_config_check(void)
     CHECK(cfg.embed_dim == 62 && bst_config_check(&cfg) == NULL, "default config for MovieLens-1M");
     bst_config_default(&cfg, 1, 2);
     CHECK(cfg.embed_dim == 1 && bst_config_check(&cfg) == NULL, "smallest config");
+    /* The Keras rule up to BST_DEFAULT_DIM_MAX, then fixed. */
+    CHECK(bst_default_dim(6040) == 77 && bst_default_dim(6560) == 80 && bst_default_dim(6399) == 79,
+          "default width floor(sqrt(n)) up to 80");
+    bst_config_default(&cfg, 62423, 4);
+    CHECK(cfg.embed_dim == BST_DEFAULT_DIM_MAX && bst_default_dim(INT64_C(1) << 40) == BST_DEFAULT_DIM_MAX,
+          "default width capped at 80 for larger vocabularies (ML-25M: 62,423 movies)");
     bst_config_default(&cfg, 100, 4);
     cfg.heads = 65;
     CHECK(bst_config_check(&cfg) && strcmp(bst_config_check(&cfg), "heads must be between 1 and 64") == 0, "heads 65");
