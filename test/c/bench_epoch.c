@@ -15,15 +15,13 @@
 #include <string.h>
 #include <time.h>
 
+#include "flops.h"
 #include "model.h"
 #include "parallel.h"
 #include "trainer.h"
 #include "test_util.h"
 
 enum { N_MOVIES = 3883, L = 4, N_WINDOWS = 424000, BATCH = 265 };
-/* Forward + backward floating-point work per window, dominated by the
- * projections and the first MLP layer. */
-#define FLOP_PER_WINDOW 1.8e6
 
 static double now(void)
 {
@@ -78,9 +76,14 @@ int main(int argc, char **argv)
 
     BstConfig cfg;
     bst_config_default(&cfg, N_MOVIES, L);
-    printf("bench: %d windows, n_movies %d, d %d, L %d, heads %d, hidden {%d,%d}, batch %d, %s\n",
+    /* Forward + backward floating-point work per window (flops.h: the matrix
+     * products), dominated by the projections and the first MLP layer. */
+    BstFlops flops;
+    bst_model_flops(&cfg, &flops);
+    printf("bench: %d windows, n_movies %d, d %d, L %d, heads %d, hidden {%d,%d}, batch %d, %s, "
+           "%.3f MFLOP per window\n",
            N_WINDOWS, cfg.n_movies, cfg.embed_dim, L, cfg.heads, cfg.hidden[0], cfg.hidden[1],
-           BATCH, kind == BST_OPT_ADAM ? "adam" : "adagrad");
+           BATCH, kind == BST_OPT_ADAM ? "adam" : "adagrad", flops.train * 1e-6);
 
     for (int ti = 0; ti < n_threads; ti++) {
         bst_set_num_threads(threads[ti]);
@@ -121,7 +124,7 @@ int main(int argc, char **argv)
 
         printf("threads %d: epoch %.2f s, %.0f windows/s, %.1f GFLOP/s (loss %.3f, mae %.3f); "
                "predict %.2f s, %.0f windows/s; latency batch 1 %.1f us, batch 256 %.0f us\n",
-               threads[ti], train_s, N_WINDOWS / train_s, N_WINDOWS * FLOP_PER_WINDOW / train_s * 1e-9,
+               threads[ti], train_s, N_WINDOWS / train_s, N_WINDOWS * flops.train / train_s * 1e-9,
                loss / steps, abs_err / N_WINDOWS, pred_s, N_WINDOWS / pred_s, lat[0], lat[1]);
         free(out);
         bst_predictor_free(p);
