@@ -547,3 +547,142 @@ GRANT SELECT, INSERT, DELETE ON bst_deployments TO PUBLIC;
 GRANT SELECT, INSERT ON bst_training_log TO PUBLIC;
 GRANT SELECT, INSERT, DELETE ON bst_model_grants TO PUBLIC;
 REVOKE EXECUTE ON FUNCTION bst_train FROM PUBLIC;
+
+--------------------------------------------------------------------------
+-- Comments
+--------------------------------------------------------------------------
+
+-- What \df+, \da, \dt+, \dv+, \ds+ and \d+ show for every object \dx+ bst
+-- lists (functions, aggregates, tables, views, sequences), and for every
+-- column of the tables and views.  bst--1.1.sql and bst--1.0--1.1.sql end
+-- with this same block, so an updated install has the comments of a fresh
+-- one (sql/comments.sql checks that nothing lacks one; test/upgrade compares
+-- both installs).  The settings (bst.*) describe themselves in pg_settings,
+-- from src/bst.c.
+
+COMMENT ON FUNCTION bst_window_agg_transfn(internal, integer) IS
+    'Support function of bst_window_agg(integer): adds a row to the frame';
+COMMENT ON FUNCTION bst_window_agg_transfn(internal, real) IS
+    'Support function of bst_window_agg(real): adds a row to the frame';
+COMMENT ON FUNCTION bst_window_agg_invfn(internal, integer) IS
+    'Support function of bst_window_agg(integer): removes the oldest row as a sliding frame moves';
+COMMENT ON FUNCTION bst_window_agg_invfn(internal, real) IS
+    'Support function of bst_window_agg(real): removes the oldest row as a sliding frame moves';
+COMMENT ON FUNCTION bst_window_agg_finalfn(internal, integer) IS
+    'Support function of bst_window_agg(integer): returns the frame as an array';
+COMMENT ON FUNCTION bst_window_agg_finalfn(internal, real) IS
+    'Support function of bst_window_agg(real): returns the frame as an array';
+COMMENT ON AGGREGATE bst_window_agg(integer) IS
+    'The values of a window frame (e.g. movie ids) as an array, oldest first; a NULL is an error; O(1) per row over a sliding frame';
+COMMENT ON AGGREGATE bst_window_agg(real) IS
+    'The values of a window frame (e.g. ratings) as an array, oldest first; a NULL, NaN or infinity is an error; O(1) per row over a sliding frame';
+
+COMMENT ON FUNCTION bst_sequences(regclass, integer, integer, text, text, text, text, integer) IS
+    'Cut each user''s ratings, in time order, into windows of movie ids and ratings, the last element the target: the Keras BST example''s windows, or with min_len one ending at every step-th rating from the min_len-th';
+COMMENT ON FUNCTION bst_holdout(integer, integer) IS
+    'The project''s reproducible 85/15 split: true when the window of this user and target movie is held out for testing';
+
+COMMENT ON FUNCTION bst_train IS
+    'Train a BST model on the windows of a query and store it as a new version; options left NULL take the preset''s values, or with warm_start the continued version''s';
+COMMENT ON FUNCTION bst_predict(integer, integer) IS
+    'The rating a user would give a movie now, from the user''s latest ratings in the model''s history relation; the model is bst.model, else your own latest';
+COMMENT ON FUNCTION bst_predict(text, integer[], real[]) IS
+    'The rating an unknown user would give the last movie of an explicit window, after the ratings before it';
+COMMENT ON FUNCTION bst_predict(text, integer, integer[], real[]) IS
+    'The rating a user would give the last movie of an explicit window, after the ratings before it (with the user''s features and bias)';
+COMMENT ON FUNCTION bst_evaluate(text, text) IS
+    'Mean absolute and root mean squared error of a model over the windows of a query (as bst_train reads them)';
+COMMENT ON FUNCTION bst_recommend(integer, integer, boolean, text) IS
+    'The top k movies of the model''s vocabulary for a user''s current history, best first, without the movies the user rated unless asked';
+COMMENT ON FUNCTION bst_explain_weights(integer, integer, text) IS
+    'Where a prediction looked: the attention the target gave each movie of the user''s history and itself, per head and averaged (head NULL)';
+COMMENT ON FUNCTION bst_explain(integer, integer, text, regclass) IS
+    'bst_explain_weights with the movies'' titles, read from movies as you';
+COMMENT ON FUNCTION bst_loaded_models() IS
+    'The models this backend holds loaded (bounded by bst.model_cache_memory), most recently used first: their memory and the calls each served';
+COMMENT ON FUNCTION bst_compute_info() IS
+    'What computes in this backend: the BLAS library, its kernels and what chose them, and the threads a training gets (bst.threads)';
+COMMENT ON FUNCTION bst_deploy(text, integer, text) IS
+    'Make a version of your model serve bst_predict and bst_evaluate: the given one, or by strategy best (lowest validation MAE), latest or rollback; returns it';
+COMMENT ON FUNCTION bst_drop(text, integer) IS
+    'Remove a version of your model with its training log, or the whole model with its deployments and grants; returns the versions removed';
+COMMENT ON FUNCTION bst_model_owner(text) IS
+    'The role a model belongs to (its first version''s owner), read past row-level security; NULL for no such model';
+COMMENT ON FUNCTION bst_check_model_owner(text) IS
+    'Internal: an error unless the model exists and you have its owner''s privileges (checked by bst_grant, bst_revoke, bst_deploy and bst_drop)';
+COMMENT ON FUNCTION bst_grant(text, text) IS
+    'Let a role, or public, see your model and predict and evaluate with it';
+COMMENT ON FUNCTION bst_revoke(text, text) IS
+    'Take back what bst_grant gave a role, or public';
+
+COMMENT ON TABLE bst_models IS
+    'Every trained version of every model; you see the models you own or were granted';
+COMMENT ON COLUMN bst_models.model_id IS 'Unique id of the version';
+COMMENT ON COLUMN bst_models.name IS 'Name of the model';
+COMMENT ON COLUMN bst_models.version IS 'Version of the model, from 1';
+COMMENT ON COLUMN bst_models.created_at IS 'When the version was stored';
+COMMENT ON COLUMN bst_models.config IS 'The options and shapes the version was trained with';
+COMMENT ON COLUMN bst_models.metrics IS 'What training measured: loss and errors per epoch, row counts, the best epoch';
+COMMENT ON COLUMN bst_models.history IS
+    'Relation bst_predict(user_id, movie_id) reads a user''s latest ratings from, as the model''s owner; NULL: none';
+COMMENT ON COLUMN bst_models.weights IS 'The trained model, in a versioned, checksummed binary layout';
+COMMENT ON COLUMN bst_models.owner IS 'Role the model belongs to (who first trained it), the same in every version';
+COMMENT ON COLUMN bst_models.optimizer_state IS
+    'What bst_train(warm_start => version) continues from; NULL: none (setting it NULL frees the space)';
+COMMENT ON SEQUENCE bst_models_model_id_seq IS 'Generates bst_models.model_id';
+
+COMMENT ON TABLE bst_training_log IS
+    'One row per epoch of every stored version, written by bst_train; a version''s rows go with it';
+COMMENT ON COLUMN bst_training_log.model_id IS 'The version (bst_models.model_id)';
+COMMENT ON COLUMN bst_training_log.model IS 'Name of the model';
+COMMENT ON COLUMN bst_training_log.version IS 'Version of the model';
+COMMENT ON COLUMN bst_training_log.epoch IS 'Epoch, from 1';
+COMMENT ON COLUMN bst_training_log.train_loss IS 'Mean squared error on the training windows during the epoch';
+COMMENT ON COLUMN bst_training_log.train_mae IS 'Mean absolute error on the training windows during the epoch';
+COMMENT ON COLUMN bst_training_log.val_mae IS 'Mean absolute error on the validation windows after the epoch; NULL without validation';
+COMMENT ON COLUMN bst_training_log.val_rmse IS 'Root mean squared error on the validation windows after the epoch; NULL without validation';
+COMMENT ON COLUMN bst_training_log.learning_rate IS 'Learning rate at the epoch''s last step';
+COMMENT ON COLUMN bst_training_log.seconds IS 'Seconds the epoch took';
+COMMENT ON COLUMN bst_training_log.at IS 'When the epoch ended';
+
+COMMENT ON VIEW bst_training_progress IS
+    'The bst_train calls running in any session, refreshed every batch; another role''s show NULL figures unless you have its privileges or pg_read_all_stats';
+COMMENT ON COLUMN bst_training_progress.pid IS 'Process id of the training backend';
+COMMENT ON COLUMN bst_training_progress.role IS 'Role running the training';
+COMMENT ON COLUMN bst_training_progress.model IS 'Name of the model being trained';
+COMMENT ON COLUMN bst_training_progress.epoch IS 'Current epoch, from 1';
+COMMENT ON COLUMN bst_training_progress.epochs IS 'Epochs asked for (early stopping may stop sooner)';
+COMMENT ON COLUMN bst_training_progress.batch IS 'Batches done in the current epoch';
+COMMENT ON COLUMN bst_training_progress.batches IS 'Batches per epoch';
+COMMENT ON COLUMN bst_training_progress.running_loss IS 'Mean training loss of the current epoch so far; NULL before its first batch';
+COMMENT ON COLUMN bst_training_progress.windows IS 'Training windows';
+COMMENT ON COLUMN bst_training_progress.elapsed IS 'Time since the training started';
+
+COMMENT ON TABLE bst_deployments IS
+    'Every deployment of a model version, newest last: the latest says which version serves (without one, the latest version)';
+COMMENT ON COLUMN bst_deployments.id IS 'Deployment id, increasing';
+COMMENT ON COLUMN bst_deployments.model IS 'Name of the model';
+COMMENT ON COLUMN bst_deployments.version IS 'Version deployed';
+COMMENT ON COLUMN bst_deployments.strategy IS 'How the version was chosen: version, best, latest or rollback';
+COMMENT ON COLUMN bst_deployments.previous IS 'The deployment this one replaced (its id), which a rollback goes back to';
+COMMENT ON COLUMN bst_deployments.deployed_at IS 'When the version was deployed';
+COMMENT ON COLUMN bst_deployments.deployed_by IS 'Role that deployed it';
+COMMENT ON SEQUENCE bst_deployments_id_seq IS 'Generates bst_deployments.id';
+
+COMMENT ON VIEW bst_models_list IS
+    'Every version you can see, with whether it serves, its training rows and epochs, validation MAE and size';
+COMMENT ON COLUMN bst_models_list.name IS 'Name of the model';
+COMMENT ON COLUMN bst_models_list.version IS 'Version of the model';
+COMMENT ON COLUMN bst_models_list.deployed IS 'Whether this version serves bst_predict and bst_evaluate';
+COMMENT ON COLUMN bst_models_list.created_at IS 'When the version was stored';
+COMMENT ON COLUMN bst_models_list.owner IS 'Role the model belongs to';
+COMMENT ON COLUMN bst_models_list.rows IS 'Windows trained on (validation windows excluded)';
+COMMENT ON COLUMN bst_models_list.epochs IS 'Epochs run';
+COMMENT ON COLUMN bst_models_list.val_mae IS 'Validation mean absolute error of the kept epoch; NULL without validation';
+COMMENT ON COLUMN bst_models_list.bytes IS 'Size of the weights in bytes';
+COMMENT ON COLUMN bst_models_list.options IS 'The options and shapes the version was trained with (bst_models.config)';
+
+COMMENT ON TABLE bst_model_grants IS
+    'Who may use a model besides its owner''s roles, for every version; written by bst_grant and bst_revoke';
+COMMENT ON COLUMN bst_model_grants.model IS 'Name of the model';
+COMMENT ON COLUMN bst_model_grants.grantee IS 'Role the model is granted to; NULL: PUBLIC';

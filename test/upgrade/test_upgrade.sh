@@ -3,7 +3,8 @@
 # 1.0, build windows and train a model with its API, update, and check the
 # version, the stored model's predictions (bit for bit), bst_sequences'
 # new min_len parameter and its unchanged 1.0-style calls, and that the
-# updated install has the same functions as a fresh CREATE EXTENSION bst.
+# updated install has the same functions and comments as a fresh CREATE
+# EXTENSION bst.
 # Needs the libpq environment of a running cluster with bst (1.0 and 1.1
 # scripts) installed; prints PASS or FAIL and exits non-zero on failure.
 set -euo pipefail
@@ -102,6 +103,14 @@ WHERE refclassid = 'pg_extension'::regclass AND deptype = 'e'
 UNION ALL
 SELECT 'config ' || c::regclass::text FROM pg_extension, unnest(extconfig) c WHERE extname = 'bst'
 ORDER BY 1"
+# The comments on the extension's members and their columns (what \dx+ bst,
+# \df+ and \d+ show): the upgrade script must add those of a fresh install.
+comments_sql="
+SELECT pg_describe_object(d.classid, d.objid, c.objsubid) || ': ' || c.description
+FROM pg_depend d JOIN pg_description c ON c.classoid = d.classid AND c.objoid = d.objid
+WHERE d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e'
+  AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'bst')
+ORDER BY 1"
 # The tables' columns, row-level security, policies and privileges, and the
 # functions' privileges: the privilege model must be the same either way.
 shape_sql="
@@ -162,6 +171,7 @@ min_len_windows=$(qa $old -c "SELECT (SELECT count(*) FROM bst_sequences('rating
 functions_old=$(qa $old -c "$functions_sql")
 functions_full_old=$(qa $old -c "$functions_full_sql")
 members_old=$(qa $old -c "$members_sql")
+comments_old=$(qa $old -c "$comments_sql")
 shape_old=$(qa $old -c "$shape_sql")
 # A format-1 row keeps its fallback rating in the metrics: an edit there is
 # an error naming the field (format 3 keeps it in the weights).
@@ -178,6 +188,7 @@ version_new=$(qa $new -c "SELECT extversion FROM pg_extension WHERE extname = 'b
 functions_new=$(qa $new -c "$functions_sql")
 functions_full_new=$(qa $new -c "$functions_full_sql")
 members_new=$(qa $new -c "$members_sql")
+comments_new=$(qa $new -c "$comments_sql")
 shape_new=$(qa $new -c "$shape_sql")
 
 status=0
@@ -213,6 +224,8 @@ check "updated and fresh installs have the same function definitions (defaults, 
     '[ -n "$functions_full_new" ] && [ "$functions_full_old" = "$functions_full_new" ]'
 check "updated and fresh installs have the same member objects and dumped tables" \
     '[ -n "$members_new" ] && [ "$members_old" = "$members_new" ]'
+check "updated and fresh installs have the same comments ($(grep -c . <<<"$comments_new") on members and columns)" \
+    '[ -n "$comments_new" ] && [ "$comments_old" = "$comments_new" ]'
 check "updated and fresh installs have the same columns, row-level security, policies and privileges ($(grep -c '^policy' <<<"$shape_new") policies)" \
     '[ "$(grep -c "^policy" <<<"$shape_new")" -ge 4 ] && [ "$shape_old" = "$shape_new" ]'
 check "an edited fallback rating of a format-1 row is an error naming the field" \
@@ -227,8 +240,8 @@ if [ $status != 0 ]; then
     echo "--- windows after the update"; printf '%s\n' "$windows_after"
     echo "--- bst_sequences after the update: $signature_after"
     echo "--- members: updated 1.0 (<) vs fresh 1.1 (>)"
-    diff <(printf '%s\n' "$functions_full_old" "$members_old" "$shape_old") \
-         <(printf '%s\n' "$functions_full_new" "$members_new" "$shape_new") || true
+    diff <(printf '%s\n' "$functions_full_old" "$members_old" "$comments_old" "$shape_old") \
+         <(printf '%s\n' "$functions_full_new" "$members_new" "$comments_new" "$shape_new") || true
 fi
 verdict=$([ $status = 0 ] && echo PASS || echo FAIL)
 echo "test_upgrade: $verdict"
