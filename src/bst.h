@@ -67,8 +67,9 @@ extern const char *bst_schema(FunctionCallInfo fcinfo);
 extern MemoryContext bst_core_memory(MemoryContext cxt);
 
 /*
- * The windows of a query as read (dataset.c): ragged, ids not yet mapped.
- * Window w is movies/ratings[offsets[w] .. offsets[w+1]).
+ * The windows of an evaluation query as read (dataset.c): ragged, ids not
+ * yet mapped.  Window w is movies/ratings[offsets[w] .. offsets[w+1]).  A
+ * training packs its windows while reading (bst_dataset_read_packed).
  */
 typedef struct BstDataset
 {
@@ -87,6 +88,34 @@ extern SPIPlanPtr bst_prepare_select(const char *query, const char *purpose);
 extern void bst_dataset_read(BstDataset *ds, const char *query, const char *purpose);
 extern void bst_dataset_pack(const BstDataset *ds, const BstModel *model, int32 min_history,
 							 const char *purpose, BstData *data);
+
+/* How a training's windows are packed while read (dataset.c). */
+typedef struct BstReadOptions
+{
+	int32		seq_len;		/* the model's window length; 0: the longest
+								 * window's (laid out up to BST_MAX_SEQ_LEN) */
+	bool		movie_ids;		/* collect the distinct movie ids */
+	double		limit;			/* most bytes the packed windows may take */
+	/* Raises the error when the first n windows take bytes > limit. */
+	void		(*over_limit) (void *arg, int64 n, int32 seq_len, double bytes);
+	void	   *arg;
+} BstReadOptions;
+
+/* What the query returned besides the windows. */
+typedef struct BstReadResult
+{
+	bool		has_users;		/* a user_id column */
+	int32		max_len;		/* the longest window */
+	int32	   *movie_ids;		/* distinct, ascending, when asked for */
+	int64		n_movie_ids;
+	int32	   *user_ids;		/* the windows' distinct users, ascending */
+	int64		n_user_ids;
+} BstReadResult;
+
+extern void bst_dataset_read_packed(const char *query, const char *purpose,
+									const BstReadOptions *o, MemoryContext cxt,
+									BstData *data, BstReadResult *result);
+extern void bst_dataset_map_ids(BstData *data, const BstModel *model, bool has_users);
 
 /*
  * What identifies a version of the stored weights: the model_id no other row

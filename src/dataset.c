@@ -5,17 +5,24 @@
  *
  * The query returns movie_ids integer[] and ratings real[] (what
  * bst_sequences returns), and optionally user_id integer; the last element
- * of each window is the target.  Windows may have any length from 1 up: they
- * are kept ragged while reading (the model's window length may be the longest
- * of them), then packed left-padded to the model's length, a longer window
- * keeping its most recent ratings.  Rows are fetched through a cursor in
- * batches and copied out of the array datums directly, never through text.
+ * of each window is the target.  Windows may have any length from 1 up, and
+ * are packed left-padded to the model's length, a longer window keeping its
+ * most recent ratings.  Rows are fetched through a cursor in batches and
+ * copied out of the array datums directly, never through text.
+ *
+ * A training packs its windows as it reads them (bst_dataset_read_packed),
+ * before the model exists: the core lays them out with the ids as read, and
+ * maps them to the model's vocabulary in place once it exists, so the data is
+ * held once, and refused as soon as it outgrows the training's memory limit.
+ * An evaluation, whose model exists, reads them ragged (bst_dataset_read)
+ * and packs them after (bst_dataset_pack).
  */
 #include "postgres.h"
 
 #include <math.h>
 
 #include "catalog/pg_type.h"
+#include "common/hashfn.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "utils/array.h"
@@ -27,6 +34,19 @@
 #include "bst.h"
 
 #define DATASET_FETCH_ROWS 10000
+
+/*
+ * A training's packed windows: room for this many at first, then half as
+ * much again each time, never beyond the memory limit, and cut to size at
+ * the end.  Large arrays grow by realloc, which moves their pages (mremap)
+ * rather than copying them, so the windows are resident once; the room not
+ * used yet is address space only.
+ */
+#define DATASET_FIRST_WINDOWS 1024
+
+/* A window as read and checked: user is 0 when the query has no user_id. */
+typedef void (*WindowSink) (void *arg, const int32 *movies, const float *ratings, int n,
+							int32 user);
 
 static int
 query_column(TupleDesc desc, const char *name, Oid type, const char *purpose, bool required)
@@ -169,21 +189,23 @@ bst_prepare_select(const char *query, const char *purpose)
 }
 
 /*
- * Run query and collect its windows in ds (ragged).  purpose ("training",
- * "evaluation") makes the error messages precise.
+ * Run query and hand each of its windows, checked, to sink (called in a
+ * short-lived memory context: it allocates in its own).  purpose ("training",
+ * "evaluation") makes the error messages precise.  Returns the number of
+ * windows; *has_users tells whether the query returns a user_id column.
  */
-void
-bst_dataset_read(BstDataset *ds, const char *query, const char *purpose)
+static int64
+read_windows(const char *query, const char *purpose, WindowSink sink, void *arg,
+			 bool *has_users)
 {
-	MemoryContext outer = CurrentMemoryContext;
 	MemoryContext batch_cxt;
 	Portal		portal;
 	int			movies_col = 0;
 	int			ratings_col = 0;
 	int			user_col = 0;
+	int64		n = 0;
 
-	memset(ds, 0, sizeof(*ds));
-
+	*has_users = false;
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	batch_cxt = AllocSetContextCreate(CurrentMemoryContext, "bst dataset batch",
@@ -204,7 +226,7 @@ bst_dataset_read(BstDataset *ds, const char *query, const char *purpose)
 			movies_col = query_column(desc, "movie_ids", INT4ARRAYOID, purpose, true);
 			ratings_col = query_column(desc, "ratings", FLOAT4ARRAYOID, purpose, true);
 			user_col = query_column(desc, "user_id", INT4OID, purpose, false);
-			ds->has_users = user_col > 0;
+			*has_users = user_col > 0;
 		}
 
 		old = MemoryContextSwitchTo(batch_cxt);
@@ -212,7 +234,7 @@ bst_dataset_read(BstDataset *ds, const char *query, const char *purpose)
 		{
 			HeapTuple	tuple = SPI_tuptable->vals[i];
 			TupleDesc	desc = SPI_tuptable->tupdesc;
-			int64		row = ds->n + 1;
+			int64		row = n + 1;
 			int			n_movies;
 			int			n_ratings;
 			int32	   *movies = window_elements(tuple, desc, movies_col, "movie_ids", row, &n_movies);
@@ -246,13 +268,8 @@ bst_dataset_read(BstDataset *ds, const char *query, const char *purpose)
 									(long long) row, purpose)));
 			}
 
-			dataset_reserve(ds, n_movies, outer);
-			memcpy(ds->movies + ds->offsets[ds->n], movies, n_movies * sizeof(int32));
-			memcpy(ds->ratings + ds->offsets[ds->n], ratings, n_movies * sizeof(float));
-			ds->users[ds->n] = user;
-			ds->offsets[ds->n + 1] = ds->offsets[ds->n] + n_movies;
-			ds->max_len = Max(ds->max_len, n_movies);
-			ds->n++;
+			sink(arg, movies, ratings, n_movies, user);
+			n++;
 		}
 		MemoryContextSwitchTo(old);
 		MemoryContextReset(batch_cxt);
@@ -262,10 +279,222 @@ bst_dataset_read(BstDataset *ds, const char *query, const char *purpose)
 	SPI_cursor_close(portal);
 	SPI_finish();
 
-	if (ds->n == 0)
+	if (n == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s query returned no rows", purpose)));
+	return n;
+}
+
+/* The ragged data set: window after window, in the context it was begun in. */
+typedef struct RaggedSink
+{
+	BstDataset *ds;
+	MemoryContext cxt;
+} RaggedSink;
+
+static void
+ragged_window(void *arg, const int32 *movies, const float *ratings, int n, int32 user)
+{
+	RaggedSink *sink = arg;
+	BstDataset *ds = sink->ds;
+
+	dataset_reserve(ds, n, sink->cxt);
+	memcpy(ds->movies + ds->offsets[ds->n], movies, n * sizeof(int32));
+	memcpy(ds->ratings + ds->offsets[ds->n], ratings, n * sizeof(float));
+	ds->users[ds->n] = user;
+	ds->offsets[ds->n + 1] = ds->offsets[ds->n] + n;
+	ds->max_len = Max(ds->max_len, n);
+	ds->n++;
+}
+
+/*
+ * Run query and collect its windows in ds (ragged), in the current memory
+ * context.  purpose ("training", "evaluation") makes the error messages
+ * precise.
+ */
+void
+bst_dataset_read(BstDataset *ds, const char *query, const char *purpose)
+{
+	RaggedSink	sink = {ds, CurrentMemoryContext};
+
+	memset(ds, 0, sizeof(*ds));
+	read_windows(query, purpose, ragged_window, &sink, &ds->has_users);
+}
+
+static int
+cmp_int32(const void *a, const void *b)
+{
+	int32		x = *(const int32 *) a;
+	int32		y = *(const int32 *) b;
+
+	return (x > y) - (x < y);
+}
+
+/* Distinct ids met while reading: a hash set, of the order of their number. */
+typedef struct IdEntry
+{
+	int32		id;
+	char		status;
+} IdEntry;
+
+#define SH_PREFIX idset
+#define SH_ELEMENT_TYPE IdEntry
+#define SH_KEY_TYPE int32
+#define SH_KEY id
+#define SH_HASH_KEY(tb, key) murmurhash32((uint32) (key))
+#define SH_EQUAL(tb, a, b) ((a) == (b))
+#define SH_SCOPE static inline
+#define SH_DECLARE
+#define SH_DEFINE
+#include "lib/simplehash.h"
+
+static void
+idset_add(idset_hash *set, const int32 *ids, int n)
+{
+	for (int i = 0; i < n; i++)
+	{
+		bool		found;
+
+		idset_insert(set, ids[i], &found);
+	}
+}
+
+/* The ids of set, ascending, in the current memory context. */
+static int32 *
+idset_sorted(idset_hash *set, int64 *n)
+{
+	int32	   *ids = palloc_extended(Max(set->members, 1) * sizeof(int32), MCXT_ALLOC_HUGE);
+	idset_iterator it;
+	IdEntry    *entry;
+
+	*n = 0;
+	idset_start_iterate(set, &it);
+	while ((entry = idset_iterate(set, &it)) != NULL)
+		ids[(*n)++] = entry->id;
+	qsort(ids, *n, sizeof(int32), cmp_int32);
+	return ids;
+}
+
+/* A training's data set, packed while read. */
+typedef struct PackedSink
+{
+	const BstReadOptions *o;
+	BstData    *data;
+	BstReadResult *result;
+	int64		capacity;		/* windows data has room for */
+	MemoryContext cxt;			/* of data's arrays */
+	idset_hash *movies;			/* the distinct ids, when asked for */
+	idset_hash *users;
+	int32		last_user;
+} PackedSink;
+
+/* bst_data_resize's allocator: palloc in the context arg. */
+static void *
+data_resize(void *ptr, size_t size, void *arg)
+{
+	return ptr ? repalloc_huge(ptr, size) : MemoryContextAllocHuge((MemoryContext) arg, size);
+}
+
+static void
+data_set_capacity(PackedSink *sink, int64 capacity, int32 seq_len)
+{
+	if (bst_data_resize(sink->data, capacity, seq_len, data_resize, sink->cxt) != 0)
+		elog(ERROR, "could not lay out %lld windows of %d movies", (long long) capacity, seq_len);
+	sink->capacity = capacity;
+}
+
+static void
+packed_window(void *arg, const int32 *movies, const float *ratings, int n, int32 user)
+{
+	PackedSink *sink = arg;
+	BstData    *data = sink->data;
+	int32		seq_len = sink->o->seq_len;
+	double		bytes;
+
+	/*
+	 * Without a length of its own, the model's is the longest window's: the
+	 * windows read so far are laid out again, wider, when a longer one comes.
+	 * Beyond BST_MAX_SEQ_LEN the model is refused once the longest is known.
+	 */
+	if (seq_len == 0)
+		seq_len = Min(Max(data->seq_len, n), BST_MAX_SEQ_LEN);
+	bytes = (double) bst_data_memory_bytes(data->n + 1, seq_len);
+	if (bytes > sink->o->limit)
+		sink->o->over_limit(sink->o->arg, data->n + 1, seq_len, bytes);
+
+	if (data->n == sink->capacity || seq_len != data->seq_len)
+	{
+		/* Half as much again, never more than the limit allows. */
+		double		most = floor(sink->o->limit / (double) bst_data_memory_bytes(1, seq_len));
+		int64		capacity = sink->capacity;
+
+		if (data->n == capacity)
+			capacity = Max(capacity + capacity / 2, DATASET_FIRST_WINDOWS);
+		if ((double) capacity > most)
+			capacity = Max((int64) most, data->n + 1);
+		data_set_capacity(sink, capacity, seq_len);
+	}
+	bst_data_set_window(data, data->n, movies, ratings, n, user);
+	data->n++;
+
+	sink->result->max_len = Max(sink->result->max_len, n);
+	if (sink->o->movie_ids)
+		idset_add(sink->movies, movies, n);
+	/* A user's windows mostly come together. */
+	if (sink->result->has_users && (data->n == 1 || user != sink->last_user))
+		idset_add(sink->users, &user, 1);
+	sink->last_user = user;
+}
+
+/*
+ * Run query (a training's) and pack its windows into data as they are read,
+ * with their movie and user ids as read: bst_dataset_map_ids maps them once
+ * the model exists.  The arrays are allocated in cxt, grown as needed (never
+ * beyond what o->limit allows) and left exactly as large as the windows need,
+ * bst_data_memory_bytes(data->n, data->seq_len).  o->over_limit is called
+ * (to raise an error) as soon as the windows read take more than o->limit.
+ * The distinct ids are collected in the current memory context.
+ */
+void
+bst_dataset_read_packed(const char *query, const char *purpose, const BstReadOptions *o,
+						MemoryContext cxt, BstData *data, BstReadResult *result)
+{
+	PackedSink	sink;
+
+	memset(data, 0, sizeof(*data));
+	memset(result, 0, sizeof(*result));
+	memset(&sink, 0, sizeof(sink));
+	sink.o = o;
+	sink.data = data;
+	sink.result = result;
+	sink.cxt = cxt;
+	sink.movies = idset_create(CurrentMemoryContext, 1024, NULL);
+	sink.users = idset_create(CurrentMemoryContext, 1024, NULL);
+
+	/*
+	 * has_users is known before the first window reaches the sink: the
+	 * columns are resolved on the first fetch.
+	 */
+	read_windows(query, purpose, packed_window, &sink, &result->has_users);
+
+	/* Exactly as large as the windows need. */
+	data_set_capacity(&sink, data->n, data->seq_len);
+	result->movie_ids = idset_sorted(sink.movies, &result->n_movie_ids);
+	result->user_ids = idset_sorted(sink.users, &result->n_user_ids);
+	idset_destroy(sink.movies);
+	idset_destroy(sink.users);
+}
+
+/* The ids of data, as read, mapped to model's vocabulary in place. */
+void
+bst_dataset_map_ids(BstData *data, const BstModel *model, bool has_users)
+{
+	for (int64 w = 0; w < data->n; w += 65536)
+	{
+		bst_data_map_ids(data, model, w, Min(w + 65536, data->n), has_users);
+		CHECK_FOR_INTERRUPTS();
+	}
 }
 
 /*

@@ -821,19 +821,17 @@ id_index(const int32 *ids, int32 n, int32 id)
  * query every movie of the training windows.
  */
 static int32 *
-read_vocabulary(const char *query, const BstDataset *ds, int32 *n_movies)
+read_vocabulary(const char *query, const BstReadResult *read, int32 *n_movies)
 {
 	MemoryContext outer = CurrentMemoryContext;
 	int32	   *ids;
 	int64		n = 0;
-	int64		total = ds->offsets[ds->n];
 
+	/* Collected while reading the windows, sorted and distinct. */
 	if (query == NULL)
 	{
-		ids = palloc_extended(total * sizeof(int32), MCXT_ALLOC_HUGE);
-		memcpy(ids, ds->movies, total * sizeof(int32));
-		*n_movies = sort_unique(ids, total);
-		return ids;
+		*n_movies = (int32) read->n_movie_ids;
+		return read->movie_ids;
 	}
 
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -878,7 +876,8 @@ read_vocabulary(const char *query, const BstDataset *ds, int32 *n_movies)
  * the version knew.
  */
 static void
-read_users(TrainArgs *a, const BstDataset *ds, const WarmStart *warm, Inputs *in)
+read_users(TrainArgs *a, const BstData *data, const BstReadResult *read, const WarmStart *warm,
+		   Inputs *in)
 {
 	const BstModel *stored = warm ? warm->stored.model : NULL;
 	const int32 n_stored = stored ? bst_model_config(stored)->n_users : 0;
@@ -893,7 +892,7 @@ read_users(TrainArgs *a, const BstDataset *ds, const WarmStart *warm, Inputs *in
 	int32	   *ids;
 	int64		n_ids = 0;
 
-	if (!ds->has_users)
+	if (!read->has_users)
 	{
 		for (int f = 0; f < N_FEATURES; f++)
 			if (f != FEATURE_GENRES && (a->features & FEATURE_BIT(f)))
@@ -984,9 +983,9 @@ read_users(TrainArgs *a, const BstDataset *ds, const WarmStart *warm, Inputs *in
 	}
 
 	/* The user vocabulary. */
-	ids = palloc_extended((ds->n + n_rows + n_stored + 1) * sizeof(int32), MCXT_ALLOC_HUGE);
-	for (int64 i = 0; i < ds->n; i++)
-		ids[n_ids++] = ds->users[i];
+	ids = palloc_extended((read->n_user_ids + n_rows + n_stored + 1) * sizeof(int32), MCXT_ALLOC_HUGE);
+	for (int64 i = 0; i < read->n_user_ids; i++)
+		ids[n_ids++] = read->user_ids[i];
 	for (int64 i = 0; i < n_rows; i++)
 		ids[n_ids++] = row_ids[i];
 	for (int32 i = 0; i < n_stored; i++)
@@ -1050,12 +1049,13 @@ read_users(TrainArgs *a, const BstDataset *ds, const WarmStart *warm, Inputs *in
 					   stored->user_feats + (int64) known * BST_N_USER_FEATS,
 					   BST_N_USER_FEATS * sizeof(int32));
 		}
-		for (int64 i = 0; i < ds->n; i++)
-			if (!has_row[id_index(in->user_ids, in->n_users, ds->users[i]) - 1])
+		/* The windows' users are ids until the model maps them. */
+		for (int64 i = 0; i < data->n; i++)
+			if (!has_row[id_index(in->user_ids, in->n_users, data->users[i]) - 1])
 				ereport(ERROR,
 						(errcode(ERRCODE_DATA_EXCEPTION),
 						 errmsg("user %d of the training query has no row in users relation \"%s\"",
-								ds->users[i], get_rel_name(a->users)),
+								data->users[i], get_rel_name(a->users)),
 						 errhint("Add the user's row, or train without sex, age_group and occupation (features => '{user_id, genres}').")));
 	}
 }
@@ -1499,36 +1499,104 @@ check_can_store(FunctionCallInfo fcinfo, const TrainArgs *a)
 }
 
 /*
- * What the training would allocate (activations, gradients, optimizer
- * state and the copy of it a best epoch keeps, the model; on a warm start
- * the stored version and its state as well), estimated exactly by the core
- * before anything is allocated, against bst.train_memory (0:
- * maintenance_work_mem, the memory PostgreSQL's own maintenance operations
- * may use).
+ * The most memory one training may allocate, in kB: bst.train_memory, or
+ * when that is 0 maintenance_work_mem, the memory PostgreSQL's own
+ * maintenance operations may use.  *setting (unless NULL) names the one in
+ * force.  The checks and their messages all take the limit from here.
+ */
+static int
+train_memory_limit_kb(const char **setting)
+{
+	if (bst_train_memory_kb > 0)
+	{
+		if (setting)
+			*setting = "bst.train_memory";
+		return bst_train_memory_kb;
+	}
+	if (setting)
+		*setting = "maintenance_work_mem, as bst.train_memory is 0";
+	return maintenance_work_mem;
+}
+
+/* The limit for a message, in MB when it is a number of them. */
+static char *
+train_memory_limit_text(void)
+{
+	int			kb = train_memory_limit_kb(NULL);
+
+	if (kb % 1024 == 0)
+		return psprintf("%d MB", kb / 1024);
+	return psprintf("%d kB", kb);
+}
+
+/* A number of bytes for a message, rounded up to MB from 1 MB, kB from 1 kB. */
+static char *
+memory_text(double bytes)
+{
+	if (bytes >= 1024 * 1024)
+		return psprintf("%.0f MB", ceil(bytes / (1024 * 1024)));
+	if (bytes >= 1024)
+		return psprintf("%.0f kB", ceil(bytes / 1024));
+	return psprintf("%.0f bytes", bytes);
+}
+
+/*
+ * BstReadOptions.over_limit of a training: the windows read so far, n of
+ * them laid out for seq_len positions, already take more than the limit.
  */
 static void
-check_train_memory(const TrainArgs *a, const BstConfig *config, int64 n_windows, bool keep_state,
+windows_over_limit(void *arg, int64 n, int32 seq_len, double bytes)
+{
+	const TrainArgs *a = arg;
+	const char *setting;
+
+	(void) train_memory_limit_kb(&setting);
+	ereport(ERROR,
+			(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+			 errmsg("training model \"%s\" needs more memory for its windows alone than the limit of %s",
+					bst_short_name(a->name), train_memory_limit_text()),
+			 errdetail("The first %lld windows of the training query take %.0f bytes, %.0f a window of %d movies; the limit is %s.",
+					   (long long) n, bytes, (double) bst_data_memory_bytes(1, seq_len), seq_len,
+					   setting),
+			 errhint("Train on fewer windows (a LIMIT or a sample in the training query), or raise bst.train_memory (0 means maintenance_work_mem).")));
+}
+
+/*
+ * What the training would allocate, estimated exactly by the core before
+ * the model and its training are allocated: the windows packed (data, held
+ * through the fit), activations, gradients, optimizer state and the copy of
+ * it a best epoch keeps, the window order, the model; on a warm start the
+ * stored version and its state as well.  Against train_memory_limit_kb().
+ */
+static void
+check_train_memory(const TrainArgs *a, const BstConfig *config, const BstData *data, bool keep_state,
 				   const WarmStart *warm)
 {
-	double		needed = (double) bst_fit_continue_memory_bytes(config, &a->fit, n_windows, keep_state) +
+	const char *setting;
+	double		limit = (double) train_memory_limit_kb(&setting) * 1024;
+	double		windows = (double) bst_data_memory_bytes(data->n, config->seq_len);
+	double		training = (double) bst_fit_continue_memory_bytes(config, &a->fit, data->n, keep_state) +
 		(double) bst_model_memory_bytes(config);
-	int			limit_kb = bst_train_memory_kb > 0 ? bst_train_memory_kb : maintenance_work_mem;
 
 	/* The stored version, and its state grown beside it. */
 	if (warm)
-		needed += (double) bst_model_memory_bytes(bst_model_config(warm->stored.model)) +
+		training += (double) bst_model_memory_bytes(bst_model_config(warm->stored.model)) +
 			(double) bst_train_state_memory_bytes(bst_model_config(warm->stored.model),
 												  warm->stored.state->optimizer) +
 			(double) bst_train_state_memory_bytes(config, warm->stored.state->optimizer);
 
-	if (needed > (double) limit_kb * 1024)
+	if (windows + training > limit)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("training model \"%s\" needs %.0f MB of memory, more than the limit of %d MB",
-						bst_short_name(a->name), ceil(needed / (1024 * 1024)), limit_kb / 1024),
-				 errdetail("batch_size %d, windows of %d movies, %d heads, embedding width %d.",
-						   a->fit.train.batch_size, config->seq_len, config->heads, config->embed_dim),
-				 errhint("Use a smaller batch_size or seq_len, or raise bst.train_memory (0 means maintenance_work_mem).")));
+				 errmsg("training model \"%s\" needs %s of memory, more than the limit of %s",
+						bst_short_name(a->name), memory_text(windows + training),
+						train_memory_limit_text()),
+				 errdetail_plural("Its %lld window of %d movies takes %s, the model and its training %s (batch_size %d, %d heads, embedding width %d); the limit is %s.",
+								  "Its %lld windows of %d movies take %s, the model and its training %s (batch_size %d, %d heads, embedding width %d); the limit is %s.",
+								  data->n, (long long) data->n, config->seq_len, memory_text(windows),
+								  memory_text(training), a->fit.train.batch_size, config->heads,
+								  config->embed_dim, setting),
+				 errhint("Use a smaller batch_size or seq_len, train on fewer windows, or raise bst.train_memory (0 means maintenance_work_mem).")));
 }
 
 Datum
@@ -1536,7 +1604,8 @@ bst_train(PG_FUNCTION_ARGS)
 {
 	TrainArgs	args;
 	Inputs		inputs;
-	BstDataset	ds;
+	BstReadOptions read_options;
+	BstReadResult read;
 	BstData		data;
 	BstConfig	config;
 	BstVocab	vocab;
@@ -1545,7 +1614,7 @@ bst_train(PG_FUNCTION_ARGS)
 	float		mean_target = 0;
 	int32		min_history = 0;
 	MemoryContext train_cxt;
-	MemoryContext old_cxt;
+	MemoryContext data_cxt;
 	MemoryContext old_core;
 	BstModel   *model;
 	WarmStart	warm_start;
@@ -1589,17 +1658,28 @@ bst_train(PG_FUNCTION_ARGS)
 	owner = check_can_store(fcinfo, &args);
 	INSTR_TIME_SET_CURRENT(start);
 
-	bst_dataset_read(&ds, args.query, "training");
-	if (!warm && (args.seq_len ? args.seq_len : ds.max_len) < 2)
+	/*
+	 * The windows, packed as they are read (held once, never beyond the
+	 * limit); their ids are mapped once the model exists.
+	 */
+	data_cxt = AllocSetContextCreate(train_cxt, "bst_train windows", ALLOCSET_SMALL_SIZES);
+	memset(&read_options, 0, sizeof(read_options));
+	read_options.seq_len = warm ? bst_model_config(warm->stored.model)->seq_len : args.seq_len;
+	read_options.movie_ids = args.vocabulary == NULL;
+	read_options.limit = (double) train_memory_limit_kb(NULL) * 1024;
+	read_options.over_limit = windows_over_limit;
+	read_options.arg = &args;
+	bst_dataset_read_packed(args.query, "training", &read_options, data_cxt, &data, &read);
+	if (!warm && (args.seq_len ? args.seq_len : read.max_len) < 2)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_EXCEPTION),
 				 errmsg("the windows of the training query hold a single movie"),
 				 errhint("A window is at least one rated movie followed by the target; or pass seq_len.")));
-	movie_ids = read_vocabulary(args.vocabulary, &ds, &n_movies);
+	movie_ids = read_vocabulary(args.vocabulary, &read, &n_movies);
 	if (warm)
 		movie_ids = union_ids(movie_ids, n_movies, warm->stored.model->movie_ids,
 							  bst_model_config(warm->stored.model)->n_movies, &n_movies);
-	read_users(&args, &ds, warm, &inputs);
+	read_users(&args, &data, &read, warm, &inputs);
 	read_genres(&args, movie_ids, n_movies, warm, &inputs);
 
 	if (warm)
@@ -1611,7 +1691,7 @@ bst_train(PG_FUNCTION_ARGS)
 		config.dropout = args.dropout;
 	}
 	else
-		build_config(&args, &inputs, n_movies, ds.max_len, &config);
+		build_config(&args, &inputs, n_movies, read.max_len, &config);
 	if (bst_config_check(&config))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -1632,8 +1712,8 @@ bst_train(PG_FUNCTION_ARGS)
 				 errdetail("batch_size times heads times the window length squared must be at most %d.",
 						   BST_MAX_ATTENTION_SCORES),
 				 errhint("Use a smaller batch_size or seq_len.")));
-	check_train_memory(&args, &config, ds.n, keep_state, warm);
-	if (args.fit.validation_fraction > 0 && ds.n < 2)
+	check_train_memory(&args, &config, &data, keep_state, warm);
+	if (args.fit.validation_fraction > 0 && data.n < 2)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("the training query returned a single window: too few for a validation split"),
@@ -1669,13 +1749,14 @@ bst_train(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_OUT_OF_MEMORY),
 				 errmsg("out of memory creating a model of %d movies", n_movies)));
 
-	old_cxt = MemoryContextSwitchTo(train_cxt);
-	bst_dataset_pack(&ds, model, 0, "training", &data);
-	MemoryContextSwitchTo(old_cxt);
+	/* The configuration's length is the one the windows were laid out for. */
+	if (data.seq_len != config.seq_len)
+		elog(ERROR, "windows laid out for %d movies, the model takes %d", data.seq_len, config.seq_len);
+	bst_dataset_map_ids(&data, model, read.has_users);
 
 	ereport(NOTICE,
 			(errmsg("bst_train \"%s\": %lld windows of up to %d movies, %d movies, %d users; inputs: %s; %s, learning rate %g%s%s",
-					bst_short_name(args.name), (long long) ds.n, config.seq_len, n_movies, inputs.n_users,
+					bst_short_name(args.name), (long long) data.n, config.seq_len, n_movies, inputs.n_users,
 					inputs_text(args.features, &config), optimizer_names[args.fit.train.optimizer],
 					args.fit.train.learning_rate,
 					args.fit.patience ? psprintf(", early stopping on %g of the windows", args.fit.validation_fraction) : "",
@@ -1690,12 +1771,14 @@ bst_train(PG_FUNCTION_ARGS)
 	progress.metrics = &metrics;
 	progress.log = palloc(args.fit.epochs * sizeof(BstEpochLog));
 	progress.n_log = 0;
-	bst_progress_start(models_relid(fcinfo), args.name, ds.n, args.fit.epochs);
+	bst_progress_start(models_relid(fcinfo), args.name, data.n, args.fit.epochs);
 	old_core = bst_core_memory(train_cxt);
 	status = bst_fit_continue(model, &data, &args.fit, from_state, keep_state ? &kept_state : NULL,
 							  &hooks, &fit);
 	bst_core_memory(old_core);
 	bst_progress_end();
+	/* The windows are done with: not held through the store. */
+	MemoryContextDelete(data_cxt);
 	if (status == BST_FIT_DIVERGED)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_EXCEPTION),

@@ -45,6 +45,116 @@ const char *bst_fit_options_check(const BstFitOptions *o)
     return NULL;
 }
 
+/* ------------------------------------------------------------ data sets */
+
+size_t bst_data_memory_bytes(int64_t n, int32_t seq_len)
+{
+    if (n < 0 || seq_len < 1)
+        return SIZE_MAX;
+    /* movies [L], ratings [L - 1], hist_len, users, targets */
+    const size_t per_window = (size_t)seq_len * sizeof(int32_t) +
+                              (size_t)(seq_len - 1) * sizeof(float) +
+                              2 * sizeof(int32_t) + sizeof(float);
+    if ((uint64_t)n > SIZE_MAX / per_window)
+        return SIZE_MAX;
+    return (size_t)n * per_window;
+}
+
+/* Window w from L_from to L_to positions, in place: its movies and history
+ * ratings kept at the right end, the padding on the left zeroed. */
+static void relayout_window(BstData *d, int64_t w, int32_t L_from, int32_t L_to)
+{
+    const int32_t hist = d->hist_len[w], pad = L_to - 1 - hist;
+    int32_t *mv = d->movies + (size_t)w * L_to;
+    float *r = d->ratings + (size_t)w * (L_to - 1);
+    memmove(mv + pad, d->movies + (size_t)w * L_from + (L_from - 1 - hist),
+            (size_t)(hist + 1) * sizeof(int32_t));
+    memmove(r + pad, d->ratings + (size_t)w * (L_from - 1) + (L_from - 1 - hist),
+            (size_t)hist * sizeof(float));
+    memset(mv, 0, (size_t)pad * sizeof(int32_t));
+    memset(r, 0, (size_t)pad * sizeof(float));
+}
+
+/* All d->n windows from d->seq_len to L positions.  Wider: from the last
+ * window back, so that none is overwritten before it moved; narrower: from
+ * the first on. */
+static void relayout(BstData *d, int32_t L)
+{
+    if (L > d->seq_len)
+        for (int64_t w = d->n - 1; w >= 0; w--)
+            relayout_window(d, w, d->seq_len, L);
+    else
+        for (int64_t w = 0; w < d->n; w++)
+            relayout_window(d, w, d->seq_len, L);
+    d->seq_len = L;
+}
+
+/* *p resized to size bytes; 0, or -1 leaving *p as it was. */
+static int resize_array(void **p, size_t size, BstResizeFn resize, void *arg)
+{
+    void *q = resize(*p, size, arg);
+    if (q == NULL)
+        return -1;
+    *p = q;
+    return 0;
+}
+
+int bst_data_resize(BstData *d, int64_t capacity, int32_t seq_len, BstResizeFn resize,
+                    void *arg)
+{
+    if (capacity < d->n || seq_len < 1 || bst_data_memory_bytes(capacity, seq_len) == SIZE_MAX)
+        return -1;
+    const size_t n = (size_t)capacity, L = (size_t)seq_len;
+    /* Narrower: laid out again before the arrays shrink. */
+    if (d->seq_len > seq_len && d->n > 0)
+        relayout(d, seq_len);
+    if (resize_array((void **)&d->movies, n * L * sizeof(int32_t), resize, arg) ||
+        resize_array((void **)&d->ratings, n * (L - 1) * sizeof(float), resize, arg))
+        return -1;
+    /* Wider: once both arrays have grown. */
+    if (d->seq_len < seq_len && d->n > 0)
+        relayout(d, seq_len);
+    d->seq_len = seq_len;
+    if (resize_array((void **)&d->hist_len, n * sizeof(int32_t), resize, arg) ||
+        resize_array((void **)&d->users, n * sizeof(int32_t), resize, arg) ||
+        resize_array((void **)&d->targets, n * sizeof(float), resize, arg))
+        return -1;
+    return 0;
+}
+
+int32_t bst_data_set_window(BstData *d, int64_t w, const int32_t *movie_ids,
+                            const float *ratings, int32_t n, int32_t user_id)
+{
+    const int32_t L = d->seq_len;
+    const int32_t hist = n - 1 < L - 1 ? n - 1 : L - 1, pad = L - 1 - hist;
+    const int32_t first = n - 1 - hist;  /* the oldest history item kept */
+    int32_t *mv = d->movies + (size_t)w * L;
+    float *r = d->ratings + (size_t)w * (L - 1);
+    for (int32_t i = 0; i < pad; i++) {
+        mv[i] = 0;
+        r[i] = 0.0f;
+    }
+    memcpy(mv + pad, movie_ids + first, (size_t)hist * sizeof(int32_t));
+    memcpy(r + pad, ratings + first, (size_t)hist * sizeof(float));
+    mv[L - 1] = movie_ids[n - 1];
+    d->hist_len[w] = hist;
+    d->users[w] = user_id;
+    d->targets[w] = ratings[n - 1];
+    return hist;
+}
+
+void bst_data_map_ids(BstData *d, const BstModel *m, int64_t from, int64_t to,
+                      int map_users)
+{
+    const int32_t L = d->seq_len;
+    for (int64_t w = from; w < to; w++) {
+        int32_t *mv = d->movies + (size_t)w * L;
+        for (int32_t i = L - 1 - d->hist_len[w]; i < L; i++)
+            mv[i] = bst_model_movie_index(m, mv[i]);
+        d->users[w] = map_users ? bst_model_user_index(m, d->users[w]) : 0;
+    }
+}
+
 /* Working state of one bst_fit call, all from bst_alloc. */
 typedef struct Fit {
     BstModel *m;

@@ -25,6 +25,50 @@ typedef struct BstData {
     float *targets;       /* [n] */
 } BstData;
 
+/*
+ * Building a data set while its windows are read, before the model exists:
+ * the core lays the windows out (as bst_model_pack_window does) and the host
+ * owns the memory and how it grows.  Movie and user ids are stored as read and
+ * mapped to the model's vocabulary indices in place once it exists, so the
+ * windows are never held twice.
+ */
+
+/* Bytes of the arrays of n windows of seq_len: what a data set of capacity n
+ * holds (bst_data_resize), and what a training on n windows keeps for them
+ * through the fit.  SIZE_MAX when that overflows. */
+size_t bst_data_memory_bytes(int64_t n, int32_t seq_len);
+
+/* The host's realloc: ptr NULL allocates; a pointer even for size 0 (as
+ * palloc gives), NULL only on failure; arg passed through. */
+typedef void *(*BstResizeFn)(void *ptr, size_t size, void *arg);
+
+/*
+ * Gives d's five arrays room for exactly capacity windows (>= d->n) of
+ * seq_len (>= 1), through resize: bst_data_memory_bytes(capacity, seq_len)
+ * in all.  A zeroed BstData is an empty data set.  The d->n windows kept are
+ * laid out again, in place, for a new seq_len, with more or less left
+ * padding: every window's history must fit both lengths (hist_len <
+ * min(seq_len, d->seq_len)).  0, or -1 when resize failed or the sizes
+ * overflow; d then still holds its windows, in arrays of the old or the new
+ * size, and may be resized again or freed.
+ */
+int bst_data_resize(BstData *d, int64_t capacity, int32_t seq_len, BstResizeFn resize,
+                    void *arg);
+
+/* Lays out window w of d (below its capacity) from n >= 1 movie ids, the last
+ * the target, and their n ratings, the last the label, exactly as
+ * bst_model_pack_window does but with the ids unmapped; user_id as given.
+ * Returns its history length.  d->n is the caller's to count. */
+int32_t bst_data_set_window(BstData *d, int64_t w, const int32_t *movie_ids,
+                            const float *ratings, int32_t n, int32_t user_id);
+
+/* Maps the ids of windows [from, to) of d, laid out by bst_data_set_window,
+ * to m's vocabulary indices in place (an unknown id: 0; padding stays 0), the
+ * users too when map_users, else every user becomes 0: then the windows are
+ * what bst_model_pack_window and bst_model_user_index would have made. */
+void bst_data_map_ids(BstData *d, const BstModel *m, int64_t from, int64_t to,
+                      int map_users);
+
 typedef enum { BST_LR_CONSTANT = 0, BST_LR_COSINE = 1 } BstLrSchedule;
 
 /* Ridge terms of the closed-form bias fit (Koren's baseline estimates):
@@ -93,7 +137,8 @@ typedef enum {
  * return) training a model of config cfg on n_windows windows with options
  * o: batch buffers, window order, best-epoch snapshot, gradients, optimizer
  * state, training activations and their gradients, validation predictor.
- * Not counted: the model itself (bst_model_memory_bytes) and the data.
+ * Not counted: the model itself (bst_model_memory_bytes) and the data
+ * (bst_data_memory_bytes).
  * cfg and o must be valid (bst_config_check, bst_fit_options_check).
  */
 size_t bst_fit_memory_bytes(const BstConfig *cfg, const BstFitOptions *o, int64_t n_windows);

@@ -4,6 +4,10 @@
 # size (VmHWM):
 # - a training whose activations would take most of a gigabyte (one window
 #   of 1024 movies) is refused with 54000 before anything is allocated;
+# - a training on 3,000,000 windows (120 MB packed) is refused with 54000
+#   while they are read, at the first window past maintenance_work_mem's
+#   64 MB, its windows never held beyond that (before, it read them all,
+#   held them twice, 250 MB, and trained);
 # - one prediction with a model of 1024-movie windows and 4 heads holds a
 #   predictor of at most 64 MB, not one sized for 256 such windows;
 # - nine models used in turn, row after row, stay within
@@ -69,6 +73,23 @@ like($r->{message}, qr/needs \d+ MB of memory, more than the limit of 64 MB/,
 	'naming what it needs and the limit (maintenance_work_mem by default)');
 unlike($r->{stderr}, qr/bst_train "huge": epoch/, 'before any epoch');
 cmp_ok(peak_mb($pid), '<', 200, 'the backend never held more than 200 MB');
+session_query($s, '\q');
+
+# 1b. The windows count: refused while read, memory bounded by the limit.
+($s, $pid) = limited_session('bst_tap_memory_windows');
+$r = session_query($s,
+	q{SELECT * FROM bst_train('many', 'SELECT ARRAY[1 + a % 100, 2, 3, 4] AS movie_ids, ''{4,3,5,4}''::real[] AS ratings
+	                                  FROM generate_series(1, 3000) a, generate_series(1, 1000) b',
+	                         vocabulary => NULL, history => NULL)});
+is($r->{sqlstate}, '54000', 'a training on 3,000,000 windows of 120 MB is refused with 54000');
+like($r->{message}, qr/needs more memory for its windows alone than the limit of 64 MB/,
+	'for its windows, naming the limit');
+like($r->{stderr}, qr/The first 1677722 windows of the training query take 67108880 bytes/,
+	'at the first window past it');
+unlike($r->{stderr}, qr/bst_train "many": /, 'before the training starts');
+my $windows_peak = peak_mb($pid);
+note "the backend held at most $windows_peak MB";
+cmp_ok($windows_peak, '<', 120, 'the backend never held more than 120 MB (64 MB of windows)');
 session_query($s, '\q');
 
 # 2. A model of 1024-movie windows with 4 heads (trained in an unlimited
