@@ -28,7 +28,7 @@
 #               0.1 s, and RssShmem at the end (the shared buffers touched);
 #               beside them bst's own estimate of the training's memory, the
 #               figure bst.train_memory is checked against (read from the
-#               refusal with bst.train_memory = 1kB);
+#               refusal under a limit just above the windows' own memory);
 #   weights     octet_length(weights) of the stored model;
 #   predict     bst_predict(user_id, movie_id), 10,000 calls in one statement
 #               (model loaded), microseconds a call: twice over the same
@@ -142,8 +142,11 @@ for scale in "${scales[@]}"; do
     windows=$(q "SELECT count(*) FROM windows")
     log "loaded in $load_s s; $windows windows in $sequences_s s"
 
-    # bst's estimate: the refusal under a 1 kB limit names it (in MB).
-    estimate_mb=$(psql -X -At -c "SET client_min_messages = warning" -c "SET bst.train_memory = 1" \
+    # bst's estimate: the refusal under a limit just above the windows' own
+    # 40 bytes each (windows of 4) names it (in MB); a lower limit stops the
+    # reading at the windows alone.
+    estimate_mb=$(psql -X -At -c "SET client_min_messages = warning" \
+        -c "SET bst.train_memory = '$(( (windows * 40 + 1023) / 1024 + 1 ))kB'" \
         -c "SELECT FROM bst_train('estimate', 'SELECT movie_ids, ratings FROM windows', $train_options)" 2>&1 |
         sed -n 's/.*needs \([0-9]*\) MB of memory.*/\1/p' || true)
     [ -n "$estimate_mb" ] || estimate_mb=NA
