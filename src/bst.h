@@ -145,7 +145,8 @@ typedef struct BstStoredModel
 	float		fallback_rating;	/* mean training target, for short histories */
 	int32		min_history;	/* fewest history ratings the model was trained on */
 	BstModel   *model;
-	BstPredictor *predictor;
+	BstPredictor *predictor;	/* frozen (model.h), but the sgemm one for a
+								 * model stored by 1.0 (model_store.c) */
 	SPIPlanPtr	history_plan;	/* latest ratings of a user, prepared once */
 	SPIPlanPtr	rated_plan;		/* every movie a user rated, prepared once */
 	MemoryContext context;		/* holds all of the above */

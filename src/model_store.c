@@ -339,6 +339,24 @@ model_cache_add(BstStoredModel *entry)
 }
 
 /*
+ * Whether weights were stored by bst 1.0 (format 1: serialize.h, the
+ * little-endian version after the magic).  Such a model is served by the
+ * arithmetic of 1.0 (bst_predictor_create: sgemm over the layers), so that
+ * ALTER EXTENSION bst UPDATE keeps its predictions bit for bit
+ * (test/upgrade); any other is served by a frozen predictor, whose
+ * precomputed projections and fused kernels agree with it within float
+ * rounding only (core/infer.c).  The deserializer has validated the blob.
+ */
+static bool
+weights_from_1_0(bytea *weights)
+{
+	const unsigned char *b = (const unsigned char *) VARDATA_ANY(weights);
+
+	return VARSIZE_ANY_EXHDR(weights) >= 8 &&
+		(b[4] | (b[5] << 8) | (b[6] << 16) | ((uint32) b[7] << 24)) == 1;
+}
+
+/*
  * Deserialize a bst_models row into a new cache entry.  Its fallback rating
  * and shortest history come from the weights (format 3), or are left for
  * the caller to read from the metrics (formats 1 and 2: facts_known false).
@@ -368,7 +386,10 @@ model_load(const BstModelKey *key, const char *name, int32 version, Oid owner, b
 	{
 		*facts_known = bst_model_training_facts(entry->model, &entry->fallback_rating,
 												&entry->min_history) != 0;
-		entry->predictor = bst_predictor_create(entry->model, PREDICT_BATCH);
+		entry->predictor = weights_from_1_0(weights)
+			? bst_predictor_create(entry->model, PREDICT_BATCH)
+			: bst_predictor_create_frozen(entry->model, PREDICT_BATCH,
+										  BST_PREDICTOR_TABLE_BUDGET);
 	}
 	bst_core_memory(old_core);
 

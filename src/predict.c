@@ -6,9 +6,12 @@
  * A call site resolves the model name once per command (the first call
  * stores the resolved BstModelKey in fn_extra) and every later row only looks
  * the model up in the backend's cache, so scoring a table costs one forward
- * pass a row.  A later command (a new statement, or the next statement of a
- * PL/pgSQL function after a write, which advances the command counter)
- * resolves the name again, which is how a newly trained version is noticed.
+ * pass a row, through the loaded model's predictor, which precomputed what
+ * depends on a movie alone when it was loaded (core/infer.c).  A later
+ * command (a new statement, or the next statement of a PL/pgSQL function
+ * after a write, which advances the command counter) resolves the name
+ * again, which is how a newly trained version is noticed.  bst_evaluate
+ * scores its windows in batches through the same predictor.
  */
 #include "postgres.h"
 
@@ -41,11 +44,37 @@ PG_FUNCTION_INFO_V1(bst_evaluate);
 typedef struct CallModel
 {
 	char	   *name;			/* as resolved; NULL for the default model */
+	size_t		name_len;
 	LocalTransactionId lxid;	/* the command it was resolved in */
 	CommandId	cid;
 	Oid			userid;			/* the role it was resolved for (row-level security) */
 	BstModelKey key;
 } CallModel;
+
+/*
+ * The model this call site resolved for name (name_len bytes, not
+ * terminated; NULL: the default model) earlier in this command, pinned, or
+ * NULL when it must be resolved again.  Scoring a table calls this once a
+ * row, so it neither copies the name nor allocates.
+ */
+static BstStoredModel *
+call_model_cached(FunctionCallInfo fcinfo, const char *name, size_t name_len)
+{
+	CallModel  *call = fcinfo->flinfo->fn_extra;
+	BstStoredModel *entry;
+
+	if (call && (call->name == NULL ? name == NULL :
+				 name != NULL && call->name_len == name_len &&
+				 memcmp(call->name, name, name_len) == 0) &&
+		call->lxid == MyProc->lxid && call->cid == GetCurrentCommandId(false) &&
+		call->userid == GetUserId() &&
+		(entry = bst_model_find(&call->key)) != NULL)
+	{
+		bst_model_pin(entry);
+		return entry;
+	}
+	return NULL;
+}
 
 /*
  * The model of name (NULL: the default model) for this call, pinned: the
@@ -54,29 +83,26 @@ typedef struct CallModel
 BstStoredModel *
 bst_model_for_call(FunctionCallInfo fcinfo, const char *name)
 {
-	CallModel  *call = fcinfo->flinfo->fn_extra;
+	CallModel  *call;
 	BstStoredModel *entry;
 
 	/* NULL is bst.model when set: a name, so a change of it is noticed. */
 	if (name == NULL && bst_default_model != NULL && bst_default_model[0] != '\0')
 		name = bst_default_model;
 
-	if (call && (call->name == NULL ? name == NULL : name != NULL && strcmp(call->name, name) == 0) &&
-		call->lxid == MyProc->lxid && call->cid == GetCurrentCommandId(false) &&
-		call->userid == GetUserId() &&
-		(entry = bst_model_find(&call->key)) != NULL)
-	{
-		bst_model_pin(entry);
+	entry = call_model_cached(fcinfo, name, name ? strlen(name) : 0);
+	if (entry)
 		return entry;
-	}
 
 	entry = bst_model_get(fcinfo, name);
+	call = fcinfo->flinfo->fn_extra;
 	if (call == NULL)
 		call = fcinfo->flinfo->fn_extra =
 			MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(CallModel));
 	else if (call->name)
 		pfree(call->name);
 	call->name = name ? MemoryContextStrdup(fcinfo->flinfo->fn_mcxt, name) : NULL;
+	call->name_len = name ? strlen(name) : 0;
 	call->lxid = MyProc->lxid;
 	call->cid = GetCurrentCommandId(false);
 	call->userid = GetUserId();
@@ -146,15 +172,17 @@ predict_one(BstStoredModel *entry, const int32 *movie_ids, const float *ratings,
 static float
 predict_window(FunctionCallInfo fcinfo, int movies_arg, bool has_user, int32 user_id)
 {
-	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	text	   *name = PG_GETARG_TEXT_PP(0);
 	ArrayType  *movies = PG_GETARG_ARRAYTYPE_P(movies_arg);
 	ArrayType  *ratings = PG_GETARG_ARRAYTYPE_P(movies_arg + 1);
-	BstStoredModel *entry = bst_model_for_call(fcinfo, name);
+	BstStoredModel *entry = call_model_cached(fcinfo, VARDATA_ANY(name), VARSIZE_ANY_EXHDR(name));
 	int			n_movies = ArrayGetNItems(ARR_NDIM(movies), ARR_DIMS(movies));
 	int			n_ratings = ArrayGetNItems(ARR_NDIM(ratings), ARR_DIMS(ratings));
 	float	   *rating_values;
 	float		prediction;
 
+	if (entry == NULL)
+		entry = bst_model_for_call(fcinfo, text_to_cstring(name));
 	if (ARR_NDIM(movies) > 1 || ARR_NDIM(ratings) > 1 ||
 		array_contains_nulls(movies) || array_contains_nulls(ratings))
 		ereport(ERROR,
@@ -371,10 +399,45 @@ bst_predict_user(PG_FUNCTION_ARGS)
 	PG_RETURN_FLOAT4(prediction);
 }
 
+/*
+ * Errors of the model's predictions on data: in chunks of its predictor's
+ * batch, through the loaded model's predictor, so that a window is scored
+ * exactly as bst_predict scores it.  Sums as bst_evaluate_data does.
+ */
 static void
-evaluate_before_chunk(void *arg, int32 epoch, int64 chunk, int64 n_chunks, double running_loss)
+evaluate_windows(BstStoredModel *entry, const BstData *data, double *mae, double *rmse)
 {
-	CHECK_FOR_INTERRUPTS();
+	const int	L = data->seq_len;
+	const int32 chunk = bst_predictor_batch(entry->predictor);
+	float	   *pred = palloc(sizeof(float) * chunk);
+	double		abs_sum = 0.0;
+	double		sq_sum = 0.0;
+
+	bst_use_threads();
+	for (int64 first = 0; first < data->n; first += chunk)
+	{
+		BstBatch	batch;
+		int32		count = (int32) Min(chunk, data->n - first);
+
+		CHECK_FOR_INTERRUPTS();
+		memset(&batch, 0, sizeof(batch));
+		batch.n = count;
+		batch.movies = data->movies + first * L;
+		batch.ratings = data->ratings + first * (L - 1);
+		batch.hist_len = data->hist_len + first;
+		batch.users = data->users + first;
+		bst_predict(entry->predictor, &batch, pred);
+		for (int32 i = 0; i < count; i++)
+		{
+			double		e = (double) pred[i] - (double) data->targets[first + i];
+
+			abs_sum += fabs(e);
+			sq_sum += e * e;
+		}
+	}
+	pfree(pred);
+	*mae = abs_sum / (double) data->n;
+	*rmse = sqrt(sq_sum / (double) data->n);
 }
 
 /* bst_evaluate(model, query): error of the model on the query's windows. */
@@ -384,12 +447,8 @@ bst_evaluate(PG_FUNCTION_ARGS)
 	BstStoredModel *entry;
 	BstDataset	ds;
 	BstData		data;
-	BstFitHooks hooks = {evaluate_before_chunk, NULL, NULL};
-	MemoryContext cxt;
-	MemoryContext old_core;
 	double		mae;
 	double		rmse;
-	int			failed;
 	TupleDesc	desc;
 	Datum		values[3];
 	bool		nulls[3] = {0};
@@ -405,16 +464,7 @@ bst_evaluate(PG_FUNCTION_ARGS)
 	bst_dataset_read(&ds, text_to_cstring(PG_GETARG_TEXT_PP(1)), "evaluation");
 	bst_dataset_pack(&ds, entry->model, entry->min_history, "evaluation", &data);
 
-	bst_use_threads();
-	cxt = AllocSetContextCreate(CurrentMemoryContext, "bst_evaluate", ALLOCSET_DEFAULT_SIZES);
-	old_core = bst_core_memory(cxt);
-	failed = bst_evaluate_data(entry->model, &data, &hooks, &mae, &rmse);
-	bst_core_memory(old_core);
-	MemoryContextDelete(cxt);
-	if (failed)
-		ereport(ERROR,
-				(errcode(ERRCODE_OUT_OF_MEMORY),
-				 errmsg("out of memory evaluating model \"%s\"", bst_short_name(entry->name))));
+	evaluate_windows(entry, &data, &mae, &rmse);
 	if (!isfinite(mae) || !isfinite(rmse))
 		check_prediction(NAN);
 	bst_model_unpin(entry);

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "bst_alloc.h"
+#include "infer.h"
 #include "layers.h"
 #include "parallel.h"
 
@@ -582,20 +583,23 @@ int bst_model_training_facts(const BstModel *m, float *mean_target, int32_t *min
     return 1;
 }
 
-/* 1-based position of id in the ascending ids[0..n), 0 when absent. */
+/* 1-based position of id in the ascending ids[0..n), 0 when absent.  A
+ * binary search without branches (a conditional move per halving): a
+ * scored window looks up each of its movies, and the branches of the usual
+ * search mispredict half the time. */
 static int32_t vocab_index(const int32_t *ids, int32_t n, int32_t id)
 {
-    int32_t lo = 0, hi = n - 1;
-    while (lo <= hi) {
-        int32_t mid = lo + (hi - lo) / 2;
-        if (ids[mid] < id)
-            lo = mid + 1;
-        else if (ids[mid] > id)
-            hi = mid - 1;
-        else
-            return mid + 1;
+    if (n < 1)
+        return 0;
+    const int32_t *base = ids;
+    int32_t len = n;
+    while (len > 1) {
+        const int32_t half = len / 2;
+        base = base[half] < id ? base + half : base;
+        len -= half;
     }
-    return 0;
+    const int32_t pos = (int32_t)(base - ids) + (*base < id);
+    return pos < n && ids[pos] == id ? pos + 1 : 0;
 }
 
 int32_t bst_model_movie_index(const BstModel *m, int32_t movie_id)
@@ -968,7 +972,8 @@ void bst_backward(const BstModel *m, const BstActs *a, BstActs *da, BstParams *g
 
 struct BstPredictor {
     const BstModel *model;
-    BstActs acts;
+    BstActs acts;                 /* the sgemm path (unallocated when frozen) */
+    BstFrozen *frozen;            /* the frozen path, or NULL */
 };
 
 int32_t bst_predictor_batch_limit(const BstConfig *cfg, int32_t max_batch)
@@ -1008,6 +1013,7 @@ BstPredictor *bst_predictor_create(const BstModel *m, int32_t max_batch)
         return NULL;
     bst_threads_init();
     p->model = m;
+    p->frozen = NULL;
     if (bst_acts_alloc(&p->acts, &m->cfg, batch, BST_ACTS_INFERENCE) != 0) {
         bst_free(p);
         return NULL;
@@ -1015,9 +1021,47 @@ BstPredictor *bst_predictor_create(const BstModel *m, int32_t max_batch)
     return p;
 }
 
+size_t bst_predictor_frozen_memory_bytes(const BstConfig *cfg, int32_t max_batch,
+                                         size_t table_budget)
+{
+    if (bst_infer_isa() == BST_ISA_NONE)
+        return bst_predictor_memory_bytes(cfg, max_batch);
+    if (max_batch < 1)
+        return 0;
+    return sizeof(BstPredictor) + bst_frozen_memory_bytes(cfg, max_batch, table_budget);
+}
+
+BstPredictor *bst_predictor_create_frozen(const BstModel *m, int32_t max_batch,
+                                          size_t table_budget)
+{
+    if (bst_infer_isa() == BST_ISA_NONE)
+        return bst_predictor_create(m, max_batch);
+    if (max_batch < 1)
+        return NULL;
+    BstPredictor *p = bst_alloc(sizeof(BstPredictor));
+    if (!p)
+        return NULL;
+    bst_threads_init();
+    p->model = m;
+    memset(&p->acts, 0, sizeof(p->acts));
+    p->frozen = bst_frozen_create(m, max_batch, table_budget);
+    if (!p->frozen) {
+        bst_free(p);
+        return NULL;
+    }
+    return p;
+}
+
+BstPredictorPath bst_predictor_path(const BstPredictor *p)
+{
+    if (!p->frozen)
+        return BST_PREDICTOR_SGEMM;
+    return bst_frozen_has_table(p->frozen) ? BST_PREDICTOR_TABLE : BST_PREDICTOR_DIRECT;
+}
+
 int32_t bst_predictor_batch(const BstPredictor *p)
 {
-    return p->acts.max_batch;
+    return p->frozen ? bst_frozen_batch(p->frozen) : p->acts.max_batch;
 }
 
 void bst_predict(BstPredictor *p, const BstBatch *b, float *out)
@@ -1036,6 +1080,10 @@ void bst_predict(BstPredictor *p, const BstBatch *b, float *out)
             .hist_len = b->hist_len ? b->hist_len + start : NULL,
             .users = b->users ? b->users + start : NULL,
         };
+        if (p->frozen) {
+            bst_frozen_forward(p->frozen, &chunk, out + start);
+            continue;
+        }
         bst_forward(p->model, &p->acts, &chunk, 0, NULL);
         memcpy(out + start, p->acts.pred, (size_t)n * sizeof(float));
     }
@@ -1048,6 +1096,10 @@ int bst_predict_attention(BstPredictor *p, const BstBatch *b, float *out, float 
     bst_predict(p, b, out);
     /* probs is [N, H, L, L] (query, key); the target is the last query. */
     const int L = p->model->cfg.seq_len, H = p->model->cfg.heads;
+    if (p->frozen) {
+        memcpy(attention, bst_frozen_attention(p->frozen, 0), (size_t)H * L * sizeof(float));
+        return 0;
+    }
     for (int h = 0; h < H; h++)
         memcpy(attention + (size_t)h * L, p->acts.probs + ((size_t)h * L + (L - 1)) * L,
                (size_t)L * sizeof(float));
@@ -1058,6 +1110,7 @@ void bst_predictor_free(BstPredictor *p)
 {
     if (!p)
         return;
+    bst_frozen_free(p->frozen);
     bst_acts_free(&p->acts);
     bst_free(p);
 }

@@ -25,6 +25,15 @@
  * batch buys nothing anyway. */
 #define BST_PREDICTOR_MEMORY_BUDGET ((size_t)64 << 20)
 
+/* Bytes a frozen predictor (bst_predictor_create_frozen) may spend on its
+ * table of each movie's attention projections, 3 x heads x embed_dim floats
+ * a movie: ML-1M's 3,884 movies at d = 62 take 8.7 MB, 23,000 movies at
+ * d = 80 fill it.  A larger catalogue's model projects each window's rows
+ * instead (a d x 3 x heads x d product a row: a window about a quarter
+ * slower at ML-1M's shape), so that a loaded model never costs more than
+ * this beyond its weights and buffers in a backend's cache. */
+#define BST_PREDICTOR_TABLE_BUDGET ((size_t)64 << 20)
+
 /* Keeps every tensor (and the serialized model) below PostgreSQL's 1 GB
  * allocation and varlena limits. */
 #define BST_MAX_PARAMS 200000000
@@ -351,6 +360,34 @@ int32_t bst_predictor_batch_limit(const BstConfig *cfg, int32_t max_batch);
 size_t bst_predictor_memory_bytes(const BstConfig *cfg, int32_t max_batch);
 /* NULL when max_batch < 1 or on allocation failure. */
 BstPredictor *bst_predictor_create(const BstModel *m, int32_t max_batch);
+/*
+ * A predictor for a model whose weights will not change while it lives (a
+ * loaded model; not one being trained): it computes once what depends on a
+ * movie alone, each movie's query, key and output-projected value (a table,
+ * when it fits table_budget: BST_PREDICTOR_TABLE_BUDGET in the extension),
+ * and scores each window with kernels that read the weights in place
+ * (src/core/infer.c).  Its predictions agree with bst_predictor_create's
+ * within float rounding (test_train.c: 1e-4 relative, measured ~1e-6), and
+ * a window's prediction is the same bits alone, in any batch, on any number
+ * of threads and on AVX-512 and AVX2 CPUs alike.  Where the CPU lacks the
+ * fused multiply-add, it is a bst_predictor_create predictor.  NULL when
+ * max_batch < 1 or on allocation failure.
+ */
+BstPredictor *bst_predictor_create_frozen(const BstModel *m, int32_t max_batch,
+                                          size_t table_budget);
+/* Bytes bst_predictor_create_frozen(m, max_batch, table_budget) allocates for
+ * a model of config cfg: the per-window buffers within
+ * BST_PREDICTOR_MEMORY_BUDGET, the table within table_budget, the rest a few
+ * products of the attention weights; 0 when max_batch < 1. */
+size_t bst_predictor_frozen_memory_bytes(const BstConfig *cfg, int32_t max_batch,
+                                         size_t table_budget);
+/* How a predictor computes. */
+typedef enum BstPredictorPath {
+    BST_PREDICTOR_SGEMM = 0,  /* bst_forward over mini-batches */
+    BST_PREDICTOR_TABLE = 1,  /* frozen, with the per-movie table */
+    BST_PREDICTOR_DIRECT = 2, /* frozen, table over budget: rows projected per window */
+} BstPredictorPath;
+BstPredictorPath bst_predictor_path(const BstPredictor *p);
 /* Windows per forward pass: bst_predictor_batch_limit of the creation's. */
 int32_t bst_predictor_batch(const BstPredictor *p);
 /* Any b->n >= 0: larger batches are processed in chunks of

@@ -23,6 +23,7 @@
 #include "parallel.h"
 #include "serialize.h"
 #include "fit.h"
+#include "infer.h"
 #include "trainer.h"
 #include "test_util.h"
 
@@ -1357,6 +1358,194 @@ static void test_fit_memory(BstRng *rng)
     check_fit_memory("vocabulary of 20000, bias start", &cfg, &o, 200, rng);
 }
 
+/*
+ * A data set built as the extension reads a training's windows: packed one
+ * by one with the ids as read (bst_data_set_window) into arrays that grow,
+ * and widen, as they come (bst_data_resize), then cut to size and mapped to
+ * the model's vocabulary in place (bst_data_map_ids).  The bytes it holds
+ * are bst_data_memory_bytes at every step, to the byte, and the windows end
+ * up exactly as bst_model_pack_window and bst_model_user_index pack them.
+ */
+static size_t g_data_live, g_data_peak;
+static int g_data_fail_at;     /* the resize call that fails (counting down); 0: none */
+
+static void *data_tracking_resize(void *p, size_t size, void *arg)
+{
+    (void)arg;
+    if (g_data_fail_at > 0 && --g_data_fail_at == 0)
+        return NULL;
+    size_t old = 0;
+    unsigned char *block = p ? (unsigned char *)p - TRACK_HEADER : NULL;
+    if (block)
+        memcpy(&old, block, sizeof(old));
+    /* Always a new block, so that a window read from the old one after the
+     * move shows under the sanitizers. */
+    unsigned char *grown = malloc(TRACK_HEADER + (size ? size : 1));
+    if (!grown)
+        return NULL;
+    memcpy(grown, &size, sizeof(size));
+    if (block) {
+        memcpy(grown + TRACK_HEADER, block + TRACK_HEADER, old < size ? old : size);
+        free(block);
+    }
+    g_data_live += size - old;
+    if (g_data_live > g_data_peak)
+        g_data_peak = g_data_live;
+    return grown + TRACK_HEADER;
+}
+
+static void data_tracking_free(BstData *d)
+{
+    void *arrays[] = {d->movies, d->ratings, d->hist_len, d->users, d->targets};
+    for (size_t i = 0; i < sizeof(arrays) / sizeof(arrays[0]); i++)
+        if (arrays[i]) {
+            unsigned char *block = (unsigned char *)arrays[i] - TRACK_HEADER;
+            size_t n;
+            memcpy(&n, block, sizeof(n));
+            g_data_live -= n;
+            free(block);
+        }
+    memset(d, 0, sizeof(*d));
+}
+
+/*
+ * n ragged windows of 1 .. max_len movies (ids 1 .. n_movies + 5: a few
+ * unknown to the model) and users (0 .. n_users + 2), read with the model's
+ * length fixed (seq_len > 0, longer windows keep their latest movies) or the
+ * longest window's (seq_len 0); capacity grows from 3 windows by half.
+ */
+static void check_data_set(const char *name, int64_t n, int32_t max_len, int32_t seq_len,
+                           int32_t n_movies, int32_t n_users, BstRng *rng)
+{
+    int32_t *lens = malloc((size_t)n * sizeof(int32_t));
+    int64_t *starts = malloc(((size_t)n + 1) * sizeof(int64_t));
+    starts[0] = 0;
+    for (int64_t w = 0; w < n; w++) {
+        lens[w] = 1 + (int32_t)(bst_rng_next(rng) % (uint64_t)max_len);
+        starts[w + 1] = starts[w] + lens[w];
+    }
+    int32_t *movies = malloc((size_t)starts[n] * sizeof(int32_t));
+    float *ratings = new_floats((size_t)starts[n]);
+    int32_t *users = malloc((size_t)n * sizeof(int32_t));
+    for (int64_t i = 0; i < starts[n]; i++) {
+        movies[i] = 1 + (int32_t)(bst_rng_next(rng) % (uint64_t)(n_movies + 5));
+        ratings[i] = (float)(1 + bst_rng_next(rng) % 5) - 0.5f * (float)(i % 2);
+    }
+    for (int64_t w = 0; w < n; w++)
+        users[w] = (int32_t)(bst_rng_next(rng) % (uint64_t)(n_users + 3));
+
+    BstData d;
+    memset(&d, 0, sizeof(d));
+    g_data_live = g_data_peak = 0;
+    int64_t capacity = 0;
+    int exact = 1, resized = 1;
+    for (int64_t w = 0; w < n; w++) {
+        int32_t width = seq_len > 0 ? seq_len : (lens[w] > d.seq_len ? lens[w] : d.seq_len);
+        if (w == capacity || width != d.seq_len) {
+            if (w == capacity)
+                capacity = capacity < 2 ? 3 : capacity + capacity / 2;
+            resized &= bst_data_resize(&d, capacity, width, data_tracking_resize, NULL) == 0;
+            exact &= g_data_live == bst_data_memory_bytes(capacity, width);
+        }
+        bst_data_set_window(&d, w, movies + starts[w], ratings + starts[w], lens[w], users[w]);
+        d.n = w + 1;
+    }
+    const int32_t width = d.seq_len;
+    resized &= bst_data_resize(&d, n, width, data_tracking_resize, NULL) == 0;
+    CHECK(resized, "%s: a resize failed", name);
+    CHECK(exact, "%s: while growing, the arrays held other than bst_data_memory_bytes", name);
+    CHECK(g_data_live == bst_data_memory_bytes(n, width),
+          "%s: %lld windows of %d hold %zu bytes, bst_data_memory_bytes says %zu", name,
+          (long long)n, width, g_data_live, bst_data_memory_bytes(n, width));
+    printf("  %s: %lld windows of %d positions: %zu bytes (%zu a window), peak while read %zu\n",
+           name, (long long)n, width, g_data_live, bst_data_memory_bytes(1, width), g_data_peak);
+
+    /* Narrower and back: every history fits the longest window's length. */
+    if (seq_len == 0 && width > 2) {
+        int32_t longest_hist = 0;
+        for (int64_t w = 0; w < n; w++)
+            if (d.hist_len[w] > longest_hist)
+                longest_hist = d.hist_len[w];
+        if (longest_hist + 1 < width) {
+            CHECK(bst_data_resize(&d, n, longest_hist + 1, data_tracking_resize, NULL) == 0 &&
+                      bst_data_resize(&d, n, width, data_tracking_resize, NULL) == 0,
+                  "%s: narrower and back", name);
+        }
+        CHECK(bst_data_resize(&d, n - 1, width, data_tracking_resize, NULL) == -1,
+              "%s: a capacity below the windows held is refused", name);
+        g_data_fail_at = 2;  /* the ratings' resize */
+        CHECK(bst_data_resize(&d, n, width + 3, data_tracking_resize, NULL) == -1 &&
+                  d.seq_len == width,
+              "%s: a failed resize keeps the layout", name);
+        g_data_fail_at = 0;
+        CHECK(bst_data_resize(&d, n, width, data_tracking_resize, NULL) == 0 &&
+                  g_data_live == bst_data_memory_bytes(n, width),
+              "%s: cut to size again after a failed resize", name);
+    }
+
+    /* Mapped by a model of that length: as bst_model_pack_window packs. */
+    BstConfig cfg;
+    bst_config_default(&cfg, n_movies, width < 2 ? 2 : width);
+    cfg.embed_dim = 2;
+    cfg.heads = 1;
+    cfg.n_hidden = 1;
+    cfg.hidden[0] = 2;
+    cfg.n_users = n_users;
+    BstModel *m = model_for(&cfg, 3);
+    CHECK(m != NULL, "%s: model", name);
+    if (m && width == cfg.seq_len) {
+        int same = 1;
+        for (int pass = 0; pass < 2; pass++) {
+            const int map_users = pass == 0;
+            BstData mapped = d;
+            int32_t *mv = malloc((size_t)n * width * sizeof(int32_t));
+            int32_t *us = malloc((size_t)n * sizeof(int32_t));
+            memcpy(mv, d.movies, (size_t)n * width * sizeof(int32_t));
+            memcpy(us, d.users, (size_t)n * sizeof(int32_t));
+            mapped.movies = mv;
+            mapped.users = us;
+            bst_data_map_ids(&mapped, m, 0, n / 3, map_users);
+            bst_data_map_ids(&mapped, m, n / 3, n, map_users);
+            int32_t *pm = malloc((size_t)width * sizeof(int32_t));
+            float *pr = new_floats((size_t)width);
+            for (int64_t w = 0; w < n; w++) {
+                const int32_t hist = bst_model_pack_window(m, movies + starts[w], ratings + starts[w],
+                                                           lens[w], pm, pr);
+                same &= hist == mapped.hist_len[w] &&
+                        memcmp(pm, mapped.movies + w * width, (size_t)width * sizeof(int32_t)) == 0 &&
+                        memcmp(pr, mapped.ratings + w * (width - 1),
+                               (size_t)(width - 1) * sizeof(float)) == 0 &&
+                        mapped.targets[w] == ratings[starts[w + 1] - 1] &&
+                        mapped.users[w] == (map_users ? bst_model_user_index(m, users[w]) : 0);
+            }
+            free(pm);
+            free(pr);
+            free(mv);
+            free(us);
+        }
+        CHECK(same, "%s: the windows differ from bst_model_pack_window's", name);
+    }
+    bst_model_free(m);
+    data_tracking_free(&d);
+    CHECK(g_data_live == 0, "%s: %zu bytes left", name, g_data_live);
+    free(lens);
+    free(starts);
+    free(movies);
+    free(ratings);
+    free(users);
+}
+
+static void test_data_memory(BstRng *rng)
+{
+    check_data_set("the longest window's length", 1000, 7, 0, 40, 9, rng);
+    check_data_set("a fixed length, longer windows cut", 777, 9, 5, 40, 9, rng);
+    check_data_set("windows of one movie", 50, 1, 0, 40, 0, rng);
+    CHECK(bst_data_memory_bytes(498500, 4) == (size_t)498500 * 40,
+          "40 bytes a window of 4: 4 movies, 3 ratings, history length, user, target");
+    CHECK(bst_data_memory_bytes(1, 0) == SIZE_MAX && bst_data_memory_bytes(INT64_MAX, 1024) == SIZE_MAX,
+          "bst_data_memory_bytes: no length, or an overflow");
+}
+
 /* bst_predictor_memory_bytes and bst_trainer_memory_bytes against what
  * creating one allocates, to the byte; no trainer when train_batch is 0. */
 static void check_workspace_memory(const char *name, const BstConfig *cfg, int32_t max_batch,
@@ -1784,6 +1973,305 @@ static void test_kernel_choice(void)
            bst_kernels_for(&here).reason, bst_compute_description());
 }
 
+/*
+ * Frozen predictors (bst_predictor_create_frozen, src/core/infer.c) against
+ * the plain inference path (bst_forward through bst_predictor_create).
+ *
+ * Tolerance: 1e-4 relative to max(1, |prediction|), the bound
+ * test_kernels_agree uses between BLAS kernels, for the same reason.  The
+ * frozen path computes every value of the forward pass by the same formulas
+ * in float, but sums in other orders: the projections as lookups of E Wc
+ * and P Wc (a row r (e + p) Wc rather than (r (e + p)) Wc), the value
+ * projection folded into the output projection (v_h Wo_h as x (Wv_h Wo_h)),
+ * the products as in-order fused chains rather than sgemm's blocks.  Each
+ * reordering changes a sum of K terms by at most about K * 2^-24 of the sum
+ * of its terms' magnitudes (K <= 256 here: 1.5e-5), through a handful of
+ * layers whose LayerNorms keep magnitudes near 1.  Measured: about 1e-6.  A
+ * wrong formula (a missed bias, position, rating, mask or feature) shows as
+ * differences of the order of the predictions' spread, which each case
+ * checks is far larger (at least 1e-2).
+ *
+ * Bit for bit: a window alone and in a batch, on 1 and 2 threads, with each
+ * instruction set this CPU has (and the portable fmaf loop); the attention
+ * weights of bst_predict_attention within the same tolerance; and the bytes
+ * allocated equal to bst_predictor_frozen_memory_bytes.
+ */
+static double frozen_max_diff(const float *a, const float *b, int32_t n)
+{
+    double worst = 0.0;
+    for (int32_t i = 0; i < n; i++)
+        worst = fmax(worst, fabs((double)a[i] - b[i]) / fmax(1.0, fabs((double)b[i])));
+    return isnan(worst) ? INFINITY : worst;
+}
+
+static int frozen_same_bits(const float *a, const float *b, int32_t n)
+{
+    return memcmp(a, b, (size_t)n * sizeof(float)) == 0;
+}
+
+/* Moving statistics away from their initial values, so that BatchNorm's
+ * inference arithmetic is exercised. */
+static void frozen_randomize_bn(BstModel *m, BstRng *rng)
+{
+    for (int i = 0; i < m->cfg.n_hidden; i++) {
+        fill_uniform(m->bn.moving_mean[i], (size_t)m->cfg.hidden[i], -0.2f, 0.2f, rng);
+        fill_uniform(m->bn.moving_var[i], (size_t)m->cfg.hidden[i], 0.5f, 1.5f, rng);
+    }
+}
+
+/* Predictions of windows d[0..n) by a frozen predictor of m, one pass. */
+static int frozen_predict(const BstModel *m, const BstData *d, int32_t n, size_t budget,
+                          float *out, BstPredictorPath *path)
+{
+    BstPredictor *p = bst_predictor_create_frozen(m, n, budget);
+    if (!p)
+        return 0;
+    BstBatch b = {.n = n, .movies = d->movies, .ratings = d->ratings, .hist_len = d->hist_len,
+                  .users = d->users};
+    bst_predict(p, &b, out);
+    if (path)
+        *path = bst_predictor_path(p);
+    bst_predictor_free(p);
+    return 1;
+}
+
+static void check_frozen(const char *name, BstModel *m, int32_t n, BstRng *rng)
+{
+    const BstConfig *c = &m->cfg;
+    const int32_t L = c->seq_len;
+    const BstInferIsa isa = bst_infer_isa();
+    frozen_randomize_bn(m, rng);
+    BstData d = random_windows(n, L, c->n_movies, c->n_users, rng);
+    /* A full window and an out-of-vocabulary movie too. */
+    d.hist_len[0] = L - 1;
+    for (int32_t i = 0; i < L; i++)
+        d.movies[i] = 1 + (i * 7) % c->n_movies;
+    for (int32_t i = 0; i < L - 1; i++)
+        d.ratings[i] = (float)(1 + i % 5);
+    d.movies[L + L - 1] = 0;
+    BstBatch all = {.n = n, .movies = d.movies, .ratings = d.ratings, .hist_len = d.hist_len,
+                    .users = d.users};
+    float *plain = new_floats((size_t)n), *table = new_floats((size_t)n);
+    float *direct = new_floats((size_t)n), *alone = new_floats((size_t)n);
+    float *other = new_floats((size_t)n);
+
+    BstPredictor *ref = bst_predictor_create(m, n);
+    bst_predict(ref, &all, plain);
+    BstPredictorPath table_path = BST_PREDICTOR_SGEMM, direct_path = BST_PREDICTOR_SGEMM;
+    int ok = frozen_predict(m, &d, n, BST_PREDICTOR_TABLE_BUDGET, table, &table_path) &&
+             frozen_predict(m, &d, n, 0, direct, &direct_path);
+    CHECK(ok && table_path == BST_PREDICTOR_TABLE && direct_path == BST_PREDICTOR_DIRECT,
+          "%s: frozen predictors (paths %d, %d)", name, (int)table_path, (int)direct_path);
+
+    /* One window at a time, through the predictor the extension keeps. */
+    BstPredictor *single = bst_predictor_create_frozen(m, 256, BST_PREDICTOR_TABLE_BUDGET);
+    float attention[2][64 * 64];
+    double attention_diff = 0.0;
+    for (int32_t i = 0; i < n; i++) {
+        BstBatch one = {.n = 1, .movies = d.movies + (size_t)i * L,
+                        .ratings = d.ratings + (size_t)i * (L - 1), .hist_len = d.hist_len + i,
+                        .users = d.users + i};
+        float ref_one;
+        bst_predict_attention(single, &one, &alone[i], attention[0]);
+        bst_predict_attention(ref, &one, &ref_one, attention[1]);
+        attention_diff = fmax(attention_diff, frozen_max_diff(attention[0], attention[1],
+                                                              c->heads * L));
+    }
+
+    double lo = INFINITY, hi = -INFINITY;
+    for (int32_t i = 0; i < n; i++) {
+        lo = fmin(lo, plain[i]);
+        hi = fmax(hi, plain[i]);
+    }
+    const double table_diff = frozen_max_diff(table, plain, n);
+    const double direct_diff = frozen_max_diff(direct, plain, n);
+    printf("  %s: %d windows, predictions %.3f .. %.3f; table %.1e, no table %.1e, attention "
+           "%.1e from bst_forward (%s)\n",
+           name, n, lo, hi, table_diff, direct_diff, attention_diff, bst_infer_isa_name(isa));
+    CHECK(hi - lo >= 1e-2, "%s: predictions spread only %.2e: the comparison proves little",
+          name, hi - lo);
+    CHECK(table_diff <= 1e-4, "%s: with the table, predictions differ by %.3e", name,
+          table_diff);
+    CHECK(direct_diff <= 1e-4, "%s: without the table, predictions differ by %.3e", name,
+          direct_diff);
+    CHECK(attention_diff <= 1e-4, "%s: attention weights differ by %.3e", name, attention_diff);
+    CHECK(frozen_same_bits(alone, table, n), "%s: a window alone and in a batch differ", name);
+
+    /* A batch larger than the predictor's pass, in chunks of 7. */
+    BstPredictor *small = bst_predictor_create_frozen(m, 7, BST_PREDICTOR_TABLE_BUDGET);
+    bst_predict(small, &all, other);
+    CHECK(bst_predictor_batch(small) == 7 && frozen_same_bits(other, table, n),
+          "%s: predictions in chunks of 7 differ", name);
+    bst_predictor_free(small);
+
+    /* Two threads, every window split possible: the same bits. */
+    use_threads(2);
+    CHECK(frozen_predict(m, &d, n, BST_PREDICTOR_TABLE_BUDGET, other, NULL) &&
+              frozen_same_bits(other, table, n),
+          "%s: 2 threads differ from 1 (table)", name);
+    CHECK(frozen_predict(m, &d, n, 0, other, NULL) && frozen_same_bits(other, direct, n),
+          "%s: 2 threads differ from 1 (no table)", name);
+    use_threads(1);
+
+    /* Every instruction set this CPU has: the same bits. */
+    static const BstInferIsa isas[] = {BST_ISA_PORTABLE, BST_ISA_AVX2, BST_ISA_AVX512};
+    for (size_t k = 0; k < sizeof(isas) / sizeof(isas[0]); k++) {
+        if (!bst_infer_force_isa(isas[k]))
+            continue;
+        CHECK(frozen_predict(m, &d, n, BST_PREDICTOR_TABLE_BUDGET, other, NULL) &&
+                  frozen_same_bits(other, table, n),
+              "%s: %s differs from %s (table)", name, bst_infer_isa_name(isas[k]),
+              bst_infer_isa_name(isa));
+        CHECK(frozen_predict(m, &d, n, 0, other, NULL) && frozen_same_bits(other, direct, n),
+              "%s: %s differs from %s (no table)", name, bst_infer_isa_name(isas[k]),
+              bst_infer_isa_name(isa));
+    }
+    bst_infer_force_isa(isa);
+
+    /* Bytes allocated, with and without the table. */
+    const size_t budgets[2] = {BST_PREDICTOR_TABLE_BUDGET, 0};
+    for (int k = 0; k < 2; k++) {
+        track_start();
+        BstPredictor *p = bst_predictor_create_frozen(m, n, budgets[k]);
+        const size_t bytes = g_total;
+        bst_predictor_free(p);
+        const size_t left = g_live;
+        track_stop();
+        const size_t est = bst_predictor_frozen_memory_bytes(c, n, budgets[k]);
+        CHECK(p && left == 0 && bytes == est, "%s: frozen predictor allocated %zu bytes, "
+              "estimated %zu (%zu left)", name, bytes, est, left);
+    }
+
+    bst_predictor_free(single);
+    bst_predictor_free(ref);
+    free(plain);
+    free(table);
+    free(direct);
+    free(alone);
+    free(other);
+    free_windows(&d);
+}
+
+static void test_frozen_predictor(BstRng *rng)
+{
+    const BstInferIsa isa = bst_infer_isa();
+    printf("frozen predictors (%s kernels; portable, AVX2, AVX-512 where this CPU has them)\n",
+           bst_infer_isa_name(isa));
+    if (isa == BST_ISA_NONE) {
+        printf("  no fused multiply-add on this CPU: frozen predictors are plain ones\n");
+        return;
+    }
+    BstConfig cfg;
+    BstModel *m;
+
+    /* The Keras example's shape (MLP 256, 128; d = 62 at 3,884 movies; here
+     * fewer movies, so that the test stays fast): full-width kernel blocks
+     * and partial ones. */
+    bst_config_default(&cfg, 300, 4);
+    cfg.embed_dim = 62;
+    m = model_for(&cfg, 11);
+    if (m)
+        check_frozen("Keras shape, multiply", m, 200, rng);
+    bst_model_free(m);
+
+    tiny_config(&cfg);
+    cfg.rating_add = 1;
+    m = model_for(&cfg, 12);
+    if (m)
+        check_frozen("rating_add", m, 100, rng);
+    bst_model_free(m);
+
+    tiny_config(&cfg);
+    cfg.n_genres = 5;
+    cfg.seq_len = 6;
+    m = model_for(&cfg, 13);
+    if (m)
+        check_frozen("genres, 6 positions", m, 100, rng);
+    bst_model_free(m);
+
+    feature_config(&cfg, 8);
+    cfg.n_genres = 0;
+    cfg.use_bias = 0;
+    cfg.n_factors = 0;
+    m = feature_model_of(&cfg, 14);
+    if (m)
+        check_frozen("user features, 8 positions", m, 100, rng);
+    bst_model_free(m);
+
+    /* Every input at once, rating_add, a model of 10 positions (the
+     * defaults' shape) holding windows of every length. */
+    feature_config(&cfg, 10);
+    cfg.rating_add = 1;
+    cfg.heads = 3;
+    cfg.n_hidden = 3;
+    cfg.hidden[2] = 5;
+    m = feature_model_of(&cfg, 15);
+    if (m)
+        check_frozen("every input, rating_add, 10 positions", m, 150, rng);
+    bst_model_free(m);
+
+    feature_config(&cfg, 10);
+    cfg.n_hidden = 0;
+    m = feature_model_of(&cfg, 16);
+    if (m)
+        check_frozen("every input, no hidden layer", m, 60, rng);
+    bst_model_free(m);
+}
+
+/* Frozen predictions of the extension's cache after training: a trained
+ * model (weights far from their start) agrees as closely. */
+static void test_frozen_trained(const Data *train, const Data *eval)
+{
+    BstConfig cfg;
+    tiny_config(&cfg);
+    cfg.n_genres = 2;
+    BstModel *m = model_for(&cfg, 21);
+    BstTrainOptions o = {BST_OPT_ADAM, 0.003f, BATCH, 1, 0.0f};
+    BstTrainer *t = m ? bst_trainer_create(m, &o) : NULL;
+    CHECK(t != NULL, "frozen, trained: create");
+    if (!t) {
+        bst_model_free(m);
+        return;
+    }
+    /* train's movies are g_ids positions 1..N_MOVIES: vocabulary indices. */
+    train_epochs(t, train, 3);
+    bst_trainer_free(t);
+    float *plain = new_floats((size_t)eval->n), *frozen = new_floats((size_t)eval->n);
+    BstBatch b = {eval->n, eval->movies, eval->ratings, NULL, NULL, NULL};
+    BstPredictor *p = bst_predictor_create(m, 256);
+    BstPredictor *f = bst_predictor_create_frozen(m, 256, BST_PREDICTOR_TABLE_BUDGET);
+    bst_predict(p, &b, plain);
+    bst_predict(f, &b, frozen);
+    double mse = 0.0;
+    for (int32_t i = 0; i < eval->n; i++)
+        mse += ((double)plain[i] - eval->targets[i]) * ((double)plain[i] - eval->targets[i]);
+    const double diff = frozen_max_diff(frozen, plain, eval->n);
+    /* The target's attention weights, which training has made unequal. */
+    double attention_diff = 0.0, attention_spread = 0.0;
+    for (int32_t i = 0; i < 50; i++) {
+        BstBatch one = {1, eval->movies + (size_t)i * L, eval->ratings + (size_t)i * (L - 1),
+                        NULL, NULL, NULL};
+        float a[2][2 * L], pa, pf;
+        bst_predict_attention(p, &one, &pa, a[0]);
+        bst_predict_attention(f, &one, &pf, a[1]);
+        attention_diff = fmax(attention_diff, frozen_max_diff(a[1], a[0], 2 * L));
+        for (int j = 0; j < 2 * L; j++)
+            attention_spread = fmax(attention_spread, fabs(a[0][j] - 1.0 / L));
+    }
+    printf("  trained 3 epochs (held-out MSE %.4f): frozen predictions within %.1e, attention "
+           "weights (up to %.2f from uniform) within %.1e\n",
+           mse / eval->n, diff, attention_spread, attention_diff);
+    CHECK(diff <= 1e-4, "frozen, trained: predictions differ by %.3e", diff);
+    CHECK(attention_diff <= 1e-4 && attention_spread > 1e-2,
+          "frozen, trained: attention weights differ by %.3e (spread %.3e)", attention_diff,
+          attention_spread);
+    bst_predictor_free(p);
+    bst_predictor_free(f);
+    free(plain);
+    free(frozen);
+    bst_model_free(m);
+}
+
 int main(int argc, char **argv)
 {
     use_threads(1);
@@ -1827,6 +2315,11 @@ int main(int argc, char **argv)
     test_long_window_predictor(&mem_rng);
     test_evaluate_chunks(&mem_rng);
     test_fit_memory(&mem_rng);
+    test_data_memory(&mem_rng);
+    BstRng frozen_rng;
+    bst_rng_seed(&frozen_rng, 65);
+    test_frozen_predictor(&frozen_rng);
+    test_frozen_trained(&train, &eval);
 
     free_data(&train);
     free_data(&eval);
