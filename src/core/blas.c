@@ -12,6 +12,7 @@
 #include <signal.h>
 #endif
 
+#include "infer.h"
 #include "parallel.h"
 
 #define CORETYPE_VARIABLE "OPENBLAS_CORETYPE"
@@ -158,7 +159,8 @@ const char *bst_compute_description(void)
 #endif
     else
         snprintf(origin, sizeof origin, "OpenBLAS's own detection");
-    snprintf(text, sizeof text, "%s, kernels %s (%s), %d thread%s", bst_blas.get_config(), core,
-             origin, threads, threads == 1 ? "" : "s");
+    snprintf(text, sizeof text, "%s, kernels %s (%s), %d thread%s; prediction kernels %s",
+             bst_blas.get_config(), core, origin, threads, threads == 1 ? "" : "s",
+             bst_infer_isa_name(bst_infer_isa()));
     return text;
 }
