@@ -62,7 +62,7 @@ q() { psql -X -q -At -F ' ' -v ON_ERROR_STOP=1 -c "SET client_min_messages = war
 create_db
 compute=$(q "SELECT bst_compute_info()")
 kernels=$(sed -n 's/.*, kernels \([^ ]*\) (.*/\1/p' <<<"$compute")
-threads=$(sed -n 's/.*, \([0-9][0-9]*\) threads\{0,1\}$/\1/p' <<<"$compute")
+threads=$(sed -n 's/.*, \([0-9][0-9]*\) threads\{0,1\}\(;.*\)\{0,1\}$/\1/p' <<<"$compute")
 echo "CPU: $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1) (family $(sed -n 's/^cpu family\s*: //p' /proc/cpuinfo | head -1), model $(sed -n 's/^model\s*: //p' /proc/cpuinfo | head -1)), $(nproc) cores"
 echo "server: bst_compute_info() = $compute"
 if [ -z "$kernels" ] || [ -z "$threads" ]; then
