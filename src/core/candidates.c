@@ -39,7 +39,8 @@
  * function; where the build contracts multiply-adds (the extension's gnu99)
  * the rounding may differ between CPUs, within the scores' tolerance.
  */
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(BST_NO_CLONES)
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(BST_NO_CLONES) && \
+    !defined(BST_NO_SIMD_KERNELS)
 #define BST_CLONES __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
 #else
 #define BST_CLONES

@@ -47,7 +47,10 @@
 #include "layers.h"
 #include "parallel.h"
 
-#if defined(__x86_64__) || defined(__i386__)
+/* BST_NO_SIMD_KERNELS: only the portable kernels, always used (the fuzzing
+ * build: clang's sanitizers and coverage take many minutes over the
+ * unrolled AVX blocks, and the portable loops run the same logic). */
+#if (defined(__x86_64__) || defined(__i386__)) && !defined(BST_NO_SIMD_KERNELS)
 #define INFER_X86 1
 #include <immintrin.h>
 #endif
@@ -332,7 +335,7 @@ BstInferIsa bst_infer_isa(void)
         g_isa = isa_available(BST_ISA_AVX512) ? BST_ISA_AVX512
               : isa_available(BST_ISA_AVX2)   ? BST_ISA_AVX2
                                               : BST_ISA_NONE;
-#elif defined(FP_FAST_FMAF)
+#elif defined(FP_FAST_FMAF) || defined(BST_NO_SIMD_KERNELS)
         g_isa = BST_ISA_PORTABLE;
 #else
         g_isa = BST_ISA_NONE;
