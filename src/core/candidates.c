@@ -228,12 +228,7 @@ int32_t bst_candidates_batch_limit(const BstConfig *cfg, int32_t max_batch)
     if (max_batch < 1)
         return 0;
     const size_t per_candidate = batch_floats(cfg, 1) * sizeof(float);
-    const size_t fits = BST_CANDIDATES_MEMORY_BUDGET / per_candidate;
-    int32_t batch = fits < (size_t)max_batch ? (int32_t)fits : max_batch;
-    /* Rows of positions stay well inside the layers' int sizes. */
-    const int32_t positions_fit = BST_MAX_BATCH_POSITIONS / cfg->seq_len;
-    batch = positions_fit < batch ? positions_fit : batch;
-    return batch > 1 ? batch : 1;
+    return bst_windows_within(BST_CANDIDATES_MEMORY_BUDGET, per_candidate, cfg->seq_len, max_batch);
 }
 
 size_t bst_candidates_memory_bytes(const BstConfig *cfg, int32_t max_batch, size_t table_budget)

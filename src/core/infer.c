@@ -474,11 +474,7 @@ int32_t bst_frozen_batch_limit(const BstConfig *cfg, int32_t max_batch)
     if (max_batch < 1)
         return 0;
     const size_t per_window = (layout_floats(cfg, 1, 0) - layout_floats(cfg, 0, 0)) * sizeof(float);
-    const size_t fits = BST_PREDICTOR_MEMORY_BUDGET / per_window;
-    int32_t batch = fits < (size_t)max_batch ? (int32_t)fits : max_batch;
-    const int32_t positions_fit = BST_MAX_BATCH_POSITIONS / cfg->seq_len;
-    batch = positions_fit < batch ? positions_fit : batch;
-    return batch > 1 ? batch : 1;
+    return bst_windows_within(BST_PREDICTOR_MEMORY_BUDGET, per_window, cfg->seq_len, max_batch);
 }
 
 size_t bst_frozen_memory_bytes(const BstConfig *cfg, int32_t max_batch, size_t table_budget)

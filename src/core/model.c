@@ -703,6 +703,16 @@ static void acts_layout(BstActs *a, const BstConfig *c, size_t N, BstActsKind ki
     a->target_idx = fwd ? (int32_t *)carve(cv, N) : NULL;
 }
 
+int32_t bst_windows_within(size_t budget, size_t per_window, int32_t seq_len, int32_t max_batch)
+{
+    const size_t fits = budget / per_window;
+    int32_t batch = fits < (size_t)max_batch ? (int32_t)fits : max_batch;
+    /* Rows of positions stay well inside the layers' int sizes. */
+    const int32_t positions_fit = BST_MAX_BATCH_POSITIONS / seq_len;
+    batch = positions_fit < batch ? positions_fit : batch;
+    return batch > 1 ? batch : 1;
+}
+
 int32_t bst_attention_batch_limit(const BstConfig *cfg, int32_t batch)
 {
     const int64_t per_window = (int64_t)cfg->heads * cfg->seq_len * cfg->seq_len;
@@ -983,15 +993,12 @@ int32_t bst_predictor_batch_limit(const BstConfig *cfg, int32_t max_batch)
     /* Inference activations are all per window (BST_ACTS_INFERENCE), so the
      * budget divides exactly. */
     const size_t per_window = bst_acts_memory_bytes(cfg, 1, BST_ACTS_INFERENCE);
-    const size_t room = BST_PREDICTOR_MEMORY_BUDGET - sizeof(BstPredictor);
-    const size_t fits = room / per_window;
-    int32_t batch = fits < (size_t)max_batch ? (int32_t)fits : max_batch;
-    /* bst_acts_alloc's limits; implied by the budget, but not by its value. */
+    const int32_t batch = bst_windows_within(BST_PREDICTOR_MEMORY_BUDGET - sizeof(BstPredictor),
+                                             per_window, cfg->seq_len, max_batch);
+    /* bst_acts_alloc's attention limit; implied by the budget, but not by
+     * its value. */
     const int32_t attention_fits = bst_attention_batch_limit(cfg, batch);
-    const int32_t positions_fit = BST_MAX_BATCH_POSITIONS / cfg->seq_len;
-    batch = attention_fits < batch ? attention_fits : batch;
-    batch = positions_fit < batch ? positions_fit : batch;
-    return batch > 1 ? batch : 1;
+    return attention_fits > 1 ? attention_fits : 1;
 }
 
 size_t bst_predictor_memory_bytes(const BstConfig *cfg, int32_t max_batch)

@@ -316,6 +316,12 @@ typedef struct BstActs {
     float *slab;
 } BstActs;
 
+/* The windows per pass of a workspace whose buffers take per_window bytes a
+ * window: max_batch (>= 1), lowered to what fits budget bytes and to
+ * BST_MAX_BATCH_POSITIONS positions of seq_len, but never below 1.  Shared
+ * by the predictors and the candidate workspace. */
+int32_t bst_windows_within(size_t budget, size_t per_window, int32_t seq_len, int32_t max_batch);
+
 /* The largest batch, at most `batch`, whose attention buffers fit
  * BST_MAX_ATTENTION_SCORES; 0 when not even one window's does. */
 int32_t bst_attention_batch_limit(const BstConfig *cfg, int32_t batch);
