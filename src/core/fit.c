@@ -78,7 +78,7 @@ static void relayout_window(BstData *d, int64_t w, int32_t L_from, int32_t L_to)
 /* All d->n windows from d->seq_len to L positions.  Wider: from the last
  * window back, so that none is overwritten before it moved; narrower: from
  * the first on. */
-static void relayout(BstData *d, int32_t L)
+void bst_data_relayout(BstData *d, int32_t L)
 {
     if (L > d->seq_len)
         for (int64_t w = d->n - 1; w >= 0; w--)
@@ -107,13 +107,13 @@ int bst_data_resize(BstData *d, int64_t capacity, int32_t seq_len, BstResizeFn r
     const size_t n = (size_t)capacity, L = (size_t)seq_len;
     /* Narrower: laid out again before the arrays shrink. */
     if (d->seq_len > seq_len && d->n > 0)
-        relayout(d, seq_len);
+        bst_data_relayout(d, seq_len);
     if (resize_array((void **)&d->movies, n * L * sizeof(int32_t), resize, arg) ||
         resize_array((void **)&d->ratings, n * (L - 1) * sizeof(float), resize, arg))
         return -1;
     /* Wider: once both arrays have grown. */
     if (d->seq_len < seq_len && d->n > 0)
-        relayout(d, seq_len);
+        bst_data_relayout(d, seq_len);
     d->seq_len = seq_len;
     if (resize_array((void **)&d->hist_len, n * sizeof(int32_t), resize, arg) ||
         resize_array((void **)&d->users, n * sizeof(int32_t), resize, arg) ||
@@ -160,7 +160,9 @@ typedef struct Fit {
     BstModel *m;
     const BstData *data;
     int32_t L, B;
-    uint32_t *order;           /* [n]: validation windows first, then training */
+    uint32_t *order;           /* in memory: [n], validation windows first, then
+                                * training; spilled: [bucket_windows], the
+                                * loaded bucket's */
     int64_t n_val, n_train;
     int32_t eval_rows;         /* windows per evaluation chunk (the predictor's
                                 * batch); 0 without evaluation */
@@ -173,15 +175,27 @@ typedef struct Fit {
     BstTrainState *kept;       /* the state handed back: with a best-epoch
                                 * snapshot, that epoch's copy; else filled
                                 * from the trainer at the end */
+    /* Spilled data (data->spill, spill.h); io is NULL in memory. */
+    const BstSpillIO *io;
+    void *val_file, *train_file;   /* after the split, ids mapped */
+    int64_t bucket_windows, n_buckets;
+    void **bucket_files;       /* [n_buckets]: this epoch's scatter */
+    int64_t *bucket_left;      /* [n_buckets]: windows still to scatter into each */
+    int32_t n_writers;         /* max(2, n_buckets): the split's two, the buckets' */
+    BstData *writers;          /* [n_writers]: a chunk buffered for each file written */
+    BstData chunk;             /* a chunk read */
+    BstData bucket;            /* the bucket trained on */
+    int64_t bucket_start, bucket_end;   /* its training windows within the epoch */
+    int64_t next_bucket;
 } Fit;
 
-/* Copies windows idx[0..n) of the data into the batch buffers. */
-static BstBatch gather(Fit *f, const uint32_t *idx, int32_t n)
+/* Copies windows idx[0..n) of d (without idx: the first n) into the batch
+ * buffers. */
+static BstBatch gather(Fit *f, const BstData *d, const uint32_t *idx, int32_t n)
 {
-    const BstData *d = f->data;
     const size_t L = (size_t)f->L;
     for (int32_t j = 0; j < n; j++) {
-        const size_t w = idx[j];
+        const size_t w = idx ? idx[j] : (size_t)j;
         memcpy(f->movies + j * L, d->movies + w * L, L * sizeof(int32_t));
         memcpy(f->ratings + j * (L - 1), d->ratings + w * (L - 1), (L - 1) * sizeof(float));
         f->hist_len[j] = d->hist_len ? d->hist_len[w] : (int32_t)(L - 1);
@@ -200,27 +214,312 @@ static int32_t window_history(const BstData *d, size_t w, int32_t L)
     return L - 1 - bst_first_valid(d->hist_len, w, L);
 }
 
-/* Errors over windows idx[0..n). */
-static void evaluate_windows(Fit *f, const uint32_t *idx, int64_t n, const BstFitHooks *hooks,
-                             double *mae, double *rmse)
+/* Error sums over windows idx[0..n) of d (without idx: the first n), in
+ * evaluation chunks counted by *chunk (of n_chunks, for the hooks). */
+static void add_errors(Fit *f, const BstData *d, const uint32_t *idx, int64_t n,
+                       const BstFitHooks *hooks, int64_t *chunk, int64_t n_chunks,
+                       double *abs_sum, double *sq_sum)
 {
-    double abs_sum = 0.0, sq_sum = 0.0;
-    const int32_t chunk = f->eval_rows;
-    const int64_t n_chunks = (n + chunk - 1) / chunk;
-    for (int64_t first = 0; first < n; first += chunk) {
+    for (int64_t first = 0; first < n; first += f->eval_rows, (*chunk)++) {
         if (hooks && hooks->before_batch)
-            hooks->before_batch(hooks->arg, 0, first / chunk, n_chunks, NAN);
-        const int32_t count = (int32_t)(n - first < chunk ? n - first : chunk);
-        BstBatch b = gather(f, idx + first, count);
+            hooks->before_batch(hooks->arg, 0, *chunk < n_chunks ? *chunk : n_chunks - 1,
+                                n_chunks, NAN);
+        const int32_t count = (int32_t)(n - first < f->eval_rows ? n - first : f->eval_rows);
+        BstData rest = *d;
+        if (!idx) {
+            /* the windows from first on */
+            const size_t L = (size_t)f->L;
+            rest.movies += first * L;
+            rest.ratings += first * (L - 1);
+            rest.hist_len = d->hist_len ? d->hist_len + first : NULL;
+            rest.users = d->users ? d->users + first : NULL;
+            rest.targets += first;
+        }
+        BstBatch b = gather(f, &rest, idx ? idx + first : NULL, count);
         bst_predict(f->predictor, &b, f->pred);
         for (int32_t j = 0; j < count; j++) {
             const double e = (double)f->pred[j] - (double)b.targets[j];
-            abs_sum += fabs(e);
-            sq_sum += e * e;
+            *abs_sum += fabs(e);
+            *sq_sum += e * e;
         }
     }
-    *mae = abs_sum / (double)n;
-    *rmse = sqrt(sq_sum / (double)n);
+}
+
+/* ------------------------------------------------------- spilled data */
+
+/* d with room for capacity windows of L, from bst_alloc:
+ * bst_data_memory_bytes(capacity, L) in all; -1 when out of memory. */
+static int data_alloc(BstData *d, int64_t capacity, int32_t L)
+{
+    memset(d, 0, sizeof(*d));
+    d->seq_len = L;
+    d->movies = bst_alloc((size_t)capacity * L * sizeof(int32_t));
+    d->ratings = bst_alloc((size_t)capacity * (L - 1) * sizeof(float));
+    d->hist_len = bst_alloc((size_t)capacity * sizeof(int32_t));
+    d->users = bst_alloc((size_t)capacity * sizeof(int32_t));
+    d->targets = bst_alloc((size_t)capacity * sizeof(float));
+    return d->movies && d->ratings && d->hist_len && d->users && d->targets ? 0 : -1;
+}
+
+static void data_free(BstData *d)
+{
+    bst_free(d->movies);
+    bst_free(d->ratings);
+    bst_free(d->hist_len);
+    bst_free(d->users);
+    bst_free(d->targets);
+}
+
+/* Window w of from as window `at` of to (the same length). */
+static void copy_window(BstData *to, int64_t at, const BstData *from, int64_t w)
+{
+    const size_t L = (size_t)from->seq_len;
+    memcpy(to->movies + (size_t)at * L, from->movies + (size_t)w * L, L * sizeof(int32_t));
+    memcpy(to->ratings + (size_t)at * (L - 1), from->ratings + (size_t)w * (L - 1),
+           (L - 1) * sizeof(float));
+    to->hist_len[at] = from->hist_len[w];
+    to->users[at] = from->users[w];
+    to->targets[at] = from->targets[w];
+}
+
+static int writer_flush(Fit *f, BstData *writer, void *file)
+{
+    const int failed = writer->n > 0 && bst_spill_write(f->io, file, writer, 0, writer->n) != 0;
+    writer->n = 0;
+    return failed ? -1 : 0;
+}
+
+/* Window w of d to file, through its writer's chunk. */
+static int writer_put(Fit *f, BstData *writer, void *file, const BstData *d, int64_t w)
+{
+    copy_window(writer, writer->n++, d, w);
+    return writer->n == BST_SPILL_CHUNK_WINDOWS ? writer_flush(f, writer, file) : 0;
+}
+
+/* Training windows in bucket b: bucket_windows (a multiple of the batch, so
+ * that no batch spans two buckets), the rest in the last. */
+static int64_t bucket_size(const Fit *f, int64_t b)
+{
+    return b < f->n_buckets - 1 ? f->bucket_windows
+                                : f->n_train - (f->n_buckets - 1) * f->bucket_windows;
+}
+
+/* A bucket for the next of `left` windows still to scatter: each with the
+ * chance of the room it has left, so the buckets get their exact sizes and
+ * every assignment of windows to them is equally likely. */
+static int64_t draw_bucket(Fit *f, BstRng *shuffle, int64_t left)
+{
+    uint64_t u = bst_rng_below(shuffle, (uint64_t)left);
+    int64_t b = 0;
+    while (u >= (uint64_t)f->bucket_left[b])
+        u -= (uint64_t)f->bucket_left[b++];
+    f->bucket_left[b]--;
+    return b;
+}
+
+/*
+ * The split of spilled data: n_val windows for validation, each subset of
+ * that size equally likely, drawn in one pass in the order read (Knuth's
+ * selection sampling, TAOCP 3.4.2 S), into the validation and the training
+ * file, ids mapped on the way.
+ */
+static BstFitStatus stream_split(Fit *f, uint64_t seed)
+{
+    const BstSpill *sp = f->data->spill;
+    BstRng split;
+    int64_t left = f->data->n, need = f->n_val, read = 0, k;
+
+    bst_rng_seed(&split, seed ^ SPLIT_SALT);
+    if (f->io->rewind(sp->file, f->io->arg) != 0)
+        return BST_FIT_IO_ERROR;
+    while ((k = bst_spill_read(f->io, sp->file, &f->chunk, 0, BST_SPILL_CHUNK_WINDOWS)) > 0) {
+        if (read + k > f->data->n)
+            return BST_FIT_IO_ERROR;
+        if (sp->map_ids)
+            bst_data_map_ids(&f->chunk, f->m, 0, k, sp->map_users);
+        for (int64_t w = 0; w < k; w++, left--) {
+            const int to_val = need > 0 && (int64_t)bst_rng_below(&split, (uint64_t)left) < need;
+            need -= to_val;
+            if (writer_put(f, &f->writers[to_val ? 0 : 1], to_val ? f->val_file : f->train_file,
+                           &f->chunk, w) != 0)
+                return BST_FIT_IO_ERROR;
+        }
+        read += k;
+    }
+    if (k < 0 || read != f->data->n || writer_flush(f, &f->writers[0], f->val_file) != 0 ||
+        writer_flush(f, &f->writers[1], f->train_file) != 0)
+        return BST_FIT_IO_ERROR;
+    return BST_FIT_OK;
+}
+
+/* An epoch's scatter of the training windows into the buckets: into new
+ * bucket files when write, else only the draws (replaying an epoch). */
+static int scatter(Fit *f, BstRng *shuffle, int write)
+{
+    int64_t left = f->n_train, k;
+    for (int64_t b = 0; b < f->n_buckets; b++) {
+        f->bucket_left[b] = bucket_size(f, b);
+        if (write) {
+            if (f->bucket_files[b])
+                f->io->close(f->bucket_files[b], f->io->arg);
+            f->writers[b].n = 0;
+            if ((f->bucket_files[b] = f->io->create(f->io->arg)) == NULL)
+                return -1;
+        }
+    }
+    f->next_bucket = 0;
+    f->bucket_start = f->bucket_end = 0;
+    if (!write) {
+        for (; left > 0; left--)
+            draw_bucket(f, shuffle, left);
+        return 0;
+    }
+    if (f->io->rewind(f->train_file, f->io->arg) != 0)
+        return -1;
+    while ((k = bst_spill_read(f->io, f->train_file, &f->chunk, 0, BST_SPILL_CHUNK_WINDOWS)) > 0)
+        for (int64_t w = 0; w < k; w++, left--) {
+            if (left == 0)
+                return -1;
+            const int64_t b = draw_bucket(f, shuffle, left);
+            if (writer_put(f, &f->writers[b], f->bucket_files[b], &f->chunk, w) != 0)
+                return -1;
+        }
+    if (k < 0 || left != 0)
+        return -1;
+    for (int64_t b = 0; b < f->n_buckets; b++)
+        if (writer_flush(f, &f->writers[b], f->bucket_files[b]) != 0)
+            return -1;
+    return 0;
+}
+
+/* The order of a bucket of n windows: a uniform permutation. */
+static void bucket_order(Fit *f, BstRng *shuffle, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        f->order[i] = (uint32_t)i;
+    bst_rng_shuffle_u32(shuffle, f->order, (size_t)n);
+}
+
+/* The next bucket of the epoch into memory, in its random order. */
+static int load_bucket(Fit *f, BstRng *shuffle)
+{
+    const int64_t b = f->next_bucket++, size = bucket_size(f, b);
+    void *file = f->bucket_files[b];
+    int64_t at = 0, k;
+    if (b >= f->n_buckets || f->io->rewind(file, f->io->arg) != 0)
+        return -1;
+    f->bucket.n = 0;
+    while ((k = bst_spill_read(f->io, file, &f->bucket, at, f->bucket_windows)) > 0)
+        at += k;
+    if (k < 0 || at != size)
+        return -1;
+    bucket_order(f, shuffle, size);
+    f->bucket_start = f->bucket_end;
+    f->bucket_end += size;
+    return 0;
+}
+
+/* ------------------------------------------------------------ epochs */
+
+/* Starts an epoch: its training windows in a new random order.  In memory,
+ * each epoch shuffles the previous epoch's order. */
+static int epoch_start(Fit *f, BstRng *shuffle)
+{
+    if (!f->io) {
+        bst_rng_shuffle_u32(shuffle, f->order + f->n_val, (size_t)f->n_train);
+        return 0;
+    }
+    return scatter(f, shuffle, 1);
+}
+
+/* The draws of an epoch without its work: replaying the epochs of a
+ * continued training puts the order, and the stream, where they left them. */
+static void epoch_replay(Fit *f, BstRng *shuffle)
+{
+    if (!f->io) {
+        bst_rng_shuffle_u32(shuffle, f->order + f->n_val, (size_t)f->n_train);
+        return;
+    }
+    scatter(f, shuffle, 0);
+    for (int64_t b = 0; b < f->n_buckets; b++)
+        bucket_order(f, shuffle, bucket_size(f, b));
+}
+
+/* Batch k (of count windows) of the epoch. */
+static int epoch_batch(Fit *f, BstRng *shuffle, int64_t k, int32_t count, BstBatch *batch)
+{
+    const int64_t first = k * f->B;
+    if (!f->io) {
+        *batch = gather(f, f->data, f->order + f->n_val + first, count);
+        return 0;
+    }
+    if (first == f->bucket_end && load_bucket(f, shuffle) != 0)
+        return -1;
+    *batch = gather(f, &f->bucket, f->order + (first - f->bucket_start), count);
+    return 0;
+}
+
+/* Validation errors after an epoch. */
+static int evaluate_validation(Fit *f, const BstFitHooks *hooks, double *mae, double *rmse)
+{
+    double abs_sum = 0.0, sq_sum = 0.0;
+    int64_t chunk = 0, k = 0;
+    const int64_t n_chunks = (f->n_val + f->eval_rows - 1) / f->eval_rows;
+    if (!f->io)
+        add_errors(f, f->data, f->order, f->n_val, hooks, &chunk, n_chunks, &abs_sum, &sq_sum);
+    else {
+        if (f->io->rewind(f->val_file, f->io->arg) != 0)
+            return -1;
+        while ((k = bst_spill_read(f->io, f->val_file, &f->chunk, 0, BST_SPILL_CHUNK_WINDOWS)) > 0)
+            add_errors(f, &f->chunk, NULL, k, hooks, &chunk, n_chunks, &abs_sum, &sq_sum);
+        if (k < 0)
+            return -1;
+    }
+    *mae = abs_sum / (double)f->n_val;
+    *rmse = sqrt(sq_sum / (double)f->n_val);
+    return 0;
+}
+
+/* Calls fn on every training window, in the order of the split. */
+typedef void (*WindowFn)(void *arg, const BstData *d, size_t w);
+
+static int each_training_window(Fit *f, WindowFn fn, void *arg)
+{
+    int64_t k;
+    if (!f->io) {
+        const uint32_t *train = f->order + f->n_val;
+        for (int64_t j = 0; j < f->n_train; j++)
+            fn(arg, f->data, train[j]);
+        return 0;
+    }
+    if (f->io->rewind(f->train_file, f->io->arg) != 0)
+        return -1;
+    while ((k = bst_spill_read(f->io, f->train_file, &f->chunk, 0, BST_SPILL_CHUNK_WINDOWS)) > 0)
+        for (int64_t w = 0; w < k; w++)
+            fn(arg, &f->chunk, (size_t)w);
+    return k < 0 ? -1 : 0;
+}
+
+/* What the training windows tell before training: the training facts and
+ * the range of the targets. */
+typedef struct TrainingFacts {
+    int32_t L;
+    int64_t count;
+    double sum;
+    int32_t min_history;
+    float lo, hi;
+} TrainingFacts;
+
+static void training_facts_add(void *arg, const BstData *d, size_t w)
+{
+    TrainingFacts *t = arg;
+    const float y = d->targets[w];
+    const int32_t h = window_history(d, w, t->L);
+    t->sum += y;
+    t->min_history = h < t->min_history ? h : t->min_history;
+    t->lo = t->count == 0 || y < t->lo ? y : t->lo;
+    t->hi = t->count == 0 || y > t->hi ? y : t->hi;
+    t->count++;
 }
 
 /* Bytes of bias_init's working arrays, all freed before it returns. */
@@ -232,6 +531,25 @@ static size_t bias_init_bytes(const BstConfig *c)
     return (movie_rows + user_rows + 2 * rows) * sizeof(double);
 }
 
+/* One pass of bias_init: sums of the residuals of one side's rows. */
+typedef struct BiasPass {
+    int32_t L, movie_rows, user_rows;
+    int users;                  /* 0: movies, 1: users */
+    double mean;
+    const double *other;        /* the other side's biases */
+    double *sum, *count;
+} BiasPass;
+
+static void bias_pass_add(void *arg, const BstData *d, size_t w)
+{
+    BiasPass *p = arg;
+    const int32_t mi = bst_row_or_zero(d->movies[w * p->L + p->L - 1], p->movie_rows);
+    const int32_t ui = bst_row_or_zero(d->users ? d->users[w] : 0, p->user_rows);
+    const int32_t self = p->users ? ui : mi;
+    p->sum[self] += d->targets[w] - p->mean - p->other[p->users ? mi : ui];
+    p->count[self] += 1.0;
+}
+
 /*
  * Closed-form start of the bias terms over the training windows: the mean
  * target, then alternating ridge estimates of the movie and user biases
@@ -239,55 +557,45 @@ static size_t bias_init_bytes(const BstConfig *c)
  * network learns the rest; starting from these it need not first discover
  * that some users rate everything a star higher.
  */
-static int bias_init(Fit *f, double mean)
+static BstFitStatus bias_init(Fit *f, double mean)
 {
     BstModel *m = f->m;
-    const BstData *d = f->data;
     const int32_t movie_rows = m->cfg.n_movies + 1, user_rows = m->cfg.n_users + 1;
+    const size_t rows = (size_t)(movie_rows > user_rows ? movie_rows : user_rows);
     double *movie_bias = bst_alloc_zero((size_t)movie_rows, sizeof(double));
     double *user_bias = bst_alloc_zero((size_t)user_rows, sizeof(double));
-    double *sum = bst_alloc_zero((size_t)(movie_rows > user_rows ? movie_rows : user_rows),
-                                 sizeof(double));
-    double *count = bst_alloc_zero((size_t)(movie_rows > user_rows ? movie_rows : user_rows),
-                                   sizeof(double));
-    if (!movie_bias || !user_bias || !sum || !count) {
-        bst_free(movie_bias);
-        bst_free(user_bias);
-        bst_free(sum);
-        bst_free(count);
-        return -1;
-    }
-    const uint32_t *train = f->order + f->n_val;
-    for (int round = 0; round < BST_BIAS_INIT_ROUNDS; round++) {
-        for (int pass = 0; pass < 2; pass++) {  /* 0: movies, 1: users */
-            const int32_t rows = pass ? user_rows : movie_rows;
+    double *sum = bst_alloc_zero(rows, sizeof(double));
+    double *count = bst_alloc_zero(rows, sizeof(double));
+    BstFitStatus status = !movie_bias || !user_bias || !sum || !count ? BST_FIT_NO_MEMORY
+                                                                       : BST_FIT_OK;
+    for (int round = 0; round < BST_BIAS_INIT_ROUNDS && status == BST_FIT_OK; round++) {
+        for (int pass = 0; pass < 2 && status == BST_FIT_OK; pass++) {  /* 0: movies, 1: users */
+            BiasPass p = {.L = f->L, .movie_rows = movie_rows, .user_rows = user_rows,
+                          .users = pass, .mean = mean, .other = pass ? movie_bias : user_bias,
+                          .sum = sum, .count = count};
+            const int32_t n = pass ? user_rows : movie_rows;
             double *bias = pass ? user_bias : movie_bias;
-            const double *other = pass ? movie_bias : user_bias;
             const double reg = pass ? BST_BIAS_INIT_USER_REG : BST_BIAS_INIT_MOVIE_REG;
-            memset(sum, 0, (size_t)rows * sizeof(double));
-            memset(count, 0, (size_t)rows * sizeof(double));
-            for (int64_t j = 0; j < f->n_train; j++) {
-                const size_t w = train[j];
-                const int32_t mi = bst_row_or_zero(d->movies[w * f->L + f->L - 1], movie_rows);
-                const int32_t ui = bst_row_or_zero(d->users ? d->users[w] : 0, user_rows);
-                const int32_t self = pass ? ui : mi;
-                sum[self] += d->targets[w] - mean - other[pass ? mi : ui];
-                count[self] += 1.0;
-            }
-            for (int32_t r = 0; r < rows; r++)
+            memset(sum, 0, (size_t)n * sizeof(double));
+            memset(count, 0, (size_t)n * sizeof(double));
+            if (each_training_window(f, bias_pass_add, &p) != 0)
+                status = BST_FIT_IO_ERROR;
+            for (int32_t r = 0; r < n; r++)
                 bias[r] = sum[r] / (reg + count[r]);
         }
     }
-    m->params.global_bias[0] = (float)mean;
-    for (int32_t r = 0; r < movie_rows; r++)
-        m->params.movie_bias[r] = (float)movie_bias[r];
-    for (int32_t r = 0; r < user_rows; r++)
-        m->params.user_bias[r] = (float)user_bias[r];
+    if (status == BST_FIT_OK) {
+        m->params.global_bias[0] = (float)mean;
+        for (int32_t r = 0; r < movie_rows; r++)
+            m->params.movie_bias[r] = (float)movie_bias[r];
+        for (int32_t r = 0; r < user_rows; r++)
+            m->params.user_bias[r] = (float)user_bias[r];
+    }
     bst_free(movie_bias);
     bst_free(user_bias);
     bst_free(sum);
     bst_free(count);
-    return 0;
+    return status;
 }
 
 /* Windows held by the batch buffers: a training batch, or an evaluation
@@ -297,7 +605,8 @@ static size_t fit_rows(int32_t train_rows, int32_t eval_rows)
     return (size_t)(train_rows > eval_rows ? train_rows : eval_rows);
 }
 
-/* Bytes fit_alloc allocates for n windows of L positions. */
+/* Bytes fit_alloc allocates for an order of n windows and windows of L
+ * positions. */
 static size_t fit_buffers_bytes(int64_t n, int32_t L, int32_t train_rows, int32_t eval_rows)
 {
     const size_t rows = fit_rows(train_rows, eval_rows);
@@ -308,13 +617,36 @@ static size_t fit_buffers_bytes(int64_t n, int32_t L, int32_t train_rows, int32_
            (size_t)eval_rows * sizeof(float);                       /* pred */
 }
 
+/* Buckets of bucket_windows for n_train training windows. */
+static int64_t buckets_for(int64_t n_train, int64_t bucket_windows)
+{
+    return (n_train + bucket_windows - 1) / bucket_windows;
+}
+
+/* Files written at once: the split's two, then the buckets. */
+static int32_t writers_for(int64_t n_buckets)
+{
+    return n_buckets > 2 ? (int32_t)n_buckets : 2;
+}
+
+/* Bytes stream_alloc allocates: the bucket, a chunk read, one buffered for
+ * each file written, the bucket files and their counts. */
+static size_t stream_buffers_bytes(int32_t L, int64_t n_buckets, int64_t bucket_windows)
+{
+    const size_t chunk = bst_data_memory_bytes(BST_SPILL_CHUNK_WINDOWS, L);
+    const int32_t writers = writers_for(n_buckets);
+    return bst_data_memory_bytes(bucket_windows, L) + (size_t)(writers + 1) * chunk +
+           (size_t)writers * sizeof(BstData) +
+           (size_t)n_buckets * (sizeof(void *) + sizeof(int64_t));
+}
+
 /* The window order and batch buffers for training batches of train_rows
- * windows and evaluation chunks of f->eval_rows; -1 when out of memory
- * (fit_free releases what was allocated). */
-static int fit_alloc(Fit *f, int32_t train_rows)
+ * windows and evaluation chunks of f->eval_rows, order_n windows ordered;
+ * -1 when out of memory (fit_free releases what was allocated). */
+static int fit_alloc(Fit *f, int32_t train_rows, int64_t order_n)
 {
     const size_t L = (size_t)f->L, rows = fit_rows(train_rows, f->eval_rows);
-    f->order = bst_alloc((size_t)f->data->n * sizeof(uint32_t));
+    f->order = bst_alloc((size_t)order_n * sizeof(uint32_t));
     f->movies = bst_alloc(rows * L * sizeof(int32_t));
     f->ratings = bst_alloc(rows * (L - 1) * sizeof(float));
     f->hist_len = bst_alloc(rows * sizeof(int32_t));
@@ -325,9 +657,31 @@ static int fit_alloc(Fit *f, int32_t train_rows)
     if (!f->order || !f->movies || !f->ratings || !f->hist_len || !f->users || !f->targets ||
         (f->eval_rows > 0 && !f->pred))
         return -1;
-    for (int64_t i = 0; i < f->data->n; i++)
+    for (int64_t i = 0; i < order_n; i++)
         f->order[i] = (uint32_t)i;
     return 0;
+}
+
+/* The buffers of spilled data (fit_free releases them); the split's files. */
+static BstFitStatus stream_alloc(Fit *f)
+{
+    f->io = f->data->spill->io;
+    f->n_buckets = buckets_for(f->n_train, f->bucket_windows);
+    f->n_writers = writers_for(f->n_buckets);
+    f->bucket_files = bst_alloc_zero((size_t)f->n_buckets, sizeof(void *));
+    f->bucket_left = bst_alloc_zero((size_t)f->n_buckets, sizeof(int64_t));
+    f->writers = bst_alloc_zero((size_t)f->n_writers, sizeof(BstData));
+    if (!f->bucket_files || !f->bucket_left || !f->writers ||
+        data_alloc(&f->chunk, BST_SPILL_CHUNK_WINDOWS, f->L) != 0 ||
+        data_alloc(&f->bucket, f->bucket_windows, f->L) != 0)
+        return BST_FIT_NO_MEMORY;
+    for (int32_t i = 0; i < f->n_writers; i++)
+        if (data_alloc(&f->writers[i], BST_SPILL_CHUNK_WINDOWS, f->L) != 0)
+            return BST_FIT_NO_MEMORY;
+    if ((f->n_val > 0 && (f->val_file = f->io->create(f->io->arg)) == NULL) ||
+        (f->train_file = f->io->create(f->io->arg)) == NULL)
+        return BST_FIT_IO_ERROR;
+    return BST_FIT_OK;
 }
 
 static void fit_free(Fit *f)
@@ -344,6 +698,23 @@ static void fit_free(Fit *f)
     bst_free(f->best_params);
     bst_free(f->best_bn);
     bst_train_state_free(f->kept);
+    if (f->io) {
+        if (f->val_file)
+            f->io->close(f->val_file, f->io->arg);
+        if (f->train_file)
+            f->io->close(f->train_file, f->io->arg);
+        for (int64_t b = 0; f->bucket_files && b < f->n_buckets; b++)
+            if (f->bucket_files[b])
+                f->io->close(f->bucket_files[b], f->io->arg);
+    }
+    if (f->writers)
+        for (int32_t i = 0; i < f->n_writers; i++)
+            data_free(&f->writers[i]);
+    bst_free(f->writers);
+    bst_free(f->bucket_files);
+    bst_free(f->bucket_left);
+    data_free(&f->chunk);
+    data_free(&f->bucket);
 }
 
 static void snapshot(const BstModel *m, float *params, float *bn)
@@ -378,18 +749,26 @@ static size_t bn_snapshot_count(const BstConfig *c)
 }
 
 /*
- * bst_fit allocates, in order: the batch buffers (fit_alloc), the best
+ * bst_fit allocates, in order: the batch buffers (fit_alloc) and, for
+ * spilled data, the bucket and file buffers (stream_alloc), the best
  * epoch's snapshot, bias_init's arrays (freed on return), the trainer and
  * the validation predictor; all of it is freed when it returns.
  * bst_fit_continue keeping the state also allocates it, with the snapshot,
  * and hands it back with the trainer's slots in it (or the best epoch's).
+ * bucket_windows 0: in memory.
  */
-size_t bst_fit_continue_memory_bytes(const BstConfig *cfg, const BstFitOptions *o,
-                                     int64_t n_windows, int keep_state)
+static size_t fit_memory_bytes(const BstConfig *cfg, const BstFitOptions *o, int64_t n_windows,
+                               int64_t bucket_windows, int keep_state)
 {
     const int64_t n_val = validation_windows(n_windows, o->validation_fraction);
     const int32_t eval_rows = n_val > 0 ? bst_predictor_batch_limit(cfg, EVAL_BATCH) : 0;
-    size_t held = fit_buffers_bytes(n_windows, cfg->seq_len, o->train.batch_size, eval_rows);
+    size_t held;
+    if (bucket_windows == 0)
+        held = fit_buffers_bytes(n_windows, cfg->seq_len, o->train.batch_size, eval_rows);
+    else
+        held = fit_buffers_bytes(bucket_windows, cfg->seq_len, o->train.batch_size, eval_rows) +
+               stream_buffers_bytes(cfg->seq_len, buckets_for(n_windows - n_val, bucket_windows),
+                                    bucket_windows);
     if (o->patience > 0)
         held += bst_config_num_params(cfg) * sizeof(float) +
                 bn_snapshot_count(cfg) * sizeof(float);
@@ -404,9 +783,44 @@ size_t bst_fit_continue_memory_bytes(const BstConfig *cfg, const BstFitOptions *
     return held + (bias > training ? bias : training);
 }
 
+size_t bst_fit_continue_memory_bytes(const BstConfig *cfg, const BstFitOptions *o,
+                                     int64_t n_windows, int keep_state)
+{
+    return fit_memory_bytes(cfg, o, n_windows, 0, keep_state);
+}
+
 size_t bst_fit_memory_bytes(const BstConfig *cfg, const BstFitOptions *o, int64_t n_windows)
 {
-    return bst_fit_continue_memory_bytes(cfg, o, n_windows, 0);
+    return fit_memory_bytes(cfg, o, n_windows, 0, 0);
+}
+
+size_t bst_fit_stream_memory_bytes(const BstConfig *cfg, const BstFitOptions *o,
+                                   int64_t n_windows, int64_t bucket_windows, int keep_state)
+{
+    if (bucket_windows < 1 || bucket_windows % o->train.batch_size != 0)
+        return SIZE_MAX;
+    return fit_memory_bytes(cfg, o, n_windows, bucket_windows, keep_state);
+}
+
+int64_t bst_fit_bucket_windows(const BstConfig *cfg, const BstFitOptions *o, int64_t n_windows,
+                               int keep_state, size_t budget)
+{
+    const int64_t B = o->train.batch_size;
+    const int64_t n_train = n_windows - validation_windows(n_windows, o->validation_fraction);
+    const int64_t batches = (n_train + B - 1) / B;
+    const size_t per_bucket = bst_data_memory_bytes(BST_SPILL_CHUNK_WINDOWS, cfg->seq_len);
+    if (n_train < 1)
+        return 0;
+    /* More buckets need a smaller bucket but a chunk more each to scatter
+     * into them: the fewest that fit, each bucket the training windows'
+     * share rounded up to a batch. */
+    for (int64_t p = 1, last = 0; p <= batches && (size_t)p <= budget / per_bucket; p++) {
+        const int64_t k = (batches + p - 1) / p;
+        if (k != last && bst_fit_stream_memory_bytes(cfg, o, n_windows, k * B, keep_state) <= budget)
+            return k * B;
+        last = k;
+    }
+    return 0;
 }
 
 BstFitStatus bst_fit(BstModel *m, const BstData *data, const BstFitOptions *o,
@@ -422,6 +836,7 @@ BstFitStatus bst_fit_continue(BstModel *m, const BstData *data, const BstFitOpti
     Fit f;
     BstFitStatus status = BST_FIT_OK;
     const int32_t L = m->cfg.seq_len;
+    const BstSpill *spill = data->spill;
 
     memset(result, 0, sizeof(*result));
     memset(&f, 0, sizeof(f));
@@ -430,7 +845,10 @@ BstFitStatus bst_fit_continue(BstModel *m, const BstData *data, const BstFitOpti
     if (bst_fit_options_check(o) || data->seq_len != L || data->n < 1 ||
         data->n > (int64_t)UINT32_MAX ||
         (from && (from->optimizer != o->train.optimizer || from->size != m->params.size ||
-                  from->step < 0 || from->epochs < 0)))
+                  from->step < 0 || from->epochs < 0)) ||
+        (spill && (!spill->io || !spill->file || spill->bucket_windows < 1 ||
+                   spill->bucket_windows % o->train.batch_size != 0 ||
+                   spill->bucket_windows > (int64_t)UINT32_MAX)))
         return BST_FIT_BAD_INPUT;
     /* The seed's streams continue where from left them; another seed's
      * start afresh. */
@@ -446,9 +864,12 @@ BstFitStatus bst_fit_continue(BstModel *m, const BstData *data, const BstFitOpti
         return BST_FIT_BAD_INPUT;
     /* The predictor created below takes exactly this many windows per pass. */
     f.eval_rows = f.n_val > 0 ? bst_predictor_batch_limit(&m->cfg, EVAL_BATCH) : 0;
+    f.bucket_windows = spill ? spill->bucket_windows : 0;
 
-    if (fit_alloc(&f, f.B) != 0)
+    if (fit_alloc(&f, f.B, spill ? f.bucket_windows : data->n) != 0)
         goto no_memory;
+    if (spill && (status = stream_alloc(&f)) != BST_FIT_OK)
+        goto done;
     if (o->patience > 0) {
         f.best_params = bst_alloc(m->params.size * sizeof(float));
         f.best_bn = bst_alloc(bn_snapshot_count(&m->cfg) * sizeof(float));
@@ -462,21 +883,22 @@ BstFitStatus bst_fit_continue(BstModel *m, const BstData *data, const BstFitOpti
             goto no_memory;
     }
 
-    /* The split: a seeded permutation, validation windows first. */
-    if (f.n_val > 0) {
+    /* The split: in memory a seeded permutation, validation windows first;
+     * spilled, a pass over the file into the validation and the training
+     * windows' own. */
+    if (spill) {
+        if ((status = stream_split(&f, o->train.seed)) != BST_FIT_OK)
+            goto done;
+    } else if (f.n_val > 0) {
         BstRng split;
         bst_rng_seed(&split, o->train.seed ^ SPLIT_SALT);
         bst_rng_shuffle_u32(&split, f.order, (size_t)data->n);
     }
-    uint32_t *train = f.order + f.n_val;
-    double mean = 0.0;
-    int32_t min_history = L - 1;
-    for (int64_t j = 0; j < f.n_train; j++) {
-        mean += data->targets[train[j]];
-        const int32_t h = window_history(data, train[j], L);
-        min_history = h < min_history ? h : min_history;
-    }
-    mean /= (double)f.n_train;
+    TrainingFacts facts = {.L = L, .min_history = L - 1};
+    if (each_training_window(&f, training_facts_add, &facts) != 0)
+        goto io_error;
+    const double mean = facts.sum / (double)f.n_train;
+    int32_t min_history = facts.min_history;
     /* A continued model was trained on shorter histories too. */
     if (from && m->facts.known && m->facts.min_history < min_history)
         min_history = m->facts.min_history;
@@ -487,12 +909,7 @@ BstFitStatus bst_fit_continue(BstModel *m, const BstData *data, const BstFitOpti
         goto done;
     }
     if (o->clip) {
-        float lo = data->targets[train[0]], hi = lo;
-        for (int64_t j = 1; j < f.n_train; j++) {
-            const float t = data->targets[train[j]];
-            lo = t < lo ? t : lo;
-            hi = t > hi ? t : hi;
-        }
+        float lo = facts.lo, hi = facts.hi;
         /* ... and on the targets of the stored training. */
         if (from && m->cfg.rating_min < m->cfg.rating_max) {
             lo = m->cfg.rating_min < lo ? m->cfg.rating_min : lo;
@@ -506,8 +923,8 @@ BstFitStatus bst_fit_continue(BstModel *m, const BstData *data, const BstFitOpti
     result->n_val = f.n_val;
 
     /* A continued model starts from its trained weights. */
-    if (!from && o->bias_init && m->cfg.use_bias && bias_init(&f, mean) != 0)
-        goto no_memory;
+    if (!from && o->bias_init && m->cfg.use_bias && (status = bias_init(&f, mean)) != BST_FIT_OK)
+        goto done;
     if (!from && o->zero_output) {
         const int32_t out_in = m->cfg.n_hidden ? m->cfg.hidden[m->cfg.n_hidden - 1]
                                                : bst_config_mlp_input(&m->cfg);
@@ -526,12 +943,10 @@ BstFitStatus bst_fit_continue(BstModel *m, const BstData *data, const BstFitOpti
 
     BstRng shuffle;
     bst_rng_seed(&shuffle, o->train.seed ^ SHUFFLE_SALT);
-    /* Each epoch shuffles the previous epoch's order: replaying the earlier
-     * epochs' shuffles puts the order, and the stream, where they left them. */
     for (int32_t e = 0; e < epochs_before; e++) {
         if (hooks && hooks->before_batch)
             hooks->before_batch(hooks->arg, 0, e, epochs_before, NAN);
-        bst_rng_shuffle_u32(&shuffle, train, (size_t)f.n_train);
+        epoch_replay(&f, &shuffle);
     }
     const int64_t n_batches = (f.n_train + f.B - 1) / f.B;
     const double total_steps = (double)n_batches * o->epochs;
@@ -545,7 +960,8 @@ BstFitStatus bst_fit_continue(BstModel *m, const BstData *data, const BstFitOpti
         double loss_sum = 0.0, abs_sum = 0.0, start = now_seconds();
 
         memset(&s, 0, sizeof(s));
-        bst_rng_shuffle_u32(&shuffle, train, (size_t)f.n_train);
+        if (epoch_start(&f, &shuffle) != 0)
+            goto io_error;
         for (int64_t k = 0; k < n_batches; k++, step++) {
             if (hooks && hooks->before_batch)
                 hooks->before_batch(hooks->arg, epoch, k, n_batches,
@@ -557,7 +973,9 @@ BstFitStatus bst_fit_continue(BstModel *m, const BstData *data, const BstFitOpti
             }
             const int64_t first = k * f.B;
             const int32_t count = (int32_t)(f.n_train - first < f.B ? f.n_train - first : f.B);
-            BstBatch b = gather(&f, train + first, count);
+            BstBatch b;
+            if (epoch_batch(&f, &shuffle, k, count, &b) != 0)
+                goto io_error;
             float loss = bst_train_step(f.trainer, &b, &abs_sum);
             if (!isfinite(loss)) {
                 result->epochs_run = epoch;
@@ -571,8 +989,8 @@ BstFitStatus bst_fit_continue(BstModel *m, const BstData *data, const BstFitOpti
         s.mae = abs_sum / (double)f.n_train;
         s.learning_rate = lr;
         s.val_mae = s.val_rmse = NAN;
-        if (f.n_val > 0)
-            evaluate_windows(&f, f.order, f.n_val, hooks, &s.val_mae, &s.val_rmse);
+        if (f.n_val > 0 && evaluate_validation(&f, hooks, &s.val_mae, &s.val_rmse) != 0)
+            goto io_error;
         s.seconds = now_seconds() - start;
         result->epochs_run = epoch;
         if (f.n_val > 0 && !(isfinite(s.val_mae) && isfinite(s.val_rmse))) {
@@ -615,6 +1033,9 @@ BstFitStatus bst_fit_continue(BstModel *m, const BstData *data, const BstFitOpti
     }
     goto done;
 
+io_error:
+    status = BST_FIT_IO_ERROR;
+    goto done;
 no_memory:
     status = BST_FIT_NO_MEMORY;
 done:
@@ -626,17 +1047,24 @@ int bst_evaluate_data(const BstModel *m, const BstData *data, const BstFitHooks 
                       double *mae, double *rmse)
 {
     Fit f;
+    double abs_sum = 0.0, sq_sum = 0.0;
+    int64_t chunk = 0;
     memset(&f, 0, sizeof(f));
-    if (data->seq_len != m->cfg.seq_len || data->n < 1 || data->n > (int64_t)UINT32_MAX)
+    if (data->seq_len != m->cfg.seq_len || data->n < 1 || data->n > (int64_t)UINT32_MAX ||
+        data->spill)
         return -1;
     f.m = (BstModel *)m;
     f.data = data;
     f.L = data->seq_len;
     f.eval_rows = bst_predictor_batch_limit(&m->cfg, EVAL_BATCH);
-    int ok = fit_alloc(&f, 0) == 0 &&
+    int ok = fit_alloc(&f, 0, data->n) == 0 &&
              (f.predictor = bst_predictor_create(m, EVAL_BATCH)) != NULL;
-    if (ok)
-        evaluate_windows(&f, f.order, data->n, hooks, mae, rmse);
+    if (ok) {
+        add_errors(&f, data, f.order, data->n, hooks, &chunk,
+                   (data->n + f.eval_rows - 1) / f.eval_rows, &abs_sum, &sq_sum);
+        *mae = abs_sum / (double)data->n;
+        *rmse = sqrt(sq_sum / (double)data->n);
+    }
     fit_free(&f);
     return ok ? 0 : -1;
 }

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "model.h"
+#include "spill.h"
 #include "trainer.h"
 
 /* A data set of windows, already mapped to vocabulary indices and padded to
@@ -23,6 +24,9 @@ typedef struct BstData {
     int32_t *hist_len;    /* [n] */
     int32_t *users;       /* [n] user vocabulary indices (0: unknown) */
     float *targets;       /* [n] */
+    /* Non-NULL: the n windows are in a temporary file (spill.h), the arrays
+     * unused; a training then holds a bucket of them at a time. */
+    const BstSpill *spill;
 } BstData;
 
 /*
@@ -54,6 +58,10 @@ typedef void *(*BstResizeFn)(void *ptr, size_t size, void *arg);
  */
 int bst_data_resize(BstData *d, int64_t capacity, int32_t seq_len, BstResizeFn resize,
                     void *arg);
+
+/* Lays the d->n windows of d out again for seq_len positions, in place, in
+ * arrays with room for them at both lengths; as bst_data_resize does. */
+void bst_data_relayout(BstData *d, int32_t seq_len);
 
 /* Lays out window w of d (below its capacity) from n >= 1 movie ids, the last
  * the target, and their n ratings, the last the label, exactly as
@@ -130,6 +138,7 @@ typedef enum {
                                   * non-finite target */
     BST_FIT_NO_MEMORY,
     BST_FIT_DIVERGED,            /* the loss, or the validation error, became infinite or NaN */
+    BST_FIT_IO_ERROR,            /* a spilled data set's file failed, or held other windows */
 } BstFitStatus;
 
 /*
@@ -183,6 +192,23 @@ BstFitStatus bst_fit_continue(BstModel *m, const BstData *data, const BstFitOpti
  * keeps the state (which then, held until freed, is counted). */
 size_t bst_fit_continue_memory_bytes(const BstConfig *cfg, const BstFitOptions *o,
                                      int64_t n_windows, int keep_state);
+
+/*
+ * The same for n_windows spilled windows (BstData.spill) trained on in
+ * buckets of bucket_windows: the bucket and its order instead of the data's
+ * order, and one chunk (BST_SPILL_CHUNK_WINDOWS) for each file read or
+ * written at once: the buckets' while scattering them.  Not counted: the
+ * host's own buffers of its files.  SIZE_MAX when bucket_windows is not a
+ * positive multiple of the batch size.
+ */
+size_t bst_fit_stream_memory_bytes(const BstConfig *cfg, const BstFitOptions *o,
+                                   int64_t n_windows, int64_t bucket_windows, int keep_state);
+
+/* The bucket_windows of the fewest buckets with which
+ * bst_fit_stream_memory_bytes stays within budget bytes: each bucket the
+ * training windows' share, rounded up to a batch; 0 when none does. */
+int64_t bst_fit_bucket_windows(const BstConfig *cfg, const BstFitOptions *o, int64_t n_windows,
+                               int keep_state, size_t budget);
 
 /* Mean absolute and root mean squared error of m over data (inference mode);
  * hooks->before_batch (epoch 0) runs before every chunk.  -1 on bad input or

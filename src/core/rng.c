@@ -40,7 +40,7 @@ float bst_rng_uniform(BstRng *rng)
 }
 
 /* Modulo with rejection of the incomplete top range, so the shuffle is exactly uniform. */
-static uint64_t rng_below(BstRng *rng, uint64_t bound)
+uint64_t bst_rng_below(BstRng *rng, uint64_t bound)
 {
     uint64_t limit = UINT64_MAX - UINT64_MAX % bound;
     for (;;) {
@@ -53,7 +53,7 @@ static uint64_t rng_below(BstRng *rng, uint64_t bound)
 void bst_rng_shuffle_u32(BstRng *rng, uint32_t *a, size_t n)
 {
     for (size_t i = n; i > 1; i--) {
-        size_t j = (size_t)rng_below(rng, i);
+        size_t j = (size_t)bst_rng_below(rng, i);
         uint32_t tmp = a[i - 1];
         a[i - 1] = a[j];
         a[j] = tmp;

@@ -19,6 +19,8 @@ void bst_rng_seed(BstRng *rng, uint64_t seed);
 uint64_t bst_rng_next(BstRng *rng);
 /* Uniform in [0, 1) with 24 random bits (every value exactly representable). */
 float bst_rng_uniform(BstRng *rng);
+/* Uniform in [0, bound), bound >= 1: exactly, by rejection. */
+uint64_t bst_rng_below(BstRng *rng, uint64_t bound);
 /* Uniform Fisher-Yates permutation of a[0..n). */
 void bst_rng_shuffle_u32(BstRng *rng, uint32_t *a, size_t n);
 

@@ -880,7 +880,7 @@ static void test_early_stopping(const Data *train)
         hist[i] = 1 + (int32_t)(bst_rng_next(&rng) % (L - 1));
         noisy[i] = train->targets[i] + 3.0f * (bst_rng_uniform(&rng) - 0.5f);
     }
-    BstData data = {N, L, train->movies, train->ratings, hist, users, noisy};
+    BstData data = {N, L, train->movies, train->ratings, hist, users, noisy, NULL};
     BstFitOptions o = {.train = {BST_OPT_ADAMW, 0.02f, 16, 5, 0.01f}, .epochs = 40,
                        .lr_schedule = BST_LR_CONSTANT, .validation_fraction = 0.2f,
                        .patience = 3, .bias_init = 1, .zero_output = 1, .clip = 1};
@@ -965,7 +965,7 @@ static BstModel *fit_for_facts(const Data *train, int32_t n, int32_t *hist, int3
                                BstFitResult *r)
 {
     BstModel *m = feature_model(L, seed);
-    BstData data = {n, L, train->movies, train->ratings, hist, users, targets};
+    BstData data = {n, L, train->movies, train->ratings, hist, users, targets, NULL};
     BstFitOptions o = {.train = {BST_OPT_ADAGRAD, 0.01f, BATCH, seed, 0.0f}, .epochs = 1,
                        .validation_fraction = validation_fraction};
     BstFitStatus st = m ? bst_fit(m, &data, &o, NULL, r) : BST_FIT_NO_MEMORY;
@@ -1220,7 +1220,7 @@ static BstData random_windows(int64_t n, int32_t Lw, int32_t n_movies, int32_t n
 {
     BstData d = {n, Lw, malloc((size_t)n * Lw * sizeof(int32_t)),
                  new_floats((size_t)n * (Lw - 1)), malloc((size_t)n * sizeof(int32_t)),
-                 malloc((size_t)n * sizeof(int32_t)), new_floats((size_t)n)};
+                 malloc((size_t)n * sizeof(int32_t)), new_floats((size_t)n), NULL};
     if (!d.movies || !d.hist_len || !d.users) {
         perror("malloc");
         exit(2);

@@ -97,7 +97,7 @@ static BstData make_windows(int64_t n, int32_t n_movies, int32_t n_users, uint64
     bst_rng_seed(&rng, seed);
     BstData d = {n, L, malloc((size_t)n * L * sizeof(int32_t)), new_floats((size_t)n * (L - 1)),
                  malloc((size_t)n * sizeof(int32_t)), malloc((size_t)n * sizeof(int32_t)),
-                 new_floats((size_t)n)};
+                 new_floats((size_t)n), NULL};
     for (int64_t w = 0; w < n; w++) {
         const int32_t hist = (int32_t)(bst_rng_next(&rng) % L);
         float mean = 3.0f;
