@@ -179,24 +179,25 @@ SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT array_agg(m) AS 
 SET bst.train_memory = '1MB';   -- and it bounds the smallest training too
 SELECT pg_temp.error_of($q$SELECT * FROM bst_train('x', 'SELECT movie_ids, ratings FROM windows', hidden => '{8}')$q$);
 -- The windows count too, as the training holds them: 40 bytes a window of 4
--- movies (4 movies, 3 ratings, its history length, user and target).  A tiny
--- model (34 kB with its training, and 4 bytes a window for their order) on
--- 30,000 or 25,000 windows passed under 1 MB while they went uncounted.  Now
--- 30,000 are refused while they are read, at the first window past the
--- limit (26,215 take 1,048,600 bytes)...
+-- movies (4 movies, 3 ratings, its history length, user and target).  Under
+-- 1 MB, a tiny model (34 kB with its training, and 4 bytes a window for their
+-- order) trains on 20,000 windows in memory.  25,000 fit alone (1,000,000
+-- bytes) but not beside the model and its training, and 30,000 not even
+-- alone (26,215 take 1,048,600 bytes): they are kept in temporary files, and
+-- the training holds a bucket of them at a time (metrics' bucket_windows),
+-- the largest the limit leaves room for.  Each trains on all its windows.
 CREATE FUNCTION pg_temp.tiny_training(windows int) RETURNS text LANGUAGE sql AS $f$
 SELECT pg_temp.error_of(format($q$SELECT * FROM bst_train('tiny_data',
     'SELECT ARRAY[1 + i %% 60, 1 + i %% 7, 3, 4] AS movie_ids, ''{4,3,5,4}''::real[] AS ratings FROM generate_series(1, %s) i',
     hidden => '{1}', embed_dim => 1, heads => 1, batch_size => 32, epochs => 1, early_stopping => false,
     vocabulary => NULL, history => NULL, preset => 'keras_example')$q$, windows))
 $f$;
-SELECT pg_temp.tiny_training(30000);
--- ... 25,000 fit alone (1,000,000 bytes), not with the model and its
--- training (the window order included) ...
-SELECT pg_temp.tiny_training(25000);
--- ... and 20,000 fit with them.
 SELECT pg_temp.tiny_training(20000);
-SELECT metrics->>'training_rows' AS training_rows, config->>'n_movies' AS n_movies FROM bst_models WHERE name = 'tiny_data';
+SELECT pg_temp.tiny_training(25000);
+SELECT pg_temp.tiny_training(30000);
+SELECT version, metrics->>'training_rows' AS training_rows, metrics->>'bucket_windows' AS bucket_windows,
+       config->>'n_movies' AS n_movies
+FROM bst_models WHERE name = 'tiny_data' ORDER BY version;
 DELETE FROM bst_models WHERE name = 'tiny_data';
 RESET bst.train_memory;
 RESET maintenance_work_mem;

@@ -129,7 +129,7 @@ _PG_init(void)
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("bst.train_memory",
 							"Most memory one bst_train may allocate for the model and its training.",
-							"0 means maintenance_work_mem.",
+							"0 means maintenance_work_mem.  Windows beyond what it leaves room for are kept in temporary files.",
 							&bst_train_memory_kb,
 							0, 0, MAX_KILOBYTES,
 							PGC_USERSET,

@@ -95,10 +95,9 @@ typedef struct BstReadOptions
 	int32		seq_len;		/* the model's window length; 0: the longest
 								 * window's (laid out up to BST_MAX_SEQ_LEN) */
 	bool		movie_ids;		/* collect the distinct movie ids */
-	double		limit;			/* most bytes the packed windows may take */
-	/* Raises the error when the first n windows take bytes > limit. */
-	void		(*over_limit) (void *arg, int64 n, int32 seq_len, double bytes);
-	void	   *arg;
+	double		limit;			/* most bytes the packed windows take in
+								 * memory: beyond it they go to io's files */
+	const BstSpillIO *io;
 } BstReadOptions;
 
 /* What the query returned besides the windows. */
@@ -116,6 +115,10 @@ extern void bst_dataset_read_packed(const char *query, const char *purpose,
 									const BstReadOptions *o, MemoryContext cxt,
 									BstData *data, BstReadResult *result);
 extern void bst_dataset_map_ids(BstData *data, const BstModel *model, bool has_users);
+extern void bst_dataset_spill(BstData *data, const BstSpillIO *io, MemoryContext cxt);
+
+/* The core's temporary files (spill_file.c), their buffers in cxt. */
+extern const BstSpillIO *bst_spill_io(MemoryContext cxt);
 
 /*
  * What identifies a version of the stored weights: the model_id no other row

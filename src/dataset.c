@@ -13,7 +13,8 @@
  * A training packs its windows as it reads them (bst_dataset_read_packed),
  * before the model exists: the core lays them out with the ids as read, and
  * maps them to the model's vocabulary in place once it exists, so the data is
- * held once, and refused as soon as it outgrows the training's memory limit.
+ * held once.  Windows beyond the training's memory limit go to a temporary
+ * file instead, a chunk at a time, and the training reads them from there.
  * An evaluation, whose model exists, reads them ragged (bst_dataset_read)
  * and packs them after (bst_dataset_pack).
  */
@@ -387,6 +388,9 @@ typedef struct PackedSink
 	idset_hash *movies;			/* the distinct ids, when asked for */
 	idset_hash *users;
 	int32		last_user;
+	BstSpill   *spill;			/* once the windows outgrew o->limit: data
+								 * holds a chunk, the file the rest */
+	int64		n_spilled;		/* windows in the file */
 } PackedSink;
 
 /* bst_data_resize's allocator: palloc in the context arg. */
@@ -404,26 +408,52 @@ data_set_capacity(PackedSink *sink, int64 capacity, int32 seq_len)
 	sink->capacity = capacity;
 }
 
+/* The windows in data to the file; data empty. */
+static void
+spill_windows(PackedSink *sink)
+{
+	BstData    *data = sink->data;
+
+	if (bst_spill_write(sink->o->io, sink->spill->file, data, 0, data->n) != 0)
+		elog(ERROR, "could not write training windows to a temporary file");
+	sink->n_spilled += data->n;
+	data->n = 0;
+}
+
 static void
 packed_window(void *arg, const int32 *movies, const float *ratings, int n, int32 user)
 {
 	PackedSink *sink = arg;
 	BstData    *data = sink->data;
 	int32		seq_len = sink->o->seq_len;
-	double		bytes;
 
 	/*
 	 * Without a length of its own, the model's is the longest window's: the
-	 * windows read so far are laid out again, wider, when a longer one comes.
-	 * Beyond BST_MAX_SEQ_LEN the model is refused once the longest is known.
+	 * windows read so far are laid out again, wider, when a longer one comes
+	 * (those in the file when they are read back).  Beyond BST_MAX_SEQ_LEN
+	 * the model is refused once the longest is known.
 	 */
 	if (seq_len == 0)
 		seq_len = Min(Max(data->seq_len, n), BST_MAX_SEQ_LEN);
-	bytes = (double) bst_data_memory_bytes(data->n + 1, seq_len);
-	if (bytes > sink->o->limit)
-		sink->o->over_limit(sink->o->arg, data->n + 1, seq_len, bytes);
 
-	if (data->n == sink->capacity || seq_len != data->seq_len)
+	if (sink->spill)
+	{
+		/* A chunk at a time, written before it is laid out wider. */
+		if (data->n == BST_SPILL_CHUNK_WINDOWS || seq_len != data->seq_len)
+			spill_windows(sink);
+		if (seq_len != data->seq_len)
+			data_set_capacity(sink, BST_SPILL_CHUNK_WINDOWS, seq_len);
+	}
+	else if ((double) bst_data_memory_bytes(data->n + 1, seq_len) > sink->o->limit)
+	{
+		/* From here on the windows go to a temporary file. */
+		sink->spill = MemoryContextAllocZero(sink->cxt, sizeof(BstSpill));
+		sink->spill->io = sink->o->io;
+		sink->spill->file = sink->o->io->create(sink->o->io->arg);
+		spill_windows(sink);
+		data_set_capacity(sink, BST_SPILL_CHUNK_WINDOWS, seq_len);
+	}
+	else if (data->n == sink->capacity || seq_len != data->seq_len)
 	{
 		/* Half as much again, never more than the limit allows. */
 		double		most = floor(sink->o->limit / (double) bst_data_memory_bytes(1, seq_len));
@@ -447,14 +477,30 @@ packed_window(void *arg, const int32 *movies, const float *ratings, int n, int32
 	sink->last_user = user;
 }
 
+/* data's arrays freed, and data the spilled data set of n windows. */
+static void
+data_spilled(BstData *data, BstSpill *spill, int64 n)
+{
+	pfree(data->movies);
+	pfree(data->ratings);
+	pfree(data->hist_len);
+	pfree(data->users);
+	pfree(data->targets);
+	data->movies = data->hist_len = data->users = NULL;
+	data->ratings = data->targets = NULL;
+	data->n = n;
+	data->spill = spill;
+}
+
 /*
  * Run query (a training's) and pack its windows into data as they are read,
  * with their movie and user ids as read: bst_dataset_map_ids maps them once
- * the model exists.  The arrays are allocated in cxt, grown as needed (never
- * beyond what o->limit allows) and left exactly as large as the windows need,
- * bst_data_memory_bytes(data->n, data->seq_len).  o->over_limit is called
- * (to raise an error) as soon as the windows read take more than o->limit.
- * The distinct ids are collected in the current memory context.
+ * the model exists.  The arrays are allocated in cxt, grown as needed and
+ * left exactly as large as the windows need, bst_data_memory_bytes(data->n,
+ * data->seq_len).  Windows that would take more than o->limit go on, a chunk
+ * at a time, into a temporary file of o->io: data is then a spilled data set
+ * (data->spill, its ids as read), with no arrays.  The distinct ids are
+ * collected in the current memory context.
  */
 void
 bst_dataset_read_packed(const char *query, const char *purpose, const BstReadOptions *o,
@@ -478,18 +524,49 @@ bst_dataset_read_packed(const char *query, const char *purpose, const BstReadOpt
 	 */
 	read_windows(query, purpose, packed_window, &sink, &result->has_users);
 
-	/* Exactly as large as the windows need. */
-	data_set_capacity(&sink, data->n, data->seq_len);
+	if (sink.spill)
+	{
+		spill_windows(&sink);
+		data_spilled(data, sink.spill, sink.n_spilled);
+	}
+	else
+		/* Exactly as large as the windows need. */
+		data_set_capacity(&sink, data->n, data->seq_len);
 	result->movie_ids = idset_sorted(sink.movies, &result->n_movie_ids);
 	result->user_ids = idset_sorted(sink.users, &result->n_user_ids);
 	idset_destroy(sink.movies);
 	idset_destroy(sink.users);
 }
 
-/* The ids of data, as read, mapped to model's vocabulary in place. */
+/*
+ * The windows of data, in memory, to a temporary file of io instead (ids as
+ * they are), the spill in cxt: when the windows fit the memory limit but the
+ * model and its training beside them do not.
+ */
+void
+bst_dataset_spill(BstData *data, const BstSpillIO *io, MemoryContext cxt)
+{
+	BstSpill   *spill = MemoryContextAllocZero(cxt, sizeof(BstSpill));
+
+	spill->io = io;
+	spill->file = io->create(io->arg);
+	if (bst_spill_write(io, spill->file, data, 0, data->n) != 0)
+		elog(ERROR, "could not write training windows to a temporary file");
+	data_spilled(data, spill, data->n);
+}
+
+/* The ids of data, as read, mapped to model's vocabulary in place; a
+ * spilled data set's when the training reads them. */
 void
 bst_dataset_map_ids(BstData *data, const BstModel *model, bool has_users)
 {
+	if (data->spill)
+	{
+		/* Only the host's own spill: the struct is ours. */
+		((BstSpill *) data->spill)->map_ids = 1;
+		((BstSpill *) data->spill)->map_users = has_users;
+		return;
+	}
 	for (int64 w = 0; w < data->n; w += 65536)
 	{
 		bst_data_map_ids(data, model, w, Min(w + 65536, data->n), has_users);

@@ -1541,62 +1541,61 @@ memory_text(double bytes)
 }
 
 /*
- * BstReadOptions.over_limit of a training: the windows read so far, n of
- * them laid out for seq_len positions, already take more than the limit.
+ * Where a training's windows are kept, from what it would allocate,
+ * estimated exactly by the core before anything is: activations, gradients,
+ * optimizer state and the copy of it a best epoch keeps, the window order,
+ * the model; on a warm start the stored version and its state as well.
+ * Against train_memory_limit_kb().
+ *
+ * In memory when they fit beside the model and its training.  Else in
+ * temporary files, a bucket of them in memory at a time, the buckets as few
+ * as the limit allows: windows read past the limit are in a file already
+ * (bst_dataset_read_packed), and those that fit alone go there now.  Refused
+ * only when the model and its training leave no room for a bucket.
  */
 static void
-windows_over_limit(void *arg, int64 n, int32 seq_len, double bytes)
-{
-	const TrainArgs *a = arg;
-	const char *setting;
-
-	(void) train_memory_limit_kb(&setting);
-	ereport(ERROR,
-			(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-			 errmsg("training model \"%s\" needs more memory for its windows alone than the limit of %s",
-					bst_short_name(a->name), train_memory_limit_text()),
-			 errdetail("The first %lld windows of the training query take %.0f bytes, %.0f a window of %d movies; the limit is %s.",
-					   (long long) n, bytes, (double) bst_data_memory_bytes(1, seq_len), seq_len,
-					   setting),
-			 errhint("Train on fewer windows (a LIMIT or a sample in the training query), or raise bst.train_memory (0 means maintenance_work_mem).")));
-}
-
-/*
- * What the training would allocate, estimated exactly by the core before
- * the model and its training are allocated: the windows packed (data, held
- * through the fit), activations, gradients, optimizer state and the copy of
- * it a best epoch keeps, the window order, the model; on a warm start the
- * stored version and its state as well.  Against train_memory_limit_kb().
- */
-static void
-check_train_memory(const TrainArgs *a, const BstConfig *config, const BstData *data, bool keep_state,
-				   const WarmStart *warm)
+plan_train_memory(const TrainArgs *a, const BstConfig *config, BstData *data, bool keep_state,
+				  const WarmStart *warm, const BstSpillIO *io, MemoryContext data_cxt)
 {
 	const char *setting;
 	double		limit = (double) train_memory_limit_kb(&setting) * 1024;
 	double		windows = (double) bst_data_memory_bytes(data->n, config->seq_len);
-	double		training = (double) bst_fit_continue_memory_bytes(config, &a->fit, data->n, keep_state) +
-		(double) bst_model_memory_bytes(config);
+	double		model = (double) bst_model_memory_bytes(config);
+	double		training;
+	int64		bucket;
 
 	/* The stored version, and its state grown beside it. */
 	if (warm)
-		training += (double) bst_model_memory_bytes(bst_model_config(warm->stored.model)) +
+		model += (double) bst_model_memory_bytes(bst_model_config(warm->stored.model)) +
 			(double) bst_train_state_memory_bytes(bst_model_config(warm->stored.model),
 												  warm->stored.state->optimizer) +
 			(double) bst_train_state_memory_bytes(config, warm->stored.state->optimizer);
+	training = (double) bst_fit_continue_memory_bytes(config, &a->fit, data->n, keep_state) + model;
+	if (!data->spill && windows + training <= limit)
+		return;
 
-	if (windows + training > limit)
+	bucket = limit > model ? bst_fit_bucket_windows(config, &a->fit, data->n, keep_state,
+													(size_t) Min(limit - model, (double) SIZE_MAX)) : 0;
+	if (bucket == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("training model \"%s\" needs %s of memory, more than the limit of %s",
 						bst_short_name(a->name), memory_text(windows + training),
 						train_memory_limit_text()),
-				 errdetail_plural("Its %lld window of %d movies takes %s, the model and its training %s (batch_size %d, %d heads, embedding width %d); the limit is %s.",
-								  "Its %lld windows of %d movies take %s, the model and its training %s (batch_size %d, %d heads, embedding width %d); the limit is %s.",
+				 errdetail_plural("Its %lld window of %d movies takes %s, the model and its training %s (batch_size %d, %d heads, embedding width %d), too much to hold even a batch of windows at a time; the limit is %s.",
+								  "Its %lld windows of %d movies take %s, the model and its training %s (batch_size %d, %d heads, embedding width %d), too much to hold even a batch of windows at a time; the limit is %s.",
 								  data->n, (long long) data->n, config->seq_len, memory_text(windows),
 								  memory_text(training), a->fit.train.batch_size, config->heads,
 								  config->embed_dim, setting),
-				 errhint("Use a smaller batch_size or seq_len, train on fewer windows, or raise bst.train_memory (0 means maintenance_work_mem).")));
+				 errhint("Use a smaller batch_size or seq_len, or raise bst.train_memory (0 means maintenance_work_mem).")));
+	if (!data->spill)
+		bst_dataset_spill(data, io, data_cxt);
+	((BstSpill *) data->spill)->bucket_windows = bucket;
+	ereport(NOTICE,
+			(errmsg("bst_train \"%s\": its %lld windows (%s) do not fit in memory beside the model and its training within the limit of %s: they are kept in temporary files and trained on %lld at a time",
+					bst_short_name(a->name), (long long) data->n, memory_text(windows),
+					train_memory_limit_text(), (long long) bucket),
+			 errdetail("Each epoch writes and reads them once more; the limit is %s.", setting)));
 }
 
 Datum
@@ -1624,6 +1623,7 @@ bst_train(PG_FUNCTION_ARGS)
 	const char *grow_error = NULL;
 	/* 1.1 keeps every version's optimizer state; a 1.0 install has no room. */
 	bool		keep_state = PG_NARGS() > NARGS_1_0;
+	int64		bucket_windows = 0;
 	BstFitResult fit;
 	BstFitStatus status;
 	Progress	progress;
@@ -1660,15 +1660,15 @@ bst_train(PG_FUNCTION_ARGS)
 
 	/*
 	 * The windows, packed as they are read (held once, never beyond the
-	 * limit); their ids are mapped once the model exists.
+	 * limit: past it, in a temporary file); their ids are mapped once the
+	 * model exists.
 	 */
 	data_cxt = AllocSetContextCreate(train_cxt, "bst_train windows", ALLOCSET_SMALL_SIZES);
 	memset(&read_options, 0, sizeof(read_options));
 	read_options.seq_len = warm ? bst_model_config(warm->stored.model)->seq_len : args.seq_len;
 	read_options.movie_ids = args.vocabulary == NULL;
 	read_options.limit = (double) train_memory_limit_kb(NULL) * 1024;
-	read_options.over_limit = windows_over_limit;
-	read_options.arg = &args;
+	read_options.io = bst_spill_io(data_cxt);
 	bst_dataset_read_packed(args.query, "training", &read_options, data_cxt, &data, &read);
 	if (!warm && (args.seq_len ? args.seq_len : read.max_len) < 2)
 		ereport(ERROR,
@@ -1712,7 +1712,7 @@ bst_train(PG_FUNCTION_ARGS)
 				 errdetail("batch_size times heads times the window length squared must be at most %d.",
 						   BST_MAX_ATTENTION_SCORES),
 				 errhint("Use a smaller batch_size or seq_len.")));
-	check_train_memory(&args, &config, &data, keep_state, warm);
+	plan_train_memory(&args, &config, &data, keep_state, warm, read_options.io, data_cxt);
 	if (args.fit.validation_fraction > 0 && data.n < 2)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -1778,6 +1778,11 @@ bst_train(PG_FUNCTION_ARGS)
 	bst_core_memory(old_core);
 	bst_progress_end();
 	/* The windows are done with: not held through the store. */
+	if (data.spill)
+	{
+		bucket_windows = data.spill->bucket_windows;
+		data.spill->io->close(data.spill->file, data.spill->io->arg);
+	}
 	MemoryContextDelete(data_cxt);
 	if (status == BST_FIT_DIVERGED)
 		ereport(ERROR,
@@ -1789,6 +1794,10 @@ bst_train(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_OUT_OF_MEMORY),
 				 errmsg("out of memory training model \"%s\"", bst_short_name(args.name))));
+	/* The files raise their own errors: this is the core finding in them
+	 * other windows than were written. */
+	if (status == BST_FIT_IO_ERROR)
+		elog(ERROR, "the temporary files of the training windows do not hold the windows written");
 	if (status != BST_FIT_OK)
 		elog(ERROR, "bst_fit refused its input");
 
@@ -1801,6 +1810,9 @@ bst_train(PG_FUNCTION_ARGS)
 	append_json_double(&metrics, fit.best.val_mae);
 	appendStringInfoString(&metrics, ", \"val_rmse\": ");
 	append_json_double(&metrics, fit.best.val_rmse);
+	/* The windows were in temporary files, this many in memory at a time. */
+	if (bucket_windows > 0)
+		appendStringInfo(&metrics, ", \"bucket_windows\": " INT64_FORMAT, bucket_windows);
 	/* For people: prediction reads both from the weights. */
 	bst_model_training_facts(model, &mean_target, &min_history);
 	appendStringInfo(&metrics, ", \"train_mean_rating\": %.9g, \"min_history\": %d, \"seconds\": %.3f}",
