@@ -14,6 +14,7 @@
 
 #include "infer.h"
 #include "parallel.h"
+#include "simd.h"
 
 #define CORETYPE_VARIABLE "OPENBLAS_CORETYPE"
 
@@ -159,8 +160,9 @@ const char *bst_compute_description(void)
 #endif
     else
         snprintf(origin, sizeof origin, "OpenBLAS's own detection");
-    snprintf(text, sizeof text, "%s, kernels %s (%s), %d thread%s; prediction kernels %s",
+    snprintf(text, sizeof text,
+             "%s, kernels %s (%s), %d thread%s; prediction kernels %s, training loops %s",
              bst_blas.get_config(), core, origin, threads, threads == 1 ? "" : "s",
-             bst_infer_isa_name(bst_infer_isa()));
+             bst_infer_isa_name(bst_infer_isa()), bst_simd_name(bst_simd()));
     return text;
 }

@@ -60,10 +60,12 @@ const char *bst_blas_load(void);
  * What computes, for messages: the BLAS, its kernels and where they came
  * from, and the core's thread count, e.g.
  *   "OpenBLAS 0.3.21 NO_LAPACKE DYNAMIC_ARCH NO_AFFINITY SkylakeX MAX_THREADS=64,
- *    kernels SkylakeX (chosen by bst: AVX-512), 2 threads; prediction kernels AVX-512"
+ *    kernels SkylakeX (chosen by bst: AVX-512), 2 threads; prediction kernels AVX-512,
+ *    training loops AVX-512"
  * where the parenthesis may also read "from OPENBLAS_CORETYPE" or "OpenBLAS's
- * own detection", and the instruction set of the loaded models' prediction
- * kernels (infer.h: AVX-512, AVX2, portable, or none).  Loads the BLAS if
+ * own detection", then the instruction sets of the loaded models' prediction
+ * kernels (infer.h: AVX-512, AVX2, portable, or none) and of the core's own
+ * loops (simd.h: AVX-512, AVX2 or generic).  Loads the BLAS if
  * needed.  A static buffer, valid until the next call.
  */
 const char *bst_compute_description(void);

@@ -5,6 +5,7 @@
 
 #include "blas.h"
 #include "parallel.h"
+#include "simd.h"
 
 /*
  * Parallel split (see parallel.h): each public function below runs a serial
@@ -29,10 +30,11 @@
 
 /*
  * Float reductions: compilers may not reorder a single running sum without
- * -ffast-math, which leaves it scalar.  Eight independent partial sums
+ * -ffast-math, which leaves it scalar.  Always inlined, so that each copy of
+ * a loop (simd.h) gets its own instruction set's.  Eight independent partial sums
  * vectorise at -O2 and also round better than one long chain.
  */
-static inline float dot8(const float *a, const float *b, int n)
+BST_SIMD_INLINE float dot8(const float *a, const float *b, int n)
 {
     float acc[8] = {0};
     int i = 0;
@@ -45,7 +47,7 @@ static inline float dot8(const float *a, const float *b, int n)
     return s + ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
 }
 
-static inline float sum8(const float *a, int n)
+BST_SIMD_INLINE float sum8(const float *a, int n)
 {
     float acc[8] = {0};
     int i = 0;
@@ -59,7 +61,7 @@ static inline float sum8(const float *a, int n)
 }
 
 /* Sum of (a - m)^2. */
-static inline float sumsq_centered8(const float *a, float m, int n)
+BST_SIMD_INLINE float sumsq_centered8(const float *a, float m, int n)
 {
     float acc[8] = {0};
     int i = 0;
@@ -73,7 +75,7 @@ static inline float sumsq_centered8(const float *a, float m, int n)
 }
 
 /* Sum of a * (x - m). */
-static inline float dot_centered8(const float *a, const float *x, float m, int n)
+BST_SIMD_INLINE float dot_centered8(const float *a, const float *x, float m, int n)
 {
     float acc[8] = {0};
     int i = 0;
@@ -109,9 +111,10 @@ void embedding_forward(float *out, int out_stride, const int32_t *idx, const flo
  * they share; splitting columns cannot, and keeps every element's sum in row
  * order.
  */
-static void embedding_backward_cols(float *d_table, const float *d_out, int out_stride,
-                                    const int32_t *idx, int32_t n_rows, int n, int width,
-                                    size_t c0, size_t c1)
+BST_SIMD_INLINE void embedding_backward_cols_generic(float *d_table, const float *d_out,
+                                                     int out_stride, const int32_t *idx,
+                                                     int32_t n_rows, int n, int width, size_t c0,
+                                                     size_t c1)
 {
     for (size_t r = 0; r < (size_t)n; r++) {
         float *dt = d_table + (size_t)bst_row_or_zero(idx[r], n_rows) * width;
@@ -120,6 +123,10 @@ static void embedding_backward_cols(float *d_table, const float *d_out, int out_
             dt[c] += g[c];
     }
 }
+BST_SIMD_DISPATCH(embedding_backward_cols,
+                  (float *d_table, const float *d_out, int out_stride, const int32_t *idx,
+                   int32_t n_rows, int n, int width, size_t c0, size_t c1),
+                  (d_table, d_out, out_stride, idx, n_rows, n, width, c0, c1))
 
 void embedding_backward(float *d_table, const float *d_out, int out_stride, const int32_t *idx,
                         int32_t n_rows, int n, int width)
@@ -130,9 +137,11 @@ void embedding_backward(float *d_table, const float *d_out, int out_stride, cons
 }
 
 /* Windows [b0, b1). */
-static void sequence_forward_windows(float *out, const float *enc, const float *ratings,
-                                     const float *pos_emb, const float *rating_w,
-                                     const int32_t *hist_len, size_t b0, size_t b1, int L, int d)
+BST_SIMD_INLINE void sequence_forward_windows_generic(float *out, const float *enc,
+                                                      const float *ratings, const float *pos_emb,
+                                                      const float *rating_w,
+                                                      const int32_t *hist_len, size_t b0,
+                                                      size_t b1, int L, int d)
 {
     for (size_t b = b0; b < b1; b++) {
         const int first = bst_first_valid(hist_len, b, L);
@@ -157,6 +166,11 @@ static void sequence_forward_windows(float *out, const float *enc, const float *
         }
     }
 }
+BST_SIMD_DISPATCH(sequence_forward_windows,
+                  (float *out, const float *enc, const float *ratings, const float *pos_emb,
+                   const float *rating_w, const int32_t *hist_len, size_t b0, size_t b1, int L,
+                   int d),
+                  (out, enc, ratings, pos_emb, rating_w, hist_len, b0, b1, L, d))
 
 void sequence_forward(float *out, const float *enc, const float *ratings, const float *pos_emb,
                       const float *rating_w, const int32_t *hist_len, int B, int L, int d)
@@ -167,9 +181,10 @@ void sequence_forward(float *out, const float *enc, const float *ratings, const 
 }
 
 /* d_enc of windows [b0, b1). */
-static void sequence_backward_windows(float *d_enc, const float *d_out, const float *ratings,
-                                      int additive, const int32_t *hist_len, size_t b0,
-                                      size_t b1, int L, int d)
+BST_SIMD_INLINE void sequence_backward_windows_generic(float *d_enc, const float *d_out,
+                                                       const float *ratings, int additive,
+                                                       const int32_t *hist_len, size_t b0,
+                                                       size_t b1, int L, int d)
 {
     for (size_t b = b0; b < b1; b++) {
         const int first = bst_first_valid(hist_len, b, L);
@@ -189,12 +204,17 @@ static void sequence_backward_windows(float *d_enc, const float *d_out, const fl
         }
     }
 }
+BST_SIMD_DISPATCH(sequence_backward_windows,
+                  (float *d_enc, const float *d_out, const float *ratings, int additive,
+                   const int32_t *hist_len, size_t b0, size_t b1, int L, int d),
+                  (d_enc, d_out, ratings, additive, hist_len, b0, b1, L, d))
 
 /* Columns [c0, c1) of d_pos_emb and d_rating_w: sums over windows, owned by
  * one thread. */
-static void sequence_backward_param_cols(float *d_pos_emb, float *d_rating_w, const float *d_out,
-                                         const float *ratings, const int32_t *hist_len, int B,
-                                         int L, int d, size_t c0, size_t c1)
+BST_SIMD_INLINE void sequence_backward_param_cols_generic(float *d_pos_emb, float *d_rating_w,
+                                                          const float *d_out, const float *ratings,
+                                                          const int32_t *hist_len, int B, int L,
+                                                          int d, size_t c0, size_t c1)
 {
     for (size_t b = 0; b < (size_t)B; b++) {
         const int first = bst_first_valid(hist_len, b, L);
@@ -214,6 +234,10 @@ static void sequence_backward_param_cols(float *d_pos_emb, float *d_rating_w, co
         }
     }
 }
+BST_SIMD_DISPATCH(sequence_backward_param_cols,
+                  (float *d_pos_emb, float *d_rating_w, const float *d_out, const float *ratings,
+                   const int32_t *hist_len, int B, int L, int d, size_t c0, size_t c1),
+                  (d_pos_emb, d_rating_w, d_out, ratings, hist_len, B, L, d, c0, c1))
 
 void sequence_backward(float *d_enc, float *d_pos_emb, float *d_rating_w, const float *d_out,
                        const float *ratings, const int32_t *hist_len, int B, int L, int d)
@@ -329,9 +353,9 @@ static void linear_backward_input_rows(float *d_in, const float *d_out, const fl
 }
 
 /* Columns [c0, c1) of d_w += in^T . d_out and of d_b += column sums of d_out. */
-static void linear_backward_param_cols(float *d_w, float *d_b, const float *d_out,
-                                       const float *in, int n, int in_dim, int out_dim,
-                                       size_t c0, size_t c1)
+BST_SIMD_INLINE void linear_backward_param_cols_generic(float *d_w, float *d_b, const float *d_out,
+                                                        const float *in, int n, int in_dim,
+                                                        int out_dim, size_t c0, size_t c1)
 {
     if (c1 <= c0)
         return;
@@ -351,6 +375,10 @@ static void linear_backward_param_cols(float *d_w, float *d_b, const float *d_ou
         memcpy(d_b + b0, acc, (size_t)w * sizeof(float));
     }
 }
+BST_SIMD_DISPATCH(linear_backward_param_cols,
+                  (float *d_w, float *d_b, const float *d_out, const float *in, int n, int in_dim,
+                   int out_dim, size_t c0, size_t c1),
+                  (d_w, d_b, d_out, in, n, in_dim, out_dim, c0, c1))
 
 void linear_backward(float *d_in, float *d_w, float *d_b, const float *d_out,
                      const float *in, const float *w, int n, int in_dim, int out_dim)
@@ -363,9 +391,10 @@ void linear_backward(float *d_in, float *d_w, float *d_b, const float *d_out,
                  linear_backward_param_cols(d_w, d_b, d_out, in, n, in_dim, out_dim, lo, hi));
 }
 
-static void layernorm_forward_rows(float *out, float *mean, float *rstd, const float *in,
-                                   const float *gamma, const float *beta, size_t r0, size_t r1,
-                                   int d, float eps)
+BST_SIMD_INLINE void layernorm_forward_rows_generic(float *out, float *mean, float *rstd,
+                                                    const float *in, const float *gamma,
+                                                    const float *beta, size_t r0, size_t r1, int d,
+                                                    float eps)
 {
     for (size_t r = r0; r < r1; r++) {
         const float *x = in + r * d;
@@ -382,6 +411,10 @@ static void layernorm_forward_rows(float *out, float *mean, float *rstd, const f
         }
     }
 }
+BST_SIMD_DISPATCH(layernorm_forward_rows,
+                  (float *out, float *mean, float *rstd, const float *in, const float *gamma,
+                   const float *beta, size_t r0, size_t r1, int d, float eps),
+                  (out, mean, rstd, in, gamma, beta, r0, r1, d, eps))
 
 void layernorm_forward(float *out, float *mean, float *rstd, const float *in,
                        const float *gamma, const float *beta, int n, int d, float eps)
@@ -391,9 +424,10 @@ void layernorm_forward(float *out, float *mean, float *rstd, const float *in,
 }
 
 /* Input gradient of rows [r0, r1). */
-static void layernorm_backward_rows(float *d_in, const float *d_out, const float *in,
-                                    const float *mean, const float *rstd, const float *gamma,
-                                    size_t r0, size_t r1, int d)
+BST_SIMD_INLINE void layernorm_backward_rows_generic(float *d_in, const float *d_out,
+                                                     const float *in, const float *mean,
+                                                     const float *rstd, const float *gamma,
+                                                     size_t r0, size_t r1, int d)
 {
     for (size_t r = r0; r < r1; r++) {
         const float *x = in + r * d;
@@ -413,11 +447,16 @@ static void layernorm_backward_rows(float *d_in, const float *d_out, const float
         }
     }
 }
+BST_SIMD_DISPATCH(layernorm_backward_rows,
+                  (float *d_in, const float *d_out, const float *in, const float *mean,
+                   const float *rstd, const float *gamma, size_t r0, size_t r1, int d),
+                  (d_in, d_out, in, mean, rstd, gamma, r0, r1, d))
 
 /* gamma and beta gradients of features [c0, c1): sums over all rows. */
-static void layernorm_backward_param_cols(float *d_gamma, float *d_beta, const float *d_out,
-                                          const float *in, const float *mean, const float *rstd,
-                                          int n, int d, size_t c0, size_t c1)
+BST_SIMD_INLINE void layernorm_backward_param_cols_generic(float *d_gamma, float *d_beta,
+                                                           const float *d_out, const float *in,
+                                                           const float *mean, const float *rstd,
+                                                           int n, int d, size_t c0, size_t c1)
 {
     for (size_t b0 = c0; b0 < c1; b0 += COL_BLOCK) {
         const int w = c1 - b0 < COL_BLOCK ? (int)(c1 - b0) : COL_BLOCK;
@@ -438,6 +477,10 @@ static void layernorm_backward_param_cols(float *d_gamma, float *d_beta, const f
         memcpy(d_beta + b0, acc_b, (size_t)w * sizeof(float));
     }
 }
+BST_SIMD_DISPATCH(layernorm_backward_param_cols,
+                  (float *d_gamma, float *d_beta, const float *d_out, const float *in,
+                   const float *mean, const float *rstd, int n, int d, size_t c0, size_t c1),
+                  (d_gamma, d_beta, d_out, in, mean, rstd, n, d, c0, c1))
 
 void layernorm_backward(float *d_in, float *d_gamma, float *d_beta, const float *d_out,
                         const float *in, const float *mean, const float *rstd,
@@ -460,9 +503,10 @@ void layernorm_backward(float *d_in, float *d_gamma, float *d_beta, const float 
 #define BN_BLOCK 32
 
 /* Features [f0, f1). */
-static void batchnorm_forward_cols(float *out, float *mean, float *var, const float *in,
-                                   const float *gamma, const float *beta, int n, int d,
-                                   float eps, size_t f0, size_t f1)
+BST_SIMD_INLINE void batchnorm_forward_cols_generic(float *out, float *mean, float *var,
+                                                    const float *in, const float *gamma,
+                                                    const float *beta, int n, int d, float eps,
+                                                    size_t f0, size_t f1)
 {
     for (size_t c0 = f0; c0 < f1; c0 += BN_BLOCK) {
         const int w = f1 - c0 < BN_BLOCK ? (int)(f1 - c0) : BN_BLOCK;
@@ -493,6 +537,10 @@ static void batchnorm_forward_cols(float *out, float *mean, float *var, const fl
         }
     }
 }
+BST_SIMD_DISPATCH(batchnorm_forward_cols,
+                  (float *out, float *mean, float *var, const float *in, const float *gamma,
+                   const float *beta, int n, int d, float eps, size_t f0, size_t f1),
+                  (out, mean, var, in, gamma, beta, n, d, eps, f0, f1))
 
 void batchnorm_forward(float *out, float *mean, float *var, const float *in,
                        const float *gamma, const float *beta, int n, int d, float eps)
@@ -501,10 +549,11 @@ void batchnorm_forward(float *out, float *mean, float *var, const float *in,
                  batchnorm_forward_cols(out, mean, var, in, gamma, beta, n, d, eps, lo, hi));
 }
 
-static void batchnorm_forward_infer_cols(float *out, const float *in, const float *gamma,
-                                         const float *beta, const float *moving_mean,
-                                         const float *moving_var, int n, int d, float eps,
-                                         size_t f0, size_t f1)
+BST_SIMD_INLINE void batchnorm_forward_infer_cols_generic(float *out, const float *in,
+                                                          const float *gamma, const float *beta,
+                                                          const float *moving_mean,
+                                                          const float *moving_var, int n, int d,
+                                                          float eps, size_t f0, size_t f1)
 {
     for (size_t c0 = f0; c0 < f1; c0 += BN_BLOCK) {
         const int w = f1 - c0 < BN_BLOCK ? (int)(f1 - c0) : BN_BLOCK;
@@ -519,6 +568,11 @@ static void batchnorm_forward_infer_cols(float *out, const float *in, const floa
         }
     }
 }
+BST_SIMD_DISPATCH(batchnorm_forward_infer_cols,
+                  (float *out, const float *in, const float *gamma, const float *beta,
+                   const float *moving_mean, const float *moving_var, int n, int d, float eps,
+                   size_t f0, size_t f1),
+                  (out, in, gamma, beta, moving_mean, moving_var, n, d, eps, f0, f1))
 
 void batchnorm_forward_infer(float *out, const float *in, const float *gamma,
                              const float *beta, const float *moving_mean,
@@ -529,10 +583,11 @@ void batchnorm_forward_infer(float *out, const float *in, const float *gamma,
                                               n, d, eps, lo, hi));
 }
 
-static void batchnorm_backward_cols(float *d_in, float *d_gamma, float *d_beta,
-                                    const float *d_out, const float *in, const float *mean,
-                                    const float *var, const float *gamma, int n, int d,
-                                    float eps, size_t f0, size_t f1)
+BST_SIMD_INLINE void batchnorm_backward_cols_generic(float *d_in, float *d_gamma, float *d_beta,
+                                                     const float *d_out, const float *in,
+                                                     const float *mean, const float *var,
+                                                     const float *gamma, int n, int d, float eps,
+                                                     size_t f0, size_t f1)
 {
     for (size_t c0 = f0; c0 < f1; c0 += BN_BLOCK) {
         const int w = f1 - c0 < BN_BLOCK ? (int)(f1 - c0) : BN_BLOCK;
@@ -566,6 +621,11 @@ static void batchnorm_backward_cols(float *d_in, float *d_gamma, float *d_beta,
         }
     }
 }
+BST_SIMD_DISPATCH(batchnorm_backward_cols,
+                  (float *d_in, float *d_gamma, float *d_beta, const float *d_out, const float *in,
+                   const float *mean, const float *var, const float *gamma, int n, int d,
+                   float eps, size_t f0, size_t f1),
+                  (d_in, d_gamma, d_beta, d_out, in, mean, var, gamma, n, d, eps, f0, f1))
 
 void batchnorm_backward(float *d_in, float *d_gamma, float *d_beta, const float *d_out,
                         const float *in, const float *mean, const float *var,
@@ -585,8 +645,8 @@ void batchnorm_update_moving(float *moving_mean, float *moving_var, const float 
     }
 }
 
-static void leaky_relu_forward_range(float *out, const float *in, size_t lo, size_t hi,
-                                     float slope)
+BST_SIMD_INLINE void leaky_relu_forward_range_generic(float *out, const float *in, size_t lo,
+                                                      size_t hi, float slope)
 {
     /* Branch-free: signs are random, so a branch mispredicts half the time;
      * this form vectorises (fmaxf/fminf would be library calls). */
@@ -595,6 +655,9 @@ static void leaky_relu_forward_range(float *out, const float *in, size_t lo, siz
         out[i] = in[i] * k;
     }
 }
+BST_SIMD_DISPATCH(leaky_relu_forward_range,
+                  (float *out, const float *in, size_t lo, size_t hi, float slope),
+                  (out, in, lo, hi, slope))
 
 void leaky_relu_forward(float *out, const float *in, size_t n, float slope)
 {
@@ -602,14 +665,19 @@ void leaky_relu_forward(float *out, const float *in, size_t n, float slope)
                  leaky_relu_forward_range(out, in, lo, hi, slope));
 }
 
-static void leaky_relu_backward_range(float *d_in, const float *d_out, const float *in,
-                                      size_t lo, size_t hi, float slope)
+BST_SIMD_INLINE void leaky_relu_backward_range_generic(float *d_in, const float *d_out,
+                                                       const float *in, size_t lo, size_t hi,
+                                                       float slope)
 {
     for (size_t i = lo; i < hi; i++) {
         float k = (float)(in[i] > 0.0f) * (1.0f - slope) + slope;
         d_in[i] = d_out[i] * k;
     }
 }
+BST_SIMD_DISPATCH(leaky_relu_backward_range,
+                  (float *d_in, const float *d_out, const float *in, size_t lo, size_t hi,
+                   float slope),
+                  (d_in, d_out, in, lo, hi, slope))
 
 void leaky_relu_backward(float *d_in, const float *d_out, const float *in, size_t n,
                          float slope)
@@ -625,7 +693,8 @@ void leaky_relu_backward(float *d_in, const float *d_out, const float *in, size_
  * generator cost).  The factor of a unit depends only on (key, i), so any
  * split of the units between threads gives the same mask.
  */
-static void dropout_mask_range(float *mask, size_t lo, size_t hi, float p, uint64_t key)
+BST_SIMD_INLINE void dropout_mask_range(float *mask, size_t lo, size_t hi, float p,
+                                        uint64_t key)
 {
     if (p <= 0.0f) {
         for (size_t i = lo; i < hi; i++)
@@ -659,8 +728,8 @@ static float dropout_stream(float p, BstRng *rng, uint64_t *key)
     return p;
 }
 
-static void dropout_forward_range(float *out, float *mask, const float *in, size_t lo,
-                                  size_t hi, float p, uint64_t key)
+BST_SIMD_INLINE void dropout_forward_range_generic(float *out, float *mask, const float *in,
+                                                   size_t lo, size_t hi, float p, uint64_t key)
 {
     if (p <= 0.0f) {
         if (out != in)
@@ -673,6 +742,10 @@ static void dropout_forward_range(float *out, float *mask, const float *in, size
     for (size_t i = lo; i < hi; i++)
         out[i] = in[i] * mask[i];
 }
+BST_SIMD_DISPATCH(dropout_forward_range,
+                  (float *out, float *mask, const float *in, size_t lo, size_t hi, float p,
+                   uint64_t key),
+                  (out, mask, in, lo, hi, p, key))
 
 void dropout_forward(float *out, float *mask, const float *in, size_t n, float p,
                      BstRng *rng)
@@ -683,12 +756,15 @@ void dropout_forward(float *out, float *mask, const float *in, size_t n, float p
                  dropout_forward_range(out, mask, in, lo, hi, p, key));
 }
 
-static void dropout_backward_range(float *d_in, const float *d_out, const float *mask,
-                                   size_t lo, size_t hi)
+BST_SIMD_INLINE void dropout_backward_range_generic(float *d_in, const float *d_out,
+                                                    const float *mask, size_t lo, size_t hi)
 {
     for (size_t i = lo; i < hi; i++)
         d_in[i] = d_out[i] * mask[i];
 }
+BST_SIMD_DISPATCH(dropout_backward_range,
+                  (float *d_in, const float *d_out, const float *mask, size_t lo, size_t hi),
+                  (d_in, d_out, mask, lo, hi))
 
 void dropout_backward(float *d_in, const float *d_out, const float *mask, size_t n)
 {
@@ -703,9 +779,10 @@ void dropout_backward(float *d_in, const float *d_out, const float *mask, size_t
  * mini-batch products (the projections) go through sgemm in linear_*.
  * Windows are independent: threads take ranges of windows.
  */
-static void attention_forward_windows(float *ctx, float *probs, float *mask, const float *qkv,
-                                      const int32_t *hist_len, size_t b0, size_t b1, int L,
-                                      int H, int dk, float p, uint64_t key)
+BST_SIMD_INLINE void attention_forward_windows_generic(float *ctx, float *probs, float *mask,
+                                                       const float *qkv, const int32_t *hist_len,
+                                                       size_t b0, size_t b1, int L, int H, int dk,
+                                                       float p, uint64_t key)
 {
     const int hd = H * dk, stride = 3 * hd;
     const float *q = qkv, *k = qkv + hd, *v = qkv + 2 * hd;
@@ -765,6 +842,11 @@ static void attention_forward_windows(float *ctx, float *probs, float *mask, con
         }
     }
 }
+BST_SIMD_DISPATCH(attention_forward_windows,
+                  (float *ctx, float *probs, float *mask, const float *qkv,
+                   const int32_t *hist_len, size_t b0, size_t b1, int L, int H, int dk, float p,
+                   uint64_t key),
+                  (ctx, probs, mask, qkv, hist_len, b0, b1, L, H, dk, p, key))
 
 void attention_forward(float *ctx, float *probs, float *mask, const float *qkv,
                        const int32_t *hist_len, int B, int L, int H, int dk, float p,
@@ -777,9 +859,10 @@ void attention_forward(float *ctx, float *probs, float *mask, const float *qkv,
                                            key));
 }
 
-static void attention_backward_windows(float *d_qkv, float *d_probs, const float *d_ctx,
-                                       const float *probs, const float *mask, const float *qkv,
-                                       size_t b0, size_t b1, int L, int H, int dk)
+BST_SIMD_INLINE void attention_backward_windows_generic(float *d_qkv, float *d_probs,
+                                                        const float *d_ctx, const float *probs,
+                                                        const float *mask, const float *qkv,
+                                                        size_t b0, size_t b1, int L, int H, int dk)
 {
     const int hd = H * dk, stride = 3 * hd;
     const float scale = 1.0f / sqrtf((float)dk);
@@ -828,6 +911,11 @@ static void attention_backward_windows(float *d_qkv, float *d_probs, const float
         }
     }
 }
+BST_SIMD_DISPATCH(attention_backward_windows,
+                  (float *d_qkv, float *d_probs, const float *d_ctx, const float *probs,
+                   const float *mask, const float *qkv, size_t b0, size_t b1, int L, int H,
+                   int dk),
+                  (d_qkv, d_probs, d_ctx, probs, mask, qkv, b0, b1, L, H, dk))
 
 void attention_backward(float *d_qkv, float *d_probs, const float *d_ctx,
                         const float *probs, const float *mask, const float *qkv,

@@ -27,6 +27,7 @@
 #include "layers.h"
 #include "model.h"
 #include "parallel.h"
+#include "simd.h"
 #include "test_util.h"
 
 #define STEP 1e-2
@@ -852,14 +853,16 @@ static void test_thread_invariance(void)
     bst_set_parallel_min_work(BST_PAR_MIN_WORK_DEFAULT);
 }
 
-int main(void)
+/* Every check, serially and then on 2 threads with the work threshold at 0
+ * so that these tiny inputs go through the parallel splits too (uneven
+ * shares). */
+static void check_all(BstSimd simd, const char *core)
 {
-    /* Serially, then on 2 threads with the work threshold at 0 so that these
-     * tiny inputs go through the parallel splits too (uneven shares). */
     for (int threads = 1; threads <= 2; threads++) {
         bst_set_num_threads(threads);
         bst_set_parallel_min_work(threads > 1 ? 0.0 : BST_PAR_MIN_WORK_DEFAULT);
-        printf("==== %d thread(s)\n", threads);
+        printf("==== %s loops, OpenBLAS kernels %s, %d thread(s)\n", bst_simd_name(simd),
+               core ? core : "of its own choice", threads);
         BstRng rng;
         bst_rng_seed(&rng, 2024);
         test_embedding(&rng);
@@ -882,6 +885,18 @@ int main(void)
          * both products (last, to leave the draws of the others as they were). */
         test_linear(19, 5, 17, &rng);
     }
+}
+
+int main(void)
+{
+    /* With every copy of the hand-written loops that this CPU runs
+     * (simd.h); the Makefile runs this again with OpenBLAS's generic
+     * kernels (OPENBLAS_CORETYPE=Prescott). */
+    const BstSimd in_use = bst_simd();
+    for (int simd = BST_SIMD_GENERIC; simd <= BST_SIMD_AVX512; simd++)
+        if (bst_simd_force((BstSimd)simd) == 0)
+            check_all((BstSimd)simd, getenv("OPENBLAS_CORETYPE"));
+    bst_simd_force(in_use);
     bst_set_parallel_min_work(BST_PAR_MIN_WORK_DEFAULT);
     test_thread_invariance();
     return test_summary("test_gradients");

@@ -3,6 +3,8 @@
 # never overrides it when it does, says which ones run (bst_compute_info()
 # and bst_train's first NOTICE), and a model predicts the same, within
 # rounding, on the generic kernels (Prescott: SSE2) and on the chosen ones.
+# The core's own loops likewise: the copy BST_SIMD names, else the CPU's
+# best (src/core/simd.h).
 use strict;
 use warnings;
 
@@ -25,7 +27,11 @@ elsif ($flag{avx2} && $flag{fma}) { ($kernels, $reason) = ($amd ? 'Zen' : 'Haswe
 # The loaded models' own prediction kernels (src/core/infer.h), by the same
 # features: they do not depend on OpenBLAS's.
 my $isa = !grep({ !$flag{"avx512$_"} } qw(f cd bw dq vl)) ? 'AVX-512' : ($flag{avx2} && $flag{fma}) ? 'AVX2' : 'none';
-note 'this CPU: ' . ($kernels ? "$kernels ($reason)" : 'neither AVX2 nor AVX-512: OpenBLAS decides') . "; prediction kernels $isa";
+# The core's own loops (src/core/simd.h): the best copy the CPU runs, unless
+# BST_SIMD in the server's environment names another.
+my $loops = $isa eq 'none' ? 'generic' : $isa;
+note 'this CPU: ' . ($kernels ? "$kernels ($reason)" : 'neither AVX2 nor AVX-512: OpenBLAS decides')
+  . "; prediction kernels $isa, training loops $loops";
 
 my $node = bst_node('kernels');
 
@@ -35,26 +41,31 @@ SET extra_float_digits = 3;
 SELECT string_agg(bst_predict('k', movie_ids, ratings)::text, E'\n' ORDER BY user_id, movie_ids, ratings)
 FROM windows};
 
+# Restarts the server with OPENBLAS_CORETYPE and BST_SIMD as given (undef:
+# unset).
 sub restart_with_coretype
 {
-	my ($coretype) = @_;
+	my ($coretype, $simd) = @_;
 	local $ENV{OPENBLAS_CORETYPE} = $coretype;
+	local $ENV{BST_SIMD} = $simd;
 	delete $ENV{OPENBLAS_CORETYPE} unless defined $coretype;
+	delete $ENV{BST_SIMD} unless defined $simd;
 	$node->restart;
 	return;
 }
 
-# 1. The server's environment says Prescott: bst leaves it so.
-restart_with_coretype('Prescott');
+# 1. The server's environment says Prescott, and the generic copy of the
+# core's loops: bst leaves them so.
+restart_with_coretype('Prescott', 'generic');
 bst_load_data($node);
 is( $node->safe_psql('postgres', 'SELECT bst_compute_info()') =~ s/^.*, kernels //r,
-	"Prescott (from OPENBLAS_CORETYPE), 1 thread; prediction kernels $isa",
-	'OPENBLAS_CORETYPE set by the server environment is kept, and reported with its origin');
+	"Prescott (from OPENBLAS_CORETYPE), 1 thread; prediction kernels $isa, training loops generic",
+	'OPENBLAS_CORETYPE and BST_SIMD set by the server environment are kept, and reported');
 
 my $s = start_session($node, 'bst_tap_kernels');
 my $r = session_query($s, bst_train_sql('k', epochs => 2));
 is($r->{sqlstate}, '00000', 'a model trains on the generic kernels');
-like($r->{stderr}, qr/NOTICE:  bst_train "k": .*\nDETAIL:  Computing with OpenBLAS .*, kernels Prescott \(from OPENBLAS_CORETYPE\), 1 thread; prediction kernels \Q$isa\E\./,
+like($r->{stderr}, qr/NOTICE:  bst_train "k": .*\nDETAIL:  Computing with OpenBLAS .*, kernels Prescott \(from OPENBLAS_CORETYPE\), 1 thread; prediction kernels \Q$isa\E, training loops generic\./,
 	"bst_train's first NOTICE says which kernels and how many threads compute");
 $s->{stdin} .= "\\q\n";
 $s->{run}->finish;
@@ -67,7 +78,8 @@ my $info = $node->safe_psql('postgres', 'SELECT bst_compute_info()');
 note "chosen: $info";
 if ($kernels)
 {
-	is($info =~ s/^.*, kernels //r, "$kernels (chosen by bst: $reason), 1 thread; prediction kernels $isa",
+	is($info =~ s/^.*, kernels //r,
+		"$kernels (chosen by bst: $reason), 1 thread; prediction kernels $isa, training loops $loops",
 		"without OPENBLAS_CORETYPE, bst chooses $kernels by the CPU's features");
 }
 else
@@ -100,9 +112,9 @@ for my $i (0 .. $#generic)
 note sprintf('largest difference %.3g; %d of %d predictions differ in some digit', $max_diff, $differ, scalar @generic);
 cmp_ok($max_diff, '<', 1e-4, 'a model predicts the same within 1e-4 (rating units) under either kernels');
 
-# 4. Training is where OpenBLAS's kernels count.  The same training under the
-# chosen kernels starts from the same weights, but sums each product in
-# another order: after 150 steps the two models have drifted apart in the
+# 4. Training is where OpenBLAS's kernels and the core's loops count.  The
+# same training under the chosen ones starts from the same weights, but sums
+# each product in another order, and the loops round otherwise (FMA): after 150 steps the two models have drifted apart in the
 # last bits (test/c/test_train.c, test_kernels_agree, bounds the first steps
 # sharply), so only their quality compares: the MAE over every window within
 # 10% (relative).  A wrong kernel trains a model that does not learn.
