@@ -8,9 +8,12 @@
  * baseline, for AVX2 with FMA and for AVX-512, and the copy to run is
  * chosen at run time from the CPU's features: the best it has, or the one
  * the environment variable BST_SIMD names (generic, avx2, avx512; as
- * OPENBLAS_CORETYPE does for OpenBLAS).  Results are bit for bit the same
- * for a given choice, seed and thread count; between choices they differ in
- * rounding (FMA contracts a * b + c).
+ * OPENBLAS_CORETYPE does for OpenBLAS).  Every copy computes the same bits:
+ * they differ only in vector width, the reductions' order is written out
+ * (layers.c), and the build does not contract a * b + c into an FMA
+ * (-ffp-contract=off; test/c/test_train.c, test_simd_copies), so a seed's
+ * weights do not depend on the CPU, and a model stored by 1.0 predicts as
+ * 1.0 did.
  *
  * A loop is written once, as name_generic, static and always inlined, and
  * BST_SIMD_DISPATCH(name, (params), (args)) defines name() calling the

@@ -25,6 +25,7 @@
 #include "fit.h"
 #include "infer.h"
 #include "trainer.h"
+#include "simd.h"
 #include "test_util.h"
 
 enum { N_MOVIES = 30, L = 4, N_TRAIN = 3000, N_EVAL = 1000, BATCH = 32 };
@@ -134,12 +135,14 @@ static void test_learns(BstOptimizerKind kind, const char *name, float lr, const
     bst_model_free(m);
 }
 
-static unsigned char *train_and_serialize(const Data *train, uint64_t seed, size_t *len)
+static unsigned char *train_and_serialize_with(const Data *train, uint64_t seed,
+                                               BstOptimizerKind kind, size_t *len)
 {
     BstConfig cfg;
     tiny_config(&cfg);
     BstModel *m = bst_model_create(&cfg, g_ids, seed);
-    BstTrainOptions o = {BST_OPT_ADAGRAD, 0.05f, BATCH, seed, 0.0f};
+    BstTrainOptions o = {kind, kind == BST_OPT_ADAGRAD ? 0.05f : 0.003f, BATCH, seed,
+                         kind == BST_OPT_ADAMW ? 0.01f : 0.0f};
     BstTrainer *t = bst_trainer_create(m, &o);
     train_epochs(t, train, 2);
     *len = bst_model_serialized_size(m);
@@ -148,6 +151,11 @@ static unsigned char *train_and_serialize(const Data *train, uint64_t seed, size
     bst_trainer_free(t);
     bst_model_free(m);
     return buf;
+}
+
+static unsigned char *train_and_serialize(const Data *train, uint64_t seed, size_t *len)
+{
+    return train_and_serialize_with(train, seed, BST_OPT_ADAGRAD, len);
 }
 
 /* Thread count for what follows; above 1, even these tiny batches are split
@@ -186,6 +194,42 @@ static void test_determinism(const Data *train)
                                                                        : "different");
     free(first[0]);
     free(first[1]);
+    use_threads(1);
+}
+
+/*
+ * Every copy of the core's loops that this CPU runs (simd.h) trains the
+ * same weights, bit for bit, as the generic one: the copies differ only in
+ * vector width, the reductions' order is written out, and a * b + c is not
+ * contracted into an FMA (-ffp-contract=off, here by -std=c11 and in the
+ * extension's build by the flag), so the weights of a seed do not depend on
+ * the CPU, and a model stored by 1.0 predicts as 1.0 did (test/upgrade).
+ */
+static void test_simd_copies(const Data *train)
+{
+    const BstSimd in_use = bst_simd();
+    static const BstOptimizerKind kinds[] = {BST_OPT_ADAGRAD, BST_OPT_ADAMW};
+    for (int threads = 1; threads <= 2; threads++) {
+        use_threads(threads);
+        for (int k = 0; k < 2; k++) {
+            size_t len_generic, len;
+            bst_simd_force(BST_SIMD_GENERIC);
+            unsigned char *generic = train_and_serialize_with(train, 99, kinds[k], &len_generic);
+            for (int simd = BST_SIMD_AVX2; simd <= BST_SIMD_AVX512; simd++) {
+                if (bst_simd_force((BstSimd)simd) != 0)
+                    continue;
+                unsigned char *w = train_and_serialize_with(train, 99, kinds[k], &len);
+                CHECK(len == len_generic && memcmp(w, generic, len) == 0,
+                      "%s loops, optimizer %d, %d thread(s): other weights than the generic loops",
+                      bst_simd_name((BstSimd)simd), (int)kinds[k], threads);
+                free(w);
+            }
+            free(generic);
+        }
+    }
+    printf("  weights trained with the %s loops equal the generic loops' bit for bit\n",
+           bst_simd_name(in_use));
+    bst_simd_force(in_use);
     use_threads(1);
 }
 
@@ -2300,6 +2344,7 @@ int main(int argc, char **argv)
     test_learns(BST_OPT_ADAGRAD, "adagrad", 0.05f, &train, &eval);
     test_learns(BST_OPT_ADAM, "adam", 0.003f, &train, &eval);
     test_determinism(&train);
+    test_simd_copies(&train);
     test_serialization(&train, &eval);
     test_format_v1();
     test_format_v2();

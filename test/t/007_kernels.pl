@@ -112,9 +112,10 @@ for my $i (0 .. $#generic)
 note sprintf('largest difference %.3g; %d of %d predictions differ in some digit', $max_diff, $differ, scalar @generic);
 cmp_ok($max_diff, '<', 1e-4, 'a model predicts the same within 1e-4 (rating units) under either kernels');
 
-# 4. Training is where OpenBLAS's kernels and the core's loops count.  The
-# same training under the chosen ones starts from the same weights, but sums
-# each product in another order, and the loops round otherwise (FMA): after 150 steps the two models have drifted apart in the
+# 4. Training is where OpenBLAS's kernels count (the core's loops compute the
+# same bits in every copy: test/c/test_train.c).  The same training under
+# the chosen kernels starts from the same weights, but sums each product in
+# another order: after 150 steps the two models have drifted apart in the
 # last bits (test/c/test_train.c, test_kernels_agree, bounds the first steps
 # sharply), so only their quality compares: the MAE over every window within
 # 10% (relative).  A wrong kernel trains a model that does not learn.
