@@ -1,6 +1,7 @@
 # statement_timeout in the middle of bst_train: the training is cancelled
 # with SQLSTATE 57014 long before it would end, the earlier versions are
-# untouched, and the same session trains again afterwards.
+# untouched, and the same session trains again afterwards; a training whose
+# windows are in temporary files likewise, and its files go.
 use strict;
 use warnings;
 
@@ -49,6 +50,26 @@ is($r->{stdout}, "3\n", 'and stores version 3');
 like($r->{stderr}, qr/epoch 2\/2/, 'running both its epochs');
 is($node->safe_psql('postgres', q{SELECT string_agg(version::text, ',' ORDER BY version) FROM bst_models WHERE name = 'keras'}),
 	'1,2,3', 'versions 1, 2 and 3 of the model are stored');
+
+# A training whose windows are kept in temporary files (48,000 windows of
+# about 4 MB under a 2 MB limit) is cancelled as promptly, mid-epoch, and
+# leaves neither a version nor a temporary file behind.
+$models_before = models_fingerprint($node);
+session_query($s, "SET bst.train_memory = '2MB'");
+session_query($s, "SET statement_timeout = '1500ms'");
+$r = session_query($s, bst_train_sql('spilled', epochs => 10000,
+		query => 'SELECT movie_ids, ratings FROM windows, generate_series(1, 20)'));
+like($r->{stderr}, qr/its 48000 windows .* are kept in temporary files and trained on \d+ at a time/,
+	'the windows are kept in temporary files');
+is($r->{sqlstate}, '57014', 'that training is cancelled with SQLSTATE 57014 too');
+my @spilled_epochs = $r->{stderr} =~ /bst_train "spilled": epoch (\d+)\/10000/g;
+note 'the spilled training was cancelled in epoch ' . (($spilled_epochs[-1] // 0) + 1);
+cmp_ok(scalar @spilled_epochs, '>=', 1, 'after at least one epoch from the files');
+cmp_ok($r->{seconds}, '<', 1.5 + 3, 'within seconds of the timeout');
+unlike($r->{stderr}, qr/temporary file leak/, 'without a leaked temporary file');
+is(models_fingerprint($node), $models_before, 'no version of it is stored, the others unchanged');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_ls_tmpdir()}), '0',
+	'and no temporary file is left in the tablespace');
 
 $s->{stdin} .= "\\q\n";
 $s->{run}->finish;
