@@ -816,7 +816,8 @@ int64_t bst_fit_bucket_windows(const BstConfig *cfg, const BstFitOptions *o, int
      * share rounded up to a batch. */
     for (int64_t p = 1, last = 0; p <= batches && (size_t)p <= budget / per_bucket; p++) {
         const int64_t k = (batches + p - 1) / p;
-        if (k != last && bst_fit_stream_memory_bytes(cfg, o, n_windows, k * B, keep_state) <= budget)
+        if (k != last &&
+            bst_fit_stream_memory_bytes(cfg, o, n_windows, k * B, keep_state) <= budget)
             return k * B;
         last = k;
     }
