@@ -66,28 +66,13 @@ extern const char *bst_schema(FunctionCallInfo fcinfo);
  */
 extern MemoryContext bst_core_memory(MemoryContext cxt);
 
-/*
- * The windows of an evaluation query as read (dataset.c): ragged, ids not
- * yet mapped.  Window w is movies/ratings[offsets[w] .. offsets[w+1]).  A
- * training packs its windows while reading (bst_dataset_read_packed).
- */
-typedef struct BstDataset
-{
-	int64		n;				/* windows */
-	int64		capacity;
-	int64		element_capacity;
-	int64	   *offsets;		/* [n + 1] */
-	int32	   *movies;			/* movie ids */
-	float	   *ratings;		/* the last of a window is its target's label */
-	int32	   *users;			/* [n] user ids (0 when the query has none) */
-	bool		has_users;		/* the query returned a user_id column */
-	int32		max_len;		/* longest window */
-} BstDataset;
-
 extern SPIPlanPtr bst_prepare_select(const char *query, const char *purpose);
-extern void bst_dataset_read(BstDataset *ds, const char *query, const char *purpose);
-extern void bst_dataset_pack(const BstDataset *ds, const BstModel *model, int32 min_history,
-							 const char *purpose, BstData *data);
+
+/* An evaluation's windows, a chunk at a time (dataset.c). */
+typedef void (*BstChunkFn) (void *arg, const BstData *data);
+extern int64 bst_dataset_read_chunks(const char *query, const char *purpose,
+									 const BstModel *model, int32 min_history, int32 capacity,
+									 BstChunkFn chunk, void *arg);
 
 /* How a training's windows are packed while read (dataset.c). */
 typedef struct BstReadOptions

@@ -15,8 +15,8 @@
  * maps them to the model's vocabulary in place once it exists, so the data is
  * held once.  Windows beyond the training's memory limit go to a temporary
  * file instead, a chunk at a time, and the training reads them from there.
- * An evaluation, whose model exists, reads them ragged (bst_dataset_read)
- * and packs them after (bst_dataset_pack).
+ * An evaluation, whose model exists, packs them a chunk at a time and
+ * scores each chunk as soon as it is full (bst_dataset_read_chunks).
  */
 #include "postgres.h"
 
@@ -93,47 +93,6 @@ window_elements(HeapTuple tuple, TupleDesc desc, int col, const char *name,
 						name, (long long) row)));
 	*length = ARR_DIMS(array)[0];
 	return ARR_DATA_PTR(array);
-}
-
-/* Room for one more window of len elements. */
-static void
-dataset_reserve(BstDataset *ds, int len, MemoryContext cxt)
-{
-	if (ds->n == ds->capacity)
-	{
-		int64		capacity = ds->capacity ? 2 * ds->capacity : 16384;
-
-		if (ds->capacity == 0)
-		{
-			ds->offsets = MemoryContextAllocHuge(cxt, (capacity + 1) * sizeof(int64));
-			ds->users = MemoryContextAllocHuge(cxt, capacity * sizeof(int32));
-			ds->offsets[0] = 0;
-		}
-		else
-		{
-			ds->offsets = repalloc_huge(ds->offsets, (capacity + 1) * sizeof(int64));
-			ds->users = repalloc_huge(ds->users, capacity * sizeof(int32));
-		}
-		ds->capacity = capacity;
-	}
-	if (ds->offsets[ds->n] + len > ds->element_capacity)
-	{
-		int64		capacity = Max(2 * ds->element_capacity, 65536);
-
-		while (capacity < ds->offsets[ds->n] + len)
-			capacity *= 2;
-		if (ds->element_capacity == 0)
-		{
-			ds->movies = MemoryContextAllocHuge(cxt, capacity * sizeof(int32));
-			ds->ratings = MemoryContextAllocHuge(cxt, capacity * sizeof(float));
-		}
-		else
-		{
-			ds->movies = repalloc_huge(ds->movies, capacity * sizeof(int32));
-			ds->ratings = repalloc_huge(ds->ratings, capacity * sizeof(float));
-		}
-		ds->element_capacity = capacity;
-	}
 }
 
 /*
@@ -285,42 +244,6 @@ read_windows(const char *query, const char *purpose, WindowSink sink, void *arg,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s query returned no rows", purpose)));
 	return n;
-}
-
-/* The ragged data set: window after window, in the context it was begun in. */
-typedef struct RaggedSink
-{
-	BstDataset *ds;
-	MemoryContext cxt;
-} RaggedSink;
-
-static void
-ragged_window(void *arg, const int32 *movies, const float *ratings, int n, int32 user)
-{
-	RaggedSink *sink = arg;
-	BstDataset *ds = sink->ds;
-
-	dataset_reserve(ds, n, sink->cxt);
-	memcpy(ds->movies + ds->offsets[ds->n], movies, n * sizeof(int32));
-	memcpy(ds->ratings + ds->offsets[ds->n], ratings, n * sizeof(float));
-	ds->users[ds->n] = user;
-	ds->offsets[ds->n + 1] = ds->offsets[ds->n] + n;
-	ds->max_len = Max(ds->max_len, n);
-	ds->n++;
-}
-
-/*
- * Run query and collect its windows in ds (ragged), in the current memory
- * context.  purpose ("training", "evaluation") makes the error messages
- * precise.
- */
-void
-bst_dataset_read(BstDataset *ds, const char *query, const char *purpose)
-{
-	RaggedSink	sink = {ds, CurrentMemoryContext};
-
-	memset(ds, 0, sizeof(*ds));
-	read_windows(query, purpose, ragged_window, &sink, &ds->has_users);
 }
 
 static int
@@ -574,42 +497,85 @@ bst_dataset_map_ids(BstData *data, const BstModel *model, bool has_users)
 	}
 }
 
-/*
- * The windows of ds as the core's data set for model, in the current memory
- * context.  Windows with fewer history ratings than the model was trained
- * on are an error when min_history > 0 (evaluation of a fixed-length model).
- */
-void
-bst_dataset_pack(const BstDataset *ds, const BstModel *model, int32 min_history,
-				 const char *purpose, BstData *data)
+/* An evaluation's windows, packed a chunk at a time. */
+typedef struct ChunkSink
 {
-	int			L = bst_model_config(model)->seq_len;
+	const BstModel *model;
+	int32		min_history;
+	const char *purpose;
+	BstData		data;			/* the chunk: room for capacity windows */
+	int32		capacity;
+	int64		rows;			/* windows read */
+	bool		has_users;
+	BstChunkFn	chunk;
+	void	   *arg;
+} ChunkSink;
 
-	data->n = ds->n;
-	data->seq_len = L;
-	data->movies = palloc_extended(ds->n * L * sizeof(int32), MCXT_ALLOC_HUGE);
-	data->ratings = palloc_extended(ds->n * (L - 1) * sizeof(float), MCXT_ALLOC_HUGE);
-	data->hist_len = palloc_extended(ds->n * sizeof(int32), MCXT_ALLOC_HUGE);
-	data->users = palloc_extended(ds->n * sizeof(int32), MCXT_ALLOC_HUGE);
-	data->targets = palloc_extended(ds->n * sizeof(float), MCXT_ALLOC_HUGE);
-	for (int64 w = 0; w < ds->n; w++)
+static void
+chunk_window(void *arg, const int32 *movies, const float *ratings, int n, int32 user)
+{
+	ChunkSink  *sink = arg;
+	BstData    *data = &sink->data;
+	const int	L = data->seq_len;
+	const int64 w = data->n;
+
+	data->hist_len[w] = bst_model_pack_window(sink->model, movies, ratings, n,
+											  data->movies + w * L, data->ratings + w * (L - 1));
+	data->targets[w] = ratings[n - 1];
+	if (data->hist_len[w] < sink->min_history)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("row %lld of the %s query has %d history ratings, but the model needs at least %d",
+						(long long) sink->rows + 1, sink->purpose, data->hist_len[w], sink->min_history),
+				 errdetail("The model was trained only on windows of %d movies or more.",
+						   sink->min_history + 1)));
+	data->users[w] = sink->has_users ? bst_model_user_index(sink->model, user) : 0;
+	data->n++;
+	sink->rows++;
+	if (data->n == sink->capacity)
 	{
-		int64		start = ds->offsets[w];
-		int			len = (int) (ds->offsets[w + 1] - start);
-
-		data->hist_len[w] = bst_model_pack_window(model, ds->movies + start, ds->ratings + start,
-												  len, data->movies + w * L,
-												  data->ratings + w * (L - 1));
-		data->targets[w] = ds->ratings[start + len - 1];
-		if (data->hist_len[w] < min_history)
-			ereport(ERROR,
-					(errcode(ERRCODE_DATA_EXCEPTION),
-					 errmsg("row %lld of the %s query has %d history ratings, but the model needs at least %d",
-							(long long) w + 1, purpose, data->hist_len[w], min_history),
-					 errdetail("The model was trained only on windows of %d movies or more.",
-							   min_history + 1)));
-		data->users[w] = ds->has_users ? bst_model_user_index(model, ds->users[w]) : 0;
-		if ((w & 0xffff) == 0)
-			CHECK_FOR_INTERRUPTS();
+		sink->chunk(sink->arg, data);
+		data->n = 0;
 	}
+}
+
+/*
+ * Run query (an evaluation's) and pack its windows for model, capacity at a
+ * time, handing each chunk to chunk(arg, data) as soon as it is full and the
+ * last one at the end: memory follows the chunk, not the query.  Windows
+ * with fewer history ratings than the model was trained on are an error
+ * when min_history > 0 (a fixed-length model).  Returns the number of
+ * windows.
+ */
+int64
+bst_dataset_read_chunks(const char *query, const char *purpose, const BstModel *model,
+						int32 min_history, int32 capacity, BstChunkFn chunk, void *arg)
+{
+	ChunkSink	sink;
+	const int	L = bst_model_config(model)->seq_len;
+
+	memset(&sink, 0, sizeof(sink));
+	sink.model = model;
+	sink.min_history = min_history;
+	sink.purpose = purpose;
+	sink.capacity = capacity;
+	sink.chunk = chunk;
+	sink.arg = arg;
+	sink.data.seq_len = L;
+	sink.data.movies = palloc(sizeof(int32) * capacity * L);
+	sink.data.ratings = palloc(sizeof(float) * capacity * (L - 1));
+	sink.data.hist_len = palloc(sizeof(int32) * capacity);
+	sink.data.users = palloc(sizeof(int32) * capacity);
+	sink.data.targets = palloc(sizeof(float) * capacity);
+
+	/* has_users is set on the first fetch, before any window. */
+	read_windows(query, purpose, chunk_window, &sink, &sink.has_users);
+	if (sink.data.n > 0)
+		chunk(arg, &sink.data);
+	pfree(sink.data.movies);
+	pfree(sink.data.ratings);
+	pfree(sink.data.hist_len);
+	pfree(sink.data.users);
+	pfree(sink.data.targets);
+	return sink.rows;
 }

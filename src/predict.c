@@ -399,45 +399,41 @@ bst_predict_user(PG_FUNCTION_ARGS)
 	PG_RETURN_FLOAT4(prediction);
 }
 
+/* bst_evaluate's running sums. */
+typedef struct Errors
+{
+	BstStoredModel *entry;
+	float	   *pred;			/* [the predictor's batch] */
+	double		abs_sum;
+	double		sq_sum;
+} Errors;
+
 /*
- * Errors of the model's predictions on data: in chunks of its predictor's
- * batch, through the loaded model's predictor, so that a window is scored
- * exactly as bst_predict scores it.  Sums as bst_evaluate_data does.
+ * Adds the errors of the model's predictions on a chunk of the predictor's
+ * batch, scored through the loaded model's predictor, so that a window is
+ * scored exactly as bst_predict scores it.  Sums as bst_evaluate_data does.
  */
 static void
-evaluate_windows(BstStoredModel *entry, const BstData *data, double *mae, double *rmse)
+add_errors(void *arg, const BstData *data)
 {
-	const int	L = data->seq_len;
-	const int32 chunk = bst_predictor_batch(entry->predictor);
-	float	   *pred = palloc(sizeof(float) * chunk);
-	double		abs_sum = 0.0;
-	double		sq_sum = 0.0;
+	Errors	   *e = arg;
+	BstBatch	batch;
 
-	bst_use_threads();
-	for (int64 first = 0; first < data->n; first += chunk)
+	CHECK_FOR_INTERRUPTS();
+	memset(&batch, 0, sizeof(batch));
+	batch.n = (int32) data->n;
+	batch.movies = data->movies;
+	batch.ratings = data->ratings;
+	batch.hist_len = data->hist_len;
+	batch.users = data->users;
+	bst_predict(e->entry->predictor, &batch, e->pred);
+	for (int32 i = 0; i < batch.n; i++)
 	{
-		BstBatch	batch;
-		int32		count = (int32) Min(chunk, data->n - first);
+		double		d = (double) e->pred[i] - (double) data->targets[i];
 
-		CHECK_FOR_INTERRUPTS();
-		memset(&batch, 0, sizeof(batch));
-		batch.n = count;
-		batch.movies = data->movies + first * L;
-		batch.ratings = data->ratings + first * (L - 1);
-		batch.hist_len = data->hist_len + first;
-		batch.users = data->users + first;
-		bst_predict(entry->predictor, &batch, pred);
-		for (int32 i = 0; i < count; i++)
-		{
-			double		e = (double) pred[i] - (double) data->targets[first + i];
-
-			abs_sum += fabs(e);
-			sq_sum += e * e;
-		}
+		e->abs_sum += fabs(d);
+		e->sq_sum += d * d;
 	}
-	pfree(pred);
-	*mae = abs_sum / (double) data->n;
-	*rmse = sqrt(sq_sum / (double) data->n);
 }
 
 /* bst_evaluate(model, query): error of the model on the query's windows. */
@@ -445,8 +441,8 @@ Datum
 bst_evaluate(PG_FUNCTION_ARGS)
 {
 	BstStoredModel *entry;
-	BstDataset	ds;
-	BstData		data;
+	Errors		errors;
+	int64		n;
 	double		mae;
 	double		rmse;
 	TupleDesc	desc;
@@ -461,15 +457,21 @@ bst_evaluate(PG_FUNCTION_ARGS)
 	entry = bst_model_get(fcinfo, text_to_cstring(PG_GETARG_TEXT_PP(0)));
 	/* The query may use other models: keep this one loaded meanwhile. */
 	bst_model_pin(entry);
-	bst_dataset_read(&ds, text_to_cstring(PG_GETARG_TEXT_PP(1)), "evaluation");
-	bst_dataset_pack(&ds, entry->model, entry->min_history, "evaluation", &data);
-
-	evaluate_windows(entry, &data, &mae, &rmse);
+	/* Scored a predictor's batch at a time, as the windows are read. */
+	memset(&errors, 0, sizeof(errors));
+	errors.entry = entry;
+	errors.pred = palloc(sizeof(float) * bst_predictor_batch(entry->predictor));
+	bst_use_threads();
+	n = bst_dataset_read_chunks(text_to_cstring(PG_GETARG_TEXT_PP(1)), "evaluation", entry->model,
+								entry->min_history, bst_predictor_batch(entry->predictor),
+								add_errors, &errors);
+	mae = errors.abs_sum / (double) n;
+	rmse = sqrt(errors.sq_sum / (double) n);
 	if (!isfinite(mae) || !isfinite(rmse))
 		check_prediction(NAN);
 	bst_model_unpin(entry);
 
-	values[0] = Int64GetDatum(ds.n);
+	values[0] = Int64GetDatum(n);
 	values[1] = Float8GetDatum(mae);
 	values[2] = Float8GetDatum(rmse);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), values, nulls)));

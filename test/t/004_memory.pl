@@ -97,6 +97,20 @@ $r = session_query($s, q{SELECT (metrics->>'bucket_windows')::int < 2700000 FROM
 like($r->{stdout}, qr/^t$/m, 'a bucket of fewer windows than the training has (metrics)');
 session_query($s, '\q');
 
+# 1c. An evaluation scores its windows a predictor's batch at a time as they
+# are read: 1,000,000 windows (about 84 MB read whole and packed) in a
+# fresh session that stays far below that.
+($s, $pid) = limited_session('bst_tap_memory_evaluate');
+$r = session_query($s,
+	q{SELECT n FROM bst_evaluate('many', 'SELECT ARRAY[1 + a % 100, 2, 3, 4] AS movie_ids, ''{4,3,5,4}''::real[] AS ratings
+	                                    FROM generate_series(1, 1000) a, generate_series(1, 1000) b')});
+is($r->{sqlstate}, '00000', 'an evaluation of 1,000,000 windows runs');
+like($r->{stdout}, qr/^1000000$/m, 'over all of them');
+my $evaluate_peak = peak_mb($pid);
+note "the backend held at most $evaluate_peak MB";
+cmp_ok($evaluate_peak, '<', 60, 'the backend never held more than 60 MB');
+session_query($s, '\q');
+
 # 2. A model of 1024-movie windows with 4 heads (trained in an unlimited
 # session), then one prediction in a limited one.
 $node->safe_psql('postgres', q{
