@@ -331,6 +331,17 @@ data_set_capacity(PackedSink *sink, int64 capacity, int32 seq_len)
 	sink->capacity = capacity;
 }
 
+/* A spilled data set's file, new and empty, the spill in cxt. */
+static BstSpill *
+new_spill(const BstSpillIO *io, MemoryContext cxt)
+{
+	BstSpill   *spill = MemoryContextAllocZero(cxt, sizeof(BstSpill));
+
+	spill->io = io;
+	spill->file = io->create(io->arg);
+	return spill;
+}
+
 /* The windows in data to the file; data empty. */
 static void
 spill_windows(PackedSink *sink)
@@ -370,9 +381,7 @@ packed_window(void *arg, const int32 *movies, const float *ratings, int n, int32
 	else if ((double) bst_data_memory_bytes(data->n + 1, seq_len) > sink->o->limit)
 	{
 		/* From here on the windows go to a temporary file. */
-		sink->spill = MemoryContextAllocZero(sink->cxt, sizeof(BstSpill));
-		sink->spill->io = sink->o->io;
-		sink->spill->file = sink->o->io->create(sink->o->io->arg);
+		sink->spill = new_spill(sink->o->io, sink->cxt);
 		spill_windows(sink);
 		data_set_capacity(sink, BST_SPILL_CHUNK_WINDOWS, seq_len);
 	}
@@ -469,10 +478,8 @@ bst_dataset_read_packed(const char *query, const char *purpose, const BstReadOpt
 void
 bst_dataset_spill(BstData *data, const BstSpillIO *io, MemoryContext cxt)
 {
-	BstSpill   *spill = MemoryContextAllocZero(cxt, sizeof(BstSpill));
+	BstSpill   *spill = new_spill(io, cxt);
 
-	spill->io = io;
-	spill->file = io->create(io->arg);
 	if (bst_spill_write(io, spill->file, data, 0, data->n) != 0)
 		elog(ERROR, "could not write training windows to a temporary file");
 	data_spilled(data, spill, data->n);

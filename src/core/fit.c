@@ -189,13 +189,13 @@ typedef struct Fit {
     int64_t next_bucket;
 } Fit;
 
-/* Copies windows idx[0..n) of d (without idx: the first n) into the batch
- * buffers. */
-static BstBatch gather(Fit *f, const BstData *d, const uint32_t *idx, int32_t n)
+/* Copies windows idx[0..n) of d (without idx: first .. first + n) into the
+ * batch buffers. */
+static BstBatch gather(Fit *f, const BstData *d, const uint32_t *idx, int64_t first, int32_t n)
 {
     const size_t L = (size_t)f->L;
     for (int32_t j = 0; j < n; j++) {
-        const size_t w = idx ? idx[j] : (size_t)j;
+        const size_t w = idx ? idx[j] : (size_t)(first + j);
         memcpy(f->movies + j * L, d->movies + w * L, L * sizeof(int32_t));
         memcpy(f->ratings + j * (L - 1), d->ratings + w * (L - 1), (L - 1) * sizeof(float));
         f->hist_len[j] = d->hist_len ? d->hist_len[w] : (int32_t)(L - 1);
@@ -225,17 +225,7 @@ static void add_errors(Fit *f, const BstData *d, const uint32_t *idx, int64_t n,
             hooks->before_batch(hooks->arg, 0, *chunk < n_chunks ? *chunk : n_chunks - 1,
                                 n_chunks, NAN);
         const int32_t count = (int32_t)(n - first < f->eval_rows ? n - first : f->eval_rows);
-        BstData rest = *d;
-        if (!idx) {
-            /* the windows from first on */
-            const size_t L = (size_t)f->L;
-            rest.movies += first * L;
-            rest.ratings += first * (L - 1);
-            rest.hist_len = d->hist_len ? d->hist_len + first : NULL;
-            rest.users = d->users ? d->users + first : NULL;
-            rest.targets += first;
-        }
-        BstBatch b = gather(f, &rest, idx ? idx + first : NULL, count);
+        BstBatch b = gather(f, d, idx ? idx + first : NULL, first, count);
         bst_predict(f->predictor, &b, f->pred);
         for (int32_t j = 0; j < count; j++) {
             const double e = (double)f->pred[j] - (double)b.targets[j];
@@ -437,7 +427,7 @@ static int epoch_start(Fit *f, BstRng *shuffle)
 static void epoch_replay(Fit *f, BstRng *shuffle)
 {
     if (!f->io) {
-        bst_rng_shuffle_u32(shuffle, f->order + f->n_val, (size_t)f->n_train);
+        epoch_start(f, shuffle);   /* in memory, the draws are all its work */
         return;
     }
     scatter(f, shuffle, 0);
@@ -450,12 +440,12 @@ static int epoch_batch(Fit *f, BstRng *shuffle, int64_t k, int32_t count, BstBat
 {
     const int64_t first = k * f->B;
     if (!f->io) {
-        *batch = gather(f, f->data, f->order + f->n_val + first, count);
+        *batch = gather(f, f->data, f->order + f->n_val + first, 0, count);
         return 0;
     }
     if (first == f->bucket_end && load_bucket(f, shuffle) != 0)
         return -1;
-    *batch = gather(f, &f->bucket, f->order + (first - f->bucket_start), count);
+    *batch = gather(f, &f->bucket, f->order + (first - f->bucket_start), 0, count);
     return 0;
 }
 
