@@ -44,6 +44,50 @@ static int	model_cache_count = 0;
 static uint64 model_cache_clock = 0;
 
 /*
+ * The queries that find a statement's model run at the start of every
+ * statement that predicts: each is parsed and planned once per backend and
+ * kept, as PL/pgSQL keeps its statements (PostgreSQL's plan cache plans
+ * again when a relation it reads changes, or the role, for row-level
+ * security).  Keyed by their text, which names the extension's schema and
+ * columns, so an extension moved, updated or created again gets plans of
+ * its own.  Beyond KEPT_PLANS_MAX texts a query is planned at each use.
+ */
+#define KEPT_PLANS_MAX 16
+
+typedef struct KeptPlan
+{
+	char	   *sql;
+	SPIPlanPtr	plan;
+} KeptPlan;
+
+static KeptPlan kept_plans[KEPT_PLANS_MAX];
+static int	kept_plan_count = 0;
+
+/* SPI_execute_with_args, read-only, through a kept plan (within SPI_connect). */
+static void
+execute_kept(const char *sql, int nargs, Oid *argtypes, Datum *values, long count)
+{
+	SPIPlanPtr	plan = NULL;
+
+	for (int i = 0; i < kept_plan_count && plan == NULL; i++)
+		if (strcmp(kept_plans[i].sql, sql) == 0)
+			plan = kept_plans[i].plan;
+	if (plan == NULL)
+	{
+		plan = SPI_prepare(sql, nargs, argtypes);
+		if (plan == NULL)
+			elog(ERROR, "could not prepare \"%s\": %s", sql, SPI_result_code_string(SPI_result));
+		if (kept_plan_count < KEPT_PLANS_MAX)
+		{
+			kept_plans[kept_plan_count].sql = MemoryContextStrdup(TopMemoryContext, sql);
+			SPI_keepplan(plan);
+			kept_plans[kept_plan_count++].plan = plan;
+		}
+	}
+	SPI_execute_plan(plan, values, NULL, true, count);
+}
+
+/*
  * Whether bst_models has 1.1's owner column.  The 1.1 library also serves a
  * 1.0 install until ALTER EXTENSION bst UPDATE; there models have no owner.
  */
@@ -520,10 +564,10 @@ bst_model_get(FunctionCallInfo fcinfo, const char *name)
 		Datum		owner[1] = {ObjectIdGetDatum(GetUserId())};
 
 		/* Models of a 1.0 install have no owner: its latest, as 1.0 did. */
-		SPI_execute_with_args(psprintf("SELECT name FROM %s.bst_models "
-									   "WHERE %s ORDER BY created_at DESC, model_id DESC LIMIT 1", schema,
-									   with_owner ? "owner::pg_catalog.oid OPERATOR(pg_catalog.=) $1" : "$1 IS NOT NULL"),
-							  1, owner_type, owner, NULL, true, 1);
+		execute_kept(psprintf("SELECT name FROM %s.bst_models "
+							  "WHERE %s ORDER BY created_at DESC, model_id DESC LIMIT 1", schema,
+							  with_owner ? "owner::pg_catalog.oid OPERATOR(pg_catalog.=) $1" : "$1 IS NOT NULL"),
+					 1, owner_type, owner, 1);
 		if (SPI_processed == 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -539,18 +583,18 @@ bst_model_get(FunctionCallInfo fcinfo, const char *name)
 	 */
 	values[0] = CStringGetTextDatum(name);
 	if (OidIsValid(get_relname_relid("bst_deployments", get_func_namespace(fcinfo->flinfo->fn_oid))))
-		SPI_execute_with_args(psprintf("SELECT model_id, name, version, xmin, ctid FROM %s.bst_models m "
-									   "WHERE name OPERATOR(pg_catalog.=) $1 "
-									   "ORDER BY (version OPERATOR(pg_catalog.=) "
-									   "          (SELECT d.version FROM %s.bst_deployments d "
-									   "           WHERE d.model OPERATOR(pg_catalog.=) $1 "
-									   "           ORDER BY d.id DESC LIMIT 1)) IS TRUE DESC, "
-									   "         version DESC LIMIT 1", schema, schema),
-							  1, argtypes, values, NULL, true, 1);
+		execute_kept(psprintf("SELECT model_id, name, version, xmin, ctid FROM %s.bst_models m "
+							  "WHERE name OPERATOR(pg_catalog.=) $1 "
+							  "ORDER BY (version OPERATOR(pg_catalog.=) "
+							  "          (SELECT d.version FROM %s.bst_deployments d "
+							  "           WHERE d.model OPERATOR(pg_catalog.=) $1 "
+							  "           ORDER BY d.id DESC LIMIT 1)) IS TRUE DESC, "
+							  "         version DESC LIMIT 1", schema, schema),
+					 1, argtypes, values, 1);
 	else
-		SPI_execute_with_args(psprintf("SELECT model_id, name, version, xmin, ctid FROM %s.bst_models "
-									   "WHERE name OPERATOR(pg_catalog.=) $1 ORDER BY version DESC LIMIT 1", schema),
-							  1, argtypes, values, NULL, true, 1);
+		execute_kept(psprintf("SELECT model_id, name, version, xmin, ctid FROM %s.bst_models "
+							  "WHERE name OPERATOR(pg_catalog.=) $1 ORDER BY version DESC LIMIT 1", schema),
+					 1, argtypes, values, 1);
 	if (SPI_processed == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
