@@ -772,6 +772,53 @@ void dropout_backward(float *d_in, const float *d_out, const float *mask, size_t
                  dropout_backward_range(d_in, d_out, mask, lo, hi));
 }
 
+/* The n-th weight of weighted_rows: a[n], or a[n] b[n] (a probability and
+ * its dropout factor), n steps of `stride` apart. */
+BST_SIMD_INLINE float weight_at(const float *a, const float *b, size_t stride, int n)
+{
+    return b ? a[n * stride] * b[n * stride] : a[n * stride];
+}
+
+/*
+ * out = sum over n < count of weight_n row_n (row_n = rows + n * row_stride),
+ * each element summed from 0 in the order of n, as a row of zeros that
+ * accumulates one weighted row at a time would be, so the same bits; but a
+ * chunk of columns stays in registers across the rows instead of being
+ * stored and loaded again for each (that store-and-load was most of the
+ * attention's time).  The attention's contexts, and in its backward pass
+ * the gradients of the queries, keys and values, are all such sums.
+ */
+BST_SIMD_INLINE void weighted_rows(float *restrict out, const float *wa, const float *wb,
+                                   size_t w_stride, const float *rows, size_t row_stride,
+                                   int count, int dk)
+{
+    int c = 0;
+    for (; c + 8 <= dk; c += 8) {
+        float acc[8] = {0};
+        for (int n = 0; n < count; n++) {
+            const float w = weight_at(wa, wb, w_stride, n);
+            for (int t = 0; t < 8; t++)
+                acc[t] += w * rows[n * row_stride + c + t];
+        }
+        memcpy(out + c, acc, sizeof(acc));
+    }
+    for (; c + 4 <= dk; c += 4) {
+        float acc[4] = {0};
+        for (int n = 0; n < count; n++) {
+            const float w = weight_at(wa, wb, w_stride, n);
+            for (int t = 0; t < 4; t++)
+                acc[t] += w * rows[n * row_stride + c + t];
+        }
+        memcpy(out + c, acc, sizeof(acc));
+    }
+    for (; c < dk; c++) {
+        float acc = 0.0f;
+        for (int n = 0; n < count; n++)
+            acc += weight_at(wa, wb, w_stride, n) * rows[n * row_stride + c];
+        out[c] = acc;
+    }
+}
+
 /*
  * The per-window products here (L x dk by dk x L, L = 4 in BST) are far too
  * small for a BLAS call to pay off: one sgemm per (window, head) costs more in
@@ -828,17 +875,10 @@ BST_SIMD_INLINE void attention_forward_windows_generic(float *ctx, float *probs,
         for (int h = 0; h < H; h++) {
             const float *pr = probs + (b * H + h) * L * L;
             const float *mk = mask ? mask + (b * H + h) * L * L : NULL;
-            for (int i = 0; i < L; i++) {
-                float *ci = ctx + (b * L + i) * hd + (size_t)h * dk;
-                memset(ci, 0, (size_t)dk * sizeof(float));
-                for (int j = 0; j < L; j++) {
-                    float w = mk ? pr[(size_t)i * L + j] * mk[(size_t)i * L + j]
-                                 : pr[(size_t)i * L + j];
-                    const float *vj = v + (b * L + j) * stride + (size_t)h * dk;
-                    for (int c = 0; c < dk; c++)
-                        ci[c] += w * vj[c];
-                }
-            }
+            const float *vh = v + b * L * stride + (size_t)h * dk;
+            for (int i = 0; i < L; i++)
+                weighted_rows(ctx + (b * L + i) * hd + (size_t)h * dk, pr + (size_t)i * L,
+                              mk ? mk + (size_t)i * L : NULL, 1, vh, stride, L, dk);
         }
     }
 }
@@ -869,44 +909,35 @@ BST_SIMD_INLINE void attention_backward_windows_generic(float *d_qkv, float *d_p
     const float *q = qkv, *k = qkv + hd, *v = qkv + 2 * hd;
     float *d_q = d_qkv, *d_k = d_qkv + hd, *d_v = d_qkv + 2 * hd;
     for (size_t b = b0; b < b1; b++) {
-        /* Keys and values receive contributions from every query of the
-         * window: accumulate (zeroed here, where the window is about to be
-         * used, rather than all at once). */
-        memset(d_qkv + b * L * stride, 0, (size_t)L * stride * sizeof(float));
         for (int h = 0; h < H; h++) {
-            size_t blk = (b * H + h) * L * L;
+            const size_t blk = (b * H + h) * L * L, head = b * L * stride + (size_t)h * dk;
+            const float *pr = probs + blk, *mk = mask + blk;
+            const float *g = d_ctx + b * L * hd + (size_t)h * dk;
+            /* ds (in d_probs): the gradient of the scores.  Through ctx =
+             * (probs * mask) . V, dp_ij = g_i . v_j * mask_ij; through the
+             * softmax, ds_ij = p_ij (dp_ij - sum_k p_ik dp_ik), scaled as
+             * the scores were. */
+            float *ds = d_probs + blk;
             for (int i = 0; i < L; i++) {
-                const float *pr = probs + blk + (size_t)i * L;
-                const float *mk = mask + blk + (size_t)i * L;
-                float *dp = d_probs + blk + (size_t)i * L;
-                size_t qi_off = (b * L + i) * stride + (size_t)h * dk;
-                const float *gi = d_ctx + (b * L + i) * hd + (size_t)h * dk;
-                /* Through ctx = (probs * mask) . V */
-                for (int j = 0; j < L; j++) {
-                    size_t j_off = (b * L + j) * stride + (size_t)h * dk;
-                    const float *vj = v + j_off;
-                    float *dvj = d_v + j_off;
-                    float w = pr[j] * mk[j];
-                    for (int c = 0; c < dk; c++)
-                        dvj[c] += w * gi[c];
-                    dp[j] = dot8(gi, vj, dk) * mk[j];
-                }
-                /* Through the softmax: ds_j = p_j (dp_j - sum_k p_k dp_k). */
+                const float *gi = g + (size_t)i * hd;
+                float *dsi = ds + (size_t)i * L;
+                for (int j = 0; j < L; j++)
+                    dsi[j] = dot8(gi, v + head + (size_t)j * stride, dk) * mk[(size_t)i * L + j];
                 float dot = 0.0f;
                 for (int j = 0; j < L; j++)
-                    dot += pr[j] * dp[j];
-                const float *qi = q + qi_off;
-                float *dqi = d_q + qi_off;
-                for (int j = 0; j < L; j++) {
-                    float ds = pr[j] * (dp[j] - dot) * scale;
-                    size_t j_off = (b * L + j) * stride + (size_t)h * dk;
-                    const float *kj = k + j_off;
-                    float *dkj = d_k + j_off;
-                    for (int c = 0; c < dk; c++) {
-                        dqi[c] += ds * kj[c];
-                        dkj[c] += ds * qi[c];
-                    }
-                }
+                    dot += pr[(size_t)i * L + j] * dsi[j];
+                for (int j = 0; j < L; j++)
+                    dsi[j] = pr[(size_t)i * L + j] * (dsi[j] - dot) * scale;
+            }
+            /* Each row of d_qkv is a sum over the other side's rows:
+             * dv_j = sum_i p_ij mask_ij g_i, dq_i = sum_j ds_ij k_j,
+             * dk_j = sum_i ds_ij q_i; written whole (no zeroing first). */
+            for (int j = 0; j < L; j++) {
+                const size_t row = head + (size_t)j * stride;
+                weighted_rows(d_v + row, pr + j, mk + j, (size_t)L, g, (size_t)hd, L, dk);
+                weighted_rows(d_q + row, ds + (size_t)j * L, NULL, 1, k + head, (size_t)stride, L,
+                              dk);
+                weighted_rows(d_k + row, ds + j, NULL, (size_t)L, q + head, (size_t)stride, L, dk);
             }
         }
     }
