@@ -383,34 +383,72 @@ __attribute__((visibility("hidden"))) void GOMP_parallel(void (*fn)(void *), voi
  * 2 threads slower than 1.  So a region is a stall when the starting thread
  * waited STALL_NS or more for the workers, or when every worker that ran a
  * share of it ran on the starting thread's core, or when the workers ran no
- * share of IDLE_HELPER_REGIONS regions in a row (woken in vain).  After a
- * stall the starting thread runs the next regions alone (all their shares
- * itself: the same results), SOLO_REGIONS_MIN regions after a first stall,
- * twice as many after each further one up to SOLO_REGIONS_MAX (some 0.1-0.2 s
- * of training, so that the threads are back soon after the machine's load
- * goes), and back to the minimum after CLEAN_REGIONS_RESET regions in a row
- * without a stall.  A stall costs about as much as 20-50 regions run alone.
- * On an idle machine no wait comes near STALL_NS (a sleeping worker wakes in
- * tens of microseconds) and the scheduler puts the threads on idle cores, so
- * nothing changes there.
+ * share of IDLE_HELPER_REGIONS regions in a row (woken in vain).  A stall
+ * costs about as much as 20-50 regions run alone, so the starting thread
+ * goes alone only while stalls are that frequent: when a stall finds them
+ * at one in STALL_RATE_SOLO regions with helpers or more (an average over
+ * the last STALL_RATE_REGIONS or so), it runs the next regions alone (all
+ * their shares itself: the same results), SOLO_REGIONS_MIN regions after a
+ * first such stall, twice as many after each further one up to
+ * SOLO_REGIONS_MAX (some 0.1-0.2 s of training, so that the threads are
+ * back soon after the machine's load goes), and back to the minimum after
+ * CLEAN_REGIONS_RESET regions in a row without a stall.  A rare stall is
+ * borne: on a 2-core VM whose neighbours preempt a worker now and then (a
+ * stall in some 1,000 regions), going alone after each had half the regions
+ * of an epoch run on one thread, and the epoch take 6.7-7.9 s instead of
+ * 6.0-6.2.  On an idle machine no wait comes near STALL_NS (a sleeping
+ * worker wakes in tens of microseconds) and the scheduler puts the threads
+ * on idle cores, so nothing changes there.
  */
 #define STALL_NS 300000
 #define IDLE_HELPER_REGIONS 8
 #define SOLO_REGIONS_MIN 16
 #define SOLO_REGIONS_MAX 1024
+#define STALL_RATE_REGIONS 128
+#define STALL_RATE_SOLO 32
 #define CLEAN_REGIONS_RESET 256
 
-static unsigned g_solo_left;           /* regions still to run alone */
-static unsigned g_solo_next = SOLO_REGIONS_MIN; /* length of the next solo period */
-static unsigned g_clean_streak;        /* regions with helpers in a row without a stall */
+static BstStallPolicy g_policy;
 static unsigned g_idle_helper_streak;  /* regions in a row whose helpers ran no share */
+
+void bst_stall_policy_reset(BstStallPolicy *p)
+{
+    p->solo_left = 0;
+    p->solo_next = SOLO_REGIONS_MIN;
+    p->clean_streak = 0;
+    p->stall_rate = 0;
+}
+
+int bst_stall_policy_helpers(BstStallPolicy *p)
+{
+    if (p->solo_next == 0)             /* never reset: a zeroed static */
+        bst_stall_policy_reset(p);
+    if (p->solo_left == 0)
+        return 1;
+    p->solo_left--;
+    return 0;
+}
+
+void bst_stall_policy_note(BstStallPolicy *p, int stall)
+{
+    p->stall_rate += (stall ? 65536u / STALL_RATE_REGIONS : 0u) - p->stall_rate / STALL_RATE_REGIONS;
+    if (!stall) {
+        if (++p->clean_streak >= CLEAN_REGIONS_RESET)
+            p->solo_next = SOLO_REGIONS_MIN;
+        return;
+    }
+    p->clean_streak = 0;
+    if (p->stall_rate < 65536u / STALL_RATE_SOLO)
+        return;
+    p->solo_left = p->solo_next;
+    if (p->solo_next < SOLO_REGIONS_MAX)
+        p->solo_next *= 2;
+}
 
 /* A new thread count starts without history. */
 static void forget_stalls(void)
 {
-    g_solo_left = 0;
-    g_solo_next = SOLO_REGIONS_MIN;
-    g_clean_streak = 0;
+    bst_stall_policy_reset(&g_policy);
     g_idle_helper_streak = 0;
 }
 
@@ -435,19 +473,6 @@ static int stalled(uint64_t waited_ns, int helpers)
     return elsewhere == 0;
 }
 
-/* After a region with helpers: adjust the solo periods (see above). */
-static void note_region(int stall)
-{
-    if (stall) {
-        g_solo_left = g_solo_next;
-        if (g_solo_next < SOLO_REGIONS_MAX)
-            g_solo_next *= 2;
-        g_clean_streak = 0;
-        g_idle_helper_streak = 0;
-    } else if (++g_clean_streak >= CLEAN_REGIONS_RESET)
-        g_solo_next = SOLO_REGIONS_MIN;
-}
-
 /*
  * The region's shares are numbered 0..team-1 and fixed by the thread count,
  * so the results are too; which thread runs which share is not.  Each
@@ -470,10 +495,8 @@ void GOMP_parallel(void (*fn)(void *), void *data, unsigned num_threads, unsigne
     }
     /* The pool has the size asked for even while the workers rest. */
     int helpers = pool_grow(team - 1);
-    if (g_solo_left > 0) {
-        g_solo_left--;
+    if (!bst_stall_policy_helpers(&g_policy))
         helpers = 0;
-    }
     g_region = (Region){fn, data, team};
     atomic_store_explicit(&g_finished, 0, memory_order_relaxed);
     g_generation++;
@@ -491,7 +514,7 @@ void GOMP_parallel(void (*fn)(void *), void *data, unsigned num_threads, unsigne
         waiter_await(&g_done, seen);
     }
     if (helpers > 0)
-        note_region(stalled(wait_start ? clock_ns() - wait_start : 0, helpers));
+        bst_stall_policy_note(&g_policy, stalled(wait_start ? clock_ns() - wait_start : 0, helpers));
     atomic_flag_clear(&g_busy);
 }
 

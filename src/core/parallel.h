@@ -156,4 +156,23 @@ static inline void bst_share(size_t n, size_t grain, int t, int nt, size_t *lo, 
     } while (0)
 #endif
 
+/*
+ * When the thread that starts the regions runs them alone (parallel.c says
+ * why): a region with helpers is a stall when the workers held it up; the
+ * policy answers, for each region, whether helpers may run it, from the
+ * stalls noted so far.  Exposed for the tests; the pool keeps one.
+ */
+typedef struct BstStallPolicy {
+    unsigned solo_left;                /* regions still to run alone */
+    unsigned solo_next;                /* length of the next solo period */
+    unsigned clean_streak;             /* regions with helpers in a row without a stall */
+    unsigned stall_rate;               /* stalls per region with helpers, x 65536, averaged */
+} BstStallPolicy;
+
+void bst_stall_policy_reset(BstStallPolicy *p);
+/* Whether the next region may have helpers (0: it runs alone). */
+int bst_stall_policy_helpers(BstStallPolicy *p);
+/* After a region that had helpers: whether it was a stall. */
+void bst_stall_policy_note(BstStallPolicy *p, int stall);
+
 #endif

@@ -573,6 +573,66 @@ static void test_pool_lifecycle(const Data *eval)
     bst_model_free(m);
 }
 
+/* Regions out of n that a stall policy lets helpers run, when every
+ * `every`-th region with helpers stalls (0: none). */
+static int helper_regions(int n, int every)
+{
+    BstStallPolicy p;
+    bst_stall_policy_reset(&p);
+    int helped = 0;
+    for (int i = 0; i < n; i++) {
+        if (!bst_stall_policy_helpers(&p))
+            continue;
+        helped++;
+        bst_stall_policy_note(&p, every > 0 && helped % every == 0);
+    }
+    return helped;
+}
+
+/*
+ * When the pool's starting thread runs regions alone (parallel.c): a stall
+ * costs some 20-50 regions run alone, so rare stalls (a VM's neighbours
+ * preempting a worker now and then) are borne, and frequent ones (every
+ * core busy) send it alone, for periods that grow while stalls go on.
+ */
+static void test_stall_policy(void)
+{
+    const int n = 100000;
+    CHECK(helper_regions(n, 0) == n, "no stall: %d of %d regions with helpers",
+          helper_regions(n, 0), n);
+    const int rare = helper_regions(n, 1000);
+    CHECK(rare == n, "a stall in 1,000 regions: %d of %d regions with helpers", rare, n);
+    const int sparse = helper_regions(n, 100);
+    CHECK(sparse == n, "a stall in 100 regions: %d of %d regions with helpers", sparse, n);
+    const int frequent = helper_regions(n, 8);
+    CHECK(frequent < n / 10, "a stall in 8 regions with helpers: %d of %d still had them",
+          frequent, n);
+    const int always = helper_regions(n, 1);
+    CHECK(always < n / 100 && always > 0, "every region a stall: %d of %d had helpers (probes)",
+          always, n);
+    /* After a busy spell, helpers come back, and soon: the solo periods
+     * start short again. */
+    BstStallPolicy p;
+    bst_stall_policy_reset(&p);
+    int solo = 0, i = 0;
+    for (; i < 20000; i++) {
+        if (bst_stall_policy_helpers(&p))
+            bst_stall_policy_note(&p, 1);
+        else
+            solo++;
+    }
+    int back = 0;
+    for (int k = 0; k < 20000 && back == 0; k++)
+        if (bst_stall_policy_helpers(&p)) {
+            bst_stall_policy_note(&p, 0);
+            back = k + 1;
+        }
+    CHECK(solo > 19000 && back > 0 && back <= 1024,
+          "busy spell: %d of 20000 alone; helpers back after %d regions", solo, back);
+    printf("stall policy: helpers in %d, %d, %d, %d of %d regions with a stall in none, 1,000, 100, 8\n",
+           helper_regions(n, 0), rare, sparse, frequent, n);
+}
+
 /* Counting allocator that can be told to fail after a number of calls. */
 static long g_allocs, g_fail_after = -1;
 static void *counting_alloc(size_t n)
@@ -2341,6 +2401,7 @@ int main(int argc, char **argv)
     test_kernels_agree(eval.n);
     test_worker_signals();
     test_pool_lifecycle(&eval);
+    test_stall_policy();
     test_learns(BST_OPT_ADAGRAD, "adagrad", 0.05f, &train, &eval);
     test_learns(BST_OPT_ADAM, "adam", 0.003f, &train, &eval);
     test_determinism(&train);
