@@ -312,6 +312,23 @@ static void adam_range(BstTrainer *t, size_t lo, size_t hi, float step, float de
     memset(g, 0, (hi - lo) * sizeof(float));
 }
 
+/* Slab entries [lo, hi) through Adam: each tensor's part of them with its
+ * own weight decay (AdamW decays kernels and embeddings only). */
+static void adam_tensors(BstTrainer *t, size_t lo, size_t hi, float step)
+{
+    const float *slab = t->model->params.slab;
+    for (int i = 0; i < t->n_tensors; i++) {
+        const size_t start = (size_t)(t->tensors[i].data - slab);
+        const size_t end = start + t->tensors[i].size;
+        const size_t a = start > lo ? start : lo, b = end < hi ? end : hi;
+        if (a >= b)
+            continue;
+        const float decay = t->opt.optimizer == BST_OPT_ADAMW && t->tensors[i].decay
+                                ? t->lr * t->opt.weight_decay : 0.0f;
+        adam_range(t, a, b, step, decay);
+    }
+}
+
 float bst_train_step(BstTrainer *t, const BstBatch *b, double *abs_err_sum)
 {
     if (!b || b->n < 1 || b->n > t->opt.batch_size || !b->targets || t->state_given)
@@ -348,16 +365,11 @@ float bst_train_step(BstTrainer *t, const BstBatch *b, double *abs_err_sum)
             t->row_seen[t->rows[i]] = 0;
     } else {
         /* Adam's moments decay even under a zero gradient: the whole table
-         * moves.  Tensor by tensor, since weight decay is per tensor. */
-        float step = bst_adam_step_size(t->lr, t->step);
-        for (int i = 0; i < t->n_tensors; i++) {
-            const size_t off = (size_t)(t->tensors[i].data - m->params.slab);
-            const size_t n = t->tensors[i].size;
-            const float decay = t->opt.optimizer == BST_OPT_ADAMW && t->tensors[i].decay
-                                    ? t->lr * t->opt.weight_decay : 0.0f;
-            PARALLEL_FOR(n, 16, 8.0 * n, lo, hi,
-                         adam_range(t, off + lo, off + hi, step, decay));
-        }
+         * moves.  One parallel loop over the whole slab (a region per
+         * tensor cost more in waking threads than the small ones' work). */
+        const float step = bst_adam_step_size(t->lr, t->step);
+        const size_t n = t->grads.size;
+        PARALLEL_FOR(n, 16, 8.0 * n, lo, hi, adam_tensors(t, lo, hi, step));
     }
     return loss;
 }
