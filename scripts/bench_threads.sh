@@ -37,8 +37,8 @@ trap cleanup EXIT
 printf '%s\n' '#include <stdio.h>' '#include "blas_load.h"' \
     'int main(void) { BstCpuFeatures cpu = bst_cpu_features(); BstKernelChoice k = bst_kernels_for(&cpu);' \
     '  printf("%s %s\n", k.coretype ? k.coretype : "-", k.reason); return 0; }' >"$probe/probe.c"
-gcc -std=c11 -O2 -fopenmp -Isrc/core -o "$probe/probe" "$probe/probe.c" src/core/blas.c \
-    src/core/parallel.c -lopenblas
+gcc -std=c11 -O2 -fopenmp -Isrc/core -o "$probe/probe" "$probe/probe.c" src/core/*.c \
+    -lopenblas -lz -lm
 read -r chosen reason < <("$probe/probe")
 if [ -n "${OPENBLAS_CORETYPE:-}" ]; then
     kernels="$OPENBLAS_CORETYPE (from OPENBLAS_CORETYPE; bst would choose $chosen: $reason)"
