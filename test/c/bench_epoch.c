@@ -5,6 +5,11 @@
  *
  *   ./bench_epoch [threads...] [adam]     default: 1 2
  *
+ * Also the attention's own loops (layers.c) on one batch at that shape,
+ * forward and backward with dropout, the best of several rounds: the
+ * part of an epoch that is neither sgemm nor memory traffic, timed alone
+ * because an epoch's time moves more than it is on a shared machine.
+ *
  * threads: the core's thread count (bst_set_num_threads; OpenBLAS itself
  * runs single-threaded inside the core's parallel loops).
  */
@@ -16,6 +21,7 @@
 #include <time.h>
 
 #include "flops.h"
+#include "layers.h"
 #include "model.h"
 #include "parallel.h"
 #include "trainer.h"
@@ -28,6 +34,46 @@ static double now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Best microseconds of attention_forward and of attention_backward on a
+ * batch of windows at the benchmark's shape (cfg), 5 rounds of 0.1 s. */
+static void attention_us(const BstConfig *cfg, double *fwd, double *bwd)
+{
+    const int H = cfg->heads, dk = cfg->embed_dim, hd = H * dk;
+    const size_t n_qkv = (size_t)BATCH * L * 3 * hd, n_ctx = (size_t)BATCH * L * hd,
+                 n_p = (size_t)BATCH * H * L * L;
+    float *qkv = new_floats(n_qkv), *d_qkv = new_floats(n_qkv), *ctx = new_floats(n_ctx),
+          *d_ctx = new_floats(n_ctx), *probs = new_floats(n_p), *mask = new_floats(n_p),
+          *d_probs = new_floats(n_p);
+    int32_t *hist_len = malloc(BATCH * sizeof(int32_t));
+    BstRng rng;
+    bst_rng_seed(&rng, 3);
+    fill_uniform(qkv, n_qkv, -0.5f, 0.5f, &rng);
+    fill_uniform(d_ctx, n_ctx, -0.5f, 0.5f, &rng);
+    for (int b = 0; b < BATCH; b++)
+        hist_len[b] = b % 5 == 0 ? 1 : L - 1;  /* a few short windows, padded */
+    *fwd = *bwd = 1e30;
+    for (int round = 0; round < 5; round++) {
+        int reps = 0;
+        double t0 = now(), t;
+        do {
+            attention_forward(ctx, probs, mask, qkv, hist_len, BATCH, L, H, dk, 0.1f, &rng);
+            reps++;
+        } while ((t = now() - t0) < 0.1);
+        *fwd = t / reps < *fwd ? t / reps : *fwd;
+        reps = 0;
+        t0 = now();
+        do {
+            attention_backward(d_qkv, d_probs, d_ctx, probs, mask, qkv, BATCH, L, H, dk);
+            reps++;
+        } while ((t = now() - t0) < 0.1);
+        *bwd = t / reps < *bwd ? t / reps : *bwd;
+    }
+    *fwd *= 1e6;
+    *bwd *= 1e6;
+    free(qkv), free(d_qkv), free(ctx), free(d_ctx), free(probs), free(mask), free(d_probs);
+    free(hist_len);
 }
 
 int main(int argc, char **argv)
@@ -122,10 +168,14 @@ int main(int argc, char **argv)
             lat[k] = (now() - t0) / lat_reps[k] * 1e6;
         }
 
+        double att_fwd, att_bwd;
+        attention_us(&cfg, &att_fwd, &att_bwd);
         printf("threads %d: epoch %.2f s, %.0f windows/s, %.1f GFLOP/s (loss %.3f, mae %.3f); "
-               "predict %.2f s, %.0f windows/s; latency batch 1 %.1f us, batch 256 %.0f us\n",
+               "predict %.2f s, %.0f windows/s; latency batch 1 %.1f us, batch 256 %.0f us; "
+               "attention %.0f us forward, %.0f us backward a batch\n",
                threads[ti], train_s, N_WINDOWS / train_s, N_WINDOWS * flops.train / train_s * 1e-9,
-               loss / steps, abs_err / N_WINDOWS, pred_s, N_WINDOWS / pred_s, lat[0], lat[1]);
+               loss / steps, abs_err / N_WINDOWS, pred_s, N_WINDOWS / pred_s, lat[0], lat[1],
+               att_fwd, att_bwd);
         free(out);
         bst_predictor_free(p);
         bst_trainer_free(t);
