@@ -431,7 +431,8 @@ int bst_stall_policy_helpers(BstStallPolicy *p)
 
 void bst_stall_policy_note(BstStallPolicy *p, int stall)
 {
-    p->stall_rate += (stall ? 65536u / STALL_RATE_REGIONS : 0u) - p->stall_rate / STALL_RATE_REGIONS;
+    p->stall_rate +=
+        (stall ? 65536u / STALL_RATE_REGIONS : 0u) - p->stall_rate / STALL_RATE_REGIONS;
     if (!stall) {
         if (++p->clean_streak >= CLEAN_REGIONS_RESET)
             p->solo_next = SOLO_REGIONS_MIN;
@@ -514,7 +515,8 @@ void GOMP_parallel(void (*fn)(void *), void *data, unsigned num_threads, unsigne
         waiter_await(&g_done, seen);
     }
     if (helpers > 0)
-        bst_stall_policy_note(&g_policy, stalled(wait_start ? clock_ns() - wait_start : 0, helpers));
+        bst_stall_policy_note(&g_policy,
+                              stalled(wait_start ? clock_ns() - wait_start : 0, helpers));
     atomic_flag_clear(&g_busy);
 }
 
