@@ -134,15 +134,6 @@ static BstData raw_windows(int64_t n, int32_t Lw, int32_t max_len, uint64_t seed
     return d;
 }
 
-static void free_windows(BstData *d)
-{
-    free(d->movies);
-    free(d->ratings);
-    free(d->hist_len);
-    free(d->users);
-    free(d->targets);
-}
-
 static BstData copy_windows(const BstData *s)
 {
     const size_t n = (size_t)s->n, Lw = (size_t)s->seq_len;

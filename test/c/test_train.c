@@ -1346,15 +1346,6 @@ static BstData random_windows(int64_t n, int32_t Lw, int32_t n_movies, int32_t n
     return d;
 }
 
-static void free_windows(BstData *d)
-{
-    free(d->movies);
-    free(d->ratings);
-    free(d->hist_len);
-    free(d->users);
-    free(d->targets);
-}
-
 /* A model of any config over vocabularies 1..n_movies and 1..n_users
  * (features unknown, genres a fixed pattern). */
 static BstModel *model_for(const BstConfig *cfg, uint64_t seed)

@@ -1,10 +1,12 @@
-/* Shared helpers for the core tests: failure counting and random fills. */
+/* Shared helpers for the core tests: failure counting, random fills, and
+ * window sets. */
 #ifndef BST_TEST_UTIL_H
 #define BST_TEST_UTIL_H
 
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "fit.h"
 #include "rng.h"
 
 static int g_checks, g_failures;
@@ -45,6 +47,17 @@ static inline float *new_floats(size_t n)
         exit(2);
     }
     return p;
+}
+
+/* Frees a window set whose five arrays the test allocated one by one
+ * (malloc, new_floats). */
+static inline void free_windows(BstData *d)
+{
+    free(d->movies);
+    free(d->ratings);
+    free(d->hist_len);
+    free(d->users);
+    free(d->targets);
 }
 
 #endif

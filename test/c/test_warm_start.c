@@ -117,15 +117,6 @@ static BstData make_windows(int64_t n, int32_t n_movies, int32_t n_users, uint64
     return d;
 }
 
-static void free_windows(BstData *d)
-{
-    free(d->movies);
-    free(d->ratings);
-    free(d->hist_len);
-    free(d->users);
-    free(d->targets);
-}
-
 static BstFitOptions options(BstOptimizerKind kind, int32_t epochs, int32_t patience,
                              uint64_t seed)
 {
