@@ -788,29 +788,32 @@ BST_SIMD_INLINE float weight_at(const float *a, const float *b, size_t stride, i
  * attention's time).  The attention's contexts, and in its backward pass
  * the gradients of the queries, keys and values, are all such sums.
  */
+/* Columns [c, c + width) of weighted_rows (width a constant at every call,
+ * at most 8, so that the accumulators are registers). */
+BST_SIMD_INLINE void weighted_chunk(float *restrict out, const float *wa, const float *wb,
+                                    size_t w_stride, const float *rows, size_t row_stride,
+                                    int count, int c, const int width)
+{
+    float acc[8];
+    for (int t = 0; t < width; t++)
+        acc[t] = 0.0f;
+    for (int n = 0; n < count; n++) {
+        const float w = weight_at(wa, wb, w_stride, n);
+        for (int t = 0; t < width; t++)
+            acc[t] += w * rows[n * row_stride + c + t];
+    }
+    memcpy(out + c, acc, (size_t)width * sizeof(float));
+}
+
 BST_SIMD_INLINE void weighted_rows(float *restrict out, const float *wa, const float *wb,
                                    size_t w_stride, const float *rows, size_t row_stride,
                                    int count, int dk)
 {
     int c = 0;
-    for (; c + 8 <= dk; c += 8) {
-        float acc[8] = {0};
-        for (int n = 0; n < count; n++) {
-            const float w = weight_at(wa, wb, w_stride, n);
-            for (int t = 0; t < 8; t++)
-                acc[t] += w * rows[n * row_stride + c + t];
-        }
-        memcpy(out + c, acc, sizeof(acc));
-    }
-    for (; c + 4 <= dk; c += 4) {
-        float acc[4] = {0};
-        for (int n = 0; n < count; n++) {
-            const float w = weight_at(wa, wb, w_stride, n);
-            for (int t = 0; t < 4; t++)
-                acc[t] += w * rows[n * row_stride + c + t];
-        }
-        memcpy(out + c, acc, sizeof(acc));
-    }
+    for (; c + 8 <= dk; c += 8)
+        weighted_chunk(out, wa, wb, w_stride, rows, row_stride, count, c, 8);
+    for (; c + 4 <= dk; c += 4)
+        weighted_chunk(out, wa, wb, w_stride, rows, row_stride, count, c, 4);
     for (; c < dk; c++) {
         float acc = 0.0f;
         for (int n = 0; n < count; n++)
