@@ -106,34 +106,51 @@ void embedding_forward(float *out, int out_stride, const int32_t *idx, const flo
 }
 
 /*
- * Scatter-add restricted to columns [c0, c1).  Rows repeat (a movie in many
- * windows), so splitting rows between threads would race on the table rows
- * they share; splitting columns cannot, and keeps every element's sum in row
- * order.
+ * Scatter-add.  Rows repeat (a movie in many windows), so the threads cannot
+ * split the batch; they split the table instead: a table row belongs to one
+ * of EMB_CLASSES classes, a hash of its index, and each thread adds the
+ * batch rows that land in its classes, in the batch's order, so every
+ * element's sum is the serial one whatever the thread count.  By a hash,
+ * because the most frequent rows are often neighbours (a vocabulary
+ * numbered by popularity).  A split by columns, as before, had both threads
+ * write the cache line between their halves of each row at the same time:
+ * on 2 threads it was slower than on one.
  */
-BST_SIMD_INLINE void embedding_backward_cols_generic(float *d_table, const float *d_out,
-                                                     int out_stride, const int32_t *idx,
-                                                     int32_t n_rows, int n, int width, size_t c0,
-                                                     size_t c1)
+#define EMB_CLASSES 64
+
+static inline size_t embedding_row_class(int32_t row)
+{
+    return (uint32_t)row * 2654435761u >> 26;  /* Knuth's multiplicative hash, 6 bits */
+}
+
+/* Batch rows whose table row is of a class in [k0, k1). */
+BST_SIMD_INLINE void embedding_backward_classes_generic(float *d_table, const float *d_out,
+                                                        int out_stride, const int32_t *idx,
+                                                        int32_t n_rows, int n, int width,
+                                                        size_t k0, size_t k1)
 {
     for (size_t r = 0; r < (size_t)n; r++) {
-        float *dt = d_table + (size_t)bst_row_or_zero(idx[r], n_rows) * width;
+        const int32_t row = bst_row_or_zero(idx[r], n_rows);
+        const size_t k = embedding_row_class(row);
+        if (k < k0 || k >= k1)
+            continue;
+        float *dt = d_table + (size_t)row * width;
         const float *g = d_out + r * out_stride;
-        for (size_t c = c0; c < c1; c++)
+        for (int c = 0; c < width; c++)
             dt[c] += g[c];
     }
 }
-BST_SIMD_DISPATCH(embedding_backward_cols,
+BST_SIMD_DISPATCH(embedding_backward_classes,
                   (float *d_table, const float *d_out, int out_stride, const int32_t *idx,
-                   int32_t n_rows, int n, int width, size_t c0, size_t c1),
-                  (d_table, d_out, out_stride, idx, n_rows, n, width, c0, c1))
+                   int32_t n_rows, int n, int width, size_t k0, size_t k1),
+                  (d_table, d_out, out_stride, idx, n_rows, n, width, k0, k1))
 
 void embedding_backward(float *d_table, const float *d_out, int out_stride, const int32_t *idx,
                         int32_t n_rows, int n, int width)
 {
-    PARALLEL_FOR((size_t)width, 1, (double)n * width, lo, hi,
-                 embedding_backward_cols(d_table, d_out, out_stride, idx, n_rows, n, width,
-                                         lo, hi));
+    PARALLEL_FOR((size_t)EMB_CLASSES, 1, (double)n * width, lo, hi,
+                 embedding_backward_classes(d_table, d_out, out_stride, idx, n_rows, n, width,
+                                            lo, hi));
 }
 
 /* Windows [b0, b1). */
@@ -210,28 +227,52 @@ BST_SIMD_DISPATCH(sequence_backward_windows,
                   (d_enc, d_out, ratings, additive, hist_len, b0, b1, L, d))
 
 /* Columns [c0, c1) of d_pos_emb and d_rating_w: sums over windows, owned by
- * one thread. */
+ * one thread, accumulated in registers a block of COL_BLOCK columns at a time
+ * (above: storing each window's sum would bounce the cache line that two
+ * threads' columns share, which made this loop 20 times slower on 2 threads
+ * than on one).  Each element adds the windows in their order, as a running
+ * sum in place would: d_pos_emb's row i over windows b; d_rating_w over
+ * windows b, then positions i within a window. */
 BST_SIMD_INLINE void sequence_backward_param_cols_generic(float *d_pos_emb, float *d_rating_w,
                                                           const float *d_out, const float *ratings,
                                                           const int32_t *hist_len, int B, int L,
                                                           int d, size_t c0, size_t c1)
 {
-    for (size_t b = 0; b < (size_t)B; b++) {
-        const int first = bst_first_valid(hist_len, b, L);
-        for (int i = first; i < L - 1; i++) {
-            const float *g = d_out + (b * L + i) * d;
-            float *dp = d_pos_emb + (size_t)i * d;
-            const float r = ratings[b * (L - 1) + i];
-            if (d_rating_w) {
-                for (size_t c = c0; c < c1; c++) {
-                    dp[c] += g[c];
-                    d_rating_w[c] += g[c] * r;
+    for (size_t b0 = c0; b0 < c1; b0 += COL_BLOCK) {
+        const int w = c1 - b0 < COL_BLOCK ? (int)(c1 - b0) : COL_BLOCK;
+        float acc[COL_BLOCK];
+        for (int i = 0; i < L - 1; i++) {
+            float *dp = d_pos_emb + (size_t)i * d + b0;
+            memcpy(acc, dp, (size_t)w * sizeof(float));
+            for (size_t b = 0; b < (size_t)B; b++) {
+                if (i < bst_first_valid(hist_len, b, L))
+                    continue;
+                const float *g = d_out + (b * L + i) * d + b0;
+                /* With rating weights (additive) the rating multiplies
+                 * those, and the position embedding enters as it is. */
+                if (d_rating_w) {
+                    for (int j = 0; j < w; j++)
+                        acc[j] += g[j];
+                } else {
+                    const float r = ratings[b * (L - 1) + i];
+                    for (int j = 0; j < w; j++)
+                        acc[j] += g[j] * r;
                 }
-            } else {
-                for (size_t c = c0; c < c1; c++)
-                    dp[c] += g[c] * r;
+            }
+            memcpy(dp, acc, (size_t)w * sizeof(float));
+        }
+        if (!d_rating_w)
+            continue;
+        memcpy(acc, d_rating_w + b0, (size_t)w * sizeof(float));
+        for (size_t b = 0; b < (size_t)B; b++) {
+            for (int i = bst_first_valid(hist_len, b, L); i < L - 1; i++) {
+                const float *g = d_out + (b * L + i) * d + b0;
+                const float r = ratings[b * (L - 1) + i];
+                for (int j = 0; j < w; j++)
+                    acc[j] += g[j] * r;
             }
         }
+        memcpy(d_rating_w + b0, acc, (size_t)w * sizeof(float));
     }
 }
 BST_SIMD_DISPATCH(sequence_backward_param_cols,
