@@ -34,6 +34,12 @@
  * a loop (simd.h) gets its own instruction set's.  Eight independent partial sums
  * vectorise at -O2 and also round better than one long chain.
  */
+/* How dot8 ends: the tail's sum s, then the eight partial sums, pairwise. */
+BST_SIMD_INLINE float dot8_total(float s, const float acc[8])
+{
+    return s + ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+}
+
 BST_SIMD_INLINE float dot8(const float *a, const float *b, int n)
 {
     float acc[8] = {0};
@@ -44,7 +50,40 @@ BST_SIMD_INLINE float dot8(const float *a, const float *b, int n)
     float s = 0.0f;
     for (; i < n; i++)
         s += a[i] * b[i];
-    return s + ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    return dot8_total(s, acc);
+}
+
+/*
+ * dot8(a, b[k], n) for k < 4, each by dot8's operations in dot8's order (so
+ * the same bits), interleaved: one dot8 is a chain of dependent adds, and
+ * four independent chains keep the vector units busy while each waits.
+ */
+BST_SIMD_INLINE void dot8x4(float out[4], const float *a, const float *const b[4], int n)
+{
+    const float *b0 = b[0], *b1 = b[1], *b2 = b[2], *b3 = b[3];
+    float acc0[8] = {0}, acc1[8] = {0}, acc2[8] = {0}, acc3[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        for (int j = 0; j < 8; j++)
+            acc0[j] += a[i + j] * b0[i + j];
+        for (int j = 0; j < 8; j++)
+            acc1[j] += a[i + j] * b1[i + j];
+        for (int j = 0; j < 8; j++)
+            acc2[j] += a[i + j] * b2[i + j];
+        for (int j = 0; j < 8; j++)
+            acc3[j] += a[i + j] * b3[i + j];
+    }
+    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+    for (; i < n; i++) {
+        s0 += a[i] * b0[i];
+        s1 += a[i] * b1[i];
+        s2 += a[i] * b2[i];
+        s3 += a[i] * b3[i];
+    }
+    out[0] = dot8_total(s0, acc0);
+    out[1] = dot8_total(s1, acc1);
+    out[2] = dot8_total(s2, acc2);
+    out[3] = dot8_total(s3, acc3);
 }
 
 BST_SIMD_INLINE float sum8(const float *a, int n)
@@ -830,12 +869,13 @@ BST_SIMD_INLINE float weight_at(const float *a, const float *b, size_t stride, i
  * the gradients of the queries, keys and values, are all such sums.
  */
 /* Columns [c, c + width) of weighted_rows (width a constant at every call,
- * at most 8, so that the accumulators are registers). */
+ * at most 16, so that the accumulators are registers: one AVX-512 register,
+ * two AVX ones). */
 BST_SIMD_INLINE void weighted_chunk(float *restrict out, const float *wa, const float *wb,
                                     size_t w_stride, const float *rows, size_t row_stride,
                                     int count, int c, const int width)
 {
-    float acc[8];
+    float acc[16];
     for (int t = 0; t < width; t++)
         acc[t] = 0.0f;
     for (int n = 0; n < count; n++) {
@@ -851,10 +891,16 @@ BST_SIMD_INLINE void weighted_rows(float *restrict out, const float *wa, const f
                                    int count, int dk)
 {
     int c = 0;
-    for (; c + 8 <= dk; c += 8)
+    for (; c + 16 <= dk; c += 16)
+        weighted_chunk(out, wa, wb, w_stride, rows, row_stride, count, c, 16);
+    if (c + 8 <= dk) {
         weighted_chunk(out, wa, wb, w_stride, rows, row_stride, count, c, 8);
-    for (; c + 4 <= dk; c += 4)
+        c += 8;
+    }
+    if (c + 4 <= dk) {
         weighted_chunk(out, wa, wb, w_stride, rows, row_stride, count, c, 4);
+        c += 4;
+    }
     for (; c < dk; c++) {
         float acc = 0.0f;
         for (int n = 0; n < count; n++)
@@ -891,12 +937,19 @@ BST_SIMD_INLINE void attention_forward_windows_generic(float *ctx, float *probs,
                 float maxv = -INFINITY;
                 for (int j = 0; j < first; j++)
                     row[j] = 0.0f;
-                for (int j = first; j < L; j++) {
-                    const float *kj = k + (b * L + j) * stride + (size_t)h * dk;
-                    float s = dot8(qi, kj, dk) * scale;
-                    row[j] = s;
-                    if (s > maxv)
-                        maxv = s;
+                int j = first;
+                for (; j + 4 <= L; j += 4) {
+                    const float *kj[4];
+                    for (int n = 0; n < 4; n++)
+                        kj[n] = k + (b * L + j + n) * stride + (size_t)h * dk;
+                    dot8x4(row + j, qi, kj, dk);
+                }
+                for (; j < L; j++)
+                    row[j] = dot8(qi, k + (b * L + j) * stride + (size_t)h * dk, dk);
+                for (j = first; j < L; j++) {
+                    row[j] *= scale;
+                    if (row[j] > maxv)
+                        maxv = row[j];
                 }
                 float sum = 0.0f;
                 for (int j = first; j < L; j++) {
@@ -965,8 +1018,17 @@ BST_SIMD_INLINE void attention_backward_windows_generic(float *d_qkv, float *d_p
             for (int i = 0; i < L; i++) {
                 const float *gi = g + (size_t)i * hd;
                 float *dsi = ds + (size_t)i * L;
-                for (int j = 0; j < L; j++)
-                    dsi[j] = dot8(gi, v + head + (size_t)j * stride, dk) * mk[(size_t)i * L + j];
+                int j = 0;
+                for (; j + 4 <= L; j += 4) {
+                    const float *vj[4];
+                    for (int k = 0; k < 4; k++)
+                        vj[k] = v + head + (size_t)(j + k) * stride;
+                    dot8x4(dsi + j, gi, vj, dk);
+                }
+                for (; j < L; j++)
+                    dsi[j] = dot8(gi, v + head + (size_t)j * stride, dk);
+                for (j = 0; j < L; j++)
+                    dsi[j] *= mk[(size_t)i * L + j];
                 float dot = 0.0f;
                 for (int j = 0; j < L; j++)
                     dot += pr[(size_t)i * L + j] * dsi[j];

@@ -494,6 +494,102 @@ static void test_attention(float p, const int32_t *hist_len, BstRng *rng)
     free(c.qkv); free(c.ctx); free(c.up); free(c.probs); free(c.mask); free(dqkv); free(dp);
 }
 
+/*
+ * The attention's exact operations, written plainly: its results must equal
+ * these bit for bit (simd.h: every copy of the core's loops computes the
+ * same bits, and stored models predict as they did).  A dot product is
+ * eight partial sums over blocks of 8, the tail summed apart, added as
+ * ref_dot does; a weighted sum of rows adds the rows one by one from 0.
+ * Sizes that take every path of layers.c's loops: keys in groups of 4 and
+ * alone, columns in chunks of 16, 8 and 4 and alone, padded windows.
+ */
+static float ref_dot(const float *a, const float *b, int n)
+{
+    float acc[8] = {0}, s = 0.0f;
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++)
+            acc[j] += a[i + j] * b[i + j];
+    for (; i < n; i++)
+        s += a[i] * b[i];
+    float total = s + ((acc[0] + acc[4]) + (acc[1] + acc[5]));
+    return total + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+}
+
+static void test_attention_order(BstRng *rng)
+{
+    enum { B = 4, L = 7, H = 2, DK = 31, HD = H * DK, S = 3 * HD };
+    static const int32_t hist_len[B] = {6, 2, 0, 5};
+    static float qkv[B * L * S], ctx[B * L * HD], probs[B * H * L * L], mask[B * H * L * L],
+        up[B * L * HD], dqkv[B * L * S], dprobs[B * H * L * L];
+    static float r_probs[B * H * L * L], r_ctx[B * L * HD], r_dqkv[B * L * S];
+    fill_uniform(qkv, B * L * S, -1.5f, 1.5f, rng);
+    fill_uniform(up, B * L * HD, -1, 1, rng);
+    BstRng drop;
+    bst_rng_seed(&drop, 12);
+    attention_forward(ctx, probs, mask, qkv, hist_len, B, L, H, DK, 0.3f, &drop);
+    attention_backward(dqkv, dprobs, up, probs, mask, qkv, B, L, H, DK);
+
+    const float scale = 1.0f / sqrtf((float)DK);
+    memset(r_dqkv, 0, sizeof(r_dqkv));
+    for (int b = 0; b < B; b++) {
+        const int first = bst_first_valid(hist_len, b, L);
+        for (int h = 0; h < H; h++) {
+            const float *q = qkv + (size_t)b * L * S + h * DK, *k = q + HD, *v = q + 2 * HD;
+            float *pr = r_probs + (size_t)(b * H + h) * L * L;
+            const float *mk = mask + (size_t)(b * H + h) * L * L;
+            for (int i = 0; i < L; i++) {
+                float *row = pr + i * L, maxv = -INFINITY, sum = 0.0f;
+                for (int j = 0; j < L; j++) {
+                    row[j] = j < first ? 0.0f : ref_dot(q + i * S, k + j * S, DK) * scale;
+                    if (j >= first && row[j] > maxv)
+                        maxv = row[j];
+                }
+                for (int j = first; j < L; j++)
+                    sum += (row[j] = expf(row[j] - maxv));
+                const float inv = 1.0f / sum;
+                for (int j = first; j < L; j++)
+                    row[j] *= inv;
+                for (int c = 0; c < DK; c++) {
+                    float acc = 0.0f;
+                    for (int j = 0; j < L; j++)
+                        acc += row[j] * mk[i * L + j] * v[j * S + c];
+                    r_ctx[((size_t)b * L + i) * HD + h * DK + c] = acc;
+                }
+            }
+            /* Backward: ds from the upstream gradient g, then the rows. */
+            const float *g = up + (size_t)b * L * HD + h * DK;
+            float ds[L][L];
+            for (int i = 0; i < L; i++) {
+                float dot = 0.0f;
+                for (int j = 0; j < L; j++)
+                    ds[i][j] = ref_dot(g + i * HD, v + j * S, DK) * mk[i * L + j];
+                for (int j = 0; j < L; j++)
+                    dot += pr[i * L + j] * ds[i][j];
+                for (int j = 0; j < L; j++)
+                    ds[i][j] = pr[i * L + j] * (ds[i][j] - dot) * scale;
+            }
+            float *dq = r_dqkv + (size_t)b * L * S + h * DK, *dk = dq + HD, *dv = dq + 2 * HD;
+            for (int j = 0; j < L; j++)
+                for (int c = 0; c < DK; c++) {
+                    float av = 0.0f, aq = 0.0f, ak = 0.0f;
+                    for (int i = 0; i < L; i++) {
+                        av += pr[i * L + j] * mk[i * L + j] * g[i * HD + c];
+                        aq += ds[j][i] * k[i * S + c];
+                        ak += ds[i][j] * q[i * S + c];
+                    }
+                    dv[j * S + c] = av;
+                    dq[j * S + c] = aq;
+                    dk[j * S + c] = ak;
+                }
+        }
+    }
+    CHECK(memcmp(probs, r_probs, sizeof(probs)) == 0,
+          "attention: probabilities not the reference's");
+    CHECK(memcmp(ctx, r_ctx, sizeof(ctx)) == 0, "attention: contexts not the reference's");
+    CHECK(memcmp(dqkv, r_dqkv, sizeof(dqkv)) == 0, "attention: d_qkv not the reference's");
+}
+
 /* ------------------------------------------------------- whole network */
 
 typedef struct {
@@ -875,6 +971,7 @@ static void check_all(BstSimd simd, const char *core)
         test_attention(0.3f, NULL, &rng);
         test_network(&rng);
         test_attention(0.3f, att_hist, &rng);
+        test_attention_order(&rng);
         test_sequence(0, &rng);
         test_sequence(1, &rng);
         test_flatten(&rng);
