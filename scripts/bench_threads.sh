@@ -24,7 +24,7 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 runs=${1:-3}
 
-make -s -C test/c bench_epoch >/dev/null
+make -s -C test/c bench_epoch bench_cores >/dev/null
 
 # bst's kernel choice, from the core's own code.
 probe=$(mktemp -d /tmp/bst-kernels.XXXXXX)
@@ -52,6 +52,8 @@ fi
 echo "machine: $(machine_description)"
 echo "kernels: $kernels"
 echo "default thread count here: bst.threads = 0 -> min(4, $(nproc) cores)"
+# What sharing a batch between two cores costs on this machine.
+test/c/bench_cores
 [ -n "${BST_BENCH_NICE:-}" ] && echo "niceness of the epochs and burners: $BST_BENCH_NICE"
 
 # The benchmark's processes, at BST_BENCH_NICE when set.
