@@ -197,10 +197,24 @@ static unsigned waiter_await(Waiter *w, unsigned seen)
 
 /* ---------------------------------------------------------------- pool */
 
+#ifdef BST_REGION_PROFILE
+/* The profile of one loop (parallel.h). */
+typedef struct LoopProfile {
+    const char *func;
+    int line;
+    unsigned long calls, taken, alone;
+    uint64_t own_ns, wait_ns;
+    _Atomic uint64_t worker_ns;
+} LoopProfile;
+#endif
+
 typedef struct Region {
     void (*fn)(void *);
     void *data;
     int team;                          /* shares: the thread count asked for */
+#ifdef BST_REGION_PROFILE
+    LoopProfile *loop;
+#endif
 } Region;
 
 /* One cache line or more each: a worker's start counter is written by the
@@ -287,7 +301,16 @@ static void run_shares(int own, Worker *worker)
         if (!claim(current, share))
             continue;
         const Region region = g_region;
+#ifdef BST_REGION_PROFILE
+        const uint64_t share_start = worker ? clock_ns() : 0;
+        if (!worker && share != own && region.loop)
+            region.loop->taken++;
         run_share(&region, share);
+        if (worker && region.loop)
+            atomic_fetch_add(&region.loop->worker_ns, clock_ns() - share_start);
+#else
+        run_share(&region, share);
+#endif
         if (worker) {
             atomic_store_explicit(&worker->cpu, sched_getcpu(), memory_order_relaxed);
             atomic_store_explicit(&worker->ran_generation, current >> 16, memory_order_relaxed);
@@ -367,6 +390,54 @@ static void pool_shrink(int workers)
         waiter_destroy(&w->start);
     }
 }
+
+#ifdef BST_REGION_PROFILE
+#include <string.h>
+
+#define PROFILE_LOOPS 128
+static LoopProfile g_loops[PROFILE_LOOPS];
+static int g_n_loops;
+static LoopProfile *g_next_loop;       /* the loop whose region starts next */
+static int g_profile_solo;
+
+void bst_region_profile_label(const char *func, int line)
+{
+    g_next_loop = NULL;
+    for (int i = 0; i < g_n_loops; i++)
+        if (g_loops[i].line == line && strcmp(g_loops[i].func, func) == 0) {
+            g_next_loop = &g_loops[i];
+            return;
+        }
+    if (g_n_loops < PROFILE_LOOPS) {
+        g_loops[g_n_loops].func = func;
+        g_loops[g_n_loops].line = line;
+        g_next_loop = &g_loops[g_n_loops++];
+    }
+}
+
+void bst_region_profile_solo(int solo)
+{
+    g_profile_solo = solo;
+}
+
+int bst_region_profile_take(BstLoopTime *out, int max)
+{
+    int n = 0;
+    for (int i = 0; i < g_n_loops && n < max; i++) {
+        LoopProfile *l = &g_loops[i];
+        if (l->calls == 0)
+            continue;
+        out[n++] = (BstLoopTime){l->func,         l->line,
+                                 l->calls,        l->taken,
+                                 l->alone,        l->own_ns * 1e-9,
+                                 atomic_load(&l->worker_ns) * 1e-9, l->wait_ns * 1e-9};
+        l->calls = l->taken = l->alone = 0;
+        l->own_ns = l->wait_ns = 0;
+        atomic_store(&l->worker_ns, 0);
+    }
+    return n;
+}
+#endif
 
 /* Visible to the core's own object files only; see the top of this file. */
 __attribute__((visibility("hidden"))) void GOMP_parallel(void (*fn)(void *), void *data,
@@ -490,21 +561,35 @@ void GOMP_parallel(void (*fn)(void *), void *data, unsigned num_threads, unsigne
     if (team > BST_MAX_THREADS)
         team = BST_MAX_THREADS;
     if (team <= 1 || t_depth > 0 || atomic_flag_test_and_set(&g_busy)) {
-        Region alone = {fn, data, 1};
+        Region alone = {.fn = fn, .data = data, .team = 1};
         run_share(&alone, 0);
         return;
     }
     /* The pool has the size asked for even while the workers rest. */
     int helpers = pool_grow(team - 1);
-    if (!bst_stall_policy_helpers(&g_policy))
+    const int policy_alone = !bst_stall_policy_helpers(&g_policy);
+    if (policy_alone)
         helpers = 0;
-    g_region = (Region){fn, data, team};
+    g_region = (Region){.fn = fn, .data = data, .team = team};
+#ifdef BST_REGION_PROFILE
+    LoopProfile *loop = g_next_loop;
+    g_next_loop = NULL;
+    if (loop && policy_alone)
+        loop->alone++;
+    if (g_profile_solo)
+        helpers = 0;
+    g_region.loop = loop;
+    const uint64_t own_start = clock_ns();
+#endif
     atomic_store_explicit(&g_finished, 0, memory_order_relaxed);
     g_generation++;
     atomic_store_explicit(&g_current, g_generation << 16 | (uint64_t)team, memory_order_release);
     for (int i = 0; i < helpers; i++)
         waiter_bump(&g_workers[i].start);
     run_shares(0, NULL);
+#ifdef BST_REGION_PROFILE
+    const uint64_t own_end = clock_ns();
+#endif
     uint64_t wait_start = 0;
     for (;;) {
         const unsigned seen = atomic_load_explicit(&g_done.count, memory_order_acquire);
@@ -514,6 +599,13 @@ void GOMP_parallel(void (*fn)(void *), void *data, unsigned num_threads, unsigne
             wait_start = clock_ns();
         waiter_await(&g_done, seen);
     }
+#ifdef BST_REGION_PROFILE
+    if (loop) {
+        loop->calls++;
+        loop->own_ns += own_end - own_start;
+        loop->wait_ns += clock_ns() - own_end;
+    }
+#endif
     if (helpers > 0)
         bst_stall_policy_note(&g_policy,
                               stalled(wait_start ? clock_ns() - wait_start : 0, helpers));

@@ -134,6 +134,7 @@ static inline void bst_share(size_t n, size_t grain, int t, int nt, size_t *lo, 
         const size_t par_n_ = (n), par_grain_ = (grain);                          \
         const int par_nt_ = bst_threads_for(par_n_ / par_grain_, (work));         \
         if (par_nt_ > 1) {                                                        \
+            BST_REGION_LABEL();                                                   \
             _Pragma("omp parallel num_threads(par_nt_)")                          \
             {                                                                     \
                 size_t lo, hi;                                                    \
@@ -154,6 +155,33 @@ static inline void bst_share(size_t n, size_t grain, int t, int nt, size_t *lo, 
         (void)(work);                                                             \
         CALL;                                                                     \
     } while (0)
+#endif
+
+/*
+ * The profiling build (-DBST_REGION_PROFILE; test/c/bench_regions): the time
+ * of each parallel loop's regions, by the function and line that start them,
+ * the starting thread's shares apart from the workers'.  solo: from now on
+ * the starting thread runs every share itself (the same work, split the
+ * same way, one share after another), the reference that tells what
+ * running the shares at once costs.  The normal build has none of it.
+ */
+#ifdef BST_REGION_PROFILE
+typedef struct BstLoopTime {
+    const char *func;                  /* where the loop is: function and line */
+    int line;
+    unsigned long calls;               /* regions */
+    unsigned long taken;               /* workers' shares the starting thread ran */
+    unsigned long alone;               /* regions the stall policy ran alone (parallel.c) */
+    double own_s, workers_s, wait_s;   /* shares run by the starting thread, by workers;
+                                        * the starting thread's wait for them */
+} BstLoopTime;
+void bst_region_profile_label(const char *func, int line);
+void bst_region_profile_solo(int solo);
+/* The loops so far (at most max), then forgets their times. */
+int bst_region_profile_take(BstLoopTime *out, int max);
+#define BST_REGION_LABEL() bst_region_profile_label(__func__, __LINE__)
+#else
+#define BST_REGION_LABEL() ((void)0)
 #endif
 
 /*

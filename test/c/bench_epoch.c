@@ -25,6 +25,7 @@
 #include "model.h"
 #include "parallel.h"
 #include "trainer.h"
+#include "bench_util.h"
 #include "test_util.h"
 
 enum { N_MOVIES = 3883, L = 4, N_WINDOWS = 424000, BATCH = 265 };
@@ -92,33 +93,10 @@ int main(int argc, char **argv)
         n_threads = 2;
     }
 
-    /* Zipf(1) popularity, as movie ratings roughly are. */
-    BstRng rng;
-    bst_rng_seed(&rng, 1);
-    double *cdf = malloc(N_MOVIES * sizeof(double)), total = 0.0;
-    for (int i = 0; i < N_MOVIES; i++)
-        cdf[i] = (total += 1.0 / (i + 1));
-    int32_t *movies = malloc((size_t)N_WINDOWS * L * sizeof(int32_t));
-    float *ratings = new_floats((size_t)N_WINDOWS * (L - 1)), *targets = new_floats(N_WINDOWS);
-    for (size_t i = 0; i < (size_t)N_WINDOWS * L; i++) {
-        double u = bst_rng_uniform(&rng) * total;
-        int lo = 0, hi = N_MOVIES - 1;
-        while (lo < hi) {
-            int mid = (lo + hi) / 2;
-            if (cdf[mid] < u)
-                lo = mid + 1;
-            else
-                hi = mid;
-        }
-        movies[i] = lo + 1;
-    }
-    for (size_t i = 0; i < (size_t)N_WINDOWS * (L - 1); i++)
-        ratings[i] = (float)(1 + bst_rng_next(&rng) % 5);
-    for (size_t i = 0; i < N_WINDOWS; i++)
-        targets[i] = (float)(1 + bst_rng_next(&rng) % 5);
-    int32_t *ids = malloc(N_MOVIES * sizeof(int32_t));
-    for (int i = 0; i < N_MOVIES; i++)
-        ids[i] = i + 1;
+    BenchWindows w;
+    bench_windows(&w, N_MOVIES, L, N_WINDOWS);
+    int32_t *movies = w.movies, *ids = w.ids;
+    float *ratings = w.ratings, *targets = w.targets;
 
     BstConfig cfg;
     bst_config_default(&cfg, N_MOVIES, L);
@@ -181,10 +159,6 @@ int main(int argc, char **argv)
         bst_trainer_free(t);
         bst_model_free(m);
     }
-    free(cdf);
-    free(movies);
-    free(ratings);
-    free(targets);
-    free(ids);
+    bench_windows_free(&w);
     return 0;
 }
