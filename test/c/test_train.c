@@ -629,6 +629,21 @@ static void test_stall_policy(void)
         }
     CHECK(solo > 19000 && back > 0 && back <= 1024,
           "busy spell: %d of 20000 alone; helpers back after %d regions", solo, back);
+    /* A burst of stalls that passes, after which only the first region of
+     * helpers after each solo period stalls (its worker wakes from sleep):
+     * helpers again for good, not alone for ever longer periods. */
+    bst_stall_policy_reset(&p);
+    int with = 0, cold = 0;
+    for (i = 0; i < n; i++) {
+        if (!bst_stall_policy_helpers(&p)) {
+            cold = 1;
+            continue;
+        }
+        with++;
+        bst_stall_policy_note(&p, (i < 64 && i % 8 == 0) || cold);
+        cold = 0;
+    }
+    CHECK(with > n * 9 / 10, "a passing burst of stalls: helpers in %d of %d regions", with, n);
     printf("stall policy: helpers in %d, %d, %d, %d of %d regions with a stall in none, 1,000, 100, 8\n",
            helper_regions(n, 0), rare, sparse, frequent, n);
 }
