@@ -463,7 +463,9 @@ __attribute__((visibility("hidden"))) void GOMP_parallel(void (*fn)(void *), voi
  * first such stall, twice as many after each further one up to
  * SOLO_REGIONS_MAX (some 0.1-0.2 s of training, so that the threads are
  * back soon after the machine's load goes), and back to the minimum after
- * CLEAN_REGIONS_RESET regions in a row without a stall.  A rare stall is
+ * CLEAN_REGIONS_RESET regions in a row without a stall; at the end of each
+ * solo period half the stall rate is forgotten (bst_stall_policy_helpers
+ * says why).  A rare stall is
  * borne: on a 2-core VM whose neighbours preempt a worker now and then (a
  * stall in some 1,000 regions), going alone after each had half the regions
  * of an epoch run on one thread, and the epoch take 6.7-7.9 s instead of
