@@ -52,8 +52,6 @@ fi
 echo "machine: $(machine_description)"
 echo "kernels: $kernels"
 echo "default thread count here: bst.threads = 0 -> min(4, $(nproc) cores)"
-# What sharing a batch between two cores costs on this machine.
-test/c/bench_cores
 [ -n "${BST_BENCH_NICE:-}" ] && echo "niceness of the epochs and burners: $BST_BENCH_NICE"
 
 # The benchmark's processes, at BST_BENCH_NICE when set.
@@ -82,6 +80,9 @@ for run in $(seq "$runs"); do
     # Alternate the order so that a drift of the machine's load favours
     # neither setting.
     if [ $((run % 2)) = 1 ]; then order="1 0"; else order="0 1"; fi
+    # What sharing data between two cores costs now: on a VM it changes
+    # when the host moves the vCPUs, and the idle ratio with it.
+    echo "run $run, $(test/c/bench_cores)"
     declare -A t=()
     for th in $order; do
         l=$(load); t[idle$th]=$(epoch "$th")
