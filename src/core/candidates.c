@@ -9,6 +9,7 @@
 #include "infer.h"
 #include "layers.h"
 #include "parallel.h"
+#include "reduce.h"
 
 /*
  * Threads.  A call of bst_candidates_score is one parallel region: its
@@ -99,20 +100,6 @@ struct BstCandidates {
     int32_t *users, *targets;         /* [N] */
     float *slab;
 };
-
-/* As in layers.c, so that history scores round as bst_forward's do. */
-BST_INLINE float dot8(const float *a, const float *b, int n)
-{
-    float acc[8] = {0};
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; j++)
-            acc[j] += a[i + j] * b[i + j];
-    float s = 0.0f;
-    for (; i < n; i++)
-        s += a[i] * b[i];
-    return s + ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-}
 
 /* ---------------------------------------------------------------- layout */
 

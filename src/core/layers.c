@@ -5,6 +5,7 @@
 
 #include "blas.h"
 #include "parallel.h"
+#include "reduce.h"
 #include "simd.h"
 
 /*
@@ -31,64 +32,7 @@
  */
 #define COL_BLOCK 64
 
-/*
- * Float reductions: compilers may not reorder a single running sum without
- * -ffast-math, which leaves it scalar.  Always inlined, so that each copy of
- * a loop (simd.h) gets its own instruction set's.  Eight independent partial sums
- * vectorise at -O2 and also round better than one long chain.
- */
-/* How dot8 ends: the tail's sum s, then the eight partial sums, pairwise. */
-BST_SIMD_INLINE float dot8_total(float s, const float acc[8])
-{
-    return s + ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-}
-
-BST_SIMD_INLINE float dot8(const float *a, const float *b, int n)
-{
-    float acc[8] = {0};
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; j++)
-            acc[j] += a[i + j] * b[i + j];
-    float s = 0.0f;
-    for (; i < n; i++)
-        s += a[i] * b[i];
-    return dot8_total(s, acc);
-}
-
-/*
- * dot8(a, b[k], n) for k < 4, each by dot8's operations in dot8's order (so
- * the same bits), interleaved: one dot8 is a chain of dependent adds, and
- * four independent chains keep the vector units busy while each waits.
- */
-BST_SIMD_INLINE void dot8x4(float out[4], const float *a, const float *const b[4], int n)
-{
-    const float *b0 = b[0], *b1 = b[1], *b2 = b[2], *b3 = b[3];
-    float acc0[8] = {0}, acc1[8] = {0}, acc2[8] = {0}, acc3[8] = {0};
-    int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        for (int j = 0; j < 8; j++)
-            acc0[j] += a[i + j] * b0[i + j];
-        for (int j = 0; j < 8; j++)
-            acc1[j] += a[i + j] * b1[i + j];
-        for (int j = 0; j < 8; j++)
-            acc2[j] += a[i + j] * b2[i + j];
-        for (int j = 0; j < 8; j++)
-            acc3[j] += a[i + j] * b3[i + j];
-    }
-    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-    for (; i < n; i++) {
-        s0 += a[i] * b0[i];
-        s1 += a[i] * b1[i];
-        s2 += a[i] * b2[i];
-        s3 += a[i] * b3[i];
-    }
-    out[0] = dot8_total(s0, acc0);
-    out[1] = dot8_total(s1, acc1);
-    out[2] = dot8_total(s2, acc2);
-    out[3] = dot8_total(s3, acc3);
-}
-
+/* More fixed-order float reductions (reduce.h says why this way). */
 BST_SIMD_INLINE float sum8(const float *a, int n)
 {
     float acc[8] = {0};
@@ -99,7 +43,7 @@ BST_SIMD_INLINE float sum8(const float *a, int n)
     float s = 0.0f;
     for (; i < n; i++)
         s += a[i];
-    return s + ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    return total8(s, acc);
 }
 
 /* Sum of (a - m)^2. */
@@ -113,7 +57,7 @@ BST_SIMD_INLINE float sumsq_centered8(const float *a, float m, int n)
     float s = 0.0f;
     for (; i < n; i++)
         s += (a[i] - m) * (a[i] - m);
-    return s + ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    return total8(s, acc);
 }
 
 /* Sum of a * (x - m). */
@@ -127,7 +71,7 @@ BST_SIMD_INLINE float dot_centered8(const float *a, const float *x, float m, int
     float s = 0.0f;
     for (; i < n; i++)
         s += a[i] * (x[i] - m);
-    return s + ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    return total8(s, acc);
 }
 
 /* Rows [r0, r1) of the gather. */
@@ -940,16 +884,8 @@ BST_SIMD_INLINE void attention_forward_windows_generic(float *ctx, float *probs,
                 float maxv = -INFINITY;
                 for (int j = 0; j < first; j++)
                     row[j] = 0.0f;
-                int j = first;
-                for (; j + 4 <= L; j += 4) {
-                    const float *kj[4];
-                    for (int n = 0; n < 4; n++)
-                        kj[n] = k + (b * L + j + n) * stride + (size_t)h * dk;
-                    dot8x4(row + j, qi, kj, dk);
-                }
-                for (; j < L; j++)
-                    row[j] = dot8(qi, k + (b * L + j) * stride + (size_t)h * dk, dk);
-                for (j = first; j < L; j++) {
+                dot8_rows(row, qi, k + b * L * stride + (size_t)h * dk, stride, first, L, dk);
+                for (int j = first; j < L; j++) {
                     row[j] *= scale;
                     if (row[j] > maxv)
                         maxv = row[j];
@@ -1021,16 +957,8 @@ BST_SIMD_INLINE void attention_backward_windows_generic(float *d_qkv, float *d_p
             for (int i = 0; i < L; i++) {
                 const float *gi = g + (size_t)i * hd;
                 float *dsi = ds + (size_t)i * L;
-                int j = 0;
-                for (; j + 4 <= L; j += 4) {
-                    const float *vj[4];
-                    for (int k = 0; k < 4; k++)
-                        vj[k] = v + head + (size_t)(j + k) * stride;
-                    dot8x4(dsi + j, gi, vj, dk);
-                }
-                for (; j < L; j++)
-                    dsi[j] = dot8(gi, v + head + (size_t)j * stride, dk);
-                for (j = 0; j < L; j++)
+                dot8_rows(dsi, gi, v + head, stride, 0, L, dk);
+                for (int j = 0; j < L; j++)
                     dsi[j] *= mk[(size_t)i * L + j];
                 float dot = 0.0f;
                 for (int j = 0; j < L; j++)

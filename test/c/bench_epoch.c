@@ -30,13 +30,6 @@
 
 enum { N_MOVIES = 3883, L = 4, N_WINDOWS = 424000, BATCH = 265 };
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* Best microseconds of attention_forward and of attention_backward on a
  * batch of windows at the benchmark's shape (cfg), 5 rounds of 0.1 s. */
 static void attention_us(const BstConfig *cfg, double *fwd, double *bwd)

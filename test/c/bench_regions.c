@@ -34,13 +34,6 @@
 
 enum { N_MOVIES = 3883, L = 4, BATCH = 265, MAX_LOOPS = 128 };
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* Steps over all windows; the wall-clock seconds. */
 static double train(const BenchWindows *w, size_t n)
 {

@@ -1,17 +1,28 @@
 /*
- * The benchmarks' synthetic training data at the ML-1M shape of the Keras
- * example (bench_epoch, bench_regions): movies drawn with Zipf(1)
- * popularity, as movie ratings roughly are, ratings and targets uniform
- * over 1..5, vocabulary ids 1..n_movies.  The same seed, the same windows.
+ * The benchmarks' clock, and their synthetic training data at the ML-1M
+ * shape of the Keras example (bench_epoch, bench_regions): movies drawn
+ * with Zipf(1) popularity, as movie ratings roughly are, ratings and
+ * targets uniform over 1..5, vocabulary ids 1..n_movies.  The same seed,
+ * the same windows.
  */
 #ifndef BST_BENCH_UTIL_H
 #define BST_BENCH_UTIL_H
 
 #include <stdint.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include "rng.h"
 #include "test_util.h"
+
+/* Seconds on the monotonic clock (the including file defines
+ * _POSIX_C_SOURCE 199309L or more for clock_gettime). */
+static inline double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
 
 typedef struct BenchWindows {
     int32_t *movies;                   /* [n * L] */
