@@ -846,7 +846,7 @@ BST_SIMD_INLINE void weighted_rows(float *restrict out, const float *wa, const f
      * own sum, whichever chunk computes it), so a width like 62 takes four
      * chunks and no narrower ones or single columns; and each weight is
      * gathered (and multiplied by its dropout factor) once, not once a
-     * chunk.  The same bits, a quarter of the attention backward's time. */
+     * chunk.  The same bits; the attention backward 14% faster. */
     if (dk >= 16 && count <= WEIGHTED_FEW) {
         float w[WEIGHTED_FEW];
         for (int n = 0; n < count; n++)
