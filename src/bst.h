@@ -23,9 +23,6 @@
  */
 #define BST_MAX_ABS_RATING 1e6
 
-/* Longest window bst_sequences builds: far beyond any useful model. */
-#define BST_MAX_SEQ_LEN 1024
-
 /*
  * Longest model name, in bytes: far from what the (name, version) index can
  * hold, so that a name is refused before training rather than at the insert.

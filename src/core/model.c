@@ -160,18 +160,22 @@ static uint64_t param_count(const BstConfig *c)
     return total;
 }
 
+/* A limit's value in a message, from the one definition. */
+#define LIMIT_STR_(x) #x
+#define LIMIT_STR(x) LIMIT_STR_(x)
+
 const char *bst_config_check(const BstConfig *c)
 {
     if (c->n_movies < 1)
         return "n_movies must be at least 1";
     if (c->embed_dim < 1 || c->embed_dim > BST_MAX_EMBED_DIM)
-        return "embed_dim must be between 1 and 4096";
-    if (c->seq_len < 2 || c->seq_len > 1024)
-        return "seq_len must be between 2 and 1024";
+        return "embed_dim must be between 1 and " LIMIT_STR(BST_MAX_EMBED_DIM);
+    if (c->seq_len < 2 || c->seq_len > BST_MAX_SEQ_LEN)
+        return "seq_len must be between 2 and " LIMIT_STR(BST_MAX_SEQ_LEN);
     if (c->heads < 1 || c->heads > 64)
         return "heads must be between 1 and 64";
     if (c->n_hidden < 0 || c->n_hidden > BST_MAX_HIDDEN)
-        return "n_hidden must be between 0 and 8";
+        return "n_hidden must be between 0 and " LIMIT_STR(BST_MAX_HIDDEN);
     for (int i = 0; i < c->n_hidden; i++)
         if (c->hidden[i] < 1 || c->hidden[i] > 65536)
             return "hidden units must be between 1 and 65536";

@@ -41,6 +41,9 @@
 #define BST_N_USER_FEATS 3
 #define BST_MAX_GENRES 64
 #define BST_MAX_EMBED_DIM 4096
+/* Longest window a model takes (and bst_sequences builds): far beyond any
+ * useful model. */
+#define BST_MAX_SEQ_LEN 1024
 
 typedef struct BstConfig {
     int32_t n_movies;     /* vocabulary size; embedding table has n_movies + 1 rows, row 0 = out-of-vocabulary */
