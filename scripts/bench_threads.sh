@@ -24,22 +24,15 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 runs=${1:-3}
 
-make -s -C test/c bench_epoch bench_cores >/dev/null
+make -s -C test/c bench_epoch bench_cores kernel_choice >/dev/null
 
-# bst's kernel choice, from the core's own code.
-probe=$(mktemp -d /tmp/bst-kernels.XXXXXX)
 burners=()
 cleanup() {
     for pid in "${burners[@]}"; do kill "$pid" 2>/dev/null || true; done
-    rm -rf "$probe"
 }
 trap cleanup EXIT
-printf '%s\n' '#include <stdio.h>' '#include "blas_load.h"' \
-    'int main(void) { BstCpuFeatures cpu = bst_cpu_features(); BstKernelChoice k = bst_kernels_for(&cpu);' \
-    '  printf("%s %s\n", k.coretype ? k.coretype : "-", k.reason); return 0; }' >"$probe/probe.c"
-gcc -std=c11 -O2 -fopenmp -Isrc/core -o "$probe/probe" "$probe/probe.c" src/core/*.c \
-    -lopenblas -lz -lm
-read -r chosen reason < <("$probe/probe")
+# bst's kernel choice, from the core's own code.
+read -r chosen reason < <(test/c/kernel_choice --reason)
 if [ -n "${OPENBLAS_CORETYPE:-}" ]; then
     kernels="$OPENBLAS_CORETYPE (from OPENBLAS_CORETYPE; bst would choose $chosen: $reason)"
 elif [ "$chosen" != - ]; then
