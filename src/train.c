@@ -1016,11 +1016,12 @@ read_users(TrainArgs *a, const BstData *data, const BstReadResult *read, const W
 				sorted[n++] = row_values[k][i];
 		in->n_values[k] = sort_unique_strings(sorted, n);
 		in->values[k] = sorted;
-		if (in->n_values[k] > 65536)
+		if (in->n_values[k] > BST_MAX_FEAT_VALUES)
 			ereport(ERROR,
 					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-					 errmsg("user feature \"%s\" has %d distinct values, more than 65536",
-							feature_names[table_features[k]], in->n_values[k])));
+					 errmsg("user feature \"%s\" has %d distinct values, more than %d",
+							feature_names[table_features[k]], in->n_values[k],
+							BST_MAX_FEAT_VALUES)));
 	}
 	{
 		bool	   *has_row = palloc_extended(in->n_users * sizeof(bool), MCXT_ALLOC_HUGE | MCXT_ALLOC_ZERO);

@@ -172,13 +172,13 @@ const char *bst_config_check(const BstConfig *c)
         return "embed_dim must be between 1 and " LIMIT_STR(BST_MAX_EMBED_DIM);
     if (c->seq_len < 2 || c->seq_len > BST_MAX_SEQ_LEN)
         return "seq_len must be between 2 and " LIMIT_STR(BST_MAX_SEQ_LEN);
-    if (c->heads < 1 || c->heads > 64)
-        return "heads must be between 1 and 64";
+    if (c->heads < 1 || c->heads > BST_MAX_HEADS)
+        return "heads must be between 1 and " LIMIT_STR(BST_MAX_HEADS);
     if (c->n_hidden < 0 || c->n_hidden > BST_MAX_HIDDEN)
         return "n_hidden must be between 0 and " LIMIT_STR(BST_MAX_HIDDEN);
     for (int i = 0; i < c->n_hidden; i++)
-        if (c->hidden[i] < 1 || c->hidden[i] > 65536)
-            return "hidden units must be between 1 and 65536";
+        if (c->hidden[i] < 1 || c->hidden[i] > BST_MAX_HIDDEN_UNITS)
+            return "hidden units must be between 1 and " LIMIT_STR(BST_MAX_HIDDEN_UNITS);
     /* Written so that NaN fails every test. */
     if (!(c->dropout >= 0.0f && c->dropout < 1.0f))
         return "dropout must be in [0, 1)";
@@ -191,17 +191,19 @@ const char *bst_config_check(const BstConfig *c)
     if (!(c->bn_momentum >= 0.0f && c->bn_momentum < 1.0f))
         return "bn_momentum must be in [0, 1)";
     if (c->n_users < 0 || c->user_dim < 0 || c->user_dim > BST_MAX_EMBED_DIM)
-        return "n_users must not be negative and user_dim must be between 0 and 4096";
+        return "n_users must not be negative and user_dim must be between 0 and "
+               LIMIT_STR(BST_MAX_EMBED_DIM);
     for (int k = 0; k < BST_N_USER_FEATS; k++)
-        if (c->n_feat_values[k] < 0 || c->n_feat_values[k] > 65536 || c->feat_dim[k] < 0 ||
-            c->feat_dim[k] > BST_MAX_EMBED_DIM)
-            return "user features must have at most 65536 values and widths between 0 and 4096";
+        if (c->n_feat_values[k] < 0 || c->n_feat_values[k] > BST_MAX_FEAT_VALUES ||
+            c->feat_dim[k] < 0 || c->feat_dim[k] > BST_MAX_EMBED_DIM)
+            return "user features must have at most " LIMIT_STR(BST_MAX_FEAT_VALUES)
+                   " values and widths between 0 and " LIMIT_STR(BST_MAX_EMBED_DIM);
     if (c->n_genres < 0 || c->n_genres > BST_MAX_GENRES)
-        return "n_genres must be between 0 and 64";
+        return "n_genres must be between 0 and " LIMIT_STR(BST_MAX_GENRES);
     if (c->use_bias != 0 && c->use_bias != 1)
         return "use_bias must be 0 or 1";
     if (c->n_factors < 0 || c->n_factors > BST_MAX_EMBED_DIM)
-        return "n_factors must be between 0 and 4096";
+        return "n_factors must be between 0 and " LIMIT_STR(BST_MAX_EMBED_DIM);
     if (c->rating_add != 0 && c->rating_add != 1)
         return "rating_add must be 0 or 1";
     if (!isfinite(c->rating_min) || !isfinite(c->rating_max))

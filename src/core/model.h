@@ -44,6 +44,10 @@
 /* Longest window a model takes (and bst_sequences builds): far beyond any
  * useful model. */
 #define BST_MAX_SEQ_LEN 1024
+#define BST_MAX_HEADS 64
+#define BST_MAX_HIDDEN_UNITS 65536
+/* Distinct values of one categorical user feature (sex, age group, ...). */
+#define BST_MAX_FEAT_VALUES 65536
 
 typedef struct BstConfig {
     int32_t n_movies;     /* vocabulary size; embedding table has n_movies + 1 rows, row 0 = out-of-vocabulary */
