@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "bst_alloc.h"
+#include "carve.h"
 #include "infer.h"
 #include "layers.h"
 #include "parallel.h"
@@ -643,20 +644,11 @@ size_t bst_model_num_params(const BstModel *m)
 
 /* ------------------------------------------------------------- activations */
 
-/* Hands out consecutive ranges of one slab; with base == NULL it only counts,
- * so sizing and layout share one code path. */
-typedef struct Carver {
-    float *base;
-    size_t used;
-} Carver;
-
-static float *carve(Carver *c, size_t n)
-{
-    float *p = c->base ? c->base + c->used : NULL;
-    c->used += n;
-    return p;
-}
-
+/* Activations are carved packed (carve.h), so that an inference slab is
+ * exactly max_batch times that of one window (model.h); aligning each
+ * buffer's start measured no faster in training (bench_epoch, 1 thread,
+ * every slab on a cache line or not, alternated), whose products pack
+ * their operands anyway. */
 static void acts_layout(BstActs *a, const BstConfig *c, size_t N, BstActsKind kind, Carver *cv)
 {
     const size_t L = (size_t)c->seq_len, d = (size_t)c->embed_dim, H = (size_t)c->heads;
@@ -670,43 +662,43 @@ static void acts_layout(BstActs *a, const BstConfig *c, size_t N, BstActsKind ki
     const int infer = kind == BST_ACTS_INFERENCE;
     const size_t G = (size_t)c->n_genres;
 
-    a->gin = G ? carve(cv, N * L * (d + G)) : NULL;
-    a->gpre = G ? carve(cv, bld) : NULL;
-    a->enc = carve(cv, bld);
-    a->x = carve(cv, bld);
-    a->qkv = carve(cv, N * L * 3 * hd);
-    a->probs = carve(cv, N * H * L * L);
-    a->probs_mask = backward_reads ? carve(cv, N * H * L * L) : NULL;
-    a->ctx = carve(cv, N * L * hd);
-    a->attn = carve(cv, bld);
-    a->attn_mask = backward_reads ? carve(cv, bld) : NULL;
-    a->res1 = infer ? a->attn : carve(cv, bld);
-    a->x1 = carve(cv, bld);
-    a->ln1_mean = backward_reads ? carve(cv, N * L) : NULL;
-    a->ln1_rstd = backward_reads ? carve(cv, N * L) : NULL;
-    a->ffn_in = carve(cv, bld);
-    a->ffn = carve(cv, bld);
-    a->ffn_mask = backward_reads ? carve(cv, bld) : NULL;
-    a->res2 = infer ? a->ffn : carve(cv, bld);
-    a->y = carve(cv, bld);
-    a->ln2_mean = backward_reads ? carve(cv, N * L) : NULL;
-    a->ln2_rstd = backward_reads ? carve(cv, N * L) : NULL;
-    a->mlp_in = carve(cv, N * (size_t)bst_config_mlp_input(c));
+    a->gin = G ? carve_packed(cv, N * L * (d + G)) : NULL;
+    a->gpre = G ? carve_packed(cv, bld) : NULL;
+    a->enc = carve_packed(cv, bld);
+    a->x = carve_packed(cv, bld);
+    a->qkv = carve_packed(cv, N * L * 3 * hd);
+    a->probs = carve_packed(cv, N * H * L * L);
+    a->probs_mask = backward_reads ? carve_packed(cv, N * H * L * L) : NULL;
+    a->ctx = carve_packed(cv, N * L * hd);
+    a->attn = carve_packed(cv, bld);
+    a->attn_mask = backward_reads ? carve_packed(cv, bld) : NULL;
+    a->res1 = infer ? a->attn : carve_packed(cv, bld);
+    a->x1 = carve_packed(cv, bld);
+    a->ln1_mean = backward_reads ? carve_packed(cv, N * L) : NULL;
+    a->ln1_rstd = backward_reads ? carve_packed(cv, N * L) : NULL;
+    a->ffn_in = carve_packed(cv, bld);
+    a->ffn = carve_packed(cv, bld);
+    a->ffn_mask = backward_reads ? carve_packed(cv, bld) : NULL;
+    a->res2 = infer ? a->ffn : carve_packed(cv, bld);
+    a->y = carve_packed(cv, bld);
+    a->ln2_mean = backward_reads ? carve_packed(cv, N * L) : NULL;
+    a->ln2_rstd = backward_reads ? carve_packed(cv, N * L) : NULL;
+    a->mlp_in = carve_packed(cv, N * (size_t)bst_config_mlp_input(c));
     for (int i = 0; i < c->n_hidden; i++) {
         size_t u = (size_t)c->hidden[i];
-        a->h[i] = carve(cv, N * u);
-        a->bn_mean[i] = backward_reads ? carve(cv, u) : NULL;
-        a->bn_var[i] = backward_reads ? carve(cv, u) : NULL;
-        a->bn[i] = carve(cv, N * u);
-        a->act[i] = carve(cv, N * u);
-        a->drop_mask[i] = backward_reads ? carve(cv, N * u) : NULL;
-        a->drop[i] = infer ? a->act[i] : carve(cv, N * u);
+        a->h[i] = carve_packed(cv, N * u);
+        a->bn_mean[i] = backward_reads ? carve_packed(cv, u) : NULL;
+        a->bn_var[i] = backward_reads ? carve_packed(cv, u) : NULL;
+        a->bn[i] = carve_packed(cv, N * u);
+        a->act[i] = carve_packed(cv, N * u);
+        a->drop_mask[i] = backward_reads ? carve_packed(cv, N * u) : NULL;
+        a->drop[i] = infer ? a->act[i] : carve_packed(cv, N * u);
     }
-    a->pred = carve(cv, N);
+    a->pred = carve_packed(cv, N);
     /* Index buffers: int32 in float-sized slots of the same slab. */
-    a->user_idx = fwd ? (int32_t *)carve(cv, N) : NULL;
-    a->feat_idx = fwd ? (int32_t *)carve(cv, N * BST_N_USER_FEATS) : NULL;
-    a->target_idx = fwd ? (int32_t *)carve(cv, N) : NULL;
+    a->user_idx = fwd ? (int32_t *)carve_packed(cv, N) : NULL;
+    a->feat_idx = fwd ? (int32_t *)carve_packed(cv, N * BST_N_USER_FEATS) : NULL;
+    a->target_idx = fwd ? (int32_t *)carve_packed(cv, N) : NULL;
 }
 
 int32_t bst_windows_within(size_t budget, size_t per_window, int32_t seq_len, int32_t max_batch)
