@@ -489,7 +489,8 @@ size_t bst_frozen_memory_bytes(const BstConfig *cfg, int32_t max_batch, size_t t
     if (batch < 1)
         return 0;
     const int with_table = bst_frozen_table_bytes(cfg) <= table_budget;
-    return sizeof(BstFrozen) + carve_slab_floats(layout_floats(cfg, (size_t)batch, with_table)) * sizeof(float);
+    return sizeof(BstFrozen) +
+           carve_slab_floats(layout_floats(cfg, (size_t)batch, with_table)) * sizeof(float);
 }
 
 /* ----------------------------------------------------------- precomputation */
