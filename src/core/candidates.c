@@ -86,12 +86,7 @@ struct BstCandidates {
     float *user_in;                   /* [mlp input - L*d] the user's embeddings */
     float *first_bias;                /* [units of the first dense] its bias + the user's share */
     float *bn_k[BST_MAX_HIDDEN];      /* [hidden[i]] BatchNorm's gamma / sqrt(moving var + eps) */
-    /* The feed-forward and dense kernels with each row on a cache line
-     * (carve.h): every chunk streams them from L2 (64 rows: 72 against 111
-     * us for the MLP's products, AVX-512). */
-    float *ffn_w;                     /* [d, ffn_ldw] */
-    float *mlp_w[BST_MAX_HIDDEN];     /* [in, mlp_ldw[i]] */
-    size_t ffn_ldw, mlp_ldw[BST_MAX_HIDDEN];
+    BstKernels kernels;               /* feed-forward and dense kernels on cache lines */
     float tail[16];                   /* row_stats' mask of a row's last sixteen floats */
     /* Per candidate, [N, ...] with N = max_batch; rows of positions first .. L-1. */
     float *tgt_in;                    /* [N, d + G] (G > 0) */
@@ -139,14 +134,7 @@ static void fixed_layout(BstCandidates *w, const BstConfig *c, Carver *cv)
     w->first_bias = carve(cv, (size_t)first_units(c));
     for (int i = 0; i < c->n_hidden; i++)
         w->bn_k[i] = carve(cv, (size_t)c->hidden[i]);
-    w->ffn_ldw = carve_lines(d);
-    w->ffn_w = carve(cv, d * w->ffn_ldw);
-    size_t in = (size_t)bst_config_mlp_input(c);
-    for (int i = 0; i < c->n_hidden; i++) {
-        w->mlp_ldw[i] = carve_lines((size_t)c->hidden[i]);
-        w->mlp_w[i] = carve(cv, in * w->mlp_ldw[i]);
-        in = (size_t)c->hidden[i];
-    }
+    bst_kernels_place(&w->kernels, c, cv);
 }
 
 /* Floats of the per-movie table. */
@@ -361,14 +349,7 @@ BstCandidates *bst_candidates_create(const BstModel *m, int32_t max_batch, size_
     for (int i = 0; i < c->n_hidden; i++)
         for (int j = 0; j < c->hidden[i]; j++)
             w->bn_k[i][j] = m->params.bn_g[i][j] / sqrtf(m->bn.moving_var[i][j] + c->bn_eps);
-    carve_copy_rows(w->ffn_w, w->ffn_ldw, m->params.ffn_w, (size_t)c->embed_dim,
-                    (size_t)c->embed_dim, (size_t)c->embed_dim);
-    size_t in = (size_t)bst_config_mlp_input(c);
-    for (int i = 0; i < c->n_hidden; i++) {
-        const size_t units = (size_t)c->hidden[i];
-        carve_copy_rows(w->mlp_w[i], w->mlp_ldw[i], m->params.mlp_w[i], units, in, units);
-        in = units;
-    }
+    bst_kernels_fill(&w->kernels, m);
     if (table)
         build_table(w);
     w->has_table = table;
@@ -848,7 +829,7 @@ BST_CLONES static void score_range(BstCandidates *w, const int32_t *cand, size_t
     float *a = w->rows_a + off, *res = w->rows_x1 + off, *y = w->rows_b + off;
     layernorm_leaky(res, y, a, p->ffn_b, p->ln1_g, p->ln1_b, rows, d, c->ln_eps,
                     c->leaky_slope, w->tail);
-    product(w, res, y, d, w->ffn_w, w->ffn_ldw, NULL, 1, rows, d, d);
+    product(w, res, y, d, w->kernels.ffn_w, w->kernels.ffn_ldw, NULL, 1, rows, d, d);
     layernorm(y, res, p->ln2_g, p->ln2_b, rows, d, c->ln_eps, w->tail);
 
     /* The MLP: y is [n, n_pos * d], the valid positions of the flattened
@@ -864,8 +845,9 @@ BST_CLONES static void score_range(BstCandidates *w, const int32_t *cand, size_t
         for (int i = 0; i < c->n_hidden; i++) {
             const size_t u = (size_t)c->hidden[i];
             float *h = w->h[i] + lo * u;
-            product(w, h, in, in_dim, w->mlp_w[i] + (i ? 0 : (size_t)w->first * d * w->mlp_ldw[0]),
-                    w->mlp_ldw[i], NULL, 0, n, in_dim, u);
+            const size_t ldw = w->kernels.mlp_ldw[i];
+            product(w, h, in, in_dim, w->kernels.mlp_w[i] + (i ? 0 : (size_t)w->first * d * ldw),
+                    ldw, NULL, 0, n, in_dim, u);
             dense_batchnorm_leaky(h, i ? p->mlp_b[i] : w->first_bias, m->bn.moving_mean[i],
                                   w->bn_k[i], p->bn_b[i], n, u, c->leaky_slope);
             in = h;

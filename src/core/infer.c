@@ -384,6 +384,60 @@ void bst_fused_matmul(float *out, size_t os, const float *in, size_t is, const f
 
 /* ----------------------------------------------------------- layout */
 
+/* Floats of the copies: every row padded to whole cache lines. */
+static size_t kernel_copy_floats(const BstConfig *c)
+{
+    size_t total = (size_t)c->embed_dim * carve_lines((size_t)c->embed_dim);
+    size_t in = (size_t)bst_config_mlp_input(c);
+    for (int i = 0; i < c->n_hidden; i++) {
+        total += in * carve_lines((size_t)c->hidden[i]);
+        in = (size_t)c->hidden[i];
+    }
+    return total;
+}
+
+void bst_kernels_place(BstKernels *k, const BstConfig *c, Carver *cv)
+{
+    memset(k, 0, sizeof(*k));
+    const size_t d = (size_t)c->embed_dim;
+    if (kernel_copy_floats(c) > BST_KERNEL_COPY_BUDGET / sizeof(float)) {
+        k->ffn_ldw = d;
+        for (int i = 0; i < c->n_hidden; i++)
+            k->mlp_ldw[i] = (size_t)c->hidden[i];
+        return;
+    }
+    k->ffn_ldw = carve_lines(d);
+    k->copy_ffn = carve(cv, d * k->ffn_ldw);
+    size_t in = (size_t)bst_config_mlp_input(c);
+    for (int i = 0; i < c->n_hidden; i++) {
+        k->mlp_ldw[i] = carve_lines((size_t)c->hidden[i]);
+        k->copy_mlp[i] = carve(cv, in * k->mlp_ldw[i]);
+        in = (size_t)c->hidden[i];
+    }
+}
+
+void bst_kernels_fill(BstKernels *k, const BstModel *m)
+{
+    const BstConfig *c = &m->cfg;
+    const BstParams *p = &m->params;
+    const size_t d = (size_t)c->embed_dim;
+    k->ffn_w = p->ffn_w;
+    if (k->copy_ffn) {
+        carve_copy_rows(k->copy_ffn, k->ffn_ldw, p->ffn_w, d, d, d);
+        k->ffn_w = k->copy_ffn;
+    }
+    size_t in = (size_t)bst_config_mlp_input(c);
+    for (int i = 0; i < c->n_hidden; i++) {
+        const size_t units = (size_t)c->hidden[i];
+        k->mlp_w[i] = p->mlp_w[i];
+        if (k->copy_mlp[i]) {
+            carve_copy_rows(k->copy_mlp[i], k->mlp_ldw[i], p->mlp_w[i], units, in, units);
+            k->mlp_w[i] = k->copy_mlp[i];
+        }
+        in = units;
+    }
+}
+
 struct BstFrozen {
     const BstModel *model;
     MatmulFn matmul;                  /* the instruction set of the creation */
@@ -398,15 +452,7 @@ struct BstFrozen {
     float *enc;                       /* [n_movies+1, d] encoded movies (genres), else NULL */
     float *table;                     /* [n_movies+1, 3Hd] E Wc, NULL over budget */
     float *bn_scale[BST_MAX_HIDDEN];  /* [hidden[i]] gamma / sqrt(moving_var + eps) */
-    /* Copies of the weights each window streams through the kernels, each
-     * row on a cache line's boundary (row strides ffn_ldw, mlp_ldw[i]): the
-     * model's tensors lie wherever the serialized layout put them, and a
-     * vector load that straddles two lines costs two.  The MLP's 385 kB
-     * (ML-1M, Keras) come from L2 at every window: 5.0 us a window from the
-     * model's offsets, 2.9 us aligned (AVX-512, Xeon family 6 model 207). */
-    float *ffn_w;                     /* [d, ffn_ldw] */
-    float *mlp_w[BST_MAX_HIDDEN];     /* [in, mlp_ldw[i]] */
-    size_t ffn_ldw, mlp_ldw[BST_MAX_HIDDEN];
+    BstKernels kernels;               /* feed-forward and MLP, on cache lines */
     /* Per window, max_batch of each.  Rows of a window's valid positions
      * are consecutive, from row0[w]; a thread's windows [lo, hi) use rows
      * from lo * L on. */
@@ -437,14 +483,7 @@ static void frozen_layout(BstFrozen *f, const BstConfig *c, size_t N, int with_t
     f->table = with_table ? carve(cv, rows * w3) : NULL;
     for (int i = 0; i < c->n_hidden; i++)
         f->bn_scale[i] = carve(cv, (size_t)c->hidden[i]);
-    f->ffn_ldw = carve_lines(d);
-    f->ffn_w = carve(cv, d * f->ffn_ldw);
-    size_t in = (size_t)bst_config_mlp_input(c);
-    for (int i = 0; i < c->n_hidden; i++) {
-        f->mlp_ldw[i] = carve_lines((size_t)c->hidden[i]);
-        f->mlp_w[i] = carve(cv, in * f->mlp_ldw[i]);
-        in = (size_t)c->hidden[i];
-    }
+    bst_kernels_place(&f->kernels, c, cv);
     f->qkvo = carve(cv, N * L * w3);
     f->x = carve(cv, N * L * d);
     f->x1 = carve(cv, N * L * d);
@@ -554,13 +593,7 @@ static void precompute(BstFrozen *f)
     for (int i = 0; i < c->n_hidden; i++)
         for (int j = 0; j < c->hidden[i]; j++)
             f->bn_scale[i][j] = p->bn_g[i][j] / sqrtf(m->bn.moving_var[i][j] + c->bn_eps);
-    carve_copy_rows(f->ffn_w, f->ffn_ldw, p->ffn_w, (size_t)d, (size_t)d, (size_t)d);
-    size_t in = (size_t)bst_config_mlp_input(c);
-    for (int i = 0; i < c->n_hidden; i++) {
-        const size_t units = (size_t)c->hidden[i];
-        carve_copy_rows(f->mlp_w[i], f->mlp_ldw[i], p->mlp_w[i], units, in, units);
-        in = units;
-    }
+    bst_kernels_fill(&f->kernels, m);
 
     /* Rows split between threads: an element's value does not depend on
      * the split. */
@@ -897,8 +930,8 @@ static void frozen_windows(BstFrozen *f, const BstBatch *b, size_t lo, size_t hi
     }
 
     /* Feed-forward layer over all rows of the share at once. */
-    f->matmul(f->ffn + row_lo * d, (size_t)d, f->ffn_in + row_lo * d, (size_t)d, f->ffn_w,
-              f->ffn_ldw, p->ffn_b, 0, n_rows, d, d);
+    f->matmul(f->ffn + row_lo * d, (size_t)d, f->ffn_in + row_lo * d, (size_t)d,
+              f->kernels.ffn_w, f->kernels.ffn_ldw, p->ffn_b, 0, n_rows, d, d);
 
     /* Second residual and layernorm, straight into the MLP input (padding
      * zeroed), then the user's embeddings. */
@@ -939,8 +972,8 @@ static void frozen_windows(BstFrozen *f, const BstBatch *b, size_t lo, size_t hi
     for (int i = 0; i < c->n_hidden; i++) {
         const int units = c->hidden[i];
         float *h = f->h[i] + lo * units;
-        f->matmul(h, (size_t)units, in, (size_t)in_dim, f->mlp_w[i], f->mlp_ldw[i], p->mlp_b[i],
-                  0, (int)n, in_dim, units);
+        f->matmul(h, (size_t)units, in, (size_t)in_dim, f->kernels.mlp_w[i],
+                  f->kernels.mlp_ldw[i], p->mlp_b[i], 0, (int)n, in_dim, units);
         const float *mean = m->bn.moving_mean[i], *k = f->bn_scale[i], *beta = p->bn_b[i];
         for (size_t r = 0; r < n; r++)
             bn_leaky(h + r * units, mean, k, beta, units, c->leaky_slope);

@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "carve.h"
 #include "model.h"
 
 /* Instruction sets of fused_matmul; every one computes the same bits. */
@@ -37,6 +38,23 @@ const char *bst_infer_isa_name(BstInferIsa isa);
  */
 void bst_fused_matmul(float *out, size_t os, const float *in, size_t is, const float *w,
                       size_t ldw, const float *bias, int accumulate, int R, int K, int N);
+
+/*
+ * The feed-forward and MLP kernels as the prediction kernels read them: in
+ * copies with every row on a cache line (row strides a multiple of 16
+ * floats) when they fit BST_KERNEL_COPY_BUDGET, else where the model keeps
+ * them.  bst_kernels_place carves the copies out of cv (carve.h; only
+ * counts them when its base is NULL); bst_kernels_fill then fills them, or
+ * points at the model's tensors.
+ */
+typedef struct BstKernels {
+    const float *ffn_w;                   /* [d, ffn_ldw] */
+    const float *mlp_w[BST_MAX_HIDDEN];   /* [in, mlp_ldw[i]] */
+    size_t ffn_ldw, mlp_ldw[BST_MAX_HIDDEN];
+    float *copy_ffn, *copy_mlp[BST_MAX_HIDDEN]; /* the copies, or NULL */
+} BstKernels;
+void bst_kernels_place(BstKernels *k, const BstConfig *c, Carver *cv);
+void bst_kernels_fill(BstKernels *k, const BstModel *m);
 
 typedef struct BstFrozen BstFrozen;
 

@@ -34,6 +34,13 @@
  * this beyond its weights and buffers in a backend's cache. */
 #define BST_PREDICTOR_TABLE_BUDGET ((size_t)64 << 20)
 
+/* Bytes a frozen predictor, and a candidate workspace, may each spend on
+ * copies of the feed-forward and MLP kernels with every row on a cache line
+ * (infer.c: a load across two lines costs two, and one window's MLP streams
+ * its kernels from L2): ML-1M's Keras model copies 385 kB.  A model whose
+ * kernels exceed it, far beyond any L2 cache, is read where it lies. */
+#define BST_KERNEL_COPY_BUDGET ((size_t)16 << 20)
+
 /* Keeps every tensor (and the serialized model) below PostgreSQL's 1 GB
  * allocation and varlena limits. */
 #define BST_MAX_PARAMS 200000000

@@ -2326,6 +2326,18 @@ static void test_frozen_predictor(BstRng *rng)
     if (m)
         check_frozen("every input, no hidden layer", m, 60, rng);
     bst_model_free(m);
+
+    /* Kernels beyond BST_KERNEL_COPY_BUDGET, read where the model keeps
+     * them (the others above are read from aligned copies). */
+    bst_config_default(&cfg, 300, 4);
+    cfg.embed_dim = 62;
+    cfg.hidden[0] = 17000;
+    CHECK((size_t)4 * 62 * 17000 * sizeof(float) > BST_KERNEL_COPY_BUDGET,
+          "the large model's kernels fit the copy budget");
+    m = model_for(&cfg, 17);
+    if (m)
+        check_frozen("kernels beyond the copy budget", m, 20, rng);
+    bst_model_free(m);
 }
 
 /* Frozen predictions of the extension's cache after training: a trained
