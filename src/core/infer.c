@@ -384,28 +384,11 @@ void bst_fused_matmul(float *out, size_t os, const float *in, size_t is, const f
 
 /* ----------------------------------------------------------- layout */
 
-/* Floats of the copies: every row padded to whole cache lines. */
-static size_t kernel_copy_floats(const BstConfig *c)
+/* Carves the copies (or counts them, cv's base NULL): every row padded to
+ * whole cache lines. */
+static void place_copies(BstKernels *k, const BstConfig *c, Carver *cv)
 {
-    size_t total = (size_t)c->embed_dim * carve_lines((size_t)c->embed_dim);
-    size_t in = (size_t)bst_config_mlp_input(c);
-    for (int i = 0; i < c->n_hidden; i++) {
-        total += in * carve_lines((size_t)c->hidden[i]);
-        in = (size_t)c->hidden[i];
-    }
-    return total;
-}
-
-void bst_kernels_place(BstKernels *k, const BstConfig *c, Carver *cv)
-{
-    memset(k, 0, sizeof(*k));
     const size_t d = (size_t)c->embed_dim;
-    if (kernel_copy_floats(c) > BST_KERNEL_COPY_BUDGET / sizeof(float)) {
-        k->ffn_ldw = d;
-        for (int i = 0; i < c->n_hidden; i++)
-            k->mlp_ldw[i] = (size_t)c->hidden[i];
-        return;
-    }
     k->ffn_ldw = carve_lines(d);
     k->copy_ffn = carve(cv, d * k->ffn_ldw);
     size_t in = (size_t)bst_config_mlp_input(c);
@@ -414,6 +397,22 @@ void bst_kernels_place(BstKernels *k, const BstConfig *c, Carver *cv)
         k->copy_mlp[i] = carve(cv, in * k->mlp_ldw[i]);
         in = (size_t)c->hidden[i];
     }
+}
+
+void bst_kernels_place(BstKernels *k, const BstConfig *c, Carver *cv)
+{
+    memset(k, 0, sizeof(*k));
+    Carver count = {NULL, 0};
+    place_copies(k, c, &count);
+    if (count.used <= BST_KERNEL_COPY_BUDGET / sizeof(float)) {
+        place_copies(k, c, cv);
+        return;
+    }
+    /* Where the model keeps them. */
+    memset(k, 0, sizeof(*k));
+    k->ffn_ldw = (size_t)c->embed_dim;
+    for (int i = 0; i < c->n_hidden; i++)
+        k->mlp_ldw[i] = (size_t)c->hidden[i];
 }
 
 void bst_kernels_fill(BstKernels *k, const BstModel *m)
