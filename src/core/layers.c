@@ -7,6 +7,7 @@
 #include "parallel.h"
 #include "reduce.h"
 #include "simd.h"
+#include "vec16.h"
 
 /*
  * Parallel split (see parallel.h): each public function below runs a serial
@@ -887,66 +888,295 @@ BST_SIMD_INLINE void weighted_rows(float *restrict out, const float *wa, const f
  * mini-batch products (the projections) go through sgemm in linear_*.
  * Windows are independent: threads take ranges of windows.
  */
-BST_SIMD_INLINE void attention_forward_windows_generic(float *ctx, float *probs, float *mask,
-                                                       const float *qkv, const int32_t *hist_len,
-                                                       size_t b0, size_t b1, int L, int H, int dk,
-                                                       float p, uint64_t key)
+
+static const v16i lane_index = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+
+/*
+ * Dot products of a window and head, 16 at a time (vec16.h): lane n =
+ * a_i . b_j for the pair p = p0 + n, n < count <= 16, (i, j) = (p / L,
+ * p % L), rows a + i a_stride and b + j b_stride of dk >= 16 floats; lanes
+ * from count on 0.  Each product sums in 16 lanes, the row in chunks of 16
+ * (the last chunk ends at dk, overlapping the one before, whose lanes it
+ * zeroes), and then its lanes pairwise (v16_sums).  Inlined with L = 4 and
+ * count = 16 constants, every pair's rows are constants and each row is
+ * loaded once a chunk.
+ */
+BST_SIMD_INLINE v16f pair_dots(const float *a, size_t a_stride, const float *b, size_t b_stride,
+                               const int L, int p0, const int count, int dk)
+{
+    const v16f zero = {0};
+    /* Sixteen named sums, not an array: gcc keeps an array of vectors this
+     * large in memory, each add then a load and a store. */
+    v16f s0 = zero, s1 = zero, s2 = zero, s3 = zero, s4 = zero, s5 = zero, s6 = zero,
+         s7 = zero, s8 = zero, s9 = zero, s10 = zero, s11 = zero, s12 = zero, s13 = zero,
+         s14 = zero, s15 = zero;
+#define PAIR_ROW_A(n) (a + (size_t)((p0 + (n)) / L) * a_stride)
+#define PAIR_ROW_B(n) (b + (size_t)((p0 + (n)) % L) * b_stride)
+#define PAIR_ADD(n, c)                                                                     \
+    if ((n) < count)                                                                       \
+    s##n += v16_load(PAIR_ROW_A(n) + (c)) * v16_load(PAIR_ROW_B(n) + (c))
+#define PAIR_ADD_TAIL(n, c, keep)                                                          \
+    if ((n) < count)                                                                       \
+    s##n += v16_select(keep, v16_load(PAIR_ROW_A(n) + (c)) * v16_load(PAIR_ROW_B(n) + (c)), zero)
+    int c = 0;
+    for (; c + 16 <= dk; c += 16) {
+        PAIR_ADD(0, c); PAIR_ADD(1, c); PAIR_ADD(2, c); PAIR_ADD(3, c);
+        PAIR_ADD(4, c); PAIR_ADD(5, c); PAIR_ADD(6, c); PAIR_ADD(7, c);
+        PAIR_ADD(8, c); PAIR_ADD(9, c); PAIR_ADD(10, c); PAIR_ADD(11, c);
+        PAIR_ADD(12, c); PAIR_ADD(13, c); PAIR_ADD(14, c); PAIR_ADD(15, c);
+    }
+    if (c < dk) {
+        const int off = dk - 16;
+        const v16i fresh = lane_index >= (v16i){0} + (c - off);
+        PAIR_ADD_TAIL(0, off, fresh); PAIR_ADD_TAIL(1, off, fresh);
+        PAIR_ADD_TAIL(2, off, fresh); PAIR_ADD_TAIL(3, off, fresh);
+        PAIR_ADD_TAIL(4, off, fresh); PAIR_ADD_TAIL(5, off, fresh);
+        PAIR_ADD_TAIL(6, off, fresh); PAIR_ADD_TAIL(7, off, fresh);
+        PAIR_ADD_TAIL(8, off, fresh); PAIR_ADD_TAIL(9, off, fresh);
+        PAIR_ADD_TAIL(10, off, fresh); PAIR_ADD_TAIL(11, off, fresh);
+        PAIR_ADD_TAIL(12, off, fresh); PAIR_ADD_TAIL(13, off, fresh);
+        PAIR_ADD_TAIL(14, off, fresh); PAIR_ADD_TAIL(15, off, fresh);
+    }
+#undef PAIR_ADD_TAIL
+#undef PAIR_ADD
+#undef PAIR_ROW_B
+#undef PAIR_ROW_A
+    return v16_sums(s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12, s13, s14, s15);
+}
+
+/* All L x L products a_i . b_j of a window and head into out (row i,
+ * column j): pair_dots's order, or dot8's when dk < 16. */
+BST_SIMD_INLINE void window_dots(float *out, const float *a, size_t a_stride, const float *b,
+                                 size_t b_stride, const int L, int dk)
+{
+    if (dk < 16) {
+        for (int i = 0; i < L; i++)
+            dot8_rows(out + (size_t)i * L, a + (size_t)i * a_stride, b, b_stride, 0, L, dk);
+        return;
+    }
+    for (int p0 = 0; p0 < L * L; p0 += 16) {
+        const int count = L * L - p0 < 16 ? L * L - p0 : 16;
+        const v16f dots = pair_dots(a, a_stride, b, b_stride, L, p0, count, dk);
+        memcpy(out + p0, &dots, (size_t)count * sizeof(float));
+    }
+}
+
+/* Every lane: the sum of its row of the 4 x 4 block, (x0 + x1) + (x2 + x3)
+ * (the same bits in all four lanes: a + b is b + a). */
+BST_SIMD_INLINE v16f row_sums_4x4(v16f x)
+{
+    x = x + v16_swap1(x);
+    return x + v16_swap2(x);
+}
+
+/*
+ * Softmax of a window and head's 4 x 4 scores held in one vector (lane
+ * 4i + j): scaled, each row over its keys j >= first (padding, j < first,
+ * gets 0).  Rows are reduced by shuffles, the sum as row_sums_4x4.  Scores
+ * of padded keys are finite products of finite rows; they only take part
+ * until the select that zeroes them.
+ */
+BST_SIMD_INLINE v16f softmax_4x4(v16f s, int first, float scale)
+{
+    const v16f zero = {0};
+    const v16i valid = (lane_index & 3) >= (v16i){0} + first;
+    s = s * scale;
+    v16f m = v16_select(valid, s, zero - INFINITY);
+    v16f other = v16_swap1(m);
+    m = v16_select(other > m, other, m);
+    other = v16_swap2(m);
+    m = v16_select(other > m, other, m);
+    const v16f e = v16_select(valid, v16_exp(s - m), zero);
+    return e * ((zero + 1.0f) / row_sums_4x4(e));
+}
+
+/*
+ * The same for any L, on the scores in pr (L x L): each row's scaled
+ * scores less its largest valid one, every exponential of the block by
+ * v16_exp, padding 0, each row's sum from j = first on.
+ */
+BST_SIMD_INLINE void softmax_rows(float *pr, int L, int first, float scale)
+{
+    for (int i = 0; i < L; i++) {
+        float *row = pr + (size_t)i * L, maxv = -INFINITY;
+        for (int j = first; j < L; j++) {
+            row[j] *= scale;
+            if (row[j] > maxv)
+                maxv = row[j];
+        }
+        for (int j = first; j < L; j++)
+            row[j] -= maxv;
+    }
+    for (int p = 0; p < L * L; p += 16) {
+        float block[16] = {0};
+        const int n = L * L - p < 16 ? L * L - p : 16;
+        memcpy(block, pr + p, (size_t)n * sizeof(float));
+        v16_store(block, v16_exp(v16_load(block)));
+        memcpy(pr + p, block, (size_t)n * sizeof(float));
+    }
+    for (int i = 0; i < L; i++) {
+        float *row = pr + (size_t)i * L, sum = 0.0f;
+        for (int j = 0; j < first; j++)
+            row[j] = 0.0f;
+        for (int j = first; j < L; j++)
+            sum += row[j];
+        const float inv = 1.0f / sum;
+        for (int j = first; j < L; j++)
+            row[j] *= inv;
+    }
+}
+
+/* The probabilities in 1.0's order: dot8 for each score and libm's expf
+ * one at a time (attention_forward_inference says why it stays). */
+BST_SIMD_INLINE void window_probs_1_0(float *pr, const float *q, const float *k, size_t stride,
+                                      int L, int dk, int first, float scale)
+{
+    for (int i = 0; i < L; i++) {
+        const float *qi = q + (size_t)i * stride;
+        float *row = pr + (size_t)i * L;
+        float maxv = -INFINITY;
+        for (int j = 0; j < first; j++)
+            row[j] = 0.0f;
+        dot8_rows(row, qi, k, stride, first, L, dk);
+        for (int j = first; j < L; j++) {
+            row[j] *= scale;
+            if (row[j] > maxv)
+                maxv = row[j];
+        }
+        float sum = 0.0f;
+        for (int j = first; j < L; j++) {
+            row[j] = expf(row[j] - maxv);
+            sum += row[j];
+        }
+        float inv = 1.0f / sum;
+        for (int j = first; j < L; j++)
+            row[j] *= inv;
+    }
+}
+
+/*
+ * out_o = sum over n < L of w_on row_n for all o < L at once, each sum from 0
+ * in the order of n as weighted_rows adds (the same bits), w_on =
+ * w[o * w_o + n * w_n], rows row_n = rows + n * row_stride of dk >= 16
+ * floats, out_o = out + o * out_stride: a window's contexts, or in the
+ * backward the gradients of its values, queries and keys.  A chunk of 16
+ * columns of every row is loaded once for all L sums, which then run as L
+ * independent chains of adds.  Chunks as weighted_rows's: the last one
+ * ends at dk.
+ */
+BST_SIMD_INLINE void window_mix(float *out, size_t out_stride, const float *w, size_t w_o,
+                                size_t w_n, const float *rows, size_t row_stride, const int L,
+                                int dk)
+{
+    for (int c = 0;; c += 16) {
+        if (c + 16 > dk)
+            c = dk - 16;
+#pragma GCC unroll 4
+        for (int o = 0; o < L; o++) {
+            v16f acc = {0};
+#pragma GCC unroll 4
+            for (int n = 0; n < L; n++)
+                acc += w[o * w_o + n * w_n] * v16_load(rows + n * row_stride + c);
+            v16_store(out + o * out_stride + c, acc);
+        }
+        if (c + 16 >= dk)
+            break;
+    }
+}
+
+/*
+ * Windows [b0, b1), one window at a time (its rows stay in L1 from the
+ * scores to the contexts): the probabilities (order_1_0: 1.0's order, else
+ * the vector one, a 4 x 4 block in registers when L = 4; constants where
+ * inlined), the window's dropout factors, the contexts.
+ */
+BST_SIMD_INLINE void attention_forward_body(float *ctx, float *probs, float *mask,
+                                            const float *qkv, const int32_t *hist_len,
+                                            size_t b0, size_t b1, const int L, int H, int dk,
+                                            float p, uint64_t key, const int order_1_0)
 {
     const int hd = H * dk, stride = 3 * hd;
     const float *q = qkv, *k = qkv + hd, *v = qkv + 2 * hd;
     /* Keras scales the query by 1/sqrt(key_dim) before the dot product. */
     const float scale = 1.0f / sqrtf((float)dk);
+    const size_t per_window = (size_t)H * L * L;
+    const int mixed = dk >= 16 && L <= WEIGHTED_FEW;
     for (size_t b = b0; b < b1; b++) {
         /* Padded keys get probability 0; the target is never padding, so
          * every row keeps at least one key. */
         const int first = bst_first_valid(hist_len, b, L);
+        /* The dropped probabilities are never stored: ctx uses probs *
+         * mask, which keeps probs intact for the softmax backward.  Without
+         * a mask (inference: p = 0) the factors would all be 1, and x * 1
+         * is x: ctx uses probs.  Each factor is its index's draw, however
+         * the windows are split. */
+        if (mask)
+            dropout_mask_range(mask, b * per_window, (b + 1) * per_window, p, key);
         for (int h = 0; h < H; h++) {
             float *pr = probs + (b * H + h) * L * L;
-            for (int i = 0; i < L; i++) {
-                const float *qi = q + (b * L + i) * stride + (size_t)h * dk;
-                float *row = pr + (size_t)i * L;
-                float maxv = -INFINITY;
-                for (int j = 0; j < first; j++)
-                    row[j] = 0.0f;
-                dot8_rows(row, qi, k + b * L * stride + (size_t)h * dk, stride, first, L, dk);
-                for (int j = first; j < L; j++) {
-                    row[j] *= scale;
-                    if (row[j] > maxv)
-                        maxv = row[j];
-                }
-                float sum = 0.0f;
-                for (int j = first; j < L; j++) {
-                    row[j] = expf(row[j] - maxv);
-                    sum += row[j];
-                }
-                float inv = 1.0f / sum;
-                for (int j = first; j < L; j++)
-                    row[j] *= inv;
-            }
-        }
-    }
-    /* The dropped probabilities are never stored: ctx uses probs * mask, which
-     * keeps probs intact for the softmax backward.  Without a mask (inference:
-     * p = 0) the factors would all be 1, and x * 1 is x: ctx uses probs. */
-    const size_t per_window = (size_t)H * L * L;
-    if (mask)
-        dropout_mask_range(mask, b0 * per_window, b1 * per_window, p, key);
-    for (size_t b = b0; b < b1; b++) {
-        for (int h = 0; h < H; h++) {
-            const float *pr = probs + (b * H + h) * L * L;
             const float *mk = mask ? mask + (b * H + h) * L * L : NULL;
-            const float *vh = v + b * L * stride + (size_t)h * dk;
+            const size_t head = b * L * stride + (size_t)h * dk;
+            float *out = ctx + b * L * hd + (size_t)h * dk;
+            /* The weights of the value rows: probabilities times their
+             * dropout factors (weight_at's product), or the probabilities. */
+            float w[WEIGHTED_FEW * WEIGHTED_FEW];
+            const float *weights = mk ? w : pr;
+            if (!order_1_0 && L == 4 && dk >= 16) {
+                const v16f probs_4x4 = softmax_4x4(
+                    pair_dots(q + head, stride, k + head, stride, 4, 0, 16, dk), first, scale);
+                v16_store(pr, probs_4x4);
+                if (mk)
+                    v16_store(w, probs_4x4 * v16_load(mk));
+            } else {
+                if (order_1_0) {
+                    window_probs_1_0(pr, q + head, k + head, stride, L, dk, first, scale);
+                } else {
+                    window_dots(pr, q + head, stride, k + head, stride, L, dk);
+                    softmax_rows(pr, L, first, scale);
+                }
+                if (mk && mixed)
+                    for (int e = 0; e < L * L; e++)
+                        w[e] = pr[e] * mk[e];
+            }
+            if (mixed) {
+                window_mix(out, hd, weights, L, 1, v + head, stride, L, dk);
+                continue;
+            }
             for (int i = 0; i < L; i++)
-                weighted_rows(ctx + (b * L + i) * hd + (size_t)h * dk, pr + (size_t)i * L,
-                              mk ? mk + (size_t)i * L : NULL, 1, vh, stride, L, dk);
+                weighted_rows(out + (size_t)i * hd, pr + (size_t)i * L,
+                              mk ? mk + (size_t)i * L : NULL, 1, v + head, stride, L, dk);
         }
     }
+}
+
+/* BST's windows of 4 get a copy with L a constant. */
+BST_SIMD_INLINE void attention_forward_windows_generic(float *ctx, float *probs, float *mask,
+                                                       const float *qkv, const int32_t *hist_len,
+                                                       size_t b0, size_t b1, int L, int H, int dk,
+                                                       float p, uint64_t key)
+{
+    if (L == 4)
+        attention_forward_body(ctx, probs, mask, qkv, hist_len, b0, b1, 4, H, dk, p, key, 0);
+    else
+        attention_forward_body(ctx, probs, mask, qkv, hist_len, b0, b1, L, H, dk, p, key, 0);
 }
 BST_SIMD_DISPATCH(attention_forward_windows,
                   (float *ctx, float *probs, float *mask, const float *qkv,
                    const int32_t *hist_len, size_t b0, size_t b1, int L, int H, int dk, float p,
                    uint64_t key),
                   (ctx, probs, mask, qkv, hist_len, b0, b1, L, H, dk, p, key))
+
+BST_SIMD_INLINE void attention_forward_windows_1_0_generic(float *ctx, float *probs,
+                                                           const float *qkv,
+                                                           const int32_t *hist_len, size_t b0,
+                                                           size_t b1, int L, int H, int dk)
+{
+    attention_forward_body(ctx, probs, NULL, qkv, hist_len, b0, b1, L, H, dk, 0.0f, 0, 1);
+}
+BST_SIMD_DISPATCH(attention_forward_windows_1_0,
+                  (float *ctx, float *probs, const float *qkv, const int32_t *hist_len,
+                   size_t b0, size_t b1, int L, int H, int dk),
+                  (ctx, probs, qkv, hist_len, b0, b1, L, H, dk))
 
 void attention_forward(float *ctx, float *probs, float *mask, const float *qkv,
                        const int32_t *hist_len, int B, int L, int H, int dk, float p,
@@ -959,15 +1189,23 @@ void attention_forward(float *ctx, float *probs, float *mask, const float *qkv,
                                            key));
 }
 
-BST_SIMD_INLINE void attention_backward_windows_generic(float *d_qkv, float *d_probs,
-                                                        const float *d_ctx, const float *probs,
-                                                        const float *mask, const float *qkv,
-                                                        size_t b0, size_t b1, int L, int H, int dk)
+void attention_forward_inference(float *ctx, float *probs, const float *qkv,
+                                 const int32_t *hist_len, int B, int L, int H, int dk)
+{
+    PARALLEL_FOR((size_t)B, 1, 4.0 * B * H * L * L * dk, lo, hi,
+                 attention_forward_windows_1_0(ctx, probs, qkv, hist_len, lo, hi, L, H, dk));
+}
+
+BST_SIMD_INLINE void attention_backward_body(float *d_qkv, float *d_probs, const float *d_ctx,
+                                             const float *probs, const float *mask,
+                                             const float *qkv, size_t b0, size_t b1, const int L,
+                                             int H, int dk)
 {
     const int hd = H * dk, stride = 3 * hd;
     const float scale = 1.0f / sqrtf((float)dk);
     const float *q = qkv, *k = qkv + hd, *v = qkv + 2 * hd;
     float *d_q = d_qkv, *d_k = d_qkv + hd, *d_v = d_qkv + 2 * hd;
+    const int mixed = dk >= 16 && L <= WEIGHTED_FEW;
     for (size_t b = b0; b < b1; b++) {
         for (int h = 0; h < H; h++) {
             const size_t blk = (b * H + h) * L * L, head = b * L * stride + (size_t)h * dk;
@@ -976,23 +1214,39 @@ BST_SIMD_INLINE void attention_backward_windows_generic(float *d_qkv, float *d_p
             /* ds (in d_probs): the gradient of the scores.  Through ctx =
              * (probs * mask) . V, dp_ij = g_i . v_j * mask_ij; through the
              * softmax, ds_ij = p_ij (dp_ij - sum_k p_ik dp_ik), scaled as
-             * the scores were. */
+             * the scores were.  pm: the value rows' weights, p_ij mask_ij. */
             float *ds = d_probs + blk;
-            for (int i = 0; i < L; i++) {
-                const float *gi = g + (size_t)i * hd;
-                float *dsi = ds + (size_t)i * L;
-                dot8_rows(dsi, gi, v + head, stride, 0, L, dk);
-                for (int j = 0; j < L; j++)
-                    dsi[j] *= mk[(size_t)i * L + j];
-                float dot = 0.0f;
-                for (int j = 0; j < L; j++)
-                    dot += pr[(size_t)i * L + j] * dsi[j];
-                for (int j = 0; j < L; j++)
-                    dsi[j] = pr[(size_t)i * L + j] * (dsi[j] - dot) * scale;
+            float pm[WEIGHTED_FEW * WEIGHTED_FEW];
+            if (L == 4 && dk >= 16) {
+                const v16f p_4x4 = v16_load(pr), mk_4x4 = v16_load(mk);
+                const v16f dp = pair_dots(g, hd, v + head, stride, 4, 0, 16, dk) * mk_4x4;
+                v16_store(ds, p_4x4 * (dp - row_sums_4x4(p_4x4 * dp)) * scale);
+                v16_store(pm, p_4x4 * mk_4x4);
+            } else {
+                window_dots(ds, g, hd, v + head, stride, L, dk);
+                for (int i = 0; i < L; i++) {
+                    float *dsi = ds + (size_t)i * L;
+                    for (int j = 0; j < L; j++)
+                        dsi[j] *= mk[(size_t)i * L + j];
+                    float dot = 0.0f;
+                    for (int j = 0; j < L; j++)
+                        dot += pr[(size_t)i * L + j] * dsi[j];
+                    for (int j = 0; j < L; j++)
+                        dsi[j] = pr[(size_t)i * L + j] * (dsi[j] - dot) * scale;
+                }
+                if (mixed)
+                    for (int e = 0; e < L * L; e++)
+                        pm[e] = pr[e] * mk[e];
             }
             /* Each row of d_qkv is a sum over the other side's rows:
              * dv_j = sum_i p_ij mask_ij g_i, dq_i = sum_j ds_ij k_j,
              * dk_j = sum_i ds_ij q_i; written whole (no zeroing first). */
+            if (mixed) {
+                window_mix(d_v + head, stride, pm, 1, L, g, hd, L, dk);
+                window_mix(d_q + head, stride, ds, L, 1, k + head, stride, L, dk);
+                window_mix(d_k + head, stride, ds, 1, L, q + head, stride, L, dk);
+                continue;
+            }
             for (int j = 0; j < L; j++) {
                 const size_t row = head + (size_t)j * stride;
                 weighted_rows(d_v + row, pr + j, mk + j, (size_t)L, g, (size_t)hd, L, dk);
@@ -1002,6 +1256,17 @@ BST_SIMD_INLINE void attention_backward_windows_generic(float *d_qkv, float *d_p
             }
         }
     }
+}
+/* As the forward, a copy with L = 4 a constant. */
+BST_SIMD_INLINE void attention_backward_windows_generic(float *d_qkv, float *d_probs,
+                                                        const float *d_ctx, const float *probs,
+                                                        const float *mask, const float *qkv,
+                                                        size_t b0, size_t b1, int L, int H, int dk)
+{
+    if (L == 4)
+        attention_backward_body(d_qkv, d_probs, d_ctx, probs, mask, qkv, b0, b1, 4, H, dk);
+    else
+        attention_backward_body(d_qkv, d_probs, d_ctx, probs, mask, qkv, b0, b1, L, H, dk);
 }
 BST_SIMD_DISPATCH(attention_backward_windows,
                   (float *d_qkv, float *d_probs, const float *d_ctx, const float *probs,

@@ -157,6 +157,15 @@ void dropout_backward(float *d_in, const float *d_out, const float *mask, size_t
 void attention_forward(float *ctx, float *probs, float *mask, const float *qkv,
                        const int32_t *hist_len, int B, int L, int H, int dk, float p,
                        BstRng *rng);
+/*
+ * The same without dropout, its scores summed in 1.0's order (a dot8 per
+ * score, libm's expf for each exponential) instead of attention_forward's
+ * faster one: inference on the sgemm path (stored models of format 1 and
+ * validation), so that a stored model predicts bit for bit what it did.
+ * The two orders round differently (test/c/test_gradients.c bounds it).
+ */
+void attention_forward_inference(float *ctx, float *probs, const float *qkv,
+                                 const int32_t *hist_len, int B, int L, int H, int dk);
 /* d_qkv is written in full; d_probs is a [B, H, L, L] scratch buffer. */
 void attention_backward(float *d_qkv, float *d_probs, const float *d_ctx,
                         const float *probs, const float *mask, const float *qkv,

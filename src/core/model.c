@@ -815,8 +815,11 @@ float bst_forward(const BstModel *m, BstActs *a, const BstBatch *b, int training
 
     /* Self-attention block. */
     linear_forward(a->qkv, a->x, p->wqkv, p->bqkv, BL, d, 3 * hd);
-    attention_forward(a->ctx, a->probs, a->probs_mask, a->qkv, b->hist_len, B, L, H, key_dim, pd,
-                      drop_rng);
+    if (training)
+        attention_forward(a->ctx, a->probs, a->probs_mask, a->qkv, b->hist_len, B, L, H, key_dim,
+                          pd, drop_rng);
+    else
+        attention_forward_inference(a->ctx, a->probs, a->qkv, b->hist_len, B, L, H, key_dim);
     linear_forward(a->attn, a->ctx, p->wo, p->bo, BL, hd, d);
     dropout_forward(a->res1, a->attn_mask, a->attn, bld, pd, drop_rng);
     add_inplace(a->res1, a->x, bld);

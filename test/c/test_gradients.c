@@ -29,6 +29,7 @@
 #include "parallel.h"
 #include "simd.h"
 #include "test_util.h"
+#include "vec16.h"
 
 #define STEP 1e-2
 #define TOL 1e-2
@@ -463,9 +464,11 @@ static double att_loss(void *p)
     return dot(c->ctx, c->up, (size_t)c->B * c->L * c->H * c->dk);
 }
 
-static void test_attention(float p, const int32_t *hist_len, BstRng *rng)
+/* Windows of L, heads of dk: dk < 16 takes dot8's loops, dk >= 16 the
+ * vector ones (windows of 4: their block in one vector). */
+static void test_attention(float p, const int32_t *hist_len, int L, int dk, BstRng *rng)
 {
-    AttCase c = {.B = 2, .L = 4, .H = 2, .dk = 3, .p = p, .seed = 11, .hist_len = hist_len};
+    AttCase c = {.B = 2, .L = L, .H = 2, .dk = dk, .p = p, .seed = 11, .hist_len = hist_len};
     size_t n = (size_t)c.B * c.L * c.H * c.dk, np = (size_t)c.B * c.H * c.L * c.L;
     c.qkv = new_floats(3 * n);
     c.ctx = new_floats(n);
@@ -479,8 +482,10 @@ static void test_attention(float p, const int32_t *hist_len, BstRng *rng)
     att_loss(&c);
     attention_backward(dqkv, dp, c.up, c.probs, c.mask, c.qkv, c.B, c.L, c.H, c.dk);
     char what[64];
-    printf("attention (dropout %.1f%s)\n", p, hist_len ? ", padded keys masked" : "");
-    snprintf(what, sizeof(what), "attention.qkv (p=%.1f%s)", p, hist_len ? ", mask" : "");
+    printf("attention (L %d, dk %d, dropout %.1f%s)\n", L, dk, p,
+           hist_len ? ", padded keys masked" : "");
+    snprintf(what, sizeof(what), "attention.qkv (L %d, dk %d, p=%.1f%s)", L, dk, p,
+             hist_len ? ", mask" : "");
     check_grad(what, c.qkv, dqkv, 3 * n, att_loss, &c, STEP, LAYER_FLOOR);
     if (hist_len) {
         /* Window 1's padded keys (positions < first valid) get probability 0. */
@@ -497,11 +502,17 @@ static void test_attention(float p, const int32_t *hist_len, BstRng *rng)
 /*
  * The attention's exact operations, written plainly: its results must equal
  * these bit for bit (simd.h: every copy of the core's loops computes the
- * same bits, and stored models predict as they did).  A dot product is
- * eight partial sums over blocks of 8, the tail summed apart, added as
- * ref_dot does; a weighted sum of rows adds the rows one by one from 0.
- * Sizes that take every path of layers.c's loops: keys in groups of 4 and
- * alone, columns in chunks of 16, 8 and 4 and alone, padded windows.
+ * same bits).  Two orders:
+ *  - inference (attention_forward_inference), 1.0's, so that stored models
+ *    predict as they did: a dot product is eight partial sums over blocks
+ *    of 8, the tail summed apart, added as ref_dot does; libm's expf;
+ *  - training: a dot product of dk >= 16 floats sums in 16 lanes over
+ *    chunks of 16 (the last one ending at dk, its lanes already summed left
+ *    out), the lanes then pairwise (ref_lanes_dot); exponentials by
+ *    v16_exp; with windows of 4 each row's sums pairwise, else in order.
+ * A weighted sum of rows adds the rows one by one from 0.  Sizes: windows
+ * of 4 (their block in one vector) and of 7 (16-pair groups, one of a
+ * single pair), widths with a partial last chunk, padded windows.
  */
 static float ref_dot(const float *a, const float *b, int n)
 {
@@ -516,58 +527,105 @@ static float ref_dot(const float *a, const float *b, int n)
     return total + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
 }
 
-static void test_attention_order(BstRng *rng)
+static float ref_lanes_dot(const float *a, const float *b, int n)
 {
-    enum { B = 4, L = 7, H = 2, DK = 31, HD = H * DK, S = 3 * HD };
-    static const int32_t hist_len[B] = {6, 2, 0, 5};
-    static float qkv[B * L * S], ctx[B * L * HD], probs[B * H * L * L], mask[B * H * L * L],
-        up[B * L * HD], dqkv[B * L * S], dprobs[B * H * L * L];
-    static float r_probs[B * H * L * L], r_ctx[B * L * HD], r_dqkv[B * L * S];
-    fill_uniform(qkv, B * L * S, -1.5f, 1.5f, rng);
-    fill_uniform(up, B * L * HD, -1, 1, rng);
+    float lane[16] = {0};
+    int c = 0;
+    for (; c + 16 <= n; c += 16)
+        for (int l = 0; l < 16; l++)
+            lane[l] += a[c + l] * b[c + l];
+    if (c < n)
+        for (int l = c - (n - 16); l < 16; l++)
+            lane[l] += a[n - 16 + l] * b[n - 16 + l];
+    for (int w = 1; w < 16; w *= 2)
+        for (int l = 0; l < 16; l += 2 * w)
+            lane[l] += lane[l + w];
+    return lane[0];
+}
+
+static float ref_exp(float x)
+{
+    const v16f v = (v16f){0} + x;
+    return v16_exp(v)[0];
+}
+
+/* A row's sum: pairwise for 4 entries in the training order, else in order. */
+static float ref_row_sum(const float *x, int L, int from, int training)
+{
+    if (training && L == 4)
+        return (x[0] + x[1]) + (x[2] + x[3]);
+    float s = 0.0f;
+    for (int j = from; j < L; j++)
+        s += x[j];
+    return s;
+}
+
+static void test_attention_order(int L, int DK, BstRng *rng)
+{
+    enum { B = 4, H = 2 };
+    const int HD = H * DK, S = 3 * HD;
+    /* One full window, one of a single history item, one of none, one of
+     * all but one: padding from none to all of the keys but the target. */
+    const int32_t hist_len[B] = {L - 1, 1, 0, L - 2};
+    const size_t n_qkv = (size_t)B * L * S, n_ctx = (size_t)B * L * HD, n_p = (size_t)B * H * L * L;
+    float *qkv = new_floats(n_qkv), *ctx = new_floats(n_ctx), *probs = new_floats(n_p),
+          *mask = new_floats(n_p), *up = new_floats(n_ctx), *dqkv = new_floats(n_qkv),
+          *dprobs = new_floats(n_p), *r_probs = new_floats(n_p), *r_ctx = new_floats(n_ctx),
+          *r_dqkv = new_floats(n_qkv), *i_ctx = new_floats(n_ctx), *i_probs = new_floats(n_p),
+          *r_i_ctx = new_floats(n_ctx), *r_i_probs = new_floats(n_p);
+    fill_uniform(qkv, n_qkv, -1.5f, 1.5f, rng);
+    fill_uniform(up, n_ctx, -1, 1, rng);
     BstRng drop;
     bst_rng_seed(&drop, 12);
     attention_forward(ctx, probs, mask, qkv, hist_len, B, L, H, DK, 0.3f, &drop);
     attention_backward(dqkv, dprobs, up, probs, mask, qkv, B, L, H, DK);
+    attention_forward_inference(i_ctx, i_probs, qkv, hist_len, B, L, H, DK);
 
     const float scale = 1.0f / sqrtf((float)DK);
-    memset(r_dqkv, 0, sizeof(r_dqkv));
     for (int b = 0; b < B; b++) {
         const int first = bst_first_valid(hist_len, b, L);
         for (int h = 0; h < H; h++) {
             const float *q = qkv + (size_t)b * L * S + h * DK, *k = q + HD, *v = q + 2 * HD;
-            float *pr = r_probs + (size_t)(b * H + h) * L * L;
-            const float *mk = mask + (size_t)(b * H + h) * L * L;
-            for (int i = 0; i < L; i++) {
-                float *row = pr + i * L, maxv = -INFINITY, sum = 0.0f;
-                for (int j = 0; j < L; j++) {
-                    row[j] = j < first ? 0.0f : ref_dot(q + i * S, k + j * S, DK) * scale;
-                    if (j >= first && row[j] > maxv)
-                        maxv = row[j];
-                }
-                for (int j = first; j < L; j++)
-                    sum += (row[j] = expf(row[j] - maxv));
-                const float inv = 1.0f / sum;
-                for (int j = first; j < L; j++)
-                    row[j] *= inv;
-                for (int c = 0; c < DK; c++) {
-                    float acc = 0.0f;
+            const size_t blk = (size_t)(b * H + h) * L * L;
+            const float *mk = mask + blk;
+            for (int order = 0; order < 2; order++) {
+                /* order 1: training's (dropout factors mk), 0: inference's. */
+                float *pr = (order ? r_probs : r_i_probs) + blk;
+                float *out = order ? r_ctx : r_i_ctx;
+                for (int i = 0; i < L; i++) {
+                    float *row = pr + i * L, maxv = -INFINITY;
+                    for (int j = first; j < L; j++) {
+                        row[j] = (order ? ref_lanes_dot : ref_dot)(q + i * S, k + j * S, DK) * scale;
+                        maxv = fmaxf(maxv, row[j]);
+                    }
                     for (int j = 0; j < L; j++)
-                        acc += row[j] * mk[i * L + j] * v[j * S + c];
-                    r_ctx[((size_t)b * L + i) * HD + h * DK + c] = acc;
+                        row[j] = j < first ? 0.0f
+                                 : order   ? ref_exp(row[j] - maxv)
+                                           : expf(row[j] - maxv);
+                    const float inv = 1.0f / ref_row_sum(row, L, first, order);
+                    for (int j = first; j < L; j++)
+                        row[j] *= inv;
+                    for (int c = 0; c < DK; c++) {
+                        float acc = 0.0f;
+                        for (int j = 0; j < L; j++)
+                            acc += (order ? row[j] * mk[i * L + j] : row[j]) * v[j * S + c];
+                        out[((size_t)b * L + i) * HD + h * DK + c] = acc;
+                    }
                 }
             }
             /* Backward: ds from the upstream gradient g, then the rows. */
+            const float *pr = r_probs + blk;
             const float *g = up + (size_t)b * L * HD + h * DK;
-            float ds[L][L];
+            float ds[16 * 16];
             for (int i = 0; i < L; i++) {
-                float dot = 0.0f;
+                float t[16];
+                for (int j = 0; j < L; j++) {
+                    ds[i * L + j] = ref_lanes_dot(g + i * HD, v + j * S, DK) * mk[i * L + j];
+                    t[j] = pr[i * L + j] * ds[i * L + j];
+                }
+                const float dot = ref_row_sum(t, L, 0, 1);
                 for (int j = 0; j < L; j++)
-                    ds[i][j] = ref_dot(g + i * HD, v + j * S, DK) * mk[i * L + j];
-                for (int j = 0; j < L; j++)
-                    dot += pr[i * L + j] * ds[i][j];
-                for (int j = 0; j < L; j++)
-                    ds[i][j] = pr[i * L + j] * (ds[i][j] - dot) * scale;
+                    ds[i * L + j] = pr[i * L + j] * (ds[i * L + j] - dot) * scale;
             }
             float *dq = r_dqkv + (size_t)b * L * S + h * DK, *dk = dq + HD, *dv = dq + 2 * HD;
             for (int j = 0; j < L; j++)
@@ -575,8 +633,8 @@ static void test_attention_order(BstRng *rng)
                     float av = 0.0f, aq = 0.0f, ak = 0.0f;
                     for (int i = 0; i < L; i++) {
                         av += pr[i * L + j] * mk[i * L + j] * g[i * HD + c];
-                        aq += ds[j][i] * k[i * S + c];
-                        ak += ds[i][j] * q[i * S + c];
+                        aq += ds[j * L + i] * k[i * S + c];
+                        ak += ds[i * L + j] * q[i * S + c];
                     }
                     dv[j * S + c] = av;
                     dq[j * S + c] = aq;
@@ -584,10 +642,56 @@ static void test_attention_order(BstRng *rng)
                 }
         }
     }
-    CHECK(memcmp(probs, r_probs, sizeof(probs)) == 0,
-          "attention: probabilities not the reference's");
-    CHECK(memcmp(ctx, r_ctx, sizeof(ctx)) == 0, "attention: contexts not the reference's");
-    CHECK(memcmp(dqkv, r_dqkv, sizeof(dqkv)) == 0, "attention: d_qkv not the reference's");
+    CHECK(memcmp(probs, r_probs, n_p * sizeof(float)) == 0,
+          "attention (L %d, dk %d): probabilities not the reference's", L, DK);
+    CHECK(memcmp(ctx, r_ctx, n_ctx * sizeof(float)) == 0,
+          "attention (L %d, dk %d): contexts not the reference's", L, DK);
+    CHECK(memcmp(dqkv, r_dqkv, n_qkv * sizeof(float)) == 0,
+          "attention (L %d, dk %d): d_qkv not the reference's", L, DK);
+    CHECK(memcmp(i_probs, r_i_probs, n_p * sizeof(float)) == 0 &&
+              memcmp(i_ctx, r_i_ctx, n_ctx * sizeof(float)) == 0,
+          "attention (L %d, dk %d): inference not in 1.0's order", L, DK);
+    /* The two orders compute the same function: without dropout, their
+     * contexts differ by rounding only. */
+    BstRng none;
+    bst_rng_seed(&none, 12);
+    attention_forward(ctx, probs, mask, qkv, hist_len, B, L, H, DK, 0.0f, &none);
+    double diff = 0.0, size = 0.0;
+    for (size_t i = 0; i < n_ctx; i++) {
+        diff = fmax(diff, fabs((double)ctx[i] - (double)i_ctx[i]));
+        size = fmax(size, fabs((double)i_ctx[i]));
+    }
+    CHECK(diff > 0.0 && diff <= 1e-6 * size,
+          "attention (L %d, dk %d): training and inference orders differ by %g (of %g)", L, DK,
+          diff, size);
+    free(qkv); free(ctx); free(probs); free(mask); free(up); free(dqkv); free(dprobs);
+    free(r_probs); free(r_ctx); free(r_dqkv); free(i_ctx); free(i_probs); free(r_i_ctx);
+    free(r_i_probs);
+}
+
+/* v16_exp within one unit in the last place of e^x (in double) on every
+ * 4099th float of [-87.3, 88]; its ends; e^0 = 1. */
+static void test_exp16(void)
+{
+    double worst = 0.0;
+    float worst_x = 0.0f;
+    for (float x = -87.3f; x <= 88.0f;) {
+        const double want = exp((double)x);
+        const float got = ref_exp(x);
+        const double ulp = (double)nextafterf((float)want, INFINITY) - (double)(float)want;
+        if (fabs(got - want) / ulp > worst) {
+            worst = fabs(got - want) / ulp;
+            worst_x = x;
+        }
+        for (int step = 0; step < 4099 && x <= 88.0f; step++)
+            x = nextafterf(x, INFINITY);
+    }
+    printf("exp16: worst %.3f ulp at %g\n", worst, worst_x);
+    CHECK(worst < 1.0, "v16_exp: %.3f units in the last place at %g", worst, worst_x);
+    CHECK(ref_exp(0.0f) == 1.0f && ref_exp(-1000.0f) == ref_exp(-87.33654f) &&
+              ref_exp(-1000.0f) > 0.0f && ref_exp(1000.0f) == ref_exp(88.0f),
+          "v16_exp: e^0 %g, below the range %g, above it %g", ref_exp(0.0f), ref_exp(-1000.0f),
+          ref_exp(1000.0f));
 }
 
 /* ------------------------------------------------------- whole network */
@@ -967,11 +1071,16 @@ static void check_all(BstSimd simd, const char *core)
         test_norm(1, &rng);
         test_elementwise(&rng);
         static const int32_t att_hist[2] = {3, 1};
-        test_attention(0.0f, NULL, &rng);
-        test_attention(0.3f, NULL, &rng);
+        test_attention(0.0f, NULL, 4, 3, &rng);
+        test_attention(0.3f, NULL, 4, 3, &rng);
         test_network(&rng);
-        test_attention(0.3f, att_hist, &rng);
-        test_attention_order(&rng);
+        test_attention(0.3f, att_hist, 4, 3, &rng);
+        test_attention(0.3f, att_hist, 4, 17, &rng);
+        test_attention(0.3f, att_hist, 5, 17, &rng);
+        test_attention_order(7, 31, &rng);
+        test_attention_order(4, 62, &rng);
+        test_attention_order(4, 20, &rng);
+        test_exp16();
         test_sequence(0, &rng);
         test_sequence(1, &rng);
         test_flatten(&rng);
