@@ -62,6 +62,24 @@ void bst_model_flops(const BstConfig *c, BstFlops *f)
     f->train = f->forward + f->backward;
 }
 
+double bst_training_dense_flops(const BstConfig *c, int32_t batch, int32_t n_distinct)
+{
+    BstDense layers[BST_MAX_DENSE];
+    const int n = bst_dense_layers(c, layers);
+    const int32_t positions = c->seq_len - 1 + (c->rating_add ? 1 : 0);
+    double total = 0.0;
+    for (int i = 0; i < n; i++) {
+        const double per_row = 2.0 * layers[i].in_dim * layers[i].out_dim;
+        if (strcmp(layers[i].name, "genre_w") == 0)
+            total += per_row * n_distinct;
+        else if (strcmp(layers[i].name, "wqkv") == 0)
+            total += per_row * ((double)n_distinct + positions);
+        else
+            total += per_row * layers[i].rows * (double)batch;
+    }
+    return total;
+}
+
 double bst_recommend_flops(const BstConfig *c, int64_t candidates)
 {
     if (candidates < 1)

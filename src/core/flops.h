@@ -67,6 +67,17 @@ typedef struct BstFlops {
 
 void bst_model_flops(const BstConfig *cfg, BstFlops *f);
 
+/*
+ * The sgemm FLOPs of a training batch's forward pass (its backward's are
+ * twice these): the counted ones, except that training encodes and
+ * projects each of the batch's n_distinct distinct movies once instead of
+ * every non-padding position (bst_forward), plus the positions' own
+ * projections (L - 1 rows, one more with additive ratings).  An epoch's
+ * floor counts the model's FLOPs (bst_model_flops), so the distinct
+ * movies' saving is one of the ways an epoch comes closer to it.
+ */
+double bst_training_dense_flops(const BstConfig *cfg, int32_t batch, int32_t n_distinct);
+
 /* FLOPs of scoring `candidates` targets after the same history (a
  * recommendation): the target-independent part once, the rest of the
  * forward pass per candidate.  0 for no candidate. */

@@ -278,6 +278,172 @@ void sequence_backward(float *d_enc, float *d_pos_emb, float *d_rating_w, const 
                                               L, d, lo, hi));
 }
 
+/*
+ * The fused projection in training (model.c says why): a row of x is
+ * linear in its movie's encoding, x = r (e + p_i) or e + p_i + r w (or e,
+ * the target; 0, padding), so x W + b = r (e W + p_i W) + b, and so on, from
+ * the projections of the batch's distinct movies (uqkv, row slot[row]) and
+ * of the positions (pqkv; its row L - 1 is w W, with additive ratings).
+ */
+BST_SIMD_INLINE void projection_forward_windows_generic(float *qkv, const float *uqkv,
+                                                        const float *pqkv, const float *bias,
+                                                        const int32_t *slot,
+                                                        const float *ratings, int additive,
+                                                        size_t b0, size_t b1, int L, int n)
+{
+    const float *pr = pqkv + (size_t)(L - 1) * n;
+    for (size_t b = b0; b < b1; b++) {
+        for (int i = 0; i < L; i++) {
+            const size_t row = b * L + i;
+            float *o = qkv + row * n;
+            if (slot[row] < 0) {
+                memcpy(o, bias, (size_t)n * sizeof(float));
+                continue;
+            }
+            const float *u = uqkv + (size_t)slot[row] * n, *pi = pqkv + (size_t)i * n;
+            const float r = i < L - 1 ? ratings[b * (L - 1) + i] : 0.0f;
+            if (i == L - 1)
+                for (int c = 0; c < n; c++)
+                    o[c] = u[c] + bias[c];
+            else if (additive)
+                for (int c = 0; c < n; c++)
+                    o[c] = ((u[c] + pi[c]) + r * pr[c]) + bias[c];
+            else
+                for (int c = 0; c < n; c++)
+                    o[c] = r * (u[c] + pi[c]) + bias[c];
+        }
+    }
+}
+BST_SIMD_DISPATCH(projection_forward_windows,
+                  (float *qkv, const float *uqkv, const float *pqkv, const float *bias,
+                   const int32_t *slot, const float *ratings, int additive, size_t b0, size_t b1,
+                   int L, int n),
+                  (qkv, uqkv, pqkv, bias, slot, ratings, additive, b0, b1, L, n))
+
+void projection_forward(float *qkv, const float *uqkv, const float *pqkv, const float *bias,
+                        const int32_t *slot, const float *ratings, int additive, int B, int L,
+                        int n)
+{
+    PARALLEL_FOR((size_t)B, 1, 2.0 * B * L * n, lo, hi,
+                 projection_forward_windows(qkv, uqkv, pqkv, bias, slot, ratings, additive, lo,
+                                            hi, L, n));
+}
+
+/* A row's factor in x: its rating for a history row of multiplied ratings,
+ * else 1. */
+static inline float projection_factor(const float *ratings, int additive, size_t row, int L)
+{
+    const size_t b = row / L;
+    const int i = (int)(row % L);
+    return i < L - 1 && !additive ? ratings[b * (L - 1) + i] : 1.0f;
+}
+
+/* Distinct movies [u0, u1): d_u = the sum of their rows' factor d_qkv, in
+ * the order of rows (rows[rows_start[u] ..]). */
+BST_SIMD_INLINE void projection_backward_movies_generic(float *d_u, const float *d_qkv,
+                                                        const int32_t *rows_start,
+                                                        const int32_t *rows,
+                                                        const float *ratings, int additive,
+                                                        size_t u0, size_t u1, int L, int n)
+{
+    for (size_t u = u0; u < u1; u++) {
+        float *du = d_u + u * n;
+        memset(du, 0, (size_t)n * sizeof(float));
+        for (int32_t k = rows_start[u]; k < rows_start[u + 1]; k++) {
+            const float f = projection_factor(ratings, additive, (size_t)rows[k], L);
+            const float *g = d_qkv + (size_t)rows[k] * n;
+            for (int c = 0; c < n; c++)
+                du[c] += f * g[c];
+        }
+    }
+}
+BST_SIMD_DISPATCH(projection_backward_movies,
+                  (float *d_u, const float *d_qkv, const int32_t *rows_start,
+                   const int32_t *rows, const float *ratings, int additive, size_t u0, size_t u1,
+                   int L, int n),
+                  (d_u, d_qkv, rows_start, rows, ratings, additive, u0, u1, L, n))
+
+/* Columns [c0, c1) of d_p: row i < L - 1 sums its position's history rows
+ * (factor as above), row L - 1 (additive) every history row times its
+ * rating; windows in order, COL_BLOCK columns at a time in registers (as
+ * sequence_backward_param_cols, and for the same reason). */
+BST_SIMD_INLINE void projection_backward_positions_generic(float *d_p, const float *d_qkv,
+                                                           const float *ratings, int additive,
+                                                           const int32_t *hist_len, int B,
+                                                           int L, int n, size_t c0, size_t c1)
+{
+    for (size_t b0 = c0; b0 < c1; b0 += COL_BLOCK) {
+        const int w = c1 - b0 < COL_BLOCK ? (int)(c1 - b0) : COL_BLOCK;
+        float acc[COL_BLOCK];
+        for (int i = 0; i < L - 1; i++) {
+            memset(acc, 0, sizeof(acc));
+            for (size_t b = 0; b < (size_t)B; b++) {
+                if (i < bst_first_valid(hist_len, b, L))
+                    continue;
+                const float f = additive ? 1.0f : ratings[b * (L - 1) + i];
+                const float *g = d_qkv + (b * L + i) * n + b0;
+                for (int j = 0; j < w; j++)
+                    acc[j] += f * g[j];
+            }
+            memcpy(d_p + (size_t)i * n + b0, acc, (size_t)w * sizeof(float));
+        }
+        if (!additive)
+            continue;
+        memset(acc, 0, sizeof(acc));
+        for (size_t b = 0; b < (size_t)B; b++) {
+            for (int i = bst_first_valid(hist_len, b, L); i < L - 1; i++) {
+                const float r = ratings[b * (L - 1) + i];
+                const float *g = d_qkv + (b * L + i) * n + b0;
+                for (int j = 0; j < w; j++)
+                    acc[j] += r * g[j];
+            }
+        }
+        memcpy(d_p + (size_t)(L - 1) * n + b0, acc, (size_t)w * sizeof(float));
+    }
+}
+BST_SIMD_DISPATCH(projection_backward_positions,
+                  (float *d_p, const float *d_qkv, const float *ratings, int additive,
+                   const int32_t *hist_len, int B, int L, int n, size_t c0, size_t c1),
+                  (d_p, d_qkv, ratings, additive, hist_len, B, L, n, c0, c1))
+
+void projection_backward(float *d_u, float *d_p, const float *d_qkv, const int32_t *rows_start,
+                         const int32_t *rows, int32_t n_distinct, const float *ratings,
+                         int additive, const int32_t *hist_len, int B, int L, int n)
+{
+    PARALLEL_FOR((size_t)n_distinct, 1, 2.0 * B * L * n, lo, hi,
+                 projection_backward_movies(d_u, d_qkv, rows_start, rows, ratings, additive, lo,
+                                            hi, L, n));
+    PARALLEL_FOR((size_t)n, 1, 2.0 * B * L * n, lo, hi,
+                 projection_backward_positions(d_p, d_qkv, ratings, additive, hist_len, B, L, n,
+                                               lo, hi));
+}
+
+/* Columns [c0, c1) of d_b += the column sums of d_out, rows in order. */
+BST_SIMD_INLINE void bias_sums_cols_generic(float *d_b, const float *d_out, int n, int out_dim,
+                                            size_t c0, size_t c1)
+{
+    for (size_t b0 = c0; b0 < c1; b0 += COL_BLOCK) {
+        const int w = c1 - b0 < COL_BLOCK ? (int)(c1 - b0) : COL_BLOCK;
+        float acc[COL_BLOCK];
+        memcpy(acc, d_b + b0, (size_t)w * sizeof(float));
+        for (size_t r = 0; r < (size_t)n; r++) {
+            const float *g = d_out + r * out_dim + b0;
+            for (int j = 0; j < w; j++)
+                acc[j] += g[j];
+        }
+        memcpy(d_b + b0, acc, (size_t)w * sizeof(float));
+    }
+}
+BST_SIMD_DISPATCH(bias_sums_cols,
+                  (float *d_b, const float *d_out, int n, int out_dim, size_t c0, size_t c1),
+                  (d_b, d_out, n, out_dim, c0, c1))
+
+void linear_bias_backward(float *d_b, const float *d_out, int n, int out_dim)
+{
+    PARALLEL_FOR((size_t)out_dim, SGEMM_GRAIN, (double)n * out_dim, lo, hi,
+                 bias_sums_cols(d_b, d_out, n, out_dim, lo, hi));
+}
+
 /* Windows [b0, b1). */
 static void flatten_forward_windows(float *out, int stride, const float *y,
                                     const int32_t *hist_len, size_t b0, size_t b1, int L, int d)
@@ -389,19 +555,8 @@ BST_SIMD_INLINE void linear_backward_param_cols_generic(float *d_w, float *d_b, 
         return;
     bst_blas.sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, in_dim, (int)(c1 - c0), n,
                    1.0f, in, in_dim, d_out + c0, out_dim, 1.0f, d_w + c0, out_dim);
-    if (!d_b)
-        return;
-    for (size_t b0 = c0; b0 < c1; b0 += COL_BLOCK) {
-        const int w = c1 - b0 < COL_BLOCK ? (int)(c1 - b0) : COL_BLOCK;
-        float acc[COL_BLOCK];
-        memcpy(acc, d_b + b0, (size_t)w * sizeof(float));
-        for (size_t r = 0; r < (size_t)n; r++) {
-            const float *g = d_out + r * out_dim + b0;
-            for (int j = 0; j < w; j++)
-                acc[j] += g[j];
-        }
-        memcpy(d_b + b0, acc, (size_t)w * sizeof(float));
-    }
+    if (d_b)
+        bias_sums_cols_generic(d_b, d_out, n, out_dim, c0, c1);
 }
 BST_SIMD_DISPATCH(linear_backward_param_cols,
                   (float *d_w, float *d_b, const float *d_out, const float *in, int n, int in_dim,

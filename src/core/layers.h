@@ -143,6 +143,31 @@ void dropout_forward(float *out, float *mask, const float *in, size_t n, float p
 void dropout_backward(float *d_in, const float *d_out, const float *mask, size_t n);
 
 /*
+ * The fused projection qkv = x W + b of a training batch by linearity, x as
+ * sequence_forward builds it (n = 3 H dk columns): from uqkv, the
+ * projections e W of the batch's distinct movie encodings (row slot[row]
+ * for the row of window b, position i; slot < 0: padding, whose x is 0),
+ * and pqkv, the positions' p_i W (rows i < L - 1) and, with additive
+ * ratings, w W (row L - 1).
+ */
+void projection_forward(float *qkv, const float *uqkv, const float *pqkv, const float *bias,
+                        const int32_t *slot, const float *ratings, int additive, int B, int L,
+                        int n);
+/*
+ * Its backward, into the gradients of uqkv and pqkv (both written whole):
+ * d_u[u] sums the d_qkv rows of distinct movie u (rows rows_start[u] ..
+ * rows_start[u + 1] - 1 of rows, in increasing order) times each row's
+ * factor (its rating for a history row of multiplied ratings, else 1);
+ * d_p[i] the history rows at position i alike; d_p[L - 1], with additive
+ * ratings, every history row times its rating.
+ */
+void projection_backward(float *d_u, float *d_p, const float *d_qkv, const int32_t *rows_start,
+                         const int32_t *rows, int32_t n_distinct, const float *ratings,
+                         int additive, const int32_t *hist_len, int B, int L, int n);
+/* d_b += the column sums of d_out [n, out_dim] (linear_backward's bias part). */
+void linear_bias_backward(float *d_b, const float *d_out, int n, int out_dim);
+
+/*
  * Scaled dot-product attention core of Keras MultiHeadAttention.
  * qkv is [B, L, 3*H*dk]: each row holds the query, key and value projections
  * [q | k | v] (one fused projection), head h in columns [h*dk, (h+1)*dk) of

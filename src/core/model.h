@@ -327,6 +327,18 @@ typedef struct BstActs {
     int32_t *user_idx;                /* [N] user vocabulary index */
     int32_t *feat_idx;                /* [BST_N_USER_FEATS, N] user feature value indices */
     int32_t *target_idx;              /* [N] target movie index */
+    /* Training: the batch's distinct movies, each encoded and projected
+     * once (model.c, bst_forward).  Gradient instances hold the gradients
+     * of uenc (ugin, ugpre), uqkv and pqkv, and dpos. */
+    int32_t n_distinct;
+    int32_t *slot;                    /* [N, L] a position's distinct movie; -1: padding */
+    int32_t *distinct;                /* [N*L] their vocabulary indices, first seen first */
+    int32_t *rows_start, *rows;       /* [N*L + 1], [N*L] each one's positions, in order */
+    int32_t *slot_of_movie;           /* [n_movies + 1] scratch, all -1 between batches */
+    float *ugin, *ugpre, *uenc;       /* [N*L, d + n_genres], [N*L, d], [N*L, d] */
+    float *uqkv;                      /* [N*L, 3*H*dk] uenc W */
+    float *pqkv;                      /* [L, 3*H*dk] pos_emb W (rows < L-1), rating_w W */
+    float *dpos;                      /* [L, d] (gradients) pqkv's gradient times W^T */
     float *slab;
 } BstActs;
 

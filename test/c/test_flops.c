@@ -232,10 +232,16 @@ static void check_sgemm_calls(const char *what, const BstConfig *c, int32_t B, i
     const double bwd = SGEMM_FLOPS(bst_backward(m, &a, &da, &g, &b));
     const double inf_fwd = SGEMM_FLOPS(bst_forward(m, &inf, &b, 0, NULL));
     bst_set_parallel_min_work(BST_PAR_MIN_WORK_DEFAULT);
-    CHECK(fwd == B * f.dense_forward, "%s, %d threads: training forward's sgemm %.0f FLOPs, counted %.0f",
-          what, threads, fwd, B * f.dense_forward);
-    CHECK(bwd == 2.0 * B * f.dense_forward, "%s, %d threads: backward's sgemm %.0f FLOPs, counted %.0f",
-          what, threads, bwd, 2.0 * B * f.dense_forward);
+    /* Training projects the batch's distinct movies (fewer than its
+     * positions here: 1..n_movies drawn B L times), and the positions. */
+    const double train_fwd = bst_training_dense_flops(c, B, a.n_distinct);
+    CHECK(a.n_distinct >= 1 && a.n_distinct <= B * L && train_fwd < B * f.dense_forward &&
+              fwd == train_fwd,
+          "%s, %d threads: training forward's sgemm %.0f FLOPs, counted %.0f for %d distinct "
+          "movies (%.0f for every position)",
+          what, threads, fwd, train_fwd, a.n_distinct, B * f.dense_forward);
+    CHECK(bwd == 2.0 * train_fwd, "%s, %d threads: backward's sgemm %.0f FLOPs, counted %.0f",
+          what, threads, bwd, 2.0 * train_fwd);
     CHECK(inf_fwd == B * f.dense_forward, "%s, %d threads: inference's sgemm %.0f FLOPs, counted %.0f",
           what, threads, inf_fwd, B * f.dense_forward);
 
