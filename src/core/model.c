@@ -662,10 +662,12 @@ static void acts_layout(BstActs *a, const BstConfig *c, size_t N, BstActsKind ki
     const int infer = kind == BST_ACTS_INFERENCE;
     const size_t G = (size_t)c->n_genres;
 
-    a->gin = G ? carve_packed(cv, N * L * (d + G)) : NULL;
-    a->gpre = G ? carve_packed(cv, bld) : NULL;
+    /* The per-row genre layer and x have no gradient buffers: training's
+     * backward goes through the distinct movies' (below). */
+    a->gin = G && fwd ? carve_packed(cv, N * L * (d + G)) : NULL;
+    a->gpre = G && fwd ? carve_packed(cv, bld) : NULL;
     a->enc = carve_packed(cv, bld);
-    a->x = carve_packed(cv, bld);
+    a->x = fwd ? carve_packed(cv, bld) : NULL;
     a->qkv = carve_packed(cv, N * L * 3 * hd);
     a->probs = carve_packed(cv, N * H * L * L);
     a->probs_mask = backward_reads ? carve_packed(cv, N * H * L * L) : NULL;

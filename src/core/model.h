@@ -295,10 +295,10 @@ typedef enum BstActsKind {
 typedef struct BstActs {
     int32_t max_batch;
     BstActsKind kind;
-    float *gin;                       /* [N, L, d + n_genres] movie embedding | genres */
-    float *gpre;                      /* [N, L, d] genre Dense, before its ReLU */
+    float *gin;                       /* [N, L, d + n_genres] movie embedding | genres (forward) */
+    float *gpre;                      /* [N, L, d] genre Dense, before its ReLU (forward) */
     float *enc;                       /* [N, L, d] encoded movies */
-    float *x;                         /* [N, L, d] sequence input */
+    float *x;                         /* [N, L, d] sequence input (forward) */
     float *qkv;                       /* [N, L, 3*H*dk] rows [q | k | v] */
     float *probs;                     /* [N, H, L, L] softmax (grads: scratch) */
     float *probs_mask;                /* [N, H, L, L] attention dropout factors (training) */
