@@ -989,34 +989,16 @@ BST_SIMD_INLINE void weighted_chunk(float *restrict out, const float *wa, const 
     memcpy(out + c, acc, (size_t)width * sizeof(float));
 }
 
-/* The weights of a window's few rows, gathered once for all the chunks
- * (at most this many rows; longer sums take the chunks below). */
+/* The most rows of a window that window_mix takes (below): their L x L
+ * weights are gathered on the stack.  Longer windows, and rows narrower
+ * than 16 floats, take weighted_rows. */
 #define WEIGHTED_FEW 64
 
+/* Chunks of 16, 8 and 4 columns, then single ones. */
 BST_SIMD_INLINE void weighted_rows(float *restrict out, const float *wa, const float *wb,
                                    size_t w_stride, const float *rows, size_t row_stride,
                                    int count, int dk)
 {
-    /* Chunks of 16 columns, the last one ending at dk: it overlaps the one
-     * before and writes the same values again there (every column is its
-     * own sum, whichever chunk computes it), so a width like 62 takes four
-     * chunks and no narrower ones or single columns; and each weight is
-     * gathered (and multiplied by its dropout factor) once, not once a
-     * chunk.  The same bits; the attention backward 14% faster on windows
-     * of 4, 23% on windows of 11.  The gathered weights go to the chunks
-     * as constants (NULL, stride 1): pointing wa at them instead left the
-     * chunks' loops general and measured slower than no gathering. */
-    if (dk >= 16 && count <= WEIGHTED_FEW) {
-        float w[WEIGHTED_FEW];
-        for (int n = 0; n < count; n++)
-            w[n] = weight_at(wa, wb, w_stride, n);
-        int c = 0;
-        for (; c + 16 <= dk; c += 16)
-            weighted_chunk(out, w, NULL, 1, rows, row_stride, count, c, 16);
-        if (c < dk)
-            weighted_chunk(out, w, NULL, 1, rows, row_stride, count, dk - 16, 16);
-        return;
-    }
     int c = 0;
     for (; c + 16 <= dk; c += 16)
         weighted_chunk(out, wa, wb, w_stride, rows, row_stride, count, c, 16);

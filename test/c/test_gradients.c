@@ -509,10 +509,12 @@ static void test_attention(float p, const int32_t *hist_len, int L, int dk, BstR
  *  - training: a dot product of dk >= 16 floats sums in 16 lanes over
  *    chunks of 16 (the last one ending at dk, its lanes already summed left
  *    out), the lanes then pairwise (ref_lanes_dot); exponentials by
- *    v16_exp; with windows of 4 each row's sums pairwise, else in order.
+ *    v16_exp; with windows of 4 each row's sums pairwise, else in order;
+ *    narrower rows' dot products as ref_dot's.
  * A weighted sum of rows adds the rows one by one from 0.  Sizes: windows
  * of 4 (their block in one vector) and of 7 (16-pair groups, one of a
- * single pair), widths with a partial last chunk, padded windows.
+ * single pair), widths with a partial last chunk, a width under 16
+ * (weighted_rows's chunks of 8 and 4 and single columns), padded windows.
  */
 static float ref_dot(const float *a, const float *b, int n)
 {
@@ -549,10 +551,11 @@ static float ref_exp(float x)
     return v16_exp(v)[0];
 }
 
-/* A row's sum: pairwise for 4 entries in the training order, else in order. */
-static float ref_row_sum(const float *x, int L, int from, int training)
+/* A row's sum: pairwise in the training order of windows of 4 whose rows
+ * take vectors (dk >= 16), else in order. */
+static float ref_row_sum(const float *x, int L, int from, int training, int dk)
 {
-    if (training && L == 4)
+    if (training && L == 4 && dk >= 16)
         return (x[0] + x[1]) + (x[2] + x[3]);
     float s = 0.0f;
     for (int j = from; j < L; j++)
@@ -595,14 +598,15 @@ static void test_attention_order(int L, int DK, BstRng *rng)
                 for (int i = 0; i < L; i++) {
                     float *row = pr + i * L, maxv = -INFINITY;
                     for (int j = first; j < L; j++) {
-                        row[j] = (order ? ref_lanes_dot : ref_dot)(q + i * S, k + j * S, DK) * scale;
+                        row[j] = (order && DK >= 16 ? ref_lanes_dot : ref_dot)(q + i * S, k + j * S,
+                                                                               DK) * scale;
                         maxv = fmaxf(maxv, row[j]);
                     }
                     for (int j = 0; j < L; j++)
                         row[j] = j < first ? 0.0f
                                  : order   ? ref_exp(row[j] - maxv)
                                            : expf(row[j] - maxv);
-                    const float inv = 1.0f / ref_row_sum(row, L, first, order);
+                    const float inv = 1.0f / ref_row_sum(row, L, first, order, DK);
                     for (int j = first; j < L; j++)
                         row[j] *= inv;
                     for (int c = 0; c < DK; c++) {
@@ -620,10 +624,11 @@ static void test_attention_order(int L, int DK, BstRng *rng)
             for (int i = 0; i < L; i++) {
                 float t[16];
                 for (int j = 0; j < L; j++) {
-                    ds[i * L + j] = ref_lanes_dot(g + i * HD, v + j * S, DK) * mk[i * L + j];
+                    ds[i * L + j] = (DK >= 16 ? ref_lanes_dot : ref_dot)(g + i * HD, v + j * S, DK) *
+                                    mk[i * L + j];
                     t[j] = pr[i * L + j] * ds[i * L + j];
                 }
-                const float dot = ref_row_sum(t, L, 0, 1);
+                const float dot = ref_row_sum(t, L, 0, 1, DK);
                 for (int j = 0; j < L; j++)
                     ds[i * L + j] = pr[i * L + j] * (ds[i * L + j] - dot) * scale;
             }
@@ -1080,6 +1085,7 @@ static void check_all(BstSimd simd, const char *core)
         test_attention_order(7, 31, &rng);
         test_attention_order(4, 62, &rng);
         test_attention_order(4, 20, &rng);
+        test_attention_order(5, 13, &rng);
         test_exp16();
         test_sequence(0, &rng);
         test_sequence(1, &rng);
