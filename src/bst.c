@@ -25,6 +25,7 @@ void		_PG_init(void);
 char	   *bst_default_model = NULL;
 int			bst_model_cache_memory_kb = 256 * 1024;
 int			bst_train_memory_kb = 0;
+bool		bst_history_index_scan = true;
 static int	bst_threads = 0;
 
 /* Where the numerical core's allocations go; see bst_core_memory(). */
@@ -135,6 +136,16 @@ _PG_init(void)
 							PGC_USERSET,
 							GUC_UNIT_KB,
 							NULL, NULL, NULL);
+	DefineCustomBoolVariable("bst.history_index_scan",
+							 "Reads a user's latest ratings straight from the history table's index.",
+							 "bst_predict(user_id, movie_id), bst_recommend and bst_explain read them through the "
+							 "table's btree index on (user_id, unix_timestamp, movie_id, rating) when it has one; "
+							 "off runs a query for them instead, which gives the same rows.",
+							 &bst_history_index_scan,
+							 true,
+							 PGC_USERSET,
+							 0,
+							 NULL, NULL, NULL);
 	MarkGUCPrefixReserved("bst");
 }
 

@@ -9,6 +9,7 @@
 
 #include "fmgr.h"
 #include "executor/spi.h"
+#include "nodes/primnodes.h"
 #include "storage/itemptr.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
@@ -40,6 +41,9 @@ extern int	bst_model_cache_memory_kb;
 
 /* GUC bst.train_memory (kB): the most one training may allocate. */
 extern int	bst_train_memory_kb;
+
+/* GUC bst.history_index_scan: histories read from their index (history_index.c). */
+extern bool bst_history_index_scan;
 
 /* name, shortened for a message when it is long. */
 extern const char *bst_short_name(const char *name);
@@ -133,6 +137,7 @@ typedef struct BstStoredModel
 	BstPredictor *predictor;	/* frozen (model.h), but the sgemm one for a
 								 * model stored by 1.0 (model_store.c) */
 	SPIPlanPtr	history_plan;	/* latest ratings of a user, prepared once */
+	RangeVar   *history_rv;		/* history, parsed once */
 	SPIPlanPtr	rated_plan;		/* every movie a user rated, prepared once */
 	MemoryContext context;		/* holds all of the above */
 	Size		bytes;			/* allocated in context */
@@ -174,6 +179,8 @@ extern BstStoredModel *bst_model_for_call(FunctionCallInfo fcinfo, const char *n
  * (palloc'd, *n of them).
  */
 extern int	bst_user_history(BstStoredModel *entry, int32 user_id, int32 *movies, float *ratings);
+extern bool bst_history_index_read(RangeVar *history, Oid reader, int32 user_id, int limit,
+								   int32 *movies, float *ratings, bool *nulls, int *found);
 extern int32 *bst_user_rated_movies(BstStoredModel *entry, int32 user_id, int64 *n);
 extern Oid	bst_model_owner(FunctionCallInfo fcinfo, const char *name);
 /* Stores a new version of name: its weights, and its optimizer state when

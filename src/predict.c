@@ -312,37 +312,68 @@ int
 bst_user_history(BstStoredModel *entry, int32 user_id, int32 *movies, float *ratings)
 {
 	int			limit = bst_model_config(entry->model)->seq_len - 1;
-	/* The same order as bst_sequences, newest first. */
-	char	   *sql = psprintf("SELECT movie_id::pg_catalog.int4, rating::pg_catalog.float4 FROM %%s "
-							   "WHERE user_id OPERATOR(pg_catalog.=) $1 AND unix_timestamp IS NOT NULL "
-							   "ORDER BY unix_timestamp DESC, movie_id DESC, rating DESC LIMIT %d", limit);
-	uint64		found;
+	/* Newest first, as both paths read them; the window wants oldest first. */
+	int32		newest_movies[BST_MAX_SEQ_LEN];
+	float		newest_ratings[BST_MAX_SEQ_LEN];
+	bool		nulls[BST_MAX_SEQ_LEN];
+	int			found = 0;
+	bool		read = false;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	history_query(entry, &entry->history_plan, sql, user_id, limit);
-	found = SPI_processed;
-	/* Newest first from the index; the window wants oldest first. */
-	for (uint64 i = 0; i < found; i++)
+	/*
+	 * From the table's index, for a model with an owner (a 1.0 model's
+	 * history goes through check_history_owner_1_0, in the query's path).
+	 */
+	if (bst_history_index_scan && entry->history != NULL && OidIsValid(entry->owner))
 	{
-		HeapTuple	row = SPI_tuptable->vals[i];
-		bool		null_movie;
-		bool		null_rating;
+		if (entry->history_rv == NULL)
+		{
+			MemoryContext old = MemoryContextSwitchTo(entry->context);
+
+			entry->history_rv = makeRangeVarFromNameList(stringToQualifiedNameList(entry->history));
+			MemoryContextSwitchTo(old);
+		}
+		read = bst_history_index_read(entry->history_rv, entry->owner, user_id, limit,
+									  newest_movies, newest_ratings, nulls, &found);
+	}
+	if (!read)
+	{
+		/* The same order as bst_sequences, newest first. */
+		char	   *sql = psprintf("SELECT movie_id::pg_catalog.int4, rating::pg_catalog.float4 FROM %%s "
+								   "WHERE user_id OPERATOR(pg_catalog.=) $1 AND unix_timestamp IS NOT NULL "
+								   "ORDER BY unix_timestamp DESC, movie_id DESC, rating DESC LIMIT %d", limit);
+
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		history_query(entry, &entry->history_plan, sql, user_id, limit);
+		found = (int) SPI_processed;
+		for (int i = 0; i < found; i++)
+		{
+			HeapTuple	row = SPI_tuptable->vals[i];
+			bool		null_movie;
+			bool		null_rating;
+
+			newest_movies[i] = DatumGetInt32(SPI_getbinval(row, SPI_tuptable->tupdesc, 1, &null_movie));
+			newest_ratings[i] = DatumGetFloat4(SPI_getbinval(row, SPI_tuptable->tupdesc, 2, &null_rating));
+			nulls[i] = null_movie || null_rating;
+		}
+		SPI_finish();
+	}
+
+	for (int i = 0; i < found; i++)
+	{
 		int			pos = found - 1 - i;
 
-		movies[pos] = DatumGetInt32(SPI_getbinval(row, SPI_tuptable->tupdesc, 1, &null_movie));
-		ratings[pos] = DatumGetFloat4(SPI_getbinval(row, SPI_tuptable->tupdesc, 2, &null_rating));
-		if (null_movie || null_rating || !isfinite(ratings[pos]) ||
-			fabsf(ratings[pos]) > BST_MAX_ABS_RATING)
+		if (nulls[i] || !isfinite(newest_ratings[i]) || fabsf(newest_ratings[i]) > BST_MAX_ABS_RATING)
 			ereport(ERROR,
 					(errcode(ERRCODE_DATA_EXCEPTION),
 					 errmsg("history of user %d in %s has a NULL movie id or a NULL or out-of-range rating",
 							user_id, entry->history),
 					 errdetail("Ratings must be finite and within -%g .. %g.",
 							   BST_MAX_ABS_RATING, BST_MAX_ABS_RATING)));
+		movies[pos] = newest_movies[i];
+		ratings[pos] = newest_ratings[i];
 	}
-	SPI_finish();
-	return (int) found;
+	return found;
 }
 
 int32 *
