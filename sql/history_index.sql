@@ -74,6 +74,34 @@ CREATE INDEX hi_desc_idx ON hi_ratings (user_id, unix_timestamp DESC, movie_id D
 SET client_min_messages = debug1;
 SELECT bst_predict(1, 3) IS NOT NULL AS predicted;
 SET client_min_messages = warning;
+DROP INDEX hi_include_idx, hi_desc_idx;
+
+-- The history's name resolves as the model's owner would resolve it: a
+-- caller without USAGE on the history's schema still gets the prediction,
+-- through the index.
+CREATE ROLE regress_bst_hi_caller;
+CREATE SCHEMA hi_private;
+CREATE TABLE hi_private.h AS SELECT * FROM hi_ratings WHERE unix_timestamp IS NOT NULL;
+CREATE INDEX hi_private_idx ON hi_private.h (user_id, unix_timestamp, movie_id, rating);
+VACUUM ANALYZE hi_private.h;
+SELECT version FROM bst_train('hi_private', 'SELECT user_id, movie_ids, ratings FROM bst_sequences(''hi_private.h'')',
+                              epochs => 1, hidden => '{16}', history => 'hi_private.h', vocabulary => NULL,
+                              users => NULL, movies => NULL);
+SET bst.model = 'hi_private';
+SET bst.history_index_scan = off;
+CREATE TEMP TABLE by_query AS SELECT bst_predict(1, 3) AS p;
+RESET bst.history_index_scan;
+GRANT SELECT ON by_query TO regress_bst_hi_caller;
+SELECT bst_grant('hi_private', 'regress_bst_hi_caller');
+SET ROLE regress_bst_hi_caller;
+SET client_min_messages = debug1;
+SELECT bst_predict(1, 3) = p AS as_the_owner_reads_it FROM by_query;
+SET client_min_messages = warning;
+RESET ROLE;
+SELECT bst_drop('hi_private');
+DROP SCHEMA hi_private CASCADE;
+DROP TABLE by_query;
+DROP ROLE regress_bst_hi_caller;
 RESET bst.model;
 
 SELECT bst_drop('hi');

@@ -24,11 +24,21 @@
  *   it gives ORDER BY unix_timestamp DESC, movie_id DESC, rating DESC;
  * - user_id and movie_id of type integer, rating real, unix_timestamp
  *   bigint or integer: the query's casts are then identities.
- * Anything else takes the SPI path.  bst.history_scan = query forces it.
+ * - a permanent table of the heap access method (the visibility map
+ *   decides which rows are visible), not on a hot standby's unlogged one;
+ * - an index that the statement's snapshot may use (indcheckxmin: a plain
+ *   CREATE INDEX over broken HOT chains holds only the newest version of
+ *   each, which older snapshots must not read; the planner skips it too);
+ * - a schema-qualified name, resolved as the model's owner (its USAGE of
+ *   the schema), as the query resolves it.
+ * Anything else takes the SPI path.  bst.history_index_scan = off forces it.
  */
 #include "postgres.h"
 
 #include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/transam.h"
+#include "access/xlog.h"
 #include "access/relscan.h"
 #include "access/stratnum.h"
 #include "access/table.h"
@@ -36,6 +46,7 @@
 #include "access/visibilitymap.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_am_d.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_type_d.h"
 #include "commands/defrem.h"
@@ -149,6 +160,10 @@ index_fits(Relation index, Relation heap, const AttrNumber attnums[N_COLS])
 		!heap_attisnull(index->rd_indextuple, Anum_pg_index_indexprs, NULL) ||
 		!heap_attisnull(index->rd_indextuple, Anum_pg_index_indpred, NULL))
 		return false;
+	/* As get_relation_info (plancat.c) skips an index too new to use. */
+	if (form->indcheckxmin &&
+		!TransactionIdPrecedes(HeapTupleHeaderGetXmin(index->rd_indextuple->t_data), TransactionXmin))
+		return false;
 	for (int col = 0; col < N_COLS; col++)
 	{
 		Oid			family = builtin_btree_family(TupleDescAttr(desc, attnums[col] - 1)->atttypid);
@@ -170,7 +185,9 @@ bool
 bst_history_index_read(RangeVar *history, Oid reader, int32 user_id, int limit,
 					   int32 *movies, float *ratings, bool *nulls, int *found)
 {
-	Oid			relid = RangeVarGetRelid(history, AccessShareLock, true);
+	Oid			relid;
+	Oid			save_userid;
+	int			save_sec_context;
 	Relation	heap;
 	Relation	index = NULL;
 	AttrNumber	attnums[N_COLS];
@@ -178,16 +195,30 @@ bst_history_index_read(RangeVar *history, Oid reader, int32 user_id, int limit,
 	ListCell   *lc;
 	Snapshot	snapshot = GetActiveSnapshot();
 	IndexScanDesc scan;
-	ScanKeyData key;
+	ScanKeyData keys[2];
 	Buffer		vm_buffer = InvalidBuffer;
 	TupleTableSlot *slot = NULL;
 	ItemPointer tid;
 
-	/* A missing relation: the query reports it. */
+	/*
+	 * The name as the query resolves it: as the owner (an error restores the
+	 * identity at the transaction's abort), and only with its schema, as the
+	 * query's search_path holds no schema of anyone's.  A missing relation:
+	 * the query reports it.
+	 */
+	if (history->schemaname == NULL)
+		return false;
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(reader, save_sec_context | SECURITY_RESTRICTED_OPERATION);
+	relid = RangeVarGetRelid(history, AccessShareLock, true);
+	SetUserIdAndSecContext(save_userid, save_sec_context);
 	if (!OidIsValid(relid))
 		return false;
 	heap = table_open(relid, NoLock);
-	if (heap->rd_rel->relkind != RELKIND_RELATION || heap->rd_rel->relrowsecurity ||
+	if (heap->rd_rel->relkind != RELKIND_RELATION || heap->rd_rel->relam != HEAP_TABLE_AM_OID ||
+		heap->rd_rel->relpersistence == RELPERSISTENCE_TEMP ||
+		(heap->rd_rel->relpersistence == RELPERSISTENCE_UNLOGGED && RecoveryInProgress()) ||
+		heap->rd_rel->relrowsecurity ||
 		heap->rd_rel->relhassubclass || !IsMVCCSnapshot(snapshot) ||
 		pg_class_aclcheck(relid, reader, ACL_SELECT) != ACLCHECK_OK ||
 		!table_columns(heap, attnums))
@@ -217,11 +248,16 @@ bst_history_index_read(RangeVar *history, Oid reader, int32 user_id, int limit,
 	elog(DEBUG1, "bst: history of user %d read through index \"%s\"", user_id,
 		 RelationGetRelationName(index));
 
-	/* The user's entries, from the last (newest) back. */
-	ScanKeyInit(&key, COL_USER + 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(user_id));
-	scan = index_beginscan(heap, index, snapshot, 1, 0);
+	/*
+	 * The user's entries with a timestamp (IS NOT NULL as a key, as the
+	 * planner makes it), from the last (newest) back.
+	 */
+	ScanKeyInit(&keys[0], COL_USER + 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(user_id));
+	ScanKeyEntryInitialize(&keys[1], SK_ISNULL | SK_SEARCHNOTNULL, COL_TIME + 1, InvalidStrategy,
+						   InvalidOid, InvalidOid, InvalidOid, (Datum) 0);
+	scan = index_beginscan(heap, index, snapshot, 2, 0);
 	scan->xs_want_itup = true;
-	index_rescan(scan, &key, 1, NULL, 0);
+	index_rescan(scan, keys, 2, NULL, 0);
 	*found = 0;
 	while (*found < limit && (tid = index_getnext_tid(scan, BackwardScanDirection)) != NULL)
 	{
@@ -230,6 +266,8 @@ bst_history_index_read(RangeVar *history, Oid reader, int32 user_id, int limit,
 		bool		rating_null;
 		Datum		movie;
 		Datum		rating;
+
+		CHECK_FOR_INTERRUPTS();
 
 		/*
 		 * As an index-only scan decides whether the entry's row is visible:
