@@ -74,6 +74,10 @@ double bst_training_dense_flops(const BstConfig *c, int32_t batch, int32_t n_dis
             total += per_row * n_distinct;
         else if (strcmp(layers[i].name, "wqkv") == 0)
             total += per_row * ((double)n_distinct + positions);
+        else if (strcmp(layers[i].name, "wo") == 0)
+            /* Folded into each head's values (layers.h): Wv_h Wo_h and
+             * bv_h Wo_h, no product over the rows. */
+            total += c->heads * 2.0 * c->embed_dim * c->embed_dim * (c->embed_dim + 1.0);
         else
             total += per_row * layers[i].rows * (double)batch;
     }

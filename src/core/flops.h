@@ -72,9 +72,12 @@ void bst_model_flops(const BstConfig *cfg, BstFlops *f);
  * twice these): the counted ones, except that training encodes and
  * projects each of the batch's n_distinct distinct movies once instead of
  * every non-padding position (bst_forward), plus the positions' own
- * projections (L - 1 rows, one more with additive ratings).  An epoch's
- * floor counts the model's FLOPs (bst_model_flops), so the distinct
- * movies' saving is one of the ways an epoch comes closer to it.
+ * projections (L - 1 rows, one more with additive ratings); and that the
+ * output projection is folded into each head's values (layers.h,
+ * value_output_fold_forward: H products of d x d by d x d and of 1 x d by
+ * d x d per batch instead of one over the rows).  An epoch's floor counts
+ * the model's FLOPs (bst_model_flops), so these savings are ways an epoch
+ * comes closer to it.
  */
 double bst_training_dense_flops(const BstConfig *cfg, int32_t batch, int32_t n_distinct);
 

@@ -444,6 +444,90 @@ void linear_bias_backward(float *d_b, const float *d_out, int n, int out_dim)
                  bias_sums_cols(d_b, d_out, n, out_dim, lo, hi));
 }
 
+/* Rows [r0, r1) of heads_sum_forward: the bias, then each head in turn. */
+BST_SIMD_INLINE void heads_sum_rows_generic(float *out, const float *ctx, const float *bias,
+                                            size_t r0, size_t r1, int H, int d)
+{
+    for (size_t r = r0; r < r1; r++) {
+        float *o = out + r * d;
+        const float *c = ctx + r * (size_t)H * d;
+        memcpy(o, bias, (size_t)d * sizeof(float));
+        for (int h = 0; h < H; h++)
+            for (int j = 0; j < d; j++)
+                o[j] += c[(size_t)h * d + j];
+    }
+}
+BST_SIMD_DISPATCH(heads_sum_rows,
+                  (float *out, const float *ctx, const float *bias, size_t r0, size_t r1, int H,
+                   int d),
+                  (out, ctx, bias, r0, r1, H, d))
+
+void heads_sum_forward(float *out, const float *ctx, const float *bias, int n, int H, int d)
+{
+    PARALLEL_FOR((size_t)n, 1, (double)n * H * d, lo, hi,
+                 heads_sum_rows(out, ctx, bias, lo, hi, H, d));
+}
+
+/* Rows [r0, r1) of heads_sum_backward's d_ctx: each head's copy of d_out. */
+static void heads_sum_backward_rows(float *d_ctx, const float *d_out, size_t r0, size_t r1, int H,
+                                    int d)
+{
+    for (size_t r = r0; r < r1; r++)
+        for (int h = 0; h < H; h++)
+            memcpy(d_ctx + (r * H + h) * d, d_out + r * d, (size_t)d * sizeof(float));
+}
+
+void heads_sum_backward(float *d_ctx, float *d_bias, const float *d_out, int n, int H, int d)
+{
+    PARALLEL_FOR((size_t)n, 1, (double)n * H * d, lo, hi,
+                 heads_sum_backward_rows(d_ctx, d_out, lo, hi, H, d));
+    linear_bias_backward(d_bias, d_out, n, d);
+}
+
+void value_output_fold_forward(float *w, float *b, const float *wqkv, const float *bqkv,
+                               const float *wo, int d, int H)
+{
+    const int hd = H * d, n3 = 3 * hd;
+    for (int r = 0; r < d; r++)
+        memcpy(w + (size_t)r * n3, wqkv + (size_t)r * n3, (size_t)2 * hd * sizeof(float));
+    memcpy(b, bqkv, (size_t)2 * hd * sizeof(float));
+    for (int h = 0; h < H; h++) {
+        const size_t v = (size_t)2 * hd + (size_t)h * d;
+        const float *wo_h = wo + (size_t)h * d * d;
+        bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d, d, d, 1.0f, wqkv + v, n3, wo_h,
+                       d, 0.0f, w + v, n3);
+        bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, 1, d, d, 1.0f, bqkv + v, n3, wo_h,
+                       d, 0.0f, b + v, n3);
+    }
+}
+
+void value_output_fold_backward(float *d_wqkv, float *d_bqkv, float *d_wo, const float *d_w,
+                                const float *d_b, const float *wqkv, const float *bqkv,
+                                const float *wo, int d, int H)
+{
+    const int hd = H * d, n3 = 3 * hd;
+    for (int r = 0; r < d; r++)
+        for (int j = 0; j < 2 * hd; j++)
+            d_wqkv[(size_t)r * n3 + j] += d_w[(size_t)r * n3 + j];
+    for (int j = 0; j < 2 * hd; j++)
+        d_bqkv[j] += d_b[j];
+    for (int h = 0; h < H; h++) {
+        const size_t v = (size_t)2 * hd + (size_t)h * d;
+        const float *wo_h = wo + (size_t)h * d * d;
+        float *d_wo_h = d_wo + (size_t)h * d * d;
+        /* Wvo = Wv Wo: dWv += dWvo Wo^T, dWo += Wv^T dWvo; bvo = bv Wo
+         * alike. */
+        bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, d, d, d, 1.0f, d_w + v, n3, wo_h, d,
+                       1.0f, d_wqkv + v, n3);
+        bst_blas.sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d, d, d, 1.0f, wqkv + v, n3, d_w + v,
+                       n3, 1.0f, d_wo_h, d);
+        bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, 1, d, d, 1.0f, d_b + v, n3, wo_h, d,
+                       1.0f, d_bqkv + v, n3);
+        bst_blas.sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d, d, 1, 1.0f, bqkv + v, n3, d_b + v,
+                       n3, 1.0f, d_wo_h, d);
+    }
+}
+
 /* Windows [b0, b1). */
 static void flatten_forward_windows(float *out, int stride, const float *y,
                                     const int32_t *hist_len, size_t b0, size_t b1, int L, int d)

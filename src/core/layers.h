@@ -168,6 +168,32 @@ void projection_backward(float *d_u, float *d_p, const float *d_qkv, const int32
 void linear_bias_backward(float *d_b, const float *d_out, int n, int out_dim);
 
 /*
+ * The attention's output projection folded into its values (training).
+ * The context of head h at a row is sum_j p_j v_j (its probabilities after
+ * dropout, v_j = x_j Wv_h + bv_h), so its share of the output projection,
+ * ctx_h Wo_h, is sum_j p_j (x_j Wv_h Wo_h + bv_h Wo_h): with each head's
+ * value projection Wv_h Wo_h and bias bv_h Wo_h (d x d and d: key_dim = d),
+ * the attention's contexts are already in the output's space, and the
+ * output is their sum over the heads plus bo, with no product over the
+ * rows (a sixth of the model's FLOPs).
+ *
+ * value_output_fold_forward: w [d, 3 H d] = Wq | Wk | Wv_h Wo_h for each
+ * head, b [3 H d] = bq | bk | bv_h Wo_h, from wqkv, bqkv and wo [H d, d].
+ * value_output_fold_backward adds to the gradients of wqkv, bqkv and wo
+ * those of w and b (d_w, d_b) through that map.
+ * heads_sum_forward: out [n, d] = bias + the sum of ctx's H blocks of d
+ * columns, in the order of the heads; its backward copies d_out to every
+ * head's block of d_ctx and adds d_out's column sums to d_bias.
+ */
+void value_output_fold_forward(float *w, float *b, const float *wqkv, const float *bqkv,
+                               const float *wo, int d, int H);
+void value_output_fold_backward(float *d_wqkv, float *d_bqkv, float *d_wo, const float *d_w,
+                                const float *d_b, const float *wqkv, const float *bqkv,
+                                const float *wo, int d, int H);
+void heads_sum_forward(float *out, const float *ctx, const float *bias, int n, int H, int d);
+void heads_sum_backward(float *d_ctx, float *d_bias, const float *d_out, int n, int H, int d);
+
+/*
  * Scaled dot-product attention core of Keras MultiHeadAttention.
  * qkv is [B, L, 3*H*dk]: each row holds the query, key and value projections
  * [q | k | v] (one fused projection), head h in columns [h*dk, (h+1)*dk) of

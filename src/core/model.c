@@ -712,6 +712,8 @@ static void acts_layout(BstActs *a, const BstConfig *c, size_t N, BstActsKind ki
     a->uqkv = distinct_rows ? carve_packed(cv, NL * 3 * hd) : NULL;
     a->pqkv = distinct_rows ? carve_packed(cv, L * 3 * hd) : NULL;
     a->dpos = kind == BST_ACTS_GRADIENTS ? carve_packed(cv, L * d) : NULL;
+    a->fold_w = distinct_rows ? carve_packed(cv, d * 3 * hd) : NULL;
+    a->fold_b = distinct_rows ? carve_packed(cv, 3 * hd) : NULL;
     a->slot = backward_reads ? (int32_t *)carve_packed(cv, NL) : NULL;
     a->distinct = backward_reads ? (int32_t *)carve_packed(cv, NL) : NULL;
     a->rows_start = backward_reads ? (int32_t *)carve_packed(cv, NL + 1) : NULL;
@@ -887,12 +889,13 @@ float bst_forward(const BstModel *m, BstActs *a, const BstBatch *b, int training
         embedding_forward(a->enc, d, a->slot, a->uenc, U, BL, d);
         sequence_forward(a->x, a->enc, b->ratings, p->pos_emb,
                          c->rating_add ? p->rating_w : NULL, b->hist_len, B, L, d);
-        linear_forward(a->uqkv, a->uenc, p->wqkv, NULL, U, d, 3 * hd);
-        linear_forward(a->pqkv, p->pos_emb, p->wqkv, NULL, L - 1, d, 3 * hd);
+        value_output_fold_forward(a->fold_w, a->fold_b, p->wqkv, p->bqkv, p->wo, d, H);
+        linear_forward(a->uqkv, a->uenc, a->fold_w, NULL, U, d, 3 * hd);
+        linear_forward(a->pqkv, p->pos_emb, a->fold_w, NULL, L - 1, d, 3 * hd);
         if (c->rating_add)
-            linear_forward(a->pqkv + (size_t)(L - 1) * 3 * hd, p->rating_w, p->wqkv, NULL, 1, d,
+            linear_forward(a->pqkv + (size_t)(L - 1) * 3 * hd, p->rating_w, a->fold_w, NULL, 1, d,
                            3 * hd);
-        projection_forward(a->qkv, a->uqkv, a->pqkv, p->bqkv, a->slot, b->ratings,
+        projection_forward(a->qkv, a->uqkv, a->pqkv, a->fold_b, a->slot, b->ratings,
                            c->rating_add, B, L, 3 * hd);
     } else {
         if (G > 0) {
@@ -914,7 +917,11 @@ float bst_forward(const BstModel *m, BstActs *a, const BstBatch *b, int training
                           pd, drop_rng);
     else
         attention_forward_inference(a->ctx, a->probs, a->qkv, b->hist_len, B, L, H, key_dim);
-    linear_forward(a->attn, a->ctx, p->wo, p->bo, BL, hd, d);
+    /* Training's values went through the output projection already. */
+    if (training)
+        heads_sum_forward(a->attn, a->ctx, p->bo, BL, H, d);
+    else
+        linear_forward(a->attn, a->ctx, p->wo, p->bo, BL, hd, d);
     dropout_forward(a->res1, a->attn_mask, a->attn, bld, pd, drop_rng);
     add_inplace(a->res1, a->x, bld);
     layernorm_forward(a->x1, a->ln1_mean, a->ln1_rstd, a->res1, p->ln1_g, p->ln1_b,
@@ -1053,25 +1060,29 @@ void bst_backward(const BstModel *m, const BstActs *a, BstActs *da, BstParams *g
     layernorm_backward(da->res1, g->ln1_g, g->ln1_b, da->x1, a->res1, a->ln1_mean,
                        a->ln1_rstd, p->ln1_g, BL, d);
     dropout_backward(da->attn, da->res1, a->attn_mask, bld);
-    linear_backward(da->ctx, g->wo, g->bo, da->attn, a->ctx, p->wo, BL, hd, d);
+    heads_sum_backward(da->ctx, g->bo, da->attn, BL, H, d);
     attention_backward(da->qkv, da->probs, da->ctx, a->probs, a->probs_mask, a->qkv,
                        B, L, H, key_dim);
 
     /* The fused projection, as the forward built it: through the distinct
      * movies' projections and the positions'. */
     const int U = a->n_distinct, n3 = 3 * hd;
-    linear_bias_backward(g->bqkv, da->qkv, BL, n3);
+    memset(da->fold_w, 0, (size_t)d * n3 * sizeof(float));
+    memset(da->fold_b, 0, (size_t)n3 * sizeof(float));
+    linear_bias_backward(da->fold_b, da->qkv, BL, n3);
     projection_backward(da->uqkv, da->pqkv, da->qkv, a->rows_start, a->rows, U, b->ratings,
                         c->rating_add, b->hist_len, B, L, n3);
-    linear_backward(da->uenc, g->wqkv, NULL, da->uqkv, a->uenc, p->wqkv, U, d, n3);
-    linear_backward(da->dpos, g->wqkv, NULL, da->pqkv, p->pos_emb, p->wqkv, L - 1, d, n3);
+    linear_backward(da->uenc, da->fold_w, NULL, da->uqkv, a->uenc, a->fold_w, U, d, n3);
+    linear_backward(da->dpos, da->fold_w, NULL, da->pqkv, p->pos_emb, a->fold_w, L - 1, d, n3);
     add_inplace(g->pos_emb, da->dpos, (size_t)(L - 1) * d);
     if (c->rating_add) {
         float *d_rating = da->dpos + (size_t)(L - 1) * d;
-        linear_backward(d_rating, g->wqkv, NULL, da->pqkv + (size_t)(L - 1) * n3, p->rating_w,
-                        p->wqkv, 1, d, n3);
+        linear_backward(d_rating, da->fold_w, NULL, da->pqkv + (size_t)(L - 1) * n3, p->rating_w,
+                        a->fold_w, 1, d, n3);
         add_inplace(g->rating_w, d_rating, (size_t)d);
     }
+    value_output_fold_backward(g->wqkv, g->bqkv, g->wo, da->fold_w, da->fold_b, p->wqkv, p->bqkv,
+                               p->wo, d, H);
 
     /* x's residual: into the positions and each row's encoding, and those
      * into their distinct movie's (padding rows have none, and add their

@@ -789,13 +789,16 @@ static void test_network(BstRng *rng)
     /* Keras' initial embeddings (+-0.05) make every attention score ~0 and
      * the Q/K gradients tiny; larger embeddings give the softmax something to
      * do.  Norm parameters are moved off their 1/0 initial values so their
-     * paths are exercised. */
+     * paths are exercised, and the attention's biases off 0 (training folds
+     * bv Wo into its values: a zero bv would hide that term of wo's
+     * gradient). */
     BstTensor t[BST_MAX_TENSORS];
     int nt = bst_param_tensors(&cfg, &m->params, t);
     for (int i = 0; i < nt; i++) {
         if (strstr(t[i].name, "_emb"))
             fill_uniform(t[i].data, t[i].size, -1.0f, 1.0f, rng);
-        else if (strstr(t[i].name, "_g") || strstr(t[i].name, "_b"))
+        else if (strstr(t[i].name, "_g") || strstr(t[i].name, "_b") || strcmp(t[i].name, "bqkv") == 0 ||
+                 strcmp(t[i].name, "bo") == 0)
             fill_uniform(t[i].data, t[i].size, 0.5f, 1.5f, rng);
     }
     BstBatch batch = {.n = N, .movies = movies, .ratings = ratings, .targets = targets};
@@ -854,7 +857,8 @@ static void test_network_features(BstRng *rng)
         if (strstr(t[i].name, "_emb") || strstr(t[i].name, "bias") || strstr(t[i].name, "factors") ||
             strcmp(t[i].name, "rating_w") == 0)
             fill_uniform(t[i].data, t[i].size, -1.0f, 1.0f, rng);
-        else if (strstr(t[i].name, "_g") || strstr(t[i].name, "_b"))
+        else if (strstr(t[i].name, "_g") || strstr(t[i].name, "_b") || strcmp(t[i].name, "bqkv") == 0 ||
+                 strcmp(t[i].name, "bo") == 0)
             fill_uniform(t[i].data, t[i].size, 0.5f, 1.5f, rng);
     }
     BstBatch batch = {.n = N, .movies = movies, .ratings = ratings, .targets = targets,
