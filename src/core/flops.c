@@ -73,10 +73,14 @@ double bst_training_dense_flops(const BstConfig *c, int32_t batch, int32_t n_dis
         if (strcmp(layers[i].name, "genre_w") == 0)
             total += per_row * n_distinct;
         else if (strcmp(layers[i].name, "wqkv") == 0)
-            total += per_row * ((double)n_distinct + positions);
+            /* Keys folded into the queries (layers.h): the queries' and
+             * values' two thirds of the columns, and per head Wq_h Wk_h^T
+             * and bq_h Wk_h^T. */
+            total += per_row * 2.0 / 3.0 * ((double)n_distinct + positions) +
+                     c->heads * 2.0 * c->embed_dim * c->embed_dim * (c->embed_dim + 1.0);
         else if (strcmp(layers[i].name, "wo") == 0)
-            /* Folded into each head's values (layers.h): Wv_h Wo_h and
-             * bv_h Wo_h, no product over the rows. */
+            /* Folded into each head's values: Wv_h Wo_h and bv_h Wo_h, no
+             * product over the rows. */
             total += c->heads * 2.0 * c->embed_dim * c->embed_dim * (c->embed_dim + 1.0);
         else
             total += per_row * layers[i].rows * (double)batch;

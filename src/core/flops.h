@@ -73,9 +73,11 @@ void bst_model_flops(const BstConfig *cfg, BstFlops *f);
  * projects each of the batch's n_distinct distinct movies once instead of
  * every non-padding position (bst_forward), plus the positions' own
  * projections (L - 1 rows, one more with additive ratings); and that the
- * output projection is folded into each head's values (layers.h,
- * value_output_fold_forward: H products of d x d by d x d and of 1 x d by
- * d x d per batch instead of one over the rows).  An epoch's floor counts
+ * keys are folded into the queries and the output projection into the
+ * values (layers.h, attention_fold_forward: per head, products of d x d by
+ * d x d and of 1 x d by d x d per batch instead of the keys' third of the
+ * fused projection and the output projection's product over the rows).
+ * An epoch's floor counts
  * the model's FLOPs (bst_model_flops), so these savings are ways an epoch
  * comes closer to it.
  */

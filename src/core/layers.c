@@ -484,16 +484,21 @@ void heads_sum_backward(float *d_ctx, float *d_bias, const float *d_out, int n, 
     linear_bias_backward(d_bias, d_out, n, d);
 }
 
-void value_output_fold_forward(float *w, float *b, const float *wqkv, const float *bqkv,
-                               const float *wo, int d, int H)
+void attention_fold_forward(float *w, float *b, const float *wqkv, const float *bqkv,
+                            const float *wo, int d, int H)
 {
     const int hd = H * d, n3 = 3 * hd;
-    for (int r = 0; r < d; r++)
-        memcpy(w + (size_t)r * n3, wqkv + (size_t)r * n3, (size_t)2 * hd * sizeof(float));
-    memcpy(b, bqkv, (size_t)2 * hd * sizeof(float));
     for (int h = 0; h < H; h++) {
-        const size_t v = (size_t)2 * hd + (size_t)h * d;
+        const size_t q = (size_t)h * d, k = (size_t)hd + q, v = (size_t)2 * hd + q;
         const float *wo_h = wo + (size_t)h * d * d;
+        /* Queries: Wq_h Wk_h^T and bq_h Wk_h^T. */
+        bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, d, d, d, 1.0f, wqkv + q, n3,
+                       wqkv + k, n3, 0.0f, w + q, n3);
+        bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, 1, d, d, 1.0f, bqkv + q, n3,
+                       wqkv + k, n3, 0.0f, b + q, n3);
+        /* Keys: the rows themselves (fold_projection_forward copies them). */
+        memset(b + k, 0, (size_t)d * sizeof(float));
+        /* Values: Wv_h Wo_h and bv_h Wo_h. */
         bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d, d, d, 1.0f, wqkv + v, n3, wo_h,
                        d, 0.0f, w + v, n3);
         bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, 1, d, d, 1.0f, bqkv + v, n3, wo_h,
@@ -501,20 +506,26 @@ void value_output_fold_forward(float *w, float *b, const float *wqkv, const floa
     }
 }
 
-void value_output_fold_backward(float *d_wqkv, float *d_bqkv, float *d_wo, const float *d_w,
-                                const float *d_b, const float *wqkv, const float *bqkv,
-                                const float *wo, int d, int H)
+void attention_fold_backward(float *d_wqkv, float *d_bqkv, float *d_wo, const float *d_w,
+                             const float *d_b, const float *wqkv, const float *bqkv,
+                             const float *wo, int d, int H)
 {
     const int hd = H * d, n3 = 3 * hd;
-    for (int r = 0; r < d; r++)
-        for (int j = 0; j < 2 * hd; j++)
-            d_wqkv[(size_t)r * n3 + j] += d_w[(size_t)r * n3 + j];
-    for (int j = 0; j < 2 * hd; j++)
-        d_bqkv[j] += d_b[j];
     for (int h = 0; h < H; h++) {
-        const size_t v = (size_t)2 * hd + (size_t)h * d;
+        const size_t q = (size_t)h * d, k = (size_t)hd + q, v = (size_t)2 * hd + q;
         const float *wo_h = wo + (size_t)h * d * d;
         float *d_wo_h = d_wo + (size_t)h * d * d;
+        /* M = Wq Wk^T: dWq += dM Wk, dWk += dM^T Wq; c = bq Wk^T: dbq += dc
+         * Wk, dWk += dc^T bq.  bk has no gradient: it adds the same to a
+         * query's every score. */
+        bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d, d, d, 1.0f, d_w + q, n3,
+                       wqkv + k, n3, 1.0f, d_wqkv + q, n3);
+        bst_blas.sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d, d, d, 1.0f, d_w + q, n3,
+                       wqkv + q, n3, 1.0f, d_wqkv + k, n3);
+        bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, 1, d, d, 1.0f, d_b + q, n3,
+                       wqkv + k, n3, 1.0f, d_bqkv + q, n3);
+        bst_blas.sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d, d, 1, 1.0f, d_b + q, n3,
+                       bqkv + q, n3, 1.0f, d_wqkv + k, n3);
         /* Wvo = Wv Wo: dWv += dWvo Wo^T, dWo += Wv^T dWvo; bvo = bv Wo
          * alike. */
         bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, d, d, d, 1.0f, d_w + v, n3, wo_h, d,
@@ -526,6 +537,76 @@ void value_output_fold_backward(float *d_wqkv, float *d_bqkv, float *d_wo, const
         bst_blas.sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d, d, 1, 1.0f, bqkv + v, n3, d_b + v,
                        n3, 1.0f, d_wo_h, d);
     }
+}
+
+/* Rows [r0, r1) of fold_projection_forward. */
+static void fold_projection_rows(float *out, const float *in, const float *w, size_t r0, size_t r1,
+                                 int d, int H)
+{
+    const int hd = H * d, n3 = 3 * hd;
+    if (r1 <= r0)
+        return;
+    bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(r1 - r0), hd, d, 1.0f,
+                   in + r0 * d, d, w, n3, 0.0f, out + r0 * n3, n3);
+    bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(r1 - r0), hd, d, 1.0f,
+                   in + r0 * d, d, w + 2 * hd, n3, 0.0f, out + r0 * n3 + 2 * hd, n3);
+    for (size_t r = r0; r < r1; r++)
+        for (int h = 0; h < H; h++)
+            memcpy(out + r * n3 + hd + (size_t)h * d, in + r * d, (size_t)d * sizeof(float));
+}
+
+void fold_projection_forward(float *out, const float *in, const float *w, int n, int d, int H)
+{
+    PARALLEL_FOR((size_t)n, SGEMM_GRAIN, 2.0 * n * d * 2 * H * d, lo, hi,
+                 fold_projection_rows(out, in, w, lo, hi, d, H));
+}
+
+/* Rows [r0, r1) of fold_projection_backward's d_in. */
+static void fold_projection_input_rows(float *d_in, const float *d_out, const float *w, size_t r0,
+                                       size_t r1, int d, int H)
+{
+    const int hd = H * d, n3 = 3 * hd;
+    if (r1 <= r0)
+        return;
+    bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(r1 - r0), d, hd, 1.0f,
+                   d_out + r0 * n3, n3, w, n3, 0.0f, d_in + r0 * d, d);
+    bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(r1 - r0), d, hd, 1.0f,
+                   d_out + r0 * n3 + 2 * hd, n3, w + 2 * hd, n3, 1.0f, d_in + r0 * d, d);
+    for (size_t r = r0; r < r1; r++)
+        for (int h = 0; h < H; h++) {
+            const float *dk = d_out + r * n3 + hd + (size_t)h * d;
+            float *di = d_in + r * d;
+            for (int j = 0; j < d; j++)
+                di[j] += dk[j];
+        }
+}
+
+/* Columns [c0, c1) of the queries' and values' 2 H d columns of d_w. */
+static void fold_projection_param_cols(float *d_w, const float *d_out, const float *in, int n,
+                                       int d, int H, size_t c0, size_t c1)
+{
+    const int hd = H * d, n3 = 3 * hd;
+    for (int part = 0; part < 2; part++) {
+        const size_t lo = c0 > (size_t)part * hd ? c0 : (size_t)part * hd;
+        const size_t hi = c1 < (size_t)(part + 1) * hd ? c1 : (size_t)(part + 1) * hd;
+        if (hi <= lo)
+            continue;
+        /* Part 1, the values, sits after the keys' columns. */
+        const size_t col = lo + (size_t)part * hd;
+        bst_blas.sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d, (int)(hi - lo), n, 1.0f, in, d,
+                       d_out + col, n3, 1.0f, d_w + col, n3);
+    }
+}
+
+void fold_projection_backward(float *d_in, float *d_w, const float *d_out, const float *in,
+                              const float *w, int n, int d, int H)
+{
+    const double flops = 2.0 * n * d * 2 * H * d;
+    if (d_in)
+        PARALLEL_FOR((size_t)n, SGEMM_GRAIN, flops, lo, hi,
+                     fold_projection_input_rows(d_in, d_out, w, lo, hi, d, H));
+    PARALLEL_FOR((size_t)2 * H * d, SGEMM_GRAIN, flops, lo, hi,
+                 fold_projection_param_cols(d_w, d_out, in, n, d, H, lo, hi));
 }
 
 /* Windows [b0, b1). */

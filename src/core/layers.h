@@ -168,28 +168,42 @@ void projection_backward(float *d_u, float *d_p, const float *d_qkv, const int32
 void linear_bias_backward(float *d_b, const float *d_out, int n, int out_dim);
 
 /*
- * The attention's output projection folded into its values (training).
- * The context of head h at a row is sum_j p_j v_j (its probabilities after
- * dropout, v_j = x_j Wv_h + bv_h), so its share of the output projection,
- * ctx_h Wo_h, is sum_j p_j (x_j Wv_h Wo_h + bv_h Wo_h): with each head's
- * value projection Wv_h Wo_h and bias bv_h Wo_h (d x d and d: key_dim = d),
- * the attention's contexts are already in the output's space, and the
- * output is their sum over the heads plus bo, with no product over the
- * rows (a sixth of the model's FLOPs).
+ * Training's attention with its projections folded (key_dim = d).
  *
- * value_output_fold_forward: w [d, 3 H d] = Wq | Wk | Wv_h Wo_h for each
- * head, b [3 H d] = bq | bk | bv_h Wo_h, from wqkv, bqkv and wo [H d, d].
- * value_output_fold_backward adds to the gradients of wqkv, bqkv and wo
- * those of w and b (d_w, d_b) through that map.
+ * Values: the context of head h at a row is sum_j p_j v_j (its
+ * probabilities after dropout, v_j = x_j Wv_h + bv_h), so its share of the
+ * output projection, ctx_h Wo_h, is sum_j p_j (x_j Wv_h Wo_h + bv_h Wo_h):
+ * with each head's value projection Wv_h Wo_h and bias bv_h Wo_h, the
+ * contexts are already in the output's space, and the output is their sum
+ * over the heads plus bo (heads_sum_forward), with no product over the rows.
+ *
+ * Queries and keys: the score of query i and key j is (x_i Wq_h + bq_h)
+ * (x_j Wk_h + bk_h)^T = (x_i Wq_h Wk_h^T + bq_h Wk_h^T) x_j^T plus terms
+ * that are the same for every key j of query i, which the softmax cancels.
+ * So the folded query is x_i Wq_h Wk_h^T + bq_h Wk_h^T, and the key is the
+ * row x_j itself, for every head: no product for the keys.
+ *
+ * attention_fold_forward: w [d, 3 H d] = (Wq_h Wk_h^T) | (unused) |
+ * (Wv_h Wo_h), head by head in each part, and b [3 H d] = bq_h Wk_h^T | 0 |
+ * bv_h Wo_h, from wqkv, bqkv and wo [H d, d].  attention_fold_backward adds
+ * to the gradients of wqkv, bqkv and wo those of w and b (d_w, d_b; their
+ * key columns unread) through that map; bk gets none, as it has none.
+ * fold_projection_forward: out [n, 3 H d] = the rows in [n, d] times w's
+ * query and value columns, and each row copied to every head's key;
+ * fold_projection_backward: d_in [n, d] (written; NULL: skipped) and d_w's
+ * query and value columns (added to) from d_out.
  * heads_sum_forward: out [n, d] = bias + the sum of ctx's H blocks of d
  * columns, in the order of the heads; its backward copies d_out to every
  * head's block of d_ctx and adds d_out's column sums to d_bias.
  */
-void value_output_fold_forward(float *w, float *b, const float *wqkv, const float *bqkv,
-                               const float *wo, int d, int H);
-void value_output_fold_backward(float *d_wqkv, float *d_bqkv, float *d_wo, const float *d_w,
-                                const float *d_b, const float *wqkv, const float *bqkv,
-                                const float *wo, int d, int H);
+void attention_fold_forward(float *w, float *b, const float *wqkv, const float *bqkv,
+                            const float *wo, int d, int H);
+void attention_fold_backward(float *d_wqkv, float *d_bqkv, float *d_wo, const float *d_w,
+                             const float *d_b, const float *wqkv, const float *bqkv,
+                             const float *wo, int d, int H);
+void fold_projection_forward(float *out, const float *in, const float *w, int n, int d, int H);
+void fold_projection_backward(float *d_in, float *d_w, const float *d_out, const float *in,
+                              const float *w, int n, int d, int H);
 void heads_sum_forward(float *out, const float *ctx, const float *bias, int n, int H, int d);
 void heads_sum_backward(float *d_ctx, float *d_bias, const float *d_out, int n, int H, int d);
 

@@ -889,12 +889,12 @@ float bst_forward(const BstModel *m, BstActs *a, const BstBatch *b, int training
         embedding_forward(a->enc, d, a->slot, a->uenc, U, BL, d);
         sequence_forward(a->x, a->enc, b->ratings, p->pos_emb,
                          c->rating_add ? p->rating_w : NULL, b->hist_len, B, L, d);
-        value_output_fold_forward(a->fold_w, a->fold_b, p->wqkv, p->bqkv, p->wo, d, H);
-        linear_forward(a->uqkv, a->uenc, a->fold_w, NULL, U, d, 3 * hd);
-        linear_forward(a->pqkv, p->pos_emb, a->fold_w, NULL, L - 1, d, 3 * hd);
+        attention_fold_forward(a->fold_w, a->fold_b, p->wqkv, p->bqkv, p->wo, d, H);
+        fold_projection_forward(a->uqkv, a->uenc, a->fold_w, U, d, H);
+        fold_projection_forward(a->pqkv, p->pos_emb, a->fold_w, L - 1, d, H);
         if (c->rating_add)
-            linear_forward(a->pqkv + (size_t)(L - 1) * 3 * hd, p->rating_w, a->fold_w, NULL, 1, d,
-                           3 * hd);
+            fold_projection_forward(a->pqkv + (size_t)(L - 1) * 3 * hd, p->rating_w, a->fold_w, 1,
+                                    d, H);
         projection_forward(a->qkv, a->uqkv, a->pqkv, a->fold_b, a->slot, b->ratings,
                            c->rating_add, B, L, 3 * hd);
     } else {
@@ -1072,17 +1072,17 @@ void bst_backward(const BstModel *m, const BstActs *a, BstActs *da, BstParams *g
     linear_bias_backward(da->fold_b, da->qkv, BL, n3);
     projection_backward(da->uqkv, da->pqkv, da->qkv, a->rows_start, a->rows, U, b->ratings,
                         c->rating_add, b->hist_len, B, L, n3);
-    linear_backward(da->uenc, da->fold_w, NULL, da->uqkv, a->uenc, a->fold_w, U, d, n3);
-    linear_backward(da->dpos, da->fold_w, NULL, da->pqkv, p->pos_emb, a->fold_w, L - 1, d, n3);
+    fold_projection_backward(da->uenc, da->fold_w, da->uqkv, a->uenc, a->fold_w, U, d, H);
+    fold_projection_backward(da->dpos, da->fold_w, da->pqkv, p->pos_emb, a->fold_w, L - 1, d, H);
     add_inplace(g->pos_emb, da->dpos, (size_t)(L - 1) * d);
     if (c->rating_add) {
         float *d_rating = da->dpos + (size_t)(L - 1) * d;
-        linear_backward(d_rating, da->fold_w, NULL, da->pqkv + (size_t)(L - 1) * n3, p->rating_w,
-                        a->fold_w, 1, d, n3);
+        fold_projection_backward(d_rating, da->fold_w, da->pqkv + (size_t)(L - 1) * n3,
+                                 p->rating_w, a->fold_w, 1, d, H);
         add_inplace(g->rating_w, d_rating, (size_t)d);
     }
-    value_output_fold_backward(g->wqkv, g->bqkv, g->wo, da->fold_w, da->fold_b, p->wqkv, p->bqkv,
-                               p->wo, d, H);
+    attention_fold_backward(g->wqkv, g->bqkv, g->wo, da->fold_w, da->fold_b, p->wqkv, p->bqkv,
+                            p->wo, d, H);
 
     /* x's residual: into the positions and each row's encoding, and those
      * into their distinct movie's (padding rows have none, and add their

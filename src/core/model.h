@@ -339,9 +339,10 @@ typedef struct BstActs {
     float *uqkv;                      /* [N*L, 3*H*dk] uenc W */
     float *pqkv;                      /* [L, 3*H*dk] pos_emb W (rows < L-1), rating_w W */
     float *dpos;                      /* [L, d] (gradients) pqkv's gradient times W^T */
-    /* Training's fused projection with the output projection folded into
-     * each head's values (layers.h, value_output_fold_forward), which
-     * uqkv and pqkv are products of; gradient instances: its gradients. */
+    /* Training's fused projection with the keys folded into the queries
+     * and the output projection into the values (layers.h,
+     * attention_fold_forward), which uqkv and pqkv are products of;
+     * gradient instances: its gradients. */
     float *fold_w;                    /* [d, 3*H*dk] */
     float *fold_b;                    /* [3*H*dk] */
     float *slab;
