@@ -468,22 +468,6 @@ void heads_sum_forward(float *out, const float *ctx, const float *bias, int n, i
                  heads_sum_rows(out, ctx, bias, lo, hi, H, d));
 }
 
-/* Rows [r0, r1) of heads_sum_backward's d_ctx: each head's copy of d_out. */
-static void heads_sum_backward_rows(float *d_ctx, const float *d_out, size_t r0, size_t r1, int H,
-                                    int d)
-{
-    for (size_t r = r0; r < r1; r++)
-        for (int h = 0; h < H; h++)
-            memcpy(d_ctx + (r * H + h) * d, d_out + r * d, (size_t)d * sizeof(float));
-}
-
-void heads_sum_backward(float *d_ctx, float *d_bias, const float *d_out, int n, int H, int d)
-{
-    PARALLEL_FOR((size_t)n, 1, (double)n * H * d, lo, hi,
-                 heads_sum_backward_rows(d_ctx, d_out, lo, hi, H, d));
-    linear_bias_backward(d_bias, d_out, n, d);
-}
-
 void attention_fold_forward(float *w, float *b, const float *wqkv, const float *bqkv,
                             const float *wo, int d, int H)
 {
@@ -1501,7 +1485,7 @@ void attention_forward_inference(float *ctx, float *probs, const float *qkv,
 BST_SIMD_INLINE void attention_backward_body(float *d_qkv, float *d_probs, const float *d_ctx,
                                              const float *probs, const float *mask,
                                              const float *qkv, size_t b0, size_t b1, const int L,
-                                             int H, int dk)
+                                             int H, int dk, size_t g_stride, size_t g_head)
 {
     const int hd = H * dk, stride = 3 * hd;
     const float scale = 1.0f / sqrtf((float)dk);
@@ -1512,7 +1496,7 @@ BST_SIMD_INLINE void attention_backward_body(float *d_qkv, float *d_probs, const
         for (int h = 0; h < H; h++) {
             const size_t blk = (b * H + h) * L * L, head = b * L * stride + (size_t)h * dk;
             const float *pr = probs + blk, *mk = mask + blk;
-            const float *g = d_ctx + b * L * hd + (size_t)h * dk;
+            const float *g = d_ctx + b * L * g_stride + h * g_head;
             /* ds (in d_probs): the gradient of the scores.  Through ctx =
              * (probs * mask) . V, dp_ij = g_i . v_j * mask_ij; through the
              * softmax, ds_ij = p_ij (dp_ij - sum_k p_ik dp_ik), scaled as
@@ -1521,11 +1505,11 @@ BST_SIMD_INLINE void attention_backward_body(float *d_qkv, float *d_probs, const
             float pm[WEIGHTED_FEW * WEIGHTED_FEW];
             if (L == 4 && dk >= 16) {
                 const v16f p_4x4 = v16_load(pr), mk_4x4 = v16_load(mk);
-                const v16f dp = pair_dots(g, hd, v + head, stride, 4, 0, 16, dk) * mk_4x4;
+                const v16f dp = pair_dots(g, g_stride, v + head, stride, 4, 0, 16, dk) * mk_4x4;
                 v16_store(ds, p_4x4 * (dp - row_sums_4x4(p_4x4 * dp)) * scale);
                 v16_store(pm, p_4x4 * mk_4x4);
             } else {
-                window_dots(ds, g, hd, v + head, stride, L, dk);
+                window_dots(ds, g, g_stride, v + head, stride, L, dk);
                 for (int i = 0; i < L; i++) {
                     float *dsi = ds + (size_t)i * L;
                     for (int j = 0; j < L; j++)
@@ -1544,14 +1528,14 @@ BST_SIMD_INLINE void attention_backward_body(float *d_qkv, float *d_probs, const
              * dv_j = sum_i p_ij mask_ij g_i, dq_i = sum_j ds_ij k_j,
              * dk_j = sum_i ds_ij q_i; written whole (no zeroing first). */
             if (mixed) {
-                window_mix(d_v + head, stride, pm, 1, L, g, hd, L, dk);
+                window_mix(d_v + head, stride, pm, 1, L, g, g_stride, L, dk);
                 window_mix(d_q + head, stride, ds, L, 1, k + head, stride, L, dk);
                 window_mix(d_k + head, stride, ds, 1, L, q + head, stride, L, dk);
                 continue;
             }
             for (int j = 0; j < L; j++) {
                 const size_t row = head + (size_t)j * stride;
-                weighted_rows(d_v + row, pr + j, mk + j, (size_t)L, g, (size_t)hd, L, dk);
+                weighted_rows(d_v + row, pr + j, mk + j, (size_t)L, g, g_stride, L, dk);
                 weighted_rows(d_q + row, ds + (size_t)j * L, NULL, 1, k + head, (size_t)stride, L,
                               dk);
                 weighted_rows(d_k + row, ds + j, NULL, (size_t)L, q + head, (size_t)stride, L, dk);
@@ -1563,18 +1547,21 @@ BST_SIMD_INLINE void attention_backward_body(float *d_qkv, float *d_probs, const
 BST_SIMD_INLINE void attention_backward_windows_generic(float *d_qkv, float *d_probs,
                                                         const float *d_ctx, const float *probs,
                                                         const float *mask, const float *qkv,
-                                                        size_t b0, size_t b1, int L, int H, int dk)
+                                                        size_t b0, size_t b1, int L, int H, int dk,
+                                                        size_t g_stride, size_t g_head)
 {
     if (L == 4)
-        attention_backward_body(d_qkv, d_probs, d_ctx, probs, mask, qkv, b0, b1, 4, H, dk);
+        attention_backward_body(d_qkv, d_probs, d_ctx, probs, mask, qkv, b0, b1, 4, H, dk,
+                                g_stride, g_head);
     else
-        attention_backward_body(d_qkv, d_probs, d_ctx, probs, mask, qkv, b0, b1, L, H, dk);
+        attention_backward_body(d_qkv, d_probs, d_ctx, probs, mask, qkv, b0, b1, L, H, dk,
+                                g_stride, g_head);
 }
 BST_SIMD_DISPATCH(attention_backward_windows,
                   (float *d_qkv, float *d_probs, const float *d_ctx, const float *probs,
                    const float *mask, const float *qkv, size_t b0, size_t b1, int L, int H,
-                   int dk),
-                  (d_qkv, d_probs, d_ctx, probs, mask, qkv, b0, b1, L, H, dk))
+                   int dk, size_t g_stride, size_t g_head),
+                  (d_qkv, d_probs, d_ctx, probs, mask, qkv, b0, b1, L, H, dk, g_stride, g_head))
 
 void attention_backward(float *d_qkv, float *d_probs, const float *d_ctx,
                         const float *probs, const float *mask, const float *qkv,
@@ -1582,7 +1569,16 @@ void attention_backward(float *d_qkv, float *d_probs, const float *d_ctx,
 {
     PARALLEL_FOR((size_t)B, 1, 8.0 * B * H * L * L * dk, lo, hi,
                  attention_backward_windows(d_qkv, d_probs, d_ctx, probs, mask, qkv, lo, hi,
-                                            L, H, dk));
+                                            L, H, dk, (size_t)H * dk, (size_t)dk));
+}
+
+void attention_backward_shared(float *d_qkv, float *d_probs, const float *d_out,
+                               const float *probs, const float *mask, const float *qkv,
+                               int B, int L, int H, int dk)
+{
+    PARALLEL_FOR((size_t)B, 1, 8.0 * B * H * L * L * dk, lo, hi,
+                 attention_backward_windows(d_qkv, d_probs, d_out, probs, mask, qkv, lo, hi,
+                                            L, H, dk, (size_t)dk, 0));
 }
 
 /* B * k multiply-adds, serial: a fraction of any other layer's work. */

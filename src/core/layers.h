@@ -193,8 +193,9 @@ void linear_bias_backward(float *d_b, const float *d_out, int n, int out_dim);
  * fold_projection_backward: d_in [n, d] (written; NULL: skipped) and d_w's
  * query and value columns (added to) from d_out.
  * heads_sum_forward: out [n, d] = bias + the sum of ctx's H blocks of d
- * columns, in the order of the heads; its backward copies d_out to every
- * head's block of d_ctx and adds d_out's column sums to d_bias.
+ * columns, in the order of the heads.  Its backward: every head's context
+ * gets d_out (attention_backward_shared reads it so), the bias d_out's
+ * column sums (linear_bias_backward).
  */
 void attention_fold_forward(float *w, float *b, const float *wqkv, const float *bqkv,
                             const float *wo, int d, int H);
@@ -205,7 +206,7 @@ void fold_projection_forward(float *out, const float *in, const float *w, int n,
 void fold_projection_backward(float *d_in, float *d_w, const float *d_out, const float *in,
                               const float *w, int n, int d, int H);
 void heads_sum_forward(float *out, const float *ctx, const float *bias, int n, int H, int d);
-void heads_sum_backward(float *d_ctx, float *d_bias, const float *d_out, int n, int H, int d);
+
 
 /*
  * Scaled dot-product attention core of Keras MultiHeadAttention.
@@ -235,6 +236,11 @@ void attention_forward_inference(float *ctx, float *probs, const float *qkv,
 void attention_backward(float *d_qkv, float *d_probs, const float *d_ctx,
                         const float *probs, const float *mask, const float *qkv,
                         int B, int L, int H, int dk);
+/* The same with one gradient [B, L, dk] for every head's context: that of
+ * heads_sum_forward's output (training's folded attention). */
+void attention_backward_shared(float *d_qkv, float *d_probs, const float *d_out,
+                               const float *probs, const float *mask, const float *qkv,
+                               int B, int L, int H, int dk);
 
 /*
  * Factor term of biased matrix factorisation:

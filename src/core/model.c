@@ -671,7 +671,8 @@ static void acts_layout(BstActs *a, const BstConfig *c, size_t N, BstActsKind ki
     a->qkv = carve_packed(cv, N * L * 3 * hd);
     a->probs = carve_packed(cv, N * H * L * L);
     a->probs_mask = backward_reads ? carve_packed(cv, N * H * L * L) : NULL;
-    a->ctx = carve_packed(cv, N * L * hd);
+    /* Training's backward reads the output's gradient for every head's context. */
+    a->ctx = kind != BST_ACTS_GRADIENTS ? carve_packed(cv, N * L * hd) : NULL;
     a->attn = carve_packed(cv, bld);
     a->attn_mask = backward_reads ? carve_packed(cv, bld) : NULL;
     a->res1 = infer ? a->attn : carve_packed(cv, bld);
@@ -1060,9 +1061,9 @@ void bst_backward(const BstModel *m, const BstActs *a, BstActs *da, BstParams *g
     layernorm_backward(da->res1, g->ln1_g, g->ln1_b, da->x1, a->res1, a->ln1_mean,
                        a->ln1_rstd, p->ln1_g, BL, d);
     dropout_backward(da->attn, da->res1, a->attn_mask, bld);
-    heads_sum_backward(da->ctx, g->bo, da->attn, BL, H, d);
-    attention_backward(da->qkv, da->probs, da->ctx, a->probs, a->probs_mask, a->qkv,
-                       B, L, H, key_dim);
+    linear_bias_backward(g->bo, da->attn, BL, d);
+    attention_backward_shared(da->qkv, da->probs, da->attn, a->probs, a->probs_mask, a->qkv,
+                              B, L, H, key_dim);
 
     /* The fused projection, as the forward built it: through the distinct
      * movies' projections and the positions'. */
