@@ -15,7 +15,8 @@ static void dense(BstDense *out, int *n, const char *name, int32_t rows, int32_t
     e->out_dim = out_dim;
 }
 
-/* The linear_forward calls of bst_forward (model.c), in its order. */
+/* The linear_forward calls of bst_forward (model.c) in prediction, in its
+ * order; training folds some (bst_training_dense_flops). */
 int bst_dense_layers(const BstConfig *c, BstDense out[BST_MAX_DENSE])
 {
     const int32_t L = c->seq_len, d = c->embed_dim, hd = c->heads * c->embed_dim;

@@ -143,7 +143,8 @@ void dropout_forward(float *out, float *mask, const float *in, size_t n, float p
 void dropout_backward(float *d_in, const float *d_out, const float *mask, size_t n);
 
 /*
- * The fused projection qkv = x W + b of a training batch by linearity, x as
+ * The fused projection qkv = x W + b of a training batch by linearity (W
+ * and b folded: attention_fold_forward; its keys are x itself), x as
  * sequence_forward builds it (n = 3 H dk columns): from uqkv, the
  * projections e W of the batch's distinct movie encodings (row slot[row]
  * for the row of window b, position i; slot < 0: padding, whose x is 0),

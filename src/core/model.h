@@ -108,7 +108,8 @@ size_t bst_config_num_params(const BstConfig *cfg);
  * The same struct holds gradients and optimizer state.  movie_emb is always
  * first in the slab (the trainer relies on it to update the rest densely).
  * The query, key and value projections are fused into one matrix so that a
- * single sgemm computes all three (and a single one their input gradient):
+ * single sgemm computes all three in prediction (training folds them with
+ * wo first: layers.h, attention_fold_forward):
  * wqkv[:, 0:H*dk] is the Keras query kernel (d, H, key_dim) flattened
  * row-major, then the key and the value kernels; likewise bqkv.  wo is the
  * output kernel (H, key_dim, d) flattened to [H*key_dim, d].
@@ -299,11 +300,13 @@ typedef struct BstActs {
     float *gpre;                      /* [N, L, d] genre Dense, before its ReLU (forward) */
     float *enc;                       /* [N, L, d] encoded movies */
     float *x;                         /* [N, L, d] sequence input (forward) */
-    float *qkv;                       /* [N, L, 3*H*dk] rows [q | k | v] */
+    float *qkv;                       /* [N, L, 3*H*dk] rows [q | k | v]; training's folded:
+                                       * [x Wq Wk^T + bq Wk^T | x per head | x Wv Wo + bv Wo] */
     float *probs;                     /* [N, H, L, L] softmax (grads: scratch) */
     float *probs_mask;                /* [N, H, L, L] attention dropout factors (training) */
-    float *ctx;                       /* [N, L, H*dk] */
-    float *attn;                      /* [N, L, d] attention output projection */
+    float *ctx;                       /* [N, L, H*dk] (forward; training's in the output's space) */
+    float *attn;                      /* [N, L, d] attention output projection (training: the
+                                       * heads' contexts summed, plus bo) */
     float *attn_mask;                 /* [N, L, d] (training) */
     float *res1;                      /* [N, L, d] x + dropout(attn) */
     float *x1;                        /* [N, L, d] layernorm 1 */
@@ -336,9 +339,9 @@ typedef struct BstActs {
     int32_t *rows_start, *rows;       /* [N*L + 1], [N*L] each one's positions, in order */
     int32_t *slot_of_movie;           /* [n_movies + 1] scratch, all -1 between batches */
     float *ugin, *ugpre, *uenc;       /* [N*L, d + n_genres], [N*L, d], [N*L, d] */
-    float *uqkv;                      /* [N*L, 3*H*dk] uenc W */
-    float *pqkv;                      /* [L, 3*H*dk] pos_emb W (rows < L-1), rating_w W */
-    float *dpos;                      /* [L, d] (gradients) pqkv's gradient times W^T */
+    float *uqkv;                      /* [N*L, 3*H*dk] uenc times fold_w (keys: uenc) */
+    float *pqkv;                      /* [L, 3*H*dk] pos_emb (rows < L-1), rating_w, alike */
+    float *dpos;                      /* [L, d] (gradients) pqkv's gradient back through it */
     /* Training's fused projection with the keys folded into the queries
      * and the output projection into the values (layers.h,
      * attention_fold_forward), which uqkv and pqkv are products of;

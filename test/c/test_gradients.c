@@ -758,6 +758,30 @@ static int check_network(BstModel *m, const BstBatch *batch, const char *prefix)
         snprintf(what, sizeof(what), "%s.%.15s", prefix, t[i].name);
         check_grad(what, t[i].data, g[i].data, t[i].size, net_loss, &c, NET_STEP, 1e-2 * gmax);
     }
+
+    /*
+     * The finite differences above run training's forward, whose attention
+     * is folded (layers.h, attention_fold_forward): a fold wrong alike in
+     * both directions would pass them.  Inference keeps the model's own
+     * products, so the transformer's output y must agree with it (up to
+     * rounding) at every position.
+     */
+    BstActs inf;
+    CHECK(bst_acts_alloc(&inf, cfg, batch->n, BST_ACTS_INFERENCE) == 0, "allocation");
+    bst_forward(m, &acts, batch, 1, NULL);
+    bst_forward(m, &inf, batch, 0, NULL);
+    const size_t ny = (size_t)batch->n * cfg->seq_len * cfg->embed_dim;
+    double ymax = 0.0, worst = 0.0;
+    for (size_t i = 0; i < ny; i++) {
+        ymax = fmax(ymax, fabs((double)inf.y[i]));
+        worst = fmax(worst, fabs((double)acts.y[i] - (double)inf.y[i]));
+    }
+    CHECK(ymax > 0.1 && worst <= 1e-5 * ymax,
+          "%s: training's folded attention gives y within %.2e of inference's (max |y| %.2f)",
+          prefix, worst, ymax);
+    printf("  %s: training's y against inference's: worst %.2e (max |y| %.2f)\n", prefix, worst,
+           ymax);
+    bst_acts_free(&inf);
     bst_acts_free(&acts);
     bst_acts_free(&dacts);
     bst_params_free(&grads);
