@@ -49,7 +49,6 @@
 #include "catalog/pg_class.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_type_d.h"
-#include "commands/defrem.h"
 #include "executor/tuptable.h"
 #include "miscadmin.h"
 #include "storage/bufmgr.h"
@@ -59,6 +58,7 @@
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
+#include "utils/typcache.h"
 #include "utils/varlena.h"
 
 #include "bst.h"
@@ -122,30 +122,14 @@ table_columns(Relation heap, AttrNumber attnums[N_COLS])
 
 /*
  * The btree operator family of type's default operator class, when it is a
- * built-in one (else InvalidOid).  Looked up once per backend and type: the
- * lookup scans pg_opclass, and no built-in default ever changes.
+ * built-in one (else InvalidOid), from the type cache.
  */
 static Oid
 builtin_btree_family(Oid type)
 {
-	static Oid	types[3] = {INT4OID, INT8OID, FLOAT4OID};
-	static Oid	families[3];
-	static bool known[3];
+	Oid			family = lookup_type_cache(type, TYPECACHE_BTREE_OPFAMILY)->btree_opf;
 
-	for (int i = 0; i < 3; i++)
-		if (types[i] == type)
-		{
-			if (!known[i])
-			{
-				Oid			opclass = GetDefaultOpClass(type, BTREE_AM_OID);
-				Oid			family = OidIsValid(opclass) ? get_opclass_family(opclass) : InvalidOid;
-
-				families[i] = family < FirstNormalObjectId ? family : InvalidOid;
-				known[i] = true;
-			}
-			return families[i];
-		}
-	return InvalidOid;
+	return family < FirstNormalObjectId ? family : InvalidOid;
 }
 
 /* Whether index gives the history query's rows in its order (above). */

@@ -123,16 +123,28 @@ check_prediction(float prediction)
 }
 
 /*
- * The history relation stored with a model, as a quoted qualified name.  It
- * is text in bst_models, so parse it as a name rather than pasting it into
- * SQL: an edited row must not be able to inject a query.
+ * The model's history relation as a name to look up, parsed once per
+ * loaded model.  It is text in bst_models, so it is parsed as a name rather
+ * than pasted into SQL: an edited row must not be able to inject a query.
  */
+static RangeVar *
+history_rangevar(BstStoredModel *entry)
+{
+	if (entry->history_rv == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(entry->context);
+
+		entry->history_rv = makeRangeVarFromNameList(stringToQualifiedNameList(entry->history));
+		MemoryContextSwitchTo(old);
+	}
+	return entry->history_rv;
+}
+
+/* The history relation stored with a model, as a quoted qualified name. */
 static char *
 history_relation(BstStoredModel *entry)
 {
-	RangeVar   *rv = makeRangeVarFromNameList(stringToQualifiedNameList(entry->history));
-
-	return bst_relation_name(RangeVarGetRelid(rv, AccessShareLock, false));
+	return bst_relation_name(RangeVarGetRelid(history_rangevar(entry), AccessShareLock, false));
 }
 
 /*
@@ -238,8 +250,7 @@ bst_predict_user_window(PG_FUNCTION_ARGS)
 static void
 check_history_owner_1_0(BstStoredModel *entry)
 {
-	RangeVar   *rv = makeRangeVarFromNameList(stringToQualifiedNameList(entry->history));
-	Oid			relid = RangeVarGetRelid(rv, AccessShareLock, false);
+	Oid			relid = RangeVarGetRelid(history_rangevar(entry), AccessShareLock, false);
 	HeapTuple	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
 	Oid			relowner;
 
@@ -324,17 +335,8 @@ bst_user_history(BstStoredModel *entry, int32 user_id, int32 *movies, float *rat
 	 * history goes through check_history_owner_1_0, in the query's path).
 	 */
 	if (bst_history_index_scan && entry->history != NULL && OidIsValid(entry->owner))
-	{
-		if (entry->history_rv == NULL)
-		{
-			MemoryContext old = MemoryContextSwitchTo(entry->context);
-
-			entry->history_rv = makeRangeVarFromNameList(stringToQualifiedNameList(entry->history));
-			MemoryContextSwitchTo(old);
-		}
-		read = bst_history_index_read(entry->history_rv, entry->owner, user_id, limit,
+		read = bst_history_index_read(history_rangevar(entry), entry->owner, user_id, limit,
 									  newest_movies, newest_ratings, nulls, &found);
-	}
 	if (!read)
 	{
 		/* The same order as bst_sequences, newest first. */
