@@ -406,13 +406,34 @@ BST_SIMD_DISPATCH(projection_backward_positions,
                    const int32_t *hist_len, int B, int L, int n, size_t c0, size_t c1),
                   (d_p, d_qkv, ratings, additive, hist_len, B, L, n, c0, c1))
 
+/* The first of the n movies whose item (rows_start[u] + u: every row and
+ * every movie before it counted) is at or after item (n if none). */
+static size_t first_item_at(const int32_t *rows_start, int32_t n, size_t item)
+{
+    size_t lo = 0, hi = (size_t)n;
+    while (lo < hi) {
+        const size_t mid = lo + (hi - lo) / 2;
+        if ((size_t)rows_start[mid] + mid < item)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
 void projection_backward(float *d_u, float *d_p, const float *d_qkv, const int32_t *rows_start,
                          const int32_t *rows, int32_t n_distinct, const float *ratings,
                          int additive, const int32_t *hist_len, int B, int L, int n)
 {
-    PARALLEL_FOR((size_t)n_distinct, 1, 2.0 * B * L * n, lo, hi,
-                 projection_backward_movies(d_u, d_qkv, rows_start, rows, ratings, additive, lo,
-                                            hi, L, n));
+    /* Shares of the movies weighted by their rows, each a cost as a movie
+     * is (its sum's store): the movies first seen come first and have the
+     * most rows, so plain shares of the movies left the first thread twice
+     * the work of the second. */
+    const size_t n_items = (size_t)rows_start[n_distinct] + (size_t)n_distinct;
+    PARALLEL_FOR(n_items, 1, 2.0 * B * L * n, lo, hi,
+                 projection_backward_movies(d_u, d_qkv, rows_start, rows, ratings, additive,
+                                            first_item_at(rows_start, n_distinct, lo),
+                                            first_item_at(rows_start, n_distinct, hi), L, n));
     PARALLEL_FOR((size_t)n, 1, 2.0 * B * L * n, lo, hi,
                  projection_backward_positions(d_p, d_qkv, ratings, additive, hist_len, B, L, n,
                                                lo, hi));
@@ -444,6 +465,24 @@ void linear_bias_backward(float *d_b, const float *d_out, int n, int out_dim)
                  bias_sums_cols(d_b, d_out, n, out_dim, lo, hi));
 }
 
+/* Columns [c0, c1) of the queries' and values' 2 H d columns of d_b. */
+static void fold_bias_cols(float *d_b, const float *d_qkv, int n, int d, int H, size_t c0,
+                           size_t c1)
+{
+    const size_t hd = (size_t)H * d;
+    if (c0 < hd)
+        bias_sums_cols(d_b, d_qkv, n, 3 * (int)hd, c0, c1 < hd ? c1 : hd);
+    if (c1 > hd)
+        bias_sums_cols(d_b, d_qkv, n, 3 * (int)hd, (c0 > hd ? c0 : hd) + hd, c1 + hd);
+}
+
+void fold_bias_backward(float *d_b, const float *d_qkv, int n, int d, int H)
+{
+    const size_t cols = (size_t)2 * H * d;
+    PARALLEL_FOR(cols, SGEMM_GRAIN, (double)n * cols, lo, hi,
+                 fold_bias_cols(d_b, d_qkv, n, d, H, lo, hi));
+}
+
 /* Rows [r0, r1) of heads_sum_forward: the bias, then each head in turn. */
 BST_SIMD_INLINE void heads_sum_rows_generic(float *out, const float *ctx, const float *bias,
                                             size_t r0, size_t r1, int H, int d)
@@ -468,13 +507,25 @@ void heads_sum_forward(float *out, const float *ctx, const float *bias, int n, i
                  heads_sum_rows(out, ctx, bias, lo, hi, H, d));
 }
 
-void attention_fold_forward(float *w, float *b, const float *wqkv, const float *bqkv,
-                            const float *wo, int d, int H)
+/*
+ * The folds' products are 62 x 62 x 62 at the Keras shape: too small to
+ * split, but there are many, and run one after another they kept the
+ * other threads idle for some 4% of a step.  So each is a task: the
+ * forward's are (head, queries | values), the backward's (head, the
+ * gradient it adds to: dWq, dWk, dWv or dWo), and a region's threads take
+ * ranges of tasks.  A task adds to its output in the order the serial
+ * loop did, and no two tasks write the same output: the same bits for any
+ * thread count.
+ */
+enum { FOLD_FORWARD_TASKS = 2, FOLD_BACKWARD_TASKS = 4 };
+
+static void fold_forward_task(float *w, float *b, const float *wqkv, const float *bqkv,
+                              const float *wo, int d, int H, size_t task)
 {
-    const int hd = H * d, n3 = 3 * hd;
-    for (int h = 0; h < H; h++) {
-        const size_t q = (size_t)h * d, k = (size_t)hd + q, v = (size_t)2 * hd + q;
-        const float *wo_h = wo + (size_t)h * d * d;
+    const int hd = H * d, n3 = 3 * hd, h = (int)(task / FOLD_FORWARD_TASKS);
+    const size_t q = (size_t)h * d, k = (size_t)hd + q, v = (size_t)2 * hd + q;
+    const float *wo_h = wo + (size_t)h * d * d;
+    if (task % FOLD_FORWARD_TASKS == 0) {
         /* Queries: Wq_h Wk_h^T and bq_h Wk_h^T. */
         bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, d, d, d, 1.0f, wqkv + q, n3,
                        wqkv + k, n3, 0.0f, w + q, n3);
@@ -482,11 +533,61 @@ void attention_fold_forward(float *w, float *b, const float *wqkv, const float *
                        wqkv + k, n3, 0.0f, b + q, n3);
         /* Keys: the rows themselves (fold_projection_forward copies them). */
         memset(b + k, 0, (size_t)d * sizeof(float));
+    } else {
         /* Values: Wv_h Wo_h and bv_h Wo_h. */
-        bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d, d, d, 1.0f, wqkv + v, n3, wo_h,
-                       d, 0.0f, w + v, n3);
-        bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, 1, d, d, 1.0f, bqkv + v, n3, wo_h,
-                       d, 0.0f, b + v, n3);
+        bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d, d, d, 1.0f, wqkv + v, n3,
+                       wo_h, d, 0.0f, w + v, n3);
+        bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, 1, d, d, 1.0f, bqkv + v, n3,
+                       wo_h, d, 0.0f, b + v, n3);
+    }
+}
+
+void attention_fold_forward(float *w, float *b, const float *wqkv, const float *bqkv,
+                            const float *wo, int d, int H)
+{
+    const size_t tasks = (size_t)H * FOLD_FORWARD_TASKS;
+    PARALLEL_FOR(tasks, 1, 2.0 * tasks * d * d * d, lo, hi,
+                 for (size_t t = lo; t < hi; t++)
+                     fold_forward_task(w, b, wqkv, bqkv, wo, d, H, t));
+}
+
+static void fold_backward_task(float *d_wqkv, float *d_bqkv, float *d_wo, const float *d_w,
+                               const float *d_b, const float *wqkv, const float *bqkv,
+                               const float *wo, int d, int H, size_t task)
+{
+    const int hd = H * d, n3 = 3 * hd, h = (int)(task / FOLD_BACKWARD_TASKS);
+    const size_t q = (size_t)h * d, k = (size_t)hd + q, v = (size_t)2 * hd + q;
+    const float *wo_h = wo + (size_t)h * d * d;
+    float *d_wo_h = d_wo + (size_t)h * d * d;
+    /* M = Wq Wk^T: dWq += dM Wk, dWk += dM^T Wq; c = bq Wk^T: dbq += dc Wk,
+     * dWk += dc^T bq.  bk has no gradient: it adds the same to a query's
+     * every score.  Wvo = Wv Wo: dWv += dWvo Wo^T, dWo += Wv^T dWvo; bvo =
+     * bv Wo alike. */
+    switch (task % FOLD_BACKWARD_TASKS) {
+    case 0:
+        bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d, d, d, 1.0f, d_w + q, n3,
+                       wqkv + k, n3, 1.0f, d_wqkv + q, n3);
+        bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, 1, d, d, 1.0f, d_b + q, n3,
+                       wqkv + k, n3, 1.0f, d_bqkv + q, n3);
+        break;
+    case 1:
+        bst_blas.sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d, d, d, 1.0f, d_w + q, n3,
+                       wqkv + q, n3, 1.0f, d_wqkv + k, n3);
+        bst_blas.sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d, d, 1, 1.0f, d_b + q, n3,
+                       bqkv + q, n3, 1.0f, d_wqkv + k, n3);
+        break;
+    case 2:
+        bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, d, d, d, 1.0f, d_w + v, n3, wo_h,
+                       d, 1.0f, d_wqkv + v, n3);
+        bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, 1, d, d, 1.0f, d_b + v, n3, wo_h,
+                       d, 1.0f, d_bqkv + v, n3);
+        break;
+    default:
+        bst_blas.sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d, d, d, 1.0f, wqkv + v, n3,
+                       d_w + v, n3, 1.0f, d_wo_h, d);
+        bst_blas.sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d, d, 1, 1.0f, bqkv + v, n3,
+                       d_b + v, n3, 1.0f, d_wo_h, d);
+        break;
     }
 }
 
@@ -494,33 +595,11 @@ void attention_fold_backward(float *d_wqkv, float *d_bqkv, float *d_wo, const fl
                              const float *d_b, const float *wqkv, const float *bqkv,
                              const float *wo, int d, int H)
 {
-    const int hd = H * d, n3 = 3 * hd;
-    for (int h = 0; h < H; h++) {
-        const size_t q = (size_t)h * d, k = (size_t)hd + q, v = (size_t)2 * hd + q;
-        const float *wo_h = wo + (size_t)h * d * d;
-        float *d_wo_h = d_wo + (size_t)h * d * d;
-        /* M = Wq Wk^T: dWq += dM Wk, dWk += dM^T Wq; c = bq Wk^T: dbq += dc
-         * Wk, dWk += dc^T bq.  bk has no gradient: it adds the same to a
-         * query's every score. */
-        bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d, d, d, 1.0f, d_w + q, n3,
-                       wqkv + k, n3, 1.0f, d_wqkv + q, n3);
-        bst_blas.sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d, d, d, 1.0f, d_w + q, n3,
-                       wqkv + q, n3, 1.0f, d_wqkv + k, n3);
-        bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, 1, d, d, 1.0f, d_b + q, n3,
-                       wqkv + k, n3, 1.0f, d_bqkv + q, n3);
-        bst_blas.sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d, d, 1, 1.0f, d_b + q, n3,
-                       bqkv + q, n3, 1.0f, d_wqkv + k, n3);
-        /* Wvo = Wv Wo: dWv += dWvo Wo^T, dWo += Wv^T dWvo; bvo = bv Wo
-         * alike. */
-        bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, d, d, d, 1.0f, d_w + v, n3, wo_h, d,
-                       1.0f, d_wqkv + v, n3);
-        bst_blas.sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d, d, d, 1.0f, wqkv + v, n3, d_w + v,
-                       n3, 1.0f, d_wo_h, d);
-        bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, 1, d, d, 1.0f, d_b + v, n3, wo_h, d,
-                       1.0f, d_bqkv + v, n3);
-        bst_blas.sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d, d, 1, 1.0f, bqkv + v, n3, d_b + v,
-                       n3, 1.0f, d_wo_h, d);
-    }
+    const size_t tasks = (size_t)H * FOLD_BACKWARD_TASKS;
+    PARALLEL_FOR(tasks, 1, 2.0 * tasks * d * d * d, lo, hi,
+                 for (size_t t = lo; t < hi; t++)
+                     fold_backward_task(d_wqkv, d_bqkv, d_wo, d_w, d_b, wqkv, bqkv, wo, d, H,
+                                        t));
 }
 
 /* Rows [r0, r1) of fold_projection_forward. */

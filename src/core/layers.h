@@ -192,7 +192,9 @@ void linear_bias_backward(float *d_b, const float *d_out, int n, int out_dim);
  * fold_projection_forward: out [n, 3 H d] = the rows in [n, d] times w's
  * query and value columns, and each row copied to every head's key;
  * fold_projection_backward: d_in [n, d] (written; NULL: skipped) and d_w's
- * query and value columns (added to) from d_out.
+ * query and value columns (added to) from d_out.  fold_bias_backward: d_b's
+ * query and value columns += the column sums of d_qkv [n, 3 H d] (its key
+ * columns, which attention_fold_backward never reads, are not summed).
  * heads_sum_forward: out [n, d] = bias + the sum of ctx's H blocks of d
  * columns, in the order of the heads.  Its backward: every head's context
  * gets d_out (attention_backward_shared reads it so), the bias d_out's
@@ -206,6 +208,7 @@ void attention_fold_backward(float *d_wqkv, float *d_bqkv, float *d_wo, const fl
 void fold_projection_forward(float *out, const float *in, const float *w, int n, int d, int H);
 void fold_projection_backward(float *d_in, float *d_w, const float *d_out, const float *in,
                               const float *w, int n, int d, int H);
+void fold_bias_backward(float *d_b, const float *d_qkv, int n, int d, int H);
 void heads_sum_forward(float *out, const float *ctx, const float *bias, int n, int H, int d);
 
 

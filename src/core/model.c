@@ -1070,7 +1070,7 @@ void bst_backward(const BstModel *m, const BstActs *a, BstActs *da, BstParams *g
     const int U = a->n_distinct, n3 = 3 * hd;
     memset(da->fold_w, 0, (size_t)d * n3 * sizeof(float));
     memset(da->fold_b, 0, (size_t)n3 * sizeof(float));
-    linear_bias_backward(da->fold_b, da->qkv, BL, n3);
+    fold_bias_backward(da->fold_b, da->qkv, BL, d, H);
     projection_backward(da->uqkv, da->pqkv, da->qkv, a->rows_start, a->rows, U, b->ratings,
                         c->rating_add, b->hist_len, B, L, n3);
     fold_projection_backward(da->uenc, da->fold_w, da->uqkv, a->uenc, a->fold_w, U, d, H);
