@@ -1183,6 +1183,108 @@ void dropout_backward(float *d_in, const float *d_out, const float *mask, size_t
                  dropout_backward_range(d_in, d_out, mask, lo, hi));
 }
 
+/*
+ * A transformer block's residual step, fused: each thread runs the whole
+ * chain on its rows, one region instead of one per step, each row still in
+ * its core's cache from one step to the next.  Every element is computed
+ * by the same operations as the separate layers' (the same bits).
+ */
+static void add_rows(float *acc, const float *x, size_t lo, size_t hi)
+{
+    for (size_t i = lo; i < hi; i++)
+        acc[i] += x[i];
+}
+
+static void residual_layernorm_rows(float *res, float *mask, float *out, float *mean,
+                                    float *rstd, float *act, const float *branch,
+                                    const float *x, const float *gamma, const float *beta,
+                                    size_t r0, size_t r1, int d, float p, uint64_t key,
+                                    float eps, float slope)
+{
+    const size_t lo = r0 * d, hi = r1 * d;
+    dropout_forward_range(res, mask, branch, lo, hi, p, key);
+    add_rows(res, x, lo, hi);
+    layernorm_forward_rows(out, mean, rstd, res, gamma, beta, r0, r1, d, eps);
+    if (act)
+        leaky_relu_forward_range(act, out, lo, hi, slope);
+}
+
+void residual_layernorm_forward(float *res, float *mask, float *out, float *mean, float *rstd,
+                                float *act, const float *branch, const float *x,
+                                const float *gamma, const float *beta, int n, int d, float p,
+                                BstRng *rng, float eps, float slope)
+{
+    uint64_t key;
+    p = dropout_stream(p, rng, &key);
+    PARALLEL_FOR((size_t)n, 1, 10.0 * n * d, lo, hi,
+                 residual_layernorm_rows(res, mask, out, mean, rstd, act, branch, x, gamma, beta,
+                                         lo, hi, d, p, key, eps, slope));
+}
+
+static void residual_layernorm_input_rows(float *d_branch, float *d_res, float *d_out,
+                                          const float *d_act, const float *out,
+                                          const float *d_skip, const float *res,
+                                          const float *mean, const float *rstd,
+                                          const float *gamma, const float *mask, size_t r0,
+                                          size_t r1, int d, float slope)
+{
+    const size_t lo = r0 * d, hi = r1 * d;
+    if (d_act) {
+        leaky_relu_backward_range(d_out, d_act, out, lo, hi, slope);
+        add_rows(d_out, d_skip, lo, hi);
+    }
+    layernorm_backward_rows(d_res, d_out, res, mean, rstd, gamma, r0, r1, d);
+    dropout_backward_range(d_branch, d_res, mask, lo, hi);
+}
+
+void residual_layernorm_backward(float *d_branch, float *d_res, float *d_gamma, float *d_beta,
+                                 float *d_out, const float *d_act, const float *out,
+                                 const float *d_skip, const float *res, const float *mean,
+                                 const float *rstd, const float *gamma, const float *mask,
+                                 int n, int d, float slope)
+{
+    PARALLEL_FOR((size_t)n, 1, 10.0 * n * d, lo, hi,
+                 residual_layernorm_input_rows(d_branch, d_res, d_out, d_act, out, d_skip, res,
+                                               mean, rstd, gamma, mask, lo, hi, d, slope));
+    PARALLEL_FOR((size_t)d, 1, 4.0 * n * d, lo, hi,
+                 layernorm_backward_param_cols(d_gamma, d_beta, d_out, res, mean, rstd, n, d,
+                                               lo, hi));
+}
+
+/* An MLP layer's activation and its dropout, fused as the residual step
+ * above (the same bits as leaky_relu_forward, then dropout_forward). */
+static void leaky_relu_dropout_range(float *act, float *out, float *mask, const float *in,
+                                     size_t lo, size_t hi, float slope, float p, uint64_t key)
+{
+    leaky_relu_forward_range(act, in, lo, hi, slope);
+    dropout_forward_range(out, mask, act, lo, hi, p, key);
+}
+
+void leaky_relu_dropout_forward(float *act, float *out, float *mask, const float *in, size_t n,
+                                float slope, float p, BstRng *rng)
+{
+    uint64_t key;
+    p = dropout_stream(p, rng, &key);
+    PARALLEL_FOR(n, ELT_GRAIN, (p > 0.0f ? 5.0 : 2.0) * n, lo, hi,
+                 leaky_relu_dropout_range(act, out, mask, in, lo, hi, slope, p, key));
+}
+
+static void leaky_relu_dropout_backward_range(float *d_act, float *d_in, const float *d_out,
+                                              const float *mask, const float *in, size_t lo,
+                                              size_t hi, float slope)
+{
+    dropout_backward_range(d_act, d_out, mask, lo, hi);
+    leaky_relu_backward_range(d_in, d_act, in, lo, hi, slope);
+}
+
+void leaky_relu_dropout_backward(float *d_act, float *d_in, const float *d_out,
+                                 const float *mask, const float *in, size_t n, float slope)
+{
+    PARALLEL_FOR(n, ELT_GRAIN, 2.0 * n, lo, hi,
+                 leaky_relu_dropout_backward_range(d_act, d_in, d_out, mask, in, lo, hi,
+                                                   slope));
+}
+
 /* The n-th weight of weighted_rows: a[n], or a[n] b[n] (a probability and
  * its dropout factor), n steps of `stride` apart. */
 BST_SIMD_INLINE float weight_at(const float *a, const float *b, size_t stride, int n)

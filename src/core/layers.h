@@ -213,6 +213,39 @@ void heads_sum_forward(float *out, const float *ctx, const float *bias, int n, i
 
 
 /*
+ * out = dropout(act = leaky_relu(in, slope)), as leaky_relu_forward and
+ * dropout_forward in turn (the same bits, one parallel loop), and its
+ * backward: d_act = d_out * mask, d_in = leaky_relu's backward of d_act.
+ */
+void leaky_relu_dropout_forward(float *act, float *out, float *mask, const float *in, size_t n,
+                                float slope, float p, BstRng *rng);
+void leaky_relu_dropout_backward(float *d_act, float *d_in, const float *d_out,
+                                 const float *mask, const float *in, size_t n, float slope);
+
+/*
+ * A transformer block's residual step in training, as dropout_forward,
+ * res += x and layernorm_forward in turn (the same bits) in one parallel
+ * loop over the n rows of d: res = dropout(branch) + x (mask: the dropout
+ * factors, one draw from rng), out = LayerNorm(res) (mean, rstd kept), and
+ * when act is not NULL act = leaky_relu(out, slope), the next layer's input.
+ * residual_layernorm_backward is its backward from d_out, the gradient of
+ * out (when d_act is not NULL, d_out is first written as leaky_relu's
+ * backward of d_act, the gradient of act, plus d_skip, the gradient out gets
+ * as the next residual's x): d_res, the gradient of res and so of x (the
+ * caller adds it where x came from), d_branch = d_res * mask, and d_gamma,
+ * d_beta added to.
+ */
+void residual_layernorm_forward(float *res, float *mask, float *out, float *mean, float *rstd,
+                                float *act, const float *branch, const float *x,
+                                const float *gamma, const float *beta, int n, int d, float p,
+                                BstRng *rng, float eps, float slope);
+void residual_layernorm_backward(float *d_branch, float *d_res, float *d_gamma, float *d_beta,
+                                 float *d_out, const float *d_act, const float *out,
+                                 const float *d_skip, const float *res, const float *mean,
+                                 const float *rstd, const float *gamma, const float *mask,
+                                 int n, int d, float slope);
+
+/*
  * Scaled dot-product attention core of Keras MultiHeadAttention.
  * qkv is [B, L, 3*H*dk]: each row holds the query, key and value projections
  * [q | k | v] (one fused projection), head h in columns [h*dk, (h+1)*dk) of

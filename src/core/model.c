@@ -923,18 +923,16 @@ float bst_forward(const BstModel *m, BstActs *a, const BstBatch *b, int training
         heads_sum_forward(a->attn, a->ctx, p->bo, BL, H, d);
     else
         linear_forward(a->attn, a->ctx, p->wo, p->bo, BL, hd, d);
-    dropout_forward(a->res1, a->attn_mask, a->attn, bld, pd, drop_rng);
-    add_inplace(a->res1, a->x, bld);
-    layernorm_forward(a->x1, a->ln1_mean, a->ln1_rstd, a->res1, p->ln1_g, p->ln1_b,
-                      BL, d, c->ln_eps);
+    /* x1 = LayerNorm(dropout(attn) + x), and the feed-forward's input. */
+    residual_layernorm_forward(a->res1, a->attn_mask, a->x1, a->ln1_mean, a->ln1_rstd,
+                               a->ffn_in, a->attn, a->x, p->ln1_g, p->ln1_b, BL, d, pd,
+                               drop_rng, c->ln_eps, c->leaky_slope);
 
-    /* Feed-forward block. */
-    leaky_relu_forward(a->ffn_in, a->x1, bld, c->leaky_slope);
+    /* Feed-forward block: y = LayerNorm(dropout(ffn) + x1). */
     linear_forward(a->ffn, a->ffn_in, p->ffn_w, p->ffn_b, BL, d, d);
-    dropout_forward(a->res2, a->ffn_mask, a->ffn, bld, pd, drop_rng);
-    add_inplace(a->res2, a->x1, bld);
-    layernorm_forward(a->y, a->ln2_mean, a->ln2_rstd, a->res2, p->ln2_g, p->ln2_b,
-                      BL, d, c->ln_eps);
+    residual_layernorm_forward(a->res2, a->ffn_mask, a->y, a->ln2_mean, a->ln2_rstd, NULL,
+                               a->ffn, a->x1, p->ln2_g, p->ln2_b, BL, d, pd, drop_rng,
+                               c->ln_eps, 0.0f);
 
     /* MLP input: the flattened sequence, padding zeroed, then the user's
      * embeddings. */
@@ -965,8 +963,8 @@ float bst_forward(const BstModel *m, BstActs *a, const BstBatch *b, int training
         else
             batchnorm_forward_infer(a->bn[i], a->h[i], p->bn_g[i], p->bn_b[i],
                                     m->bn.moving_mean[i], m->bn.moving_var[i], B, u, c->bn_eps);
-        leaky_relu_forward(a->act[i], a->bn[i], bu, c->leaky_slope);
-        dropout_forward(a->drop[i], a->drop_mask[i], a->act[i], bu, pd, drop_rng);
+        leaky_relu_dropout_forward(a->act[i], a->drop[i], a->drop_mask[i], a->bn[i], bu,
+                                   c->leaky_slope, pd, drop_rng);
         in = a->drop[i];
         in_dim = u;
     }
@@ -1005,7 +1003,6 @@ void bst_backward(const BstModel *m, const BstActs *a, BstActs *da, BstParams *g
     const int key_dim = d, hd = H * key_dim, BL = B * L;
     const int32_t movie_rows = c->n_movies + 1, user_rows = c->n_users + 1;
     const int in0 = bst_config_mlp_input(c);
-    const size_t bld = (size_t)BL * d;
     const int nh = c->n_hidden;
 
     mse_backward(da->pred, a->pred, b->targets, B);
@@ -1024,8 +1021,8 @@ void bst_backward(const BstModel *m, const BstActs *a, BstActs *da, BstParams *g
     for (int i = nh - 1; i >= 0; i--) {
         const int u = c->hidden[i];
         const size_t bu = (size_t)B * u;
-        dropout_backward(da->act[i], da->drop[i], a->drop_mask[i], bu);
-        leaky_relu_backward(da->bn[i], da->act[i], a->bn[i], bu, c->leaky_slope);
+        leaky_relu_dropout_backward(da->act[i], da->bn[i], da->drop[i], a->drop_mask[i],
+                                    a->bn[i], bu, c->leaky_slope);
         batchnorm_backward(da->h[i], g->bn_g[i], g->bn_b[i], da->bn[i], a->h[i],
                            a->bn_mean[i], a->bn_var[i], p->bn_g[i], B, u, c->bn_eps);
         linear_backward(i ? da->drop[i - 1] : da->mlp_in, g->mlp_w[i], g->mlp_b[i], da->h[i],
@@ -1050,17 +1047,15 @@ void bst_backward(const BstModel *m, const BstActs *a, BstActs *da, BstParams *g
     }
 
     /* Feed-forward block; x1 feeds both the branch and the residual. */
-    layernorm_backward(da->res2, g->ln2_g, g->ln2_b, da->y, a->res2, a->ln2_mean,
-                       a->ln2_rstd, p->ln2_g, BL, d);
-    dropout_backward(da->ffn, da->res2, a->ffn_mask, bld);
+    residual_layernorm_backward(da->ffn, da->res2, g->ln2_g, g->ln2_b, da->y, NULL, NULL, NULL,
+                                a->res2, a->ln2_mean, a->ln2_rstd, p->ln2_g, a->ffn_mask, BL,
+                                d, 0.0f);
     linear_backward(da->ffn_in, g->ffn_w, g->ffn_b, da->ffn, a->ffn_in, p->ffn_w, BL, d, d);
-    leaky_relu_backward(da->x1, da->ffn_in, a->x1, bld, c->leaky_slope);
-    add_inplace(da->x1, da->res2, bld);
 
-    /* Attention block. */
-    layernorm_backward(da->res1, g->ln1_g, g->ln1_b, da->x1, a->res1, a->ln1_mean,
-                       a->ln1_rstd, p->ln1_g, BL, d);
-    dropout_backward(da->attn, da->res1, a->attn_mask, bld);
+    /* Attention block: x1's gradient from both of its uses, first. */
+    residual_layernorm_backward(da->attn, da->res1, g->ln1_g, g->ln1_b, da->x1, da->ffn_in,
+                                a->x1, da->res2, a->res1, a->ln1_mean, a->ln1_rstd, p->ln1_g,
+                                a->attn_mask, BL, d, c->leaky_slope);
     linear_bias_backward(g->bo, da->attn, BL, d);
     attention_backward_shared(da->qkv, da->probs, da->attn, a->probs, a->probs_mask, a->qkv,
                               B, L, H, key_dim);
