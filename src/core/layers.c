@@ -919,6 +919,7 @@ BST_SIMD_INLINE void batchnorm_forward_cols_generic(float *out, float *mean, flo
                                                     const float *beta, int n, int d, float eps,
                                                     size_t f0, size_t f1)
 {
+    /* out NULL: the statistics only (batchnorm_activation_forward). */
     for (size_t c0 = f0; c0 < f1; c0 += BN_BLOCK) {
         const int w = f1 - c0 < BN_BLOCK ? (int)(f1 - c0) : BN_BLOCK;
         float m[BN_BLOCK] = {0}, v[BN_BLOCK] = {0}, k[BN_BLOCK];
@@ -940,6 +941,8 @@ BST_SIMD_INLINE void batchnorm_forward_cols_generic(float *out, float *mean, flo
             mean[c0 + j] = m[j];
             var[c0 + j] = v[j];
         }
+        if (!out)
+            continue;
         for (int r = 0; r < n; r++) {
             const float *x = in + (size_t)r * d + c0;
             float *o = out + (size_t)r * d + c0;
@@ -959,6 +962,33 @@ void batchnorm_forward(float *out, float *mean, float *var, const float *in,
     PARALLEL_FOR((size_t)d, BN_BLOCK, 6.0 * n * d, lo, hi,
                  batchnorm_forward_cols(out, mean, var, in, gamma, beta, n, d, eps, lo, hi));
 }
+
+/* Rows [r0, r1) of out = (in - mean) k + beta, k = gamma / sqrt(var + eps)
+ * (batchnorm_forward_cols's arithmetic, from the statistics it stored). */
+BST_SIMD_INLINE void batchnorm_normalize_rows_generic(float *out, const float *mean,
+                                                      const float *var, const float *in,
+                                                      const float *gamma, const float *beta,
+                                                      int d, float eps, size_t r0, size_t r1)
+{
+    for (int c0 = 0; c0 < d; c0 += BN_BLOCK) {
+        const int w = d - c0 < BN_BLOCK ? d - c0 : BN_BLOCK;
+        float k[BN_BLOCK];
+        for (int j = 0; j < w; j++)
+            k[j] = gamma[c0 + j] / sqrtf(var[c0 + j] + eps);
+        const float *m = mean + c0;
+        for (size_t r = r0; r < r1; r++) {
+            const float *x = in + r * d + c0;
+            float *o = out + r * d + c0;
+            for (int j = 0; j < w; j++)
+                o[j] = (x[j] - m[j]) * k[j] + beta[c0 + j];
+        }
+    }
+}
+BST_SIMD_DISPATCH(batchnorm_normalize_rows,
+                  (float *out, const float *mean, const float *var, const float *in,
+                   const float *gamma, const float *beta, int d, float eps, size_t r0,
+                   size_t r1),
+                  (out, mean, var, in, gamma, beta, d, eps, r0, r1))
 
 BST_SIMD_INLINE void batchnorm_forward_infer_cols_generic(float *out, const float *in,
                                                           const float *gamma, const float *beta,
@@ -1267,6 +1297,32 @@ void leaky_relu_dropout_forward(float *act, float *out, float *mask, const float
     p = dropout_stream(p, rng, &key);
     PARALLEL_FOR(n, ELT_GRAIN, (p > 0.0f ? 5.0 : 2.0) * n, lo, hi,
                  leaky_relu_dropout_range(act, out, mask, in, lo, hi, slope, p, key));
+}
+
+static void batchnorm_activation_rows(float *out, float *act, float *drop, float *mask,
+                                      const float *mean, const float *var, const float *in,
+                                      const float *gamma, const float *beta, int d, float eps,
+                                      float slope, float p, uint64_t key, size_t r0, size_t r1)
+{
+    batchnorm_normalize_rows(out, mean, var, in, gamma, beta, d, eps, r0, r1);
+    leaky_relu_dropout_range(act, drop, mask, out, r0 * d, r1 * d, slope, p, key);
+}
+
+void batchnorm_activation_forward(float *out, float *mean, float *var, float *act, float *drop,
+                                  float *mask, const float *in, const float *gamma,
+                                  const float *beta, int n, int d, float eps, float slope,
+                                  float p, BstRng *rng)
+{
+    uint64_t key;
+    p = dropout_stream(p, rng, &key);
+    /* The statistics need every row: shares of the features.  The rest
+     * goes by rows, each thread's rows still in its cache for the next
+     * layer's product, which splits by rows too. */
+    PARALLEL_FOR((size_t)d, BN_BLOCK, 4.0 * n * d, lo, hi,
+                 batchnorm_forward_cols(NULL, mean, var, in, gamma, beta, n, d, eps, lo, hi));
+    PARALLEL_FOR((size_t)n, 1, 7.0 * n * d, lo, hi,
+                 batchnorm_activation_rows(out, act, drop, mask, mean, var, in, gamma, beta, d,
+                                           eps, slope, p, key, lo, hi));
 }
 
 static void leaky_relu_dropout_backward_range(float *d_act, float *d_in, const float *d_out,

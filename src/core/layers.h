@@ -221,6 +221,17 @@ void leaky_relu_dropout_forward(float *act, float *out, float *mask, const float
                                 float slope, float p, BstRng *rng);
 void leaky_relu_dropout_backward(float *d_act, float *d_in, const float *d_out,
                                  const float *mask, const float *in, size_t n, float slope);
+/*
+ * A hidden MLP layer after its product, in training: out = BatchNorm(in)
+ * (batchnorm_forward: the batch statistics into mean and var), then act
+ * and drop as leaky_relu_dropout_forward, the same bits as the three in
+ * turn; a parallel loop over features for the statistics, one over rows
+ * for the rest.
+ */
+void batchnorm_activation_forward(float *out, float *mean, float *var, float *act, float *drop,
+                                  float *mask, const float *in, const float *gamma,
+                                  const float *beta, int n, int d, float eps, float slope,
+                                  float p, BstRng *rng);
 
 /*
  * A transformer block's residual step in training, as dropout_forward,

@@ -957,14 +957,17 @@ float bst_forward(const BstModel *m, BstActs *a, const BstBatch *b, int training
         const int u = c->hidden[i];
         const size_t bu = (size_t)B * u;
         linear_forward(a->h[i], in, p->mlp_w[i], p->mlp_b[i], B, in_dim, u);
-        if (training)
-            batchnorm_forward(a->bn[i], a->bn_mean[i], a->bn_var[i], a->h[i],
-                              p->bn_g[i], p->bn_b[i], B, u, c->bn_eps);
-        else
+        if (training) {
+            batchnorm_activation_forward(a->bn[i], a->bn_mean[i], a->bn_var[i], a->act[i],
+                                         a->drop[i], a->drop_mask[i], a->h[i], p->bn_g[i],
+                                         p->bn_b[i], B, u, c->bn_eps, c->leaky_slope, pd,
+                                         drop_rng);
+        } else {
             batchnorm_forward_infer(a->bn[i], a->h[i], p->bn_g[i], p->bn_b[i],
                                     m->bn.moving_mean[i], m->bn.moving_var[i], B, u, c->bn_eps);
-        leaky_relu_dropout_forward(a->act[i], a->drop[i], a->drop_mask[i], a->bn[i], bu,
-                                   c->leaky_slope, pd, drop_rng);
+            leaky_relu_dropout_forward(a->act[i], a->drop[i], a->drop_mask[i], a->bn[i], bu,
+                                       c->leaky_slope, pd, drop_rng);
+        }
         in = a->drop[i];
         in_dim = u;
     }

@@ -189,6 +189,14 @@ fail:
     return NULL;
 }
 
+int bst_trainer_grads_clear(const BstTrainer *t)
+{
+    for (size_t i = 0; i < t->grads.size; i++)
+        if (t->grads.slab[i] != 0.0f)
+            return 0;
+    return 1;
+}
+
 void bst_trainer_set_learning_rate(BstTrainer *t, float lr)
 {
     t->lr = lr;
@@ -296,12 +304,22 @@ static void adagrad_range(BstTrainer *t, size_t lo, size_t hi)
     memset(g, 0, (hi - lo) * sizeof(float));
 }
 
-/* Entries [lo, hi) of the list of touched embedding rows. */
-static void adagrad_rows(BstTrainer *t, size_t lo, size_t hi)
+/*
+ * Entries [lo, hi) of one list: the floats of the touched embedding rows
+ * (n_rows of d, in the order of t->rows), then the dense rest of the slab
+ * (from emb on).  One parallel loop for both, each thread a share of
+ * their sum, instead of a loop for each.
+ */
+static void adagrad_entries(BstTrainer *t, size_t n_rows, size_t emb, size_t lo, size_t hi)
 {
-    const size_t d = (size_t)t->model->cfg.embed_dim;
-    for (size_t i = lo; i < hi; i++)
-        adagrad_range(t, (size_t)t->rows[i] * d, (size_t)(t->rows[i] + 1) * d);
+    const size_t d = (size_t)t->model->cfg.embed_dim, row_floats = n_rows * d;
+    for (size_t i = lo / d; i < n_rows && i * d < hi; i++) {
+        const size_t a = lo > i * d ? lo - i * d : 0;
+        const size_t b = hi < (i + 1) * d ? hi - i * d : d;
+        adagrad_range(t, (size_t)t->rows[i] * d + a, (size_t)t->rows[i] * d + b);
+    }
+    if (hi > row_floats)
+        adagrad_range(t, emb + (lo > row_floats ? lo - row_floats : 0), emb + hi - row_floats);
 }
 
 static void adam_range(BstTrainer *t, size_t lo, size_t hi, float step, float decay)
@@ -357,11 +375,9 @@ float bst_train_step(BstTrainer *t, const BstBatch *b, double *abs_err_sum)
         /* Rows outside the batch have zero gradient, which Adagrad maps to no
          * change at all: updating only the touched rows is exact.  The rows
          * are distinct, so threads can take ranges of the list. */
-        int32_t n_rows = collect_rows(t, b);
-        PARALLEL_FOR((size_t)n_rows, 1, 4.0 * n_rows * d, lo, hi,
-                     adagrad_rows(t, lo, hi));
-        PARALLEL_FOR(dense, 16, 4.0 * dense, lo, hi, adagrad_range(t, emb + lo, emb + hi));
-        for (int32_t i = 0; i < n_rows; i++)
+        const size_t n_rows = (size_t)collect_rows(t, b), n = n_rows * d + dense;
+        PARALLEL_FOR(n, 16, 4.0 * n, lo, hi, adagrad_entries(t, n_rows, emb, lo, hi));
+        for (size_t i = 0; i < n_rows; i++)
             t->row_seen[t->rows[i]] = 0;
     } else {
         /* Adam's moments decay even under a zero gradient: the whole table

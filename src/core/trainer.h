@@ -77,6 +77,9 @@ BstTrainer *bst_trainer_create(BstModel *m, const BstTrainOptions *o);
  */
 float bst_train_step(BstTrainer *t, const BstBatch *b, double *abs_err_sum);
 void bst_trainer_free(BstTrainer *t);
+/* Whether every gradient is zero, as it is between any two steps: each
+ * update clears the gradient it consumed (for the tests). */
+int bst_trainer_grads_clear(const BstTrainer *t);
 /* The learning rate of the following steps (a schedule's current value). */
 void bst_trainer_set_learning_rate(BstTrainer *t, float lr);
 /*

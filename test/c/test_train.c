@@ -198,6 +198,54 @@ static void test_determinism(const Data *train)
 }
 
 /*
+ * Adagrad's update in one loop over the batch's embedding rows and the dense
+ * weights, split between threads anywhere, mid-row too: on every thread
+ * count each step moves every element of every row the batch touched
+ * (padding's row 0 has no gradient) and leaves no gradient behind.  A share
+ * that skipped an element would leave it both unmoved and uncleared.
+ */
+static void test_update_shares(const Data *train)
+{
+    static const int thread_counts[] = {2, 3, 5, 8};
+    for (size_t k = 0; k < sizeof(thread_counts) / sizeof(thread_counts[0]); k++) {
+        use_threads(thread_counts[k]);
+        BstConfig cfg;
+        tiny_config(&cfg);
+        BstModel *m = bst_model_create(&cfg, g_ids, 5);
+        BstTrainOptions o;
+        bst_train_options_default(&o);
+        o.batch_size = BATCH;
+        BstTrainer *t = m ? bst_trainer_create(m, &o) : NULL;
+        CHECK(t, "update shares: create");
+        if (!t) {
+            bst_model_free(m);
+            continue;
+        }
+        const size_t d = (size_t)cfg.embed_dim, table = (size_t)(N_MOVIES + 1) * d;
+        float *before = new_floats(table);
+        int unmoved = 0, uncleared = 0;
+        for (int step = 0; step < 4; step++) {
+            const BstBatch b = slice(train, step * BATCH, BATCH);
+            memcpy(before, m->params.movie_emb, table * sizeof(float));
+            bst_train_step(t, &b, NULL);
+            uncleared += !bst_trainer_grads_clear(t);
+            for (int32_t i = 0; i < b.n * L; i++) {
+                const size_t row = (size_t)b.movies[i];
+                for (size_t c = 0; row > 0 && c < d; c++)
+                    unmoved += m->params.movie_emb[row * d + c] == before[row * d + c];
+            }
+        }
+        CHECK(unmoved == 0 && uncleared == 0,
+              "%d threads: %d embedding elements of the batches' rows unmoved, %d steps left "
+              "gradients", thread_counts[k], unmoved, uncleared);
+        free(before);
+        bst_trainer_free(t);
+        bst_model_free(m);
+    }
+    use_threads(1);
+}
+
+/*
  * Every copy of the core's loops that this CPU runs (simd.h) trains the
  * same weights, bit for bit, as the generic one: the copies differ only in
  * vector width, the reductions' order is written out, and a * b + c is not
@@ -2430,6 +2478,7 @@ int main(int argc, char **argv)
     test_learns(BST_OPT_ADAGRAD, "adagrad", 0.05f, &train, &eval);
     test_learns(BST_OPT_ADAM, "adam", 0.003f, &train, &eval);
     test_determinism(&train);
+    test_update_shares(&train);
     test_simd_copies(&train);
     test_serialization(&train, &eval);
     test_format_v1();
