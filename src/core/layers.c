@@ -363,15 +363,43 @@ BST_SIMD_DISPATCH(projection_backward_movies,
                    int L, int n),
                   (d_u, d_qkv, rows_start, rows, ratings, additive, u0, u1, L, n))
 
+/* Columns [c0, c1) of d_b += the column sums of d_out, rows in order. */
+BST_SIMD_INLINE void bias_sums_cols_generic(float *d_b, const float *d_out, int n, int out_dim,
+                                            size_t c0, size_t c1)
+{
+    for (size_t b0 = c0; b0 < c1; b0 += COL_BLOCK) {
+        const int w = c1 - b0 < COL_BLOCK ? (int)(c1 - b0) : COL_BLOCK;
+        float acc[COL_BLOCK];
+        memcpy(acc, d_b + b0, (size_t)w * sizeof(float));
+        for (size_t r = 0; r < (size_t)n; r++) {
+            const float *g = d_out + r * out_dim + b0;
+            for (int j = 0; j < w; j++)
+                acc[j] += g[j];
+        }
+        memcpy(d_b + b0, acc, (size_t)w * sizeof(float));
+    }
+}
+BST_SIMD_DISPATCH(bias_sums_cols,
+                  (float *d_b, const float *d_out, int n, int out_dim, size_t c0, size_t c1),
+                  (d_b, d_out, n, out_dim, c0, c1))
+
 /* Columns [c0, c1) of d_p: row i < L - 1 sums its position's history rows
  * (factor as above), row L - 1 (additive) every history row times its
  * rating; windows in order, COL_BLOCK columns at a time in registers (as
  * sequence_backward_param_cols, and for the same reason). */
-BST_SIMD_INLINE void projection_backward_positions_generic(float *d_p, const float *d_qkv,
+BST_SIMD_INLINE void projection_backward_positions_generic(float *d_p, float *d_b,
+                                                           const float *d_qkv,
                                                            const float *ratings, int additive,
                                                            const int32_t *hist_len, int B,
                                                            int L, int n, size_t c0, size_t c1)
 {
+    /* The bias's sums of the query and value columns (n = 3 H dk: the keys
+     * are the middle third), while the columns are in this core's cache. */
+    const size_t third = (size_t)n / 3;
+    if (c0 < third)
+        bias_sums_cols_generic(d_b, d_qkv, B * L, n, c0, c1 < third ? c1 : third);
+    if (c1 > 2 * third)
+        bias_sums_cols_generic(d_b, d_qkv, B * L, n, c0 > 2 * third ? c0 : 2 * third, c1);
     for (size_t b0 = c0; b0 < c1; b0 += COL_BLOCK) {
         const int w = c1 - b0 < COL_BLOCK ? (int)(c1 - b0) : COL_BLOCK;
         float acc[COL_BLOCK];
@@ -402,9 +430,10 @@ BST_SIMD_INLINE void projection_backward_positions_generic(float *d_p, const flo
     }
 }
 BST_SIMD_DISPATCH(projection_backward_positions,
-                  (float *d_p, const float *d_qkv, const float *ratings, int additive,
-                   const int32_t *hist_len, int B, int L, int n, size_t c0, size_t c1),
-                  (d_p, d_qkv, ratings, additive, hist_len, B, L, n, c0, c1))
+                  (float *d_p, float *d_b, const float *d_qkv, const float *ratings,
+                   int additive, const int32_t *hist_len, int B, int L, int n, size_t c0,
+                   size_t c1),
+                  (d_p, d_b, d_qkv, ratings, additive, hist_len, B, L, n, c0, c1))
 
 /* The first of the n movies whose item (rows_start[u] + u: every row and
  * every movie before it counted) is at or after item (n if none). */
@@ -421,7 +450,8 @@ static size_t first_item_at(const int32_t *rows_start, int32_t n, size_t item)
     return lo;
 }
 
-void projection_backward(float *d_u, float *d_p, const float *d_qkv, const int32_t *rows_start,
+void projection_backward(float *d_u, float *d_p, float *d_b, const float *d_qkv,
+                         const int32_t *rows_start,
                          const int32_t *rows, int32_t n_distinct, const float *ratings,
                          int additive, const int32_t *hist_len, int B, int L, int n)
 {
@@ -435,52 +465,14 @@ void projection_backward(float *d_u, float *d_p, const float *d_qkv, const int32
                                             first_item_at(rows_start, n_distinct, lo),
                                             first_item_at(rows_start, n_distinct, hi), L, n));
     PARALLEL_FOR((size_t)n, 1, 2.0 * B * L * n, lo, hi,
-                 projection_backward_positions(d_p, d_qkv, ratings, additive, hist_len, B, L, n,
-                                               lo, hi));
+                 projection_backward_positions(d_p, d_b, d_qkv, ratings, additive, hist_len, B,
+                                               L, n, lo, hi));
 }
-
-/* Columns [c0, c1) of d_b += the column sums of d_out, rows in order. */
-BST_SIMD_INLINE void bias_sums_cols_generic(float *d_b, const float *d_out, int n, int out_dim,
-                                            size_t c0, size_t c1)
-{
-    for (size_t b0 = c0; b0 < c1; b0 += COL_BLOCK) {
-        const int w = c1 - b0 < COL_BLOCK ? (int)(c1 - b0) : COL_BLOCK;
-        float acc[COL_BLOCK];
-        memcpy(acc, d_b + b0, (size_t)w * sizeof(float));
-        for (size_t r = 0; r < (size_t)n; r++) {
-            const float *g = d_out + r * out_dim + b0;
-            for (int j = 0; j < w; j++)
-                acc[j] += g[j];
-        }
-        memcpy(d_b + b0, acc, (size_t)w * sizeof(float));
-    }
-}
-BST_SIMD_DISPATCH(bias_sums_cols,
-                  (float *d_b, const float *d_out, int n, int out_dim, size_t c0, size_t c1),
-                  (d_b, d_out, n, out_dim, c0, c1))
 
 void linear_bias_backward(float *d_b, const float *d_out, int n, int out_dim)
 {
     PARALLEL_FOR((size_t)out_dim, SGEMM_GRAIN, (double)n * out_dim, lo, hi,
                  bias_sums_cols(d_b, d_out, n, out_dim, lo, hi));
-}
-
-/* Columns [c0, c1) of the queries' and values' 2 H d columns of d_b. */
-static void fold_bias_cols(float *d_b, const float *d_qkv, int n, int d, int H, size_t c0,
-                           size_t c1)
-{
-    const size_t hd = (size_t)H * d;
-    if (c0 < hd)
-        bias_sums_cols(d_b, d_qkv, n, 3 * (int)hd, c0, c1 < hd ? c1 : hd);
-    if (c1 > hd)
-        bias_sums_cols(d_b, d_qkv, n, 3 * (int)hd, (c0 > hd ? c0 : hd) + hd, c1 + hd);
-}
-
-void fold_bias_backward(float *d_b, const float *d_qkv, int n, int d, int H)
-{
-    const size_t cols = (size_t)2 * H * d;
-    PARALLEL_FOR(cols, SGEMM_GRAIN, (double)n * cols, lo, hi,
-                 fold_bias_cols(d_b, d_qkv, n, d, H, lo, hi));
 }
 
 /* Rows [r0, r1) of heads_sum_forward: the bias, then each head in turn. */

@@ -160,11 +160,15 @@ void projection_forward(float *qkv, const float *uqkv, const float *pqkv, const 
  * rows_start[u + 1] - 1 of rows, in increasing order) times each row's
  * factor (its rating for a history row of multiplied ratings, else 1);
  * d_p[i] the history rows at position i alike; d_p[L - 1], with additive
- * ratings, every history row times its rating.
+ * ratings, every history row times its rating; and d_b, the folded bias's
+ * gradient, += the column sums of d_qkv over all its rows, in the queries'
+ * and values' columns (the keys' middle third is not summed: x itself is
+ * the key, and attention_fold_backward never reads it).
  */
-void projection_backward(float *d_u, float *d_p, const float *d_qkv, const int32_t *rows_start,
-                         const int32_t *rows, int32_t n_distinct, const float *ratings,
-                         int additive, const int32_t *hist_len, int B, int L, int n);
+void projection_backward(float *d_u, float *d_p, float *d_b, const float *d_qkv,
+                         const int32_t *rows_start, const int32_t *rows, int32_t n_distinct,
+                         const float *ratings, int additive, const int32_t *hist_len, int B,
+                         int L, int n);
 /* d_b += the column sums of d_out [n, out_dim] (linear_backward's bias part). */
 void linear_bias_backward(float *d_b, const float *d_out, int n, int out_dim);
 
@@ -192,9 +196,7 @@ void linear_bias_backward(float *d_b, const float *d_out, int n, int out_dim);
  * fold_projection_forward: out [n, 3 H d] = the rows in [n, d] times w's
  * query and value columns, and each row copied to every head's key;
  * fold_projection_backward: d_in [n, d] (written; NULL: skipped) and d_w's
- * query and value columns (added to) from d_out.  fold_bias_backward: d_b's
- * query and value columns += the column sums of d_qkv [n, 3 H d] (its key
- * columns, which attention_fold_backward never reads, are not summed).
+ * query and value columns (added to) from d_out.
  * heads_sum_forward: out [n, d] = bias + the sum of ctx's H blocks of d
  * columns, in the order of the heads.  Its backward: every head's context
  * gets d_out (attention_backward_shared reads it so), the bias d_out's
@@ -208,7 +210,6 @@ void attention_fold_backward(float *d_wqkv, float *d_bqkv, float *d_wo, const fl
 void fold_projection_forward(float *out, const float *in, const float *w, int n, int d, int H);
 void fold_projection_backward(float *d_in, float *d_w, const float *d_out, const float *in,
                               const float *w, int n, int d, int H);
-void fold_bias_backward(float *d_b, const float *d_qkv, int n, int d, int H);
 void heads_sum_forward(float *out, const float *ctx, const float *bias, int n, int H, int d);
 
 

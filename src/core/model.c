@@ -1068,9 +1068,8 @@ void bst_backward(const BstModel *m, const BstActs *a, BstActs *da, BstParams *g
     const int U = a->n_distinct, n3 = 3 * hd;
     memset(da->fold_w, 0, (size_t)d * n3 * sizeof(float));
     memset(da->fold_b, 0, (size_t)n3 * sizeof(float));
-    fold_bias_backward(da->fold_b, da->qkv, BL, d, H);
-    projection_backward(da->uqkv, da->pqkv, da->qkv, a->rows_start, a->rows, U, b->ratings,
-                        c->rating_add, b->hist_len, B, L, n3);
+    projection_backward(da->uqkv, da->pqkv, da->fold_b, da->qkv, a->rows_start, a->rows, U,
+                        b->ratings, c->rating_add, b->hist_len, B, L, n3);
     fold_projection_backward(da->uenc, da->fold_w, da->uqkv, a->uenc, a->fold_w, U, d, H);
     fold_projection_backward(da->dpos, da->fold_w, da->pqkv, p->pos_emb, a->fold_w, L - 1, d, H);
     add_inplace(g->pos_emb, da->dpos, (size_t)(L - 1) * d);
