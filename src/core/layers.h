@@ -235,10 +235,11 @@ void batchnorm_activation_forward(float *out, float *mean, float *var, float *ac
                                   float p, BstRng *rng);
 
 /*
- * A transformer block's residual step in training, as dropout_forward,
- * res += x and layernorm_forward in turn (the same bits) in one parallel
- * loop over the n rows of d: res = dropout(branch) + x (mask: the dropout
- * factors, one draw from rng), out = LayerNorm(res) (mean, rstd kept), and
+ * A transformer block's residual step, as dropout_forward, res += x and
+ * layernorm_forward in turn (the same bits) in one parallel loop over the n
+ * rows of d: res = dropout(branch) + x (mask: the dropout factors, one draw
+ * from rng; res may be branch itself when rng is NULL, as in prediction),
+ * out = LayerNorm(res) (mean and rstd kept unless NULL), and
  * when act is not NULL act = leaky_relu(out, slope), the next layer's input.
  * residual_layernorm_backward is its backward from d_out, the gradient of
  * out (when d_act is not NULL, d_out is first written as leaky_relu's

@@ -374,7 +374,8 @@ float bst_train_step(BstTrainer *t, const BstBatch *b, double *abs_err_sum)
     if (t->opt.optimizer == BST_OPT_ADAGRAD) {
         /* Rows outside the batch have zero gradient, which Adagrad maps to no
          * change at all: updating only the touched rows is exact.  The rows
-         * are distinct, so threads can take ranges of the list. */
+         * are distinct, so threads can take any ranges of their floats and
+         * of the dense rest's (adagrad_entries). */
         const size_t n_rows = (size_t)collect_rows(t, b), n = n_rows * d + dense;
         PARALLEL_FOR(n, 16, 4.0 * n, lo, hi, adagrad_entries(t, n_rows, emb, lo, hi));
         for (size_t i = 0; i < n_rows; i++)
