@@ -1205,18 +1205,24 @@ void dropout_backward(float *d_in, const float *d_out, const float *mask, size_t
                  dropout_backward_range(d_in, d_out, mask, lo, hi));
 }
 
+static void add_range(float *acc, const float *x, size_t lo, size_t hi)
+{
+    for (size_t i = lo; i < hi; i++)
+        acc[i] += x[i];
+}
+
+void add_inplace(float *acc, const float *x, size_t n)
+{
+    /* Shares of whole cache lines (16 floats). */
+    PARALLEL_FOR(n, 16, (double)n, lo, hi, add_range(acc, x, lo, hi));
+}
+
 /*
  * A transformer block's residual step, fused: each thread runs the whole
  * chain on its rows, one region instead of one per step, each row still in
  * its core's cache from one step to the next.  Every element is computed
  * by the same operations as the separate layers' (the same bits).
  */
-static void add_rows(float *acc, const float *x, size_t lo, size_t hi)
-{
-    for (size_t i = lo; i < hi; i++)
-        acc[i] += x[i];
-}
-
 static void residual_layernorm_rows(float *res, float *mask, float *out, float *mean,
                                     float *rstd, float *act, const float *branch,
                                     const float *x, const float *gamma, const float *beta,
@@ -1225,7 +1231,7 @@ static void residual_layernorm_rows(float *res, float *mask, float *out, float *
 {
     const size_t lo = r0 * d, hi = r1 * d;
     dropout_forward_range(res, mask, branch, lo, hi, p, key);
-    add_rows(res, x, lo, hi);
+    add_range(res, x, lo, hi);
     layernorm_forward_rows(out, mean, rstd, res, gamma, beta, r0, r1, d, eps);
     if (act)
         leaky_relu_forward_range(act, out, lo, hi, slope);
@@ -1253,7 +1259,7 @@ static void residual_layernorm_input_rows(float *d_branch, float *d_res, float *
     const size_t lo = r0 * d, hi = r1 * d;
     if (d_act) {
         leaky_relu_backward_range(d_out, d_act, out, lo, hi, slope);
-        add_rows(d_out, d_skip, lo, hi);
+        add_range(d_out, d_skip, lo, hi);
     }
     layernorm_backward_rows(d_res, d_out, res, mean, rstd, gamma, r0, r1, d);
     dropout_backward_range(d_branch, d_res, mask, lo, hi);

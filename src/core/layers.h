@@ -125,6 +125,10 @@ void batchnorm_backward(float *d_in, float *d_gamma, float *d_beta, const float 
 void batchnorm_update_moving(float *moving_mean, float *moving_var, const float *mean,
                              const float *var, int d, float momentum);
 
+/* acc += x over n floats: residual sums and gradients that reach one
+ * buffer by two paths. */
+void add_inplace(float *acc, const float *x, size_t n);
+
 /* In-place safe (out == in, d_in == d_out; no partial overlap). */
 void leaky_relu_forward(float *out, const float *in, size_t n, float slope);
 void leaky_relu_backward(float *d_in, const float *d_out, const float *in, size_t n,

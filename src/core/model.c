@@ -789,18 +789,6 @@ void bst_acts_free(BstActs *a)
 
 /* ------------------------------------------------------- forward/backward */
 
-static void add_range(float *acc, const float *x, size_t lo, size_t hi)
-{
-    for (size_t i = lo; i < hi; i++)
-        acc[i] += x[i];
-}
-
-static void add_inplace(float *acc, const float *x, size_t n)
-{
-    /* Shares of whole cache lines (16 floats). */
-    PARALLEL_FOR(n, 16, (double)n, lo, hi, add_range(acc, x, lo, hi));
-}
-
 /*
  * A training batch's distinct movies: each position's slot (-1 for
  * padding), the movies in the order first seen, and each one's positions

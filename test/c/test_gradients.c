@@ -901,6 +901,98 @@ static void test_network_features(BstRng *rng)
     bst_model_free(m);
 }
 
+/* Whether a and b hold the same bits over n floats. */
+static int same_bits(const float *a, const float *b, size_t n)
+{
+    return memcmp(a, b, n * sizeof(float)) == 0;
+}
+
+/*
+ * The fused loops (layers.h) promise the bits of the separate layers they
+ * replace, dropout draws included: run both from the same generator state,
+ * on rows of odd width (shares end mid-draw: dropout's two masks per draw),
+ * and compare every output.
+ */
+static void test_fused_layers(BstRng *rng)
+{
+    enum { N = 23, D = 70, ND = N * D };
+    const float p = 0.3f, slope = 0.2f, eps = 1e-3f;
+    static float in[ND], x[ND], g[D], beta[D], up[ND], up2[ND];
+    static float a1[ND], o1[ND], m1[ND], a2[ND], o2[ND], m2[ND];
+    static float d1[ND], e1[ND], d2[ND], e2[ND];
+    static float mean1[D], var1[D], mean2[D], var2[D], bn1[ND], bn2[ND];
+    static float dg1[D], db1[D], dg2[D], db2[D];
+    fill_uniform(in, ND, -1, 2, rng);
+    fill_uniform(x, ND, -1, 1, rng);
+    fill_uniform(g, D, 0.5f, 1.5f, rng);
+    fill_uniform(beta, D, -0.5f, 0.5f, rng);
+    fill_uniform(up, ND, -1, 1, rng);
+    fill_uniform(up2, ND, -1, 1, rng);
+    const uint64_t seed = bst_rng_next(rng);
+    BstRng r1, r2;
+
+    /* Activation and dropout. */
+    bst_rng_seed(&r1, seed);
+    bst_rng_seed(&r2, seed);
+    leaky_relu_dropout_forward(a1, o1, m1, in, ND, slope, p, &r1);
+    leaky_relu_dropout_backward(d1, e1, up, m1, in, ND, slope);
+    leaky_relu_forward(a2, in, ND, slope);
+    dropout_forward(o2, m2, a2, ND, p, &r2);
+    dropout_backward(d2, up, m2, ND);
+    leaky_relu_backward(e2, d2, in, ND, slope);
+    CHECK(same_bits(a1, a2, ND) && same_bits(o1, o2, ND) && same_bits(m1, m2, ND) &&
+              same_bits(d1, d2, ND) && same_bits(e1, e2, ND),
+          "leaky_relu_dropout: not the bits of leaky_relu and dropout in turn");
+
+    /* BatchNorm, activation and dropout. */
+    bst_rng_seed(&r1, seed);
+    bst_rng_seed(&r2, seed);
+    batchnorm_activation_forward(bn1, mean1, var1, a1, o1, m1, in, g, beta, N, D, eps, slope, p,
+                                 &r1);
+    batchnorm_forward(bn2, mean2, var2, in, g, beta, N, D, eps);
+    leaky_relu_forward(a2, bn2, ND, slope);
+    dropout_forward(o2, m2, a2, ND, p, &r2);
+    CHECK(same_bits(bn1, bn2, ND) && same_bits(mean1, mean2, D) && same_bits(var1, var2, D) &&
+              same_bits(a1, a2, ND) && same_bits(o1, o2, ND) && same_bits(m1, m2, ND),
+          "batchnorm_activation: not the bits of batchnorm, leaky_relu and dropout in turn");
+
+    /* The residual step, with and without the next layer's activation
+     * (whose backward then comes first, with the skip gradient). */
+    for (int with_act = 0; with_act <= 1; with_act++) {
+        static float res1[ND], res2[ND], lm1[N], lr1[N], lm2[N], lr2[N];
+        static float dres1[ND], dres2[ND], dout1[ND], dout2[ND];
+        bst_rng_seed(&r1, seed);
+        bst_rng_seed(&r2, seed);
+        memset(dg1, 0, sizeof(dg1));
+        memset(db1, 0, sizeof(db1));
+        memset(dg2, 0, sizeof(dg2));
+        memset(db2, 0, sizeof(db2));
+        residual_layernorm_forward(res1, m1, o1, lm1, lr1, with_act ? a1 : NULL, in, x, g, beta,
+                                   N, D, p, &r1, eps, slope);
+        memcpy(dout1, up, sizeof(dout1));
+        residual_layernorm_backward(d1, dres1, dg1, db1, dout1, with_act ? up2 : NULL, o1, x,
+                                    res1, lm1, lr1, g, m1, N, D, slope);
+        dropout_forward(res2, m2, in, ND, p, &r2);
+        add_inplace(res2, x, ND);
+        layernorm_forward(o2, lm2, lr2, res2, g, beta, N, D, eps);
+        memcpy(dout2, up, sizeof(dout2));
+        if (with_act) {
+            leaky_relu_forward(a2, o2, ND, slope);
+            leaky_relu_backward(dout2, up2, o2, ND, slope);
+            add_inplace(dout2, x, ND);
+        }
+        layernorm_backward(dres2, dg2, db2, dout2, res2, lm2, lr2, g, N, D);
+        dropout_backward(d2, dres2, m2, ND);
+        CHECK(same_bits(res1, res2, ND) && same_bits(m1, m2, ND) && same_bits(o1, o2, ND) &&
+                  same_bits(lm1, lm2, N) && same_bits(lr1, lr2, N) &&
+                  (!with_act || same_bits(a1, a2, ND)) && same_bits(dout1, dout2, ND) &&
+                  same_bits(dres1, dres2, ND) && same_bits(d1, d2, ND) &&
+                  same_bits(dg1, dg2, D) && same_bits(db1, db2, D),
+              "residual_layernorm%s: not the bits of dropout, add, layernorm%s in turn",
+              with_act ? " with activation" : "", with_act ? ", leaky_relu" : "");
+    }
+}
+
 /* Appends n floats to out at *len. */
 static void append(float *out, size_t *len, const float *x, size_t n)
 {
@@ -1124,6 +1216,7 @@ static void check_all(BstSimd simd, const char *core)
         /* Rows and columns of two sgemm grains each, so that 2 threads split
          * both products (last, to leave the draws of the others as they were). */
         test_linear(19, 5, 17, &rng);
+        test_fused_layers(&rng);
     }
 }
 
