@@ -52,7 +52,7 @@ run_suite "pg_dump round trip (test/dump)" bash test/dump/test_dump.sh
 run_suite "extension upgrade 1.0 -> 1.1 (test/upgrade)" bash test/upgrade/test_upgrade.sh
 run_suite "C unit tests (make -C test/c check)" make -s -C test/c check
 run_suite "C unit tests under ASan+UBSan (make -C test/c check-sanitized)" make -s -j2 -C test/c check-sanitized
-run_suite "fuzzing the deserializer and prediction, 60 s (test/fuzz)" make -s -C test/fuzz run FUZZ_SECONDS=60 QUIET=1
+run_suite "fuzzing the deserializer and prediction, 60 s (test/fuzz)" make -s -C test/fuzz run FUZZ_SECONDS=60 FUZZ_OPTS=-seed=1 QUIET=1
 run_suite "SQL suites under ASan+UBSan (scripts/test_sanitized.sh)" bash scripts/test_sanitized.sh
 run_suite "TAP: crash, cancel, standby (make prove_installcheck)" tap
 # Last: removing the package removes what "make install" installed (the

@@ -13,6 +13,7 @@ use BstTap;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use List::Util;
 
 my $primary = bst_node('primary', allows_streaming => 1);
 bst_load_data($primary);
@@ -64,7 +65,9 @@ like($r->{message}, qr/\brecovery\b/,
 	'because the server is in recovery ("cannot execute bst_train() during recovery")');
 unlike($r->{stderr}, qr/tap_seen: the training query ran/, 'refused before the training query runs');
 unlike($r->{stderr}, qr/NOTICE:  bst_train/, 'refused before training starts: no bst_train NOTICE at all');
-cmp_ok($r->{seconds}, '<', $would_take / 10, 'refused in under a tenth of the time the training would take');
+# (At least 2 s: a loaded host can stall any round trip that long.)
+cmp_ok($r->{seconds}, '<', List::Util::max(2, $would_take / 10),
+	'refused in under a tenth of the time the training would take');
 
 # The session is still good for predictions.
 $r = session_query($s, $predict);

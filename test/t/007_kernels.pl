@@ -87,7 +87,9 @@ else
 	like($info, qr/\(OpenBLAS's own detection\)/, 'on a CPU without AVX2, OpenBLAS decides');
 }
 # The automatic thread count: this process's cores, at most 4 (parallel.h).
-chomp(my $cores = `nproc`);
+# (nproc obeys OMP_NUM_THREADS and OMP_THREAD_LIMIT; bst counts the cores
+# this process may run on.)
+chomp(my $cores = `env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc`);
 my $auto = $cores < 4 ? $cores : 4;
 like($node->safe_psql('postgres', "SET bst.threads = 0; SELECT bst_compute_info()"),
 	qr/, $auto threads?; /, "bst.threads = 0 means this process's $cores cores, at most 4: $auto");
