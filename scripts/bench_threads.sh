@@ -74,8 +74,9 @@ for run in $(seq "$runs"); do
     # neither setting.
     if [ $((run % 2)) = 1 ]; then order="1 0"; else order="0 1"; fi
     # What sharing data between two cores costs now: on a VM it changes
-    # when the host moves the vCPUs, and the idle ratio with it.
-    echo "run $run, $(test/c/bench_cores)"
+    # when the host moves the vCPUs, and the idle ratio with it; and what
+    # running one of the model's products on both at once costs.
+    test/c/bench_cores | sed "s/^/run $run, /"
     declare -A t=()
     for th in $order; do
         l=$(load); t[idle$th]=$(epoch "$th")

@@ -11,7 +11,14 @@
  *   and end cost at the least;
  * - a batch of activations (265 x 256 floats, 271 KB, the Keras model's
  *   first MLP layer) written by one core and copied by the other, against
- *   the same copy again, the buffer now in the reader's cache.
+ *   the same copy again, the buffer now in the reader's cache;
+ * - that layer's product (265 x 248 times 248 x 256), in the two row shares
+ *   the core gives two threads (layers.c: 136 and 129 rows), each one
+ *   single-threaded OpenBLAS call on its own core: one share at a time, then
+ *   both at once, as a parallel region runs them.  Work that never leaves a
+ *   core would take as long at once as alone; the ratio is what the machine
+ *   charges for running both, a limit on what two threads can gain (the
+ *   kernels: OPENBLAS_CORETYPE, as scripts/bench_threads.sh sets it).
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -22,7 +29,13 @@
 #include <string.h>
 #include <time.h>
 
+#include <cblas.h>
+
 enum { ROUND_TRIPS = 200000, ROUNDS = 400, FLOATS = 265 * 256 };
+/* The product's shape and the core's split of its rows (bst_share, grain 8). */
+enum { GEMM_M = 265, GEMM_K = 248, GEMM_N = 256, GEMM_SPLIT = 136, GEMM_ROUNDS = 2000 };
+
+void openblas_set_num_threads(int n);
 
 static int g_cpu[2];
 static _Atomic int g_turn;
@@ -47,6 +60,48 @@ static void pin(int cpu)
     CPU_ZERO(&set);
     CPU_SET(cpu, &set);
     pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+}
+
+/* The product's operands. */
+static float *g_a, *g_b, *g_c;
+static pthread_barrier_t g_barrier;
+
+/* Share s of the product's rows, one OpenBLAS call. */
+static void gemm_share(int s)
+{
+    const int lo = s ? GEMM_SPLIT : 0, hi = s ? GEMM_M : GEMM_SPLIT;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, hi - lo, GEMM_N, GEMM_K, 1.0f,
+                g_a + (size_t)lo * GEMM_K, GEMM_K, g_b, GEMM_N, 0.0f, g_c + (size_t)lo * GEMM_N,
+                GEMM_N);
+}
+
+/* Thread s: its share alone (while the other waits at the barrier), then
+ * at once with the other's, each round started together. */
+static double gemm_rounds(int s, int at_once)
+{
+    double total = 0.0;
+    for (int r = 0; r < GEMM_ROUNDS; r++) {
+        pthread_barrier_wait(&g_barrier);
+        if (at_once || (r & 1) == s) {
+            const double t0 = now();
+            gemm_share(s);
+            total += now() - t0;
+        }
+    }
+    return total / (at_once ? GEMM_ROUNDS : GEMM_ROUNDS / 2);
+}
+
+/* Each share's mean time, one at a time and at once. */
+static double g_alone[2], g_together[2];
+
+static void *gemm_thread(void *arg)
+{
+    const int s = (int)(size_t)arg;
+    pin(g_cpu[s]);
+    gemm_share(s);  /* warm: OpenBLAS's buffers, the operands in cache */
+    g_alone[s] = gemm_rounds(s, 0);
+    g_together[s] = gemm_rounds(s, 1);
+    return NULL;
 }
 
 static void wait_turn(int turn)
@@ -123,5 +178,34 @@ int main(void)
            bytes / remote * 1e-9, bytes / local * 1e-9);
     free(g_buf);
     free(copy);
+
+    openblas_set_num_threads(1);  /* as the core runs it: one thread per call */
+    g_a = aligned_alloc(64, (size_t)GEMM_M * GEMM_K * sizeof(float));
+    g_b = aligned_alloc(64, (size_t)GEMM_K * GEMM_N * sizeof(float));
+    g_c = aligned_alloc(64, (size_t)GEMM_M * GEMM_N * sizeof(float));
+    if (!g_a || !g_b || !g_c)
+        return 1;
+    for (size_t i = 0; i < (size_t)GEMM_M * GEMM_K; i++)
+        g_a[i] = (float)(i % 7) * 0.1f;
+    for (size_t i = 0; i < (size_t)GEMM_K * GEMM_N; i++)
+        g_b[i] = (float)(i % 5) * 0.1f;
+    pthread_barrier_init(&g_barrier, NULL, 2);
+    pthread_t second;
+    if (pthread_create(&second, NULL, gemm_thread, (void *)(size_t)1) != 0)
+        return 1;
+    gemm_thread((void *)(size_t)0);
+    pthread_join(second, NULL);
+    pthread_barrier_destroy(&g_barrier);
+    /* A region lasts as long as its slower share. */
+    const double alone = g_alone[0] > g_alone[1] ? g_alone[0] : g_alone[1];
+    const double together = g_together[0] > g_together[1] ? g_together[0] : g_together[1];
+    printf("the first dense layer's product (%d x %d x %d) in 2 row shares (%d + %d rows), one "
+           "OpenBLAS call each on its core: %.0f + %.0f us one at a time, %.0f + %.0f us at once: "
+           "at once %.2fx as long\n",
+           GEMM_M, GEMM_K, GEMM_N, GEMM_SPLIT, GEMM_M - GEMM_SPLIT, g_alone[0] * 1e6,
+           g_alone[1] * 1e6, g_together[0] * 1e6, g_together[1] * 1e6, together / alone);
+    free(g_a);
+    free(g_b);
+    free(g_c);
     return 0;
 }
