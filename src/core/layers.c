@@ -460,13 +460,13 @@ void projection_backward(float *d_u, float *d_p, float *d_b, const float *d_qkv,
      * most rows, so plain shares of the movies left the first thread twice
      * the work of the second. */
     const size_t n_items = (size_t)rows_start[n_distinct] + (size_t)n_distinct;
-    PARALLEL_FOR(n_items, 1, 2.0 * B * L * n, lo, hi,
-                 projection_backward_movies(d_u, d_qkv, rows_start, rows, ratings, additive,
-                                            first_item_at(rows_start, n_distinct, lo),
-                                            first_item_at(rows_start, n_distinct, hi), L, n));
-    PARALLEL_FOR((size_t)n, 1, 2.0 * B * L * n, lo, hi,
-                 projection_backward_positions(d_p, d_b, d_qkv, ratings, additive, hist_len, B,
-                                               L, n, lo, hi));
+    PARALLEL_FOR_PAIR(n_items, 1, 2.0 * B * L * n, i0, i1,
+                      projection_backward_movies(d_u, d_qkv, rows_start, rows, ratings, additive,
+                                                 first_item_at(rows_start, n_distinct, i0),
+                                                 first_item_at(rows_start, n_distinct, i1), L, n),
+                      (size_t)n, 1, 2.0 * B * L * n, c0, c1,
+                      projection_backward_positions(d_p, d_b, d_qkv, ratings, additive, hist_len,
+                                                    B, L, n, c0, c1));
 }
 
 void linear_bias_backward(float *d_b, const float *d_out, int n, int out_dim)
@@ -658,10 +658,13 @@ void fold_projection_backward(float *d_in, float *d_w, const float *d_out, const
 {
     const double flops = 2.0 * n * d * 2 * H * d;
     if (d_in)
-        PARALLEL_FOR((size_t)n, SGEMM_GRAIN, flops, lo, hi,
-                     fold_projection_input_rows(d_in, d_out, w, lo, hi, d, H));
-    PARALLEL_FOR((size_t)2 * H * d, SGEMM_GRAIN, flops, lo, hi,
-                 fold_projection_param_cols(d_w, d_out, in, n, d, H, lo, hi));
+        PARALLEL_FOR_PAIR((size_t)n, SGEMM_GRAIN, flops, r0, r1,
+                          fold_projection_input_rows(d_in, d_out, w, r0, r1, d, H),
+                          (size_t)2 * H * d, SGEMM_GRAIN, flops, c0, c1,
+                          fold_projection_param_cols(d_w, d_out, in, n, d, H, c0, c1));
+    else
+        PARALLEL_FOR((size_t)2 * H * d, SGEMM_GRAIN, flops, lo, hi,
+                     fold_projection_param_cols(d_w, d_out, in, n, d, H, lo, hi));
 }
 
 /* Windows [b0, b1). */
@@ -788,10 +791,14 @@ void linear_backward(float *d_in, float *d_w, float *d_b, const float *d_out,
 {
     const double flops = 2.0 * n * in_dim * out_dim;
     if (d_in)
-        PARALLEL_FOR((size_t)n, SGEMM_GRAIN, flops, lo, hi,
-                     linear_backward_input_rows(d_in, d_out, w, lo, hi, in_dim, out_dim));
-    PARALLEL_FOR((size_t)out_dim, SGEMM_GRAIN, flops, lo, hi,
-                 linear_backward_param_cols(d_w, d_b, d_out, in, n, in_dim, out_dim, lo, hi));
+        PARALLEL_FOR_PAIR((size_t)n, SGEMM_GRAIN, flops, r0, r1,
+                          linear_backward_input_rows(d_in, d_out, w, r0, r1, in_dim, out_dim),
+                          (size_t)out_dim, SGEMM_GRAIN, flops, c0, c1,
+                          linear_backward_param_cols(d_w, d_b, d_out, in, n, in_dim, out_dim, c0,
+                                                     c1));
+    else
+        PARALLEL_FOR((size_t)out_dim, SGEMM_GRAIN, flops, lo, hi,
+                     linear_backward_param_cols(d_w, d_b, d_out, in, n, in_dim, out_dim, lo, hi));
 }
 
 BST_SIMD_INLINE void layernorm_forward_rows_generic(float *out, float *mean, float *rstd,

@@ -128,6 +128,15 @@ static inline void bst_share(size_t n, size_t grain, int t, int nt, size_t *lo, 
  *     PARALLEL_FOR((size_t)rows, 1, (double)rows * d, lo, hi,
  *                  layer_rows(out, in, lo, hi, d));   // lo, hi: size_t
  */
+/*
+ * PARALLEL_FOR_PAIR: two independent loops (neither reads what the other
+ * writes), each split as PARALLEL_FOR would split it, in one region when
+ * both would run on the same thread count: each thread runs its share of
+ * the first, then its share of the second, with one start and one wait
+ * instead of two (the wait for the slower thread is paid once, and its lead
+ * in one loop can make up for its lag in the other).  The same shares, so
+ * the same bits, as the two PARALLEL_FORs it otherwise runs in turn.
+ */
 #ifdef _OPENMP
 #define PARALLEL_FOR(n, grain, work, lo, hi, CALL)                                \
     do {                                                                          \
@@ -147,6 +156,29 @@ static inline void bst_share(size_t n, size_t grain, int t, int nt, size_t *lo, 
             CALL;                                                                 \
         }                                                                         \
     } while (0)
+#define PARALLEL_FOR_PAIR(n1, grain1, work1, lo1, hi1, CALL1, n2, grain2, work2, lo2, hi2,  \
+                          CALL2)                                                     \
+    do {                                                                             \
+        const size_t par1_n_ = (n1), par1_grain_ = (grain1);                         \
+        const size_t par2_n_ = (n2), par2_grain_ = (grain2);                         \
+        const int par_nt_ = bst_threads_for(par1_n_ / par1_grain_, (work1));         \
+        if (par_nt_ > 1 && bst_threads_for(par2_n_ / par2_grain_, (work2)) == par_nt_) { \
+            BST_REGION_LABEL();                                                      \
+            _Pragma("omp parallel num_threads(par_nt_)")                             \
+            {                                                                        \
+                size_t lo1, hi1, lo2, hi2;                                           \
+                bst_share(par1_n_, par1_grain_, bst_team_thread(), bst_team_size(),  \
+                          &lo1, &hi1);                                               \
+                bst_share(par2_n_, par2_grain_, bst_team_thread(), bst_team_size(),  \
+                          &lo2, &hi2);                                               \
+                CALL1;                                                               \
+                CALL2;                                                               \
+            }                                                                        \
+        } else {                                                                     \
+            PARALLEL_FOR(par1_n_, par1_grain_, (work1), lo1, hi1, CALL1);            \
+            PARALLEL_FOR(par2_n_, par2_grain_, (work2), lo2, hi2, CALL2);            \
+        }                                                                            \
+    } while (0)
 #else
 #define PARALLEL_FOR(n, grain, work, lo, hi, CALL)                                \
     do {                                                                          \
@@ -154,6 +186,12 @@ static inline void bst_share(size_t n, size_t grain, int t, int nt, size_t *lo, 
         (void)(grain);                                                            \
         (void)(work);                                                             \
         CALL;                                                                     \
+    } while (0)
+#define PARALLEL_FOR_PAIR(n1, grain1, work1, lo1, hi1, CALL1, n2, grain2, work2, lo2, hi2,  \
+                          CALL2)                                                     \
+    do {                                                                             \
+        PARALLEL_FOR((n1), (grain1), (work1), lo1, hi1, CALL1);                      \
+        PARALLEL_FOR((n2), (grain2), (work2), lo2, hi2, CALL2);                      \
     } while (0)
 #endif
 
