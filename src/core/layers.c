@@ -270,12 +270,12 @@ BST_SIMD_DISPATCH(sequence_backward_param_cols,
 void sequence_backward(float *d_enc, float *d_pos_emb, float *d_rating_w, const float *d_out,
                        const float *ratings, const int32_t *hist_len, int B, int L, int d)
 {
-    PARALLEL_FOR((size_t)B, 1, (double)B * L * d, lo, hi,
-                 sequence_backward_windows(d_enc, d_out, ratings, d_rating_w != NULL, hist_len,
-                                           lo, hi, L, d));
-    PARALLEL_FOR((size_t)d, 1, (double)B * L * d, lo, hi,
-                 sequence_backward_param_cols(d_pos_emb, d_rating_w, d_out, ratings, hist_len, B,
-                                              L, d, lo, hi));
+    PARALLEL_FOR_PAIR((size_t)B, 1, (double)B * L * d, b0, b1,
+                      sequence_backward_windows(d_enc, d_out, ratings, d_rating_w != NULL,
+                                                hist_len, b0, b1, L, d),
+                      (size_t)d, 1, (double)B * L * d, c0, c1,
+                      sequence_backward_param_cols(d_pos_emb, d_rating_w, d_out, ratings,
+                                                   hist_len, B, L, d, c0, c1));
 }
 
 /*
@@ -1278,12 +1278,25 @@ void residual_layernorm_backward(float *d_branch, float *d_res, float *d_gamma, 
                                  const float *rstd, const float *gamma, const float *mask,
                                  int n, int d, float slope)
 {
-    PARALLEL_FOR((size_t)n, 1, 10.0 * n * d, lo, hi,
-                 residual_layernorm_input_rows(d_branch, d_res, d_out, d_act, out, d_skip, res,
-                                               mean, rstd, gamma, mask, lo, hi, d, slope));
-    PARALLEL_FOR((size_t)d, 1, 4.0 * n * d, lo, hi,
-                 layernorm_backward_param_cols(d_gamma, d_beta, d_out, res, mean, rstd, n, d,
-                                               lo, hi));
+    /* The parameters' sums read d_out: after the rows when those write it
+     * (d_act), else beside them. */
+    if (d_act) {
+        PARALLEL_FOR((size_t)n, 1, 10.0 * n * d, lo, hi,
+                     residual_layernorm_input_rows(d_branch, d_res, d_out, d_act, out, d_skip,
+                                                   res, mean, rstd, gamma, mask, lo, hi, d,
+                                                   slope));
+        PARALLEL_FOR((size_t)d, 1, 4.0 * n * d, lo, hi,
+                     layernorm_backward_param_cols(d_gamma, d_beta, d_out, res, mean, rstd, n, d,
+                                                   lo, hi));
+    } else {
+        PARALLEL_FOR_PAIR((size_t)n, 1, 10.0 * n * d, r0, r1,
+                          residual_layernorm_input_rows(d_branch, d_res, d_out, d_act, out,
+                                                        d_skip, res, mean, rstd, gamma, mask, r0,
+                                                        r1, d, slope),
+                          (size_t)d, 1, 4.0 * n * d, c0, c1,
+                          layernorm_backward_param_cols(d_gamma, d_beta, d_out, res, mean, rstd,
+                                                        n, d, c0, c1));
+    }
 }
 
 /* An MLP layer's activation and its dropout, fused as the residual step
