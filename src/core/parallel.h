@@ -162,7 +162,8 @@ static inline void bst_share(size_t n, size_t grain, int t, int nt, size_t *lo, 
         const size_t par1_n_ = (n1), par1_grain_ = (grain1);                         \
         const size_t par2_n_ = (n2), par2_grain_ = (grain2);                         \
         const int par_nt_ = bst_threads_for(par1_n_ / par1_grain_, (work1));         \
-        if (par_nt_ > 1 && bst_threads_for(par2_n_ / par2_grain_, (work2)) == par_nt_) { \
+        const int par2_nt_ = bst_threads_for(par2_n_ / par2_grain_, (work2));        \
+        if (par_nt_ > 1 && par2_nt_ == par_nt_) {                                    \
             BST_REGION_LABEL();                                                      \
             _Pragma("omp parallel num_threads(par_nt_)")                             \
             {                                                                        \
