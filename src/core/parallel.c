@@ -57,6 +57,7 @@
 static int g_setting;                  /* bst_set_num_threads; 0 = automatic */
 static int g_threads;                  /* the count a large loop uses; 0 = not resolved yet */
 static double g_min_work = BST_PAR_MIN_WORK_DEFAULT;
+static int g_loop_pairs = 1;
 static int (*g_veto)(void);
 
 static void pool_shrink(int workers);
@@ -110,6 +111,16 @@ void bst_set_thread_veto(int (*veto)(void))
 void bst_set_parallel_min_work(double flops)
 {
     g_min_work = flops;
+}
+
+void bst_set_loop_pairs(int on)
+{
+    g_loop_pairs = on != 0;
+}
+
+int bst_loop_pairs(void)
+{
+    return g_loop_pairs;
 }
 
 void bst_threads_init(void)

@@ -90,6 +90,14 @@ void bst_threads_init(void);
 #define BST_PAR_MIN_WORK_DEFAULT 32768.0
 void bst_set_parallel_min_work(double flops);
 
+/*
+ * Whether PARALLEL_FOR_PAIR may run its two loops in one region (default 1);
+ * 0 runs them as two PARALLEL_FORs, which must give the same bits (the
+ * tests compare the two).
+ */
+void bst_set_loop_pairs(int on);
+int bst_loop_pairs(void);
+
 /* Threads worth using for `blocks` independent blocks of work totalling
  * `work` flops: at most one per block; 1 inside a parallel region. */
 int bst_threads_for(size_t blocks, double work);
@@ -163,7 +171,7 @@ static inline void bst_share(size_t n, size_t grain, int t, int nt, size_t *lo, 
         const size_t par2_n_ = (n2), par2_grain_ = (grain2);                         \
         const int par_nt_ = bst_threads_for(par1_n_ / par1_grain_, (work1));         \
         const int par2_nt_ = bst_threads_for(par2_n_ / par2_grain_, (work2));        \
-        if (par_nt_ > 1 && par2_nt_ == par_nt_) {                                    \
+        if (par_nt_ > 1 && par2_nt_ == par_nt_ && bst_loop_pairs()) {                \
             BST_REGION_LABEL();                                                      \
             _Pragma("omp parallel num_threads(par_nt_)")                             \
             {                                                                        \
