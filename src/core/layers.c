@@ -282,25 +282,25 @@ void sequence_backward(float *d_enc, float *d_pos_emb, float *d_rating_w, const 
  * The fused projection in training (model.c says why): a row of x is
  * linear in its movie's encoding, x = r (e + p_i) or e + p_i + r w (or e,
  * the target; 0, padding), so x W + b = r (e W + p_i W) + b, and so on, from
- * the projections of the batch's distinct movies (uqkv, row slot[row]) and
- * of the positions (pqkv; its row L - 1 is w W, with additive ratings).
+ * the projections of the batch's distinct movies (uqv, row slot[row]) and
+ * of the positions (pqv; its row L - 1 is w W, with additive ratings).
  */
-BST_SIMD_INLINE void projection_forward_windows_generic(float *qkv, const float *uqkv,
-                                                        const float *pqkv, const float *bias,
+BST_SIMD_INLINE void projection_forward_windows_generic(float *qv, const float *uqv,
+                                                        const float *pqv, const float *bias,
                                                         const int32_t *slot,
                                                         const float *ratings, int additive,
                                                         size_t b0, size_t b1, int L, int n)
 {
-    const float *pr = pqkv + (size_t)(L - 1) * n;
+    const float *pr = pqv + (size_t)(L - 1) * n;
     for (size_t b = b0; b < b1; b++) {
         for (int i = 0; i < L; i++) {
             const size_t row = b * L + i;
-            float *o = qkv + row * n;
+            float *o = qv + row * n;
             if (slot[row] < 0) {
                 memcpy(o, bias, (size_t)n * sizeof(float));
                 continue;
             }
-            const float *u = uqkv + (size_t)slot[row] * n, *pi = pqkv + (size_t)i * n;
+            const float *u = uqv + (size_t)slot[row] * n, *pi = pqv + (size_t)i * n;
             const float r = i < L - 1 ? ratings[b * (L - 1) + i] : 0.0f;
             if (i == L - 1)
                 for (int c = 0; c < n; c++)
@@ -315,17 +315,17 @@ BST_SIMD_INLINE void projection_forward_windows_generic(float *qkv, const float 
     }
 }
 BST_SIMD_DISPATCH(projection_forward_windows,
-                  (float *qkv, const float *uqkv, const float *pqkv, const float *bias,
+                  (float *qv, const float *uqv, const float *pqv, const float *bias,
                    const int32_t *slot, const float *ratings, int additive, size_t b0, size_t b1,
                    int L, int n),
-                  (qkv, uqkv, pqkv, bias, slot, ratings, additive, b0, b1, L, n))
+                  (qv, uqv, pqv, bias, slot, ratings, additive, b0, b1, L, n))
 
-void projection_forward(float *qkv, const float *uqkv, const float *pqkv, const float *bias,
+void projection_forward(float *qv, const float *uqv, const float *pqv, const float *bias,
                         const int32_t *slot, const float *ratings, int additive, int B, int L,
                         int n)
 {
     PARALLEL_FOR((size_t)B, 1, 2.0 * B * L * n, lo, hi,
-                 projection_forward_windows(qkv, uqkv, pqkv, bias, slot, ratings, additive, lo,
+                 projection_forward_windows(qv, uqv, pqv, bias, slot, ratings, additive, lo,
                                             hi, L, n));
 }
 
@@ -338,9 +338,9 @@ static inline float projection_factor(const float *ratings, int additive, size_t
     return i < L - 1 && !additive ? ratings[b * (L - 1) + i] : 1.0f;
 }
 
-/* Distinct movies [u0, u1): d_u = the sum of their rows' factor d_qkv, in
+/* Distinct movies [u0, u1): d_u = the sum of their rows' factor d_qv, in
  * the order of rows (rows[rows_start[u] ..]). */
-BST_SIMD_INLINE void projection_backward_movies_generic(float *d_u, const float *d_qkv,
+BST_SIMD_INLINE void projection_backward_movies_generic(float *d_u, const float *d_qv,
                                                         const int32_t *rows_start,
                                                         const int32_t *rows,
                                                         const float *ratings, int additive,
@@ -351,17 +351,17 @@ BST_SIMD_INLINE void projection_backward_movies_generic(float *d_u, const float 
         memset(du, 0, (size_t)n * sizeof(float));
         for (int32_t k = rows_start[u]; k < rows_start[u + 1]; k++) {
             const float f = projection_factor(ratings, additive, (size_t)rows[k], L);
-            const float *g = d_qkv + (size_t)rows[k] * n;
+            const float *g = d_qv + (size_t)rows[k] * n;
             for (int c = 0; c < n; c++)
                 du[c] += f * g[c];
         }
     }
 }
 BST_SIMD_DISPATCH(projection_backward_movies,
-                  (float *d_u, const float *d_qkv, const int32_t *rows_start,
+                  (float *d_u, const float *d_qv, const int32_t *rows_start,
                    const int32_t *rows, const float *ratings, int additive, size_t u0, size_t u1,
                    int L, int n),
-                  (d_u, d_qkv, rows_start, rows, ratings, additive, u0, u1, L, n))
+                  (d_u, d_qv, rows_start, rows, ratings, additive, u0, u1, L, n))
 
 /* Columns [c0, c1) of d_b += the column sums of d_out, rows in order. */
 BST_SIMD_INLINE void bias_sums_cols_generic(float *d_b, const float *d_out, int n, int out_dim,
@@ -388,18 +388,13 @@ BST_SIMD_DISPATCH(bias_sums_cols,
  * rating; windows in order, COL_BLOCK columns at a time in registers (as
  * sequence_backward_param_cols, and for the same reason). */
 BST_SIMD_INLINE void projection_backward_positions_generic(float *d_p, float *d_b,
-                                                           const float *d_qkv,
+                                                           const float *d_qv,
                                                            const float *ratings, int additive,
                                                            const int32_t *hist_len, int B,
                                                            int L, int n, size_t c0, size_t c1)
 {
-    /* The bias's sums of the query and value columns (n = 3 H dk: the keys
-     * are the middle third), while the columns are in this core's cache. */
-    const size_t third = (size_t)n / 3;
-    if (c0 < third)
-        bias_sums_cols_generic(d_b, d_qkv, B * L, n, c0, c1 < third ? c1 : third);
-    if (c1 > 2 * third)
-        bias_sums_cols_generic(d_b, d_qkv, B * L, n, c0 > 2 * third ? c0 : 2 * third, c1);
+    /* The bias's sums, while the columns are in this core's cache. */
+    bias_sums_cols_generic(d_b, d_qv, B * L, n, c0, c1);
     for (size_t b0 = c0; b0 < c1; b0 += COL_BLOCK) {
         const int w = c1 - b0 < COL_BLOCK ? (int)(c1 - b0) : COL_BLOCK;
         float acc[COL_BLOCK];
@@ -409,7 +404,7 @@ BST_SIMD_INLINE void projection_backward_positions_generic(float *d_p, float *d_
                 if (i < bst_first_valid(hist_len, b, L))
                     continue;
                 const float f = additive ? 1.0f : ratings[b * (L - 1) + i];
-                const float *g = d_qkv + (b * L + i) * n + b0;
+                const float *g = d_qv + (b * L + i) * n + b0;
                 for (int j = 0; j < w; j++)
                     acc[j] += f * g[j];
             }
@@ -421,7 +416,7 @@ BST_SIMD_INLINE void projection_backward_positions_generic(float *d_p, float *d_
         for (size_t b = 0; b < (size_t)B; b++) {
             for (int i = bst_first_valid(hist_len, b, L); i < L - 1; i++) {
                 const float r = ratings[b * (L - 1) + i];
-                const float *g = d_qkv + (b * L + i) * n + b0;
+                const float *g = d_qv + (b * L + i) * n + b0;
                 for (int j = 0; j < w; j++)
                     acc[j] += r * g[j];
             }
@@ -430,10 +425,10 @@ BST_SIMD_INLINE void projection_backward_positions_generic(float *d_p, float *d_
     }
 }
 BST_SIMD_DISPATCH(projection_backward_positions,
-                  (float *d_p, float *d_b, const float *d_qkv, const float *ratings,
+                  (float *d_p, float *d_b, const float *d_qv, const float *ratings,
                    int additive, const int32_t *hist_len, int B, int L, int n, size_t c0,
                    size_t c1),
-                  (d_p, d_b, d_qkv, ratings, additive, hist_len, B, L, n, c0, c1))
+                  (d_p, d_b, d_qv, ratings, additive, hist_len, B, L, n, c0, c1))
 
 /* The first of the n movies whose item (rows_start[u] + u: every row and
  * every movie before it counted) is at or after item (n if none). */
@@ -450,7 +445,7 @@ static size_t first_item_at(const int32_t *rows_start, int32_t n, size_t item)
     return lo;
 }
 
-void projection_backward(float *d_u, float *d_p, float *d_b, const float *d_qkv,
+void projection_backward(float *d_u, float *d_p, float *d_b, const float *d_qv,
                          const int32_t *rows_start,
                          const int32_t *rows, int32_t n_distinct, const float *ratings,
                          int additive, const int32_t *hist_len, int B, int L, int n)
@@ -461,11 +456,11 @@ void projection_backward(float *d_u, float *d_p, float *d_b, const float *d_qkv,
      * the work of the second. */
     const size_t n_items = (size_t)rows_start[n_distinct] + (size_t)n_distinct;
     PARALLEL_FOR_PAIR(n_items, 1, 2.0 * B * L * n, i0, i1,
-                      projection_backward_movies(d_u, d_qkv, rows_start, rows, ratings, additive,
+                      projection_backward_movies(d_u, d_qv, rows_start, rows, ratings, additive,
                                                  first_item_at(rows_start, n_distinct, i0),
                                                  first_item_at(rows_start, n_distinct, i1), L, n),
                       (size_t)n, 1, 2.0 * B * L * n, c0, c1,
-                      projection_backward_positions(d_p, d_b, d_qkv, ratings, additive, hist_len,
+                      projection_backward_positions(d_p, d_b, d_qv, ratings, additive, hist_len,
                                                     B, L, n, c0, c1));
 }
 
@@ -514,23 +509,23 @@ enum { FOLD_FORWARD_TASKS = 2, FOLD_BACKWARD_TASKS = 4 };
 static void fold_forward_task(float *w, float *b, const float *wqkv, const float *bqkv,
                               const float *wo, int d, int H, size_t task)
 {
-    const int hd = H * d, n3 = 3 * hd, h = (int)(task / FOLD_FORWARD_TASKS);
+    const int hd = H * d, n3 = 3 * hd, n2 = 2 * hd, h = (int)(task / FOLD_FORWARD_TASKS);
+    /* Head h's columns: in wqkv's parts q, k, v; in the fold's, fq and fv. */
     const size_t q = (size_t)h * d, k = (size_t)hd + q, v = (size_t)2 * hd + q;
+    const size_t fq = q, fv = (size_t)hd + q;
     const float *wo_h = wo + (size_t)h * d * d;
     if (task % FOLD_FORWARD_TASKS == 0) {
         /* Queries: Wq_h Wk_h^T and bq_h Wk_h^T. */
         bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, d, d, d, 1.0f, wqkv + q, n3,
-                       wqkv + k, n3, 0.0f, w + q, n3);
+                       wqkv + k, n3, 0.0f, w + fq, n2);
         bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, 1, d, d, 1.0f, bqkv + q, n3,
-                       wqkv + k, n3, 0.0f, b + q, n3);
-        /* Keys: the rows themselves (fold_projection_forward copies them). */
-        memset(b + k, 0, (size_t)d * sizeof(float));
+                       wqkv + k, n3, 0.0f, b + fq, n2);
     } else {
         /* Values: Wv_h Wo_h and bv_h Wo_h. */
         bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d, d, d, 1.0f, wqkv + v, n3,
-                       wo_h, d, 0.0f, w + v, n3);
+                       wo_h, d, 0.0f, w + fv, n2);
         bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, 1, d, d, 1.0f, bqkv + v, n3,
-                       wo_h, d, 0.0f, b + v, n3);
+                       wo_h, d, 0.0f, b + fv, n2);
     }
 }
 
@@ -547,8 +542,9 @@ static void fold_backward_task(float *d_wqkv, float *d_bqkv, float *d_wo, const 
                                const float *d_b, const float *wqkv, const float *bqkv,
                                const float *wo, int d, int H, size_t task)
 {
-    const int hd = H * d, n3 = 3 * hd, h = (int)(task / FOLD_BACKWARD_TASKS);
+    const int hd = H * d, n3 = 3 * hd, n2 = 2 * hd, h = (int)(task / FOLD_BACKWARD_TASKS);
     const size_t q = (size_t)h * d, k = (size_t)hd + q, v = (size_t)2 * hd + q;
+    const size_t fq = q, fv = (size_t)hd + q;
     const float *wo_h = wo + (size_t)h * d * d;
     float *d_wo_h = d_wo + (size_t)h * d * d;
     /* M = Wq Wk^T: dWq += dM Wk, dWk += dM^T Wq; c = bq Wk^T: dbq += dc Wk,
@@ -557,28 +553,28 @@ static void fold_backward_task(float *d_wqkv, float *d_bqkv, float *d_wo, const 
      * bv Wo alike. */
     switch (task % FOLD_BACKWARD_TASKS) {
     case 0:
-        bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d, d, d, 1.0f, d_w + q, n3,
+        bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d, d, d, 1.0f, d_w + fq, n2,
                        wqkv + k, n3, 1.0f, d_wqkv + q, n3);
-        bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, 1, d, d, 1.0f, d_b + q, n3,
+        bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, 1, d, d, 1.0f, d_b + fq, n2,
                        wqkv + k, n3, 1.0f, d_bqkv + q, n3);
         break;
     case 1:
-        bst_blas.sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d, d, d, 1.0f, d_w + q, n3,
+        bst_blas.sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d, d, d, 1.0f, d_w + fq, n2,
                        wqkv + q, n3, 1.0f, d_wqkv + k, n3);
-        bst_blas.sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d, d, 1, 1.0f, d_b + q, n3,
+        bst_blas.sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d, d, 1, 1.0f, d_b + fq, n2,
                        bqkv + q, n3, 1.0f, d_wqkv + k, n3);
         break;
     case 2:
-        bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, d, d, d, 1.0f, d_w + v, n3, wo_h,
+        bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, d, d, d, 1.0f, d_w + fv, n2, wo_h,
                        d, 1.0f, d_wqkv + v, n3);
-        bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, 1, d, d, 1.0f, d_b + v, n3, wo_h,
+        bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, 1, d, d, 1.0f, d_b + fv, n2, wo_h,
                        d, 1.0f, d_bqkv + v, n3);
         break;
     default:
         bst_blas.sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d, d, d, 1.0f, wqkv + v, n3,
-                       d_w + v, n3, 1.0f, d_wo_h, d);
+                       d_w + fv, n2, 1.0f, d_wo_h, d);
         bst_blas.sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d, d, 1, 1.0f, bqkv + v, n3,
-                       d_b + v, n3, 1.0f, d_wo_h, d);
+                       d_b + fv, n2, 1.0f, d_wo_h, d);
         break;
     }
 }
@@ -598,16 +594,11 @@ void attention_fold_backward(float *d_wqkv, float *d_bqkv, float *d_wo, const fl
 static void fold_projection_rows(float *out, const float *in, const float *w, size_t r0, size_t r1,
                                  int d, int H)
 {
-    const int hd = H * d, n3 = 3 * hd;
+    const int n2 = 2 * H * d;
     if (r1 <= r0)
         return;
-    bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(r1 - r0), hd, d, 1.0f,
-                   in + r0 * d, d, w, n3, 0.0f, out + r0 * n3, n3);
-    bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(r1 - r0), hd, d, 1.0f,
-                   in + r0 * d, d, w + 2 * hd, n3, 0.0f, out + r0 * n3 + 2 * hd, n3);
-    for (size_t r = r0; r < r1; r++)
-        for (int h = 0; h < H; h++)
-            memcpy(out + r * n3 + hd + (size_t)h * d, in + r * d, (size_t)d * sizeof(float));
+    bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(r1 - r0), n2, d, 1.0f,
+                   in + r0 * d, d, w, n2, 0.0f, out + r0 * n2, n2);
 }
 
 void fold_projection_forward(float *out, const float *in, const float *w, int n, int d, int H)
@@ -620,37 +611,22 @@ void fold_projection_forward(float *out, const float *in, const float *w, int n,
 static void fold_projection_input_rows(float *d_in, const float *d_out, const float *w, size_t r0,
                                        size_t r1, int d, int H)
 {
-    const int hd = H * d, n3 = 3 * hd;
+    const int n2 = 2 * H * d;
     if (r1 <= r0)
         return;
-    bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(r1 - r0), d, hd, 1.0f,
-                   d_out + r0 * n3, n3, w, n3, 0.0f, d_in + r0 * d, d);
-    bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(r1 - r0), d, hd, 1.0f,
-                   d_out + r0 * n3 + 2 * hd, n3, w + 2 * hd, n3, 1.0f, d_in + r0 * d, d);
-    for (size_t r = r0; r < r1; r++)
-        for (int h = 0; h < H; h++) {
-            const float *dk = d_out + r * n3 + hd + (size_t)h * d;
-            float *di = d_in + r * d;
-            for (int j = 0; j < d; j++)
-                di[j] += dk[j];
-        }
+    bst_blas.sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(r1 - r0), d, n2, 1.0f,
+                   d_out + r0 * n2, n2, w, n2, 0.0f, d_in + r0 * d, d);
 }
 
-/* Columns [c0, c1) of the queries' and values' 2 H d columns of d_w. */
+/* Columns [c0, c1) of d_w. */
 static void fold_projection_param_cols(float *d_w, const float *d_out, const float *in, int n,
                                        int d, int H, size_t c0, size_t c1)
 {
-    const int hd = H * d, n3 = 3 * hd;
-    for (int part = 0; part < 2; part++) {
-        const size_t lo = c0 > (size_t)part * hd ? c0 : (size_t)part * hd;
-        const size_t hi = c1 < (size_t)(part + 1) * hd ? c1 : (size_t)(part + 1) * hd;
-        if (hi <= lo)
-            continue;
-        /* Part 1, the values, sits after the keys' columns. */
-        const size_t col = lo + (size_t)part * hd;
-        bst_blas.sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d, (int)(hi - lo), n, 1.0f, in, d,
-                       d_out + col, n3, 1.0f, d_w + col, n3);
-    }
+    const int n2 = 2 * H * d;
+    if (c1 <= c0)
+        return;
+    bst_blas.sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d, (int)(c1 - c0), n, 1.0f, in, d,
+                   d_out + c0, n2, 1.0f, d_w + c0, n2);
 }
 
 void fold_projection_backward(float *d_in, float *d_w, const float *d_out, const float *in,
@@ -1569,16 +1545,16 @@ BST_SIMD_INLINE void softmax_rows(float *pr, int L, int first, float scale)
 
 /* The probabilities in 1.0's order: dot8 for each score and libm's expf
  * one at a time (attention_forward_inference says why it stays). */
-BST_SIMD_INLINE void window_probs_1_0(float *pr, const float *q, const float *k, size_t stride,
-                                      int L, int dk, int first, float scale)
+BST_SIMD_INLINE void window_probs_1_0(float *pr, const float *q, size_t q_stride, const float *k,
+                                      size_t k_stride, int L, int dk, int first, float scale)
 {
     for (int i = 0; i < L; i++) {
-        const float *qi = q + (size_t)i * stride;
+        const float *qi = q + (size_t)i * q_stride;
         float *row = pr + (size_t)i * L;
         float maxv = -INFINITY;
         for (int j = 0; j < first; j++)
             row[j] = 0.0f;
-        dot8_rows(row, qi, k, stride, first, L, dk);
+        dot8_rows(row, qi, k, k_stride, first, L, dk);
         for (int j = first; j < L; j++) {
             row[j] *= scale;
             if (row[j] > maxv)
@@ -1600,29 +1576,70 @@ BST_SIMD_INLINE void window_probs_1_0(float *pr, const float *q, const float *k,
  * in the order of n as weighted_rows adds (the same bits), w_on =
  * w[o * w_o + n * w_n], rows row_n = rows + n * row_stride of dk >= 16
  * floats, out_o = out + o * out_stride: a window's contexts, or in the
- * backward the gradients of its values, queries and keys.  A chunk of 16
- * columns of every row is loaded once for all L sums, which then run as L
- * independent chains of adds.  Chunks as weighted_rows's: the last one
- * ends at dk.
+ * backward the gradients of its values, queries and keys.  With add, the
+ * sum is added to out_o instead (out_o + the sum: the keys' gradient,
+ * which every head adds to).  A chunk of 16 columns of every row is loaded
+ * once for all L sums, which then run as L independent chains of adds.
+ * Chunks as weighted_rows's: the last one ends at dk (with add, the
+ * columns that the chunk before it added to are left as they are).
  */
 BST_SIMD_INLINE void window_mix(float *out, size_t out_stride, const float *w, size_t w_o,
                                 size_t w_n, const float *rows, size_t row_stride, const int L,
-                                int dk)
+                                int dk, const int add)
 {
     for (int c = 0;; c += 16) {
-        if (c + 16 > dk)
+        v16i fresh = lane_index >= (v16i){0};
+        if (c + 16 > dk) {
+            fresh = lane_index >= (v16i){0} + (c - (dk - 16));
             c = dk - 16;
+        }
 #pragma GCC unroll 4
         for (int o = 0; o < L; o++) {
             v16f acc = {0};
 #pragma GCC unroll 4
             for (int n = 0; n < L; n++)
                 acc += w[o * w_o + n * w_n] * v16_load(rows + n * row_stride + c);
-            v16_store(out + o * out_stride + c, acc);
+            float *dst = out + o * out_stride + c;
+            if (add) {
+                const v16f before = v16_load(dst);
+                v16_store(dst, v16_select(fresh, before + acc, before));
+            } else {
+                v16_store(dst, acc);
+            }
         }
         if (c + 16 >= dk)
             break;
     }
+}
+
+/*
+ * Where attention finds a batch's rows (row r = b L + i, head h): the
+ * query at q + r stride + h dk, the value at v + r stride + h dk, the key
+ * at k + r k_stride + h k_head.  The fused projection's rows [q | k | v]
+ * (stride 3 H dk, k = q + H dk, k_head = dk), or training's folded ones:
+ * rows [q | v] (stride 2 H dk) and x's own rows as the key of every head
+ * (k_stride dk, k_head 0).  Gradients alike, where k_head 0 means that
+ * each head's keys' gradient is added to the rows at k.
+ */
+typedef struct AttentionRows {
+    const float *q, *k, *v;
+    size_t stride, k_stride, k_head;
+} AttentionRows;
+typedef struct AttentionGrads {
+    float *q, *k, *v;
+    size_t stride, k_stride, k_head;
+} AttentionGrads;
+
+static AttentionRows attention_rows_qkv(const float *qkv, int H, int dk)
+{
+    const size_t hd = (size_t)H * dk;
+    return (AttentionRows){qkv, qkv + hd, qkv + 2 * hd, 3 * hd, 3 * hd, (size_t)dk};
+}
+
+static AttentionRows attention_rows_folded(const float *qv, const float *x, int H, int dk)
+{
+    const size_t hd = (size_t)H * dk;
+    return (AttentionRows){qv, x, qv + hd, 2 * hd, (size_t)dk, 0};
 }
 
 /*
@@ -1632,12 +1649,11 @@ BST_SIMD_INLINE void window_mix(float *out, size_t out_stride, const float *w, s
  * inlined), the window's dropout factors, the contexts.
  */
 BST_SIMD_INLINE void attention_forward_body(float *ctx, float *probs, float *mask,
-                                            const float *qkv, const int32_t *hist_len,
+                                            AttentionRows in, const int32_t *hist_len,
                                             size_t b0, size_t b1, const int L, int H, int dk,
                                             float p, uint64_t key, const int order_1_0)
 {
-    const int hd = H * dk, stride = 3 * hd;
-    const float *q = qkv, *k = qkv + hd, *v = qkv + 2 * hd;
+    const int hd = H * dk;
     /* Keras scales the query by 1/sqrt(key_dim) before the dot product. */
     const float scale = 1.0f / sqrtf((float)dk);
     const size_t per_window = (size_t)H * L * L;
@@ -1656,7 +1672,9 @@ BST_SIMD_INLINE void attention_forward_body(float *ctx, float *probs, float *mas
         for (int h = 0; h < H; h++) {
             float *pr = probs + (b * H + h) * L * L;
             const float *mk = mask ? mask + (b * H + h) * L * L : NULL;
-            const size_t head = b * L * stride + (size_t)h * dk;
+            const size_t head = b * L * in.stride + (size_t)h * dk;
+            const float *q = in.q + head, *v = in.v + head;
+            const float *k = in.k + b * L * in.k_stride + h * in.k_head;
             float *out = ctx + b * L * hd + (size_t)h * dk;
             /* The weights of the value rows: probabilities times their
              * dropout factors (weight_at's product), or the probabilities. */
@@ -1664,15 +1682,15 @@ BST_SIMD_INLINE void attention_forward_body(float *ctx, float *probs, float *mas
             const float *weights = mk ? w : pr;
             if (!order_1_0 && L == 4 && dk >= 16) {
                 const v16f probs_4x4 = softmax_4x4(
-                    pair_dots(q + head, stride, k + head, stride, 4, 0, 16, dk), first, scale);
+                    pair_dots(q, in.stride, k, in.k_stride, 4, 0, 16, dk), first, scale);
                 v16_store(pr, probs_4x4);
                 if (mk)
                     v16_store(w, probs_4x4 * v16_load(mk));
             } else {
                 if (order_1_0) {
-                    window_probs_1_0(pr, q + head, k + head, stride, L, dk, first, scale);
+                    window_probs_1_0(pr, q, in.stride, k, in.k_stride, L, dk, first, scale);
                 } else {
-                    window_dots(pr, q + head, stride, k + head, stride, L, dk);
+                    window_dots(pr, q, in.stride, k, in.k_stride, L, dk);
                     softmax_rows(pr, L, first, scale);
                 }
                 if (mk && mixed)
@@ -1680,76 +1698,97 @@ BST_SIMD_INLINE void attention_forward_body(float *ctx, float *probs, float *mas
                         w[e] = pr[e] * mk[e];
             }
             if (mixed) {
-                window_mix(out, hd, weights, L, 1, v + head, stride, L, dk);
+                window_mix(out, hd, weights, L, 1, v, in.stride, L, dk, 0);
                 continue;
             }
             for (int i = 0; i < L; i++)
                 weighted_rows(out + (size_t)i * hd, pr + (size_t)i * L,
-                              mk ? mk + (size_t)i * L : NULL, 1, v + head, stride, L, dk);
+                              mk ? mk + (size_t)i * L : NULL, 1, v, in.stride, L, dk);
         }
     }
 }
 
 /* BST's windows of 4 get a copy with L a constant. */
 BST_SIMD_INLINE void attention_forward_windows_generic(float *ctx, float *probs, float *mask,
-                                                       const float *qkv, const int32_t *hist_len,
-                                                       size_t b0, size_t b1, int L, int H, int dk,
-                                                       float p, uint64_t key)
+                                                       AttentionRows in,
+                                                       const int32_t *hist_len, size_t b0,
+                                                       size_t b1, int L, int H, int dk, float p,
+                                                       uint64_t key)
 {
     if (L == 4)
-        attention_forward_body(ctx, probs, mask, qkv, hist_len, b0, b1, 4, H, dk, p, key, 0);
+        attention_forward_body(ctx, probs, mask, in, hist_len, b0, b1, 4, H, dk, p, key, 0);
     else
-        attention_forward_body(ctx, probs, mask, qkv, hist_len, b0, b1, L, H, dk, p, key, 0);
+        attention_forward_body(ctx, probs, mask, in, hist_len, b0, b1, L, H, dk, p, key, 0);
 }
 BST_SIMD_DISPATCH(attention_forward_windows,
-                  (float *ctx, float *probs, float *mask, const float *qkv,
+                  (float *ctx, float *probs, float *mask, AttentionRows in,
                    const int32_t *hist_len, size_t b0, size_t b1, int L, int H, int dk, float p,
                    uint64_t key),
-                  (ctx, probs, mask, qkv, hist_len, b0, b1, L, H, dk, p, key))
+                  (ctx, probs, mask, in, hist_len, b0, b1, L, H, dk, p, key))
 
 BST_SIMD_INLINE void attention_forward_windows_1_0_generic(float *ctx, float *probs,
-                                                           const float *qkv,
+                                                           AttentionRows in,
                                                            const int32_t *hist_len, size_t b0,
                                                            size_t b1, int L, int H, int dk)
 {
-    attention_forward_body(ctx, probs, NULL, qkv, hist_len, b0, b1, L, H, dk, 0.0f, 0, 1);
+    attention_forward_body(ctx, probs, NULL, in, hist_len, b0, b1, L, H, dk, 0.0f, 0, 1);
 }
 BST_SIMD_DISPATCH(attention_forward_windows_1_0,
-                  (float *ctx, float *probs, const float *qkv, const int32_t *hist_len,
+                  (float *ctx, float *probs, AttentionRows in, const int32_t *hist_len,
                    size_t b0, size_t b1, int L, int H, int dk),
-                  (ctx, probs, qkv, hist_len, b0, b1, L, H, dk))
+                  (ctx, probs, in, hist_len, b0, b1, L, H, dk))
+
+static void attention_forward_rows(float *ctx, float *probs, float *mask, AttentionRows in,
+                                   const int32_t *hist_len, int B, int L, int H, int dk, float p,
+                                   BstRng *rng)
+{
+    uint64_t key;
+    p = dropout_stream(p, rng, &key);
+    PARALLEL_FOR((size_t)B, 1, 4.0 * B * H * L * L * dk, lo, hi,
+                 attention_forward_windows(ctx, probs, mask, in, hist_len, lo, hi, L, H, dk, p,
+                                           key));
+}
 
 void attention_forward(float *ctx, float *probs, float *mask, const float *qkv,
                        const int32_t *hist_len, int B, int L, int H, int dk, float p,
                        BstRng *rng)
 {
-    uint64_t key;
-    p = dropout_stream(p, rng, &key);
-    PARALLEL_FOR((size_t)B, 1, 4.0 * B * H * L * L * dk, lo, hi,
-                 attention_forward_windows(ctx, probs, mask, qkv, hist_len, lo, hi, L, H, dk, p,
-                                           key));
+    attention_forward_rows(ctx, probs, mask, attention_rows_qkv(qkv, H, dk), hist_len, B, L, H,
+                           dk, p, rng);
+}
+
+void attention_forward_folded(float *ctx, float *probs, float *mask, const float *qv,
+                              const float *x, const int32_t *hist_len, int B, int L, int H,
+                              int dk, float p, BstRng *rng)
+{
+    attention_forward_rows(ctx, probs, mask, attention_rows_folded(qv, x, H, dk), hist_len, B,
+                           L, H, dk, p, rng);
 }
 
 void attention_forward_inference(float *ctx, float *probs, const float *qkv,
                                  const int32_t *hist_len, int B, int L, int H, int dk)
 {
+    const AttentionRows in = attention_rows_qkv(qkv, H, dk);
     PARALLEL_FOR((size_t)B, 1, 4.0 * B * H * L * L * dk, lo, hi,
-                 attention_forward_windows_1_0(ctx, probs, qkv, hist_len, lo, hi, L, H, dk));
+                 attention_forward_windows_1_0(ctx, probs, in, hist_len, lo, hi, L, H, dk));
 }
 
-BST_SIMD_INLINE void attention_backward_body(float *d_qkv, float *d_probs, const float *d_ctx,
+BST_SIMD_INLINE void attention_backward_body(AttentionGrads d, float *d_probs, const float *d_ctx,
                                              const float *probs, const float *mask,
-                                             const float *qkv, size_t b0, size_t b1, const int L,
+                                             AttentionRows in, size_t b0, size_t b1, const int L,
                                              int H, int dk, size_t g_stride, size_t g_head)
 {
-    const int hd = H * dk, stride = 3 * hd;
     const float scale = 1.0f / sqrtf((float)dk);
-    const float *q = qkv, *k = qkv + hd, *v = qkv + 2 * hd;
-    float *d_q = d_qkv, *d_k = d_qkv + hd, *d_v = d_qkv + 2 * hd;
     const int mixed = dk >= 16 && L <= WEIGHTED_FEW;
+    /* Keys shared by the heads: each head adds its keys' gradient. */
+    const int add_keys = d.k_head == 0;
     for (size_t b = b0; b < b1; b++) {
         for (int h = 0; h < H; h++) {
-            const size_t blk = (b * H + h) * L * L, head = b * L * stride + (size_t)h * dk;
+            const size_t blk = (b * H + h) * L * L, head = b * L * in.stride + (size_t)h * dk;
+            const size_t khead = b * L * in.k_stride + h * in.k_head;
+            const size_t dkhead = b * L * d.k_stride + h * d.k_head;
+            const float *q = in.q + head, *k = in.k + khead, *v = in.v + head;
+            float *d_q = d.q + head, *d_k = d.k + dkhead, *d_v = d.v + head;
             const float *pr = probs + blk, *mk = mask + blk;
             const float *g = d_ctx + b * L * g_stride + h * g_head;
             /* ds (in d_probs): the gradient of the scores.  Through ctx =
@@ -1760,11 +1799,11 @@ BST_SIMD_INLINE void attention_backward_body(float *d_qkv, float *d_probs, const
             float pm[WEIGHTED_FEW * WEIGHTED_FEW];
             if (L == 4 && dk >= 16) {
                 const v16f p_4x4 = v16_load(pr), mk_4x4 = v16_load(mk);
-                const v16f dp = pair_dots(g, g_stride, v + head, stride, 4, 0, 16, dk) * mk_4x4;
+                const v16f dp = pair_dots(g, g_stride, v, in.stride, 4, 0, 16, dk) * mk_4x4;
                 v16_store(ds, p_4x4 * (dp - row_sums_4x4(p_4x4 * dp)) * scale);
                 v16_store(pm, p_4x4 * mk_4x4);
             } else {
-                window_dots(ds, g, g_stride, v + head, stride, L, dk);
+                window_dots(ds, g, g_stride, v, in.stride, L, dk);
                 for (int i = 0; i < L; i++) {
                     float *dsi = ds + (size_t)i * L;
                     for (int j = 0; j < L; j++)
@@ -1779,61 +1818,78 @@ BST_SIMD_INLINE void attention_backward_body(float *d_qkv, float *d_probs, const
                     for (int e = 0; e < L * L; e++)
                         pm[e] = pr[e] * mk[e];
             }
-            /* Each row of d_qkv is a sum over the other side's rows:
+            /* Each row's gradient is a sum over the other side's rows:
              * dv_j = sum_i p_ij mask_ij g_i, dq_i = sum_j ds_ij k_j,
-             * dk_j = sum_i ds_ij q_i; written whole (no zeroing first). */
+             * dk_j = sum_i ds_ij q_i; written whole (no zeroing first),
+             * but for shared keys, where the sum is added. */
             if (mixed) {
-                window_mix(d_v + head, stride, pm, 1, L, g, g_stride, L, dk);
-                window_mix(d_q + head, stride, ds, L, 1, k + head, stride, L, dk);
-                window_mix(d_k + head, stride, ds, 1, L, q + head, stride, L, dk);
+                window_mix(d_v, d.stride, pm, 1, L, g, g_stride, L, dk, 0);
+                window_mix(d_q, d.stride, ds, L, 1, k, in.k_stride, L, dk, 0);
+                window_mix(d_k, d.k_stride, ds, 1, L, q, in.stride, L, dk, add_keys);
                 continue;
             }
             for (int j = 0; j < L; j++) {
-                const size_t row = head + (size_t)j * stride;
-                weighted_rows(d_v + row, pr + j, mk + j, (size_t)L, g, g_stride, L, dk);
-                weighted_rows(d_q + row, ds + (size_t)j * L, NULL, 1, k + head, (size_t)stride, L,
-                              dk);
-                weighted_rows(d_k + row, ds + j, NULL, (size_t)L, q + head, (size_t)stride, L, dk);
+                weighted_rows(d_v + (size_t)j * d.stride, pr + j, mk + j, (size_t)L, g, g_stride,
+                              L, dk);
+                weighted_rows(d_q + (size_t)j * d.stride, ds + (size_t)j * L, NULL, 1, k,
+                              in.k_stride, L, dk);
+                float *d_kj = d_k + (size_t)j * d.k_stride;
+                if (!add_keys) {
+                    weighted_rows(d_kj, ds + j, NULL, (size_t)L, q, in.stride, L, dk);
+                    continue;
+                }
+                for (int c = 0; c < dk; c++) {
+                    float acc = 0.0f;
+                    for (int i = 0; i < L; i++)
+                        acc += ds[(size_t)i * L + j] * q[(size_t)i * in.stride + c];
+                    d_kj[c] += acc;
+                }
             }
         }
     }
 }
 /* As the forward, a copy with L = 4 a constant. */
-BST_SIMD_INLINE void attention_backward_windows_generic(float *d_qkv, float *d_probs,
+BST_SIMD_INLINE void attention_backward_windows_generic(AttentionGrads d, float *d_probs,
                                                         const float *d_ctx, const float *probs,
-                                                        const float *mask, const float *qkv,
+                                                        const float *mask, AttentionRows in,
                                                         size_t b0, size_t b1, int L, int H, int dk,
                                                         size_t g_stride, size_t g_head)
 {
     if (L == 4)
-        attention_backward_body(d_qkv, d_probs, d_ctx, probs, mask, qkv, b0, b1, 4, H, dk,
-                                g_stride, g_head);
+        attention_backward_body(d, d_probs, d_ctx, probs, mask, in, b0, b1, 4, H, dk, g_stride,
+                                g_head);
     else
-        attention_backward_body(d_qkv, d_probs, d_ctx, probs, mask, qkv, b0, b1, L, H, dk,
-                                g_stride, g_head);
+        attention_backward_body(d, d_probs, d_ctx, probs, mask, in, b0, b1, L, H, dk, g_stride,
+                                g_head);
 }
 BST_SIMD_DISPATCH(attention_backward_windows,
-                  (float *d_qkv, float *d_probs, const float *d_ctx, const float *probs,
-                   const float *mask, const float *qkv, size_t b0, size_t b1, int L, int H,
+                  (AttentionGrads d, float *d_probs, const float *d_ctx, const float *probs,
+                   const float *mask, AttentionRows in, size_t b0, size_t b1, int L, int H,
                    int dk, size_t g_stride, size_t g_head),
-                  (d_qkv, d_probs, d_ctx, probs, mask, qkv, b0, b1, L, H, dk, g_stride, g_head))
+                  (d, d_probs, d_ctx, probs, mask, in, b0, b1, L, H, dk, g_stride, g_head))
 
 void attention_backward(float *d_qkv, float *d_probs, const float *d_ctx,
                         const float *probs, const float *mask, const float *qkv,
                         int B, int L, int H, int dk)
 {
+    const size_t hd = (size_t)H * dk;
+    const AttentionRows in = attention_rows_qkv(qkv, H, dk);
+    const AttentionGrads d = {d_qkv, d_qkv + hd, d_qkv + 2 * hd, 3 * hd, 3 * hd, (size_t)dk};
     PARALLEL_FOR((size_t)B, 1, 8.0 * B * H * L * L * dk, lo, hi,
-                 attention_backward_windows(d_qkv, d_probs, d_ctx, probs, mask, qkv, lo, hi,
-                                            L, H, dk, (size_t)H * dk, (size_t)dk));
+                 attention_backward_windows(d, d_probs, d_ctx, probs, mask, in, lo, hi, L, H, dk,
+                                            hd, (size_t)dk));
 }
 
-void attention_backward_shared(float *d_qkv, float *d_probs, const float *d_out,
-                               const float *probs, const float *mask, const float *qkv,
-                               int B, int L, int H, int dk)
+void attention_backward_folded(float *d_qv, float *d_x, float *d_probs, const float *d_out,
+                               const float *probs, const float *mask, const float *qv,
+                               const float *x, int B, int L, int H, int dk)
 {
+    const size_t hd = (size_t)H * dk;
+    const AttentionRows in = attention_rows_folded(qv, x, H, dk);
+    const AttentionGrads d = {d_qv, d_x, d_qv + hd, 2 * hd, (size_t)dk, 0};
     PARALLEL_FOR((size_t)B, 1, 8.0 * B * H * L * L * dk, lo, hi,
-                 attention_backward_windows(d_qkv, d_probs, d_out, probs, mask, qkv, lo, hi,
-                                            L, H, dk, (size_t)dk, 0));
+                 attention_backward_windows(d, d_probs, d_out, probs, mask, in, lo, hi, L, H, dk,
+                                            (size_t)dk, 0));
 }
 
 /* B * k multiply-adds, serial: a fraction of any other layer's work. */

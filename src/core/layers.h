@@ -147,29 +147,27 @@ void dropout_forward(float *out, float *mask, const float *in, size_t n, float p
 void dropout_backward(float *d_in, const float *d_out, const float *mask, size_t n);
 
 /*
- * The fused projection qkv = x W + b of a training batch by linearity (W
- * and b folded: attention_fold_forward; its keys are x itself), x as
- * sequence_forward builds it (n = 3 H dk columns): from uqkv, the
+ * The folded projection qv = x W + b of a training batch (its queries and
+ * values; W and b: attention_fold_forward) by linearity, x as
+ * sequence_forward builds it (n = 2 H dk columns): from uqv, the
  * projections e W of the batch's distinct movie encodings (row slot[row]
  * for the row of window b, position i; slot < 0: padding, whose x is 0),
- * and pqkv, the positions' p_i W (rows i < L - 1) and, with additive
+ * and pqv, the positions' p_i W (rows i < L - 1) and, with additive
  * ratings, w W (row L - 1).
  */
-void projection_forward(float *qkv, const float *uqkv, const float *pqkv, const float *bias,
+void projection_forward(float *qv, const float *uqv, const float *pqv, const float *bias,
                         const int32_t *slot, const float *ratings, int additive, int B, int L,
                         int n);
 /*
- * Its backward, into the gradients of uqkv and pqkv (both written whole):
- * d_u[u] sums the d_qkv rows of distinct movie u (rows rows_start[u] ..
+ * Its backward, into the gradients of uqv and pqv (both written whole):
+ * d_u[u] sums the d_qv rows of distinct movie u (rows rows_start[u] ..
  * rows_start[u + 1] - 1 of rows, in increasing order) times each row's
  * factor (its rating for a history row of multiplied ratings, else 1);
  * d_p[i] the history rows at position i alike; d_p[L - 1], with additive
  * ratings, every history row times its rating; and d_b, the folded bias's
- * gradient, += the column sums of d_qkv over all its rows, in the queries'
- * and values' columns (the keys' middle third is not summed: x itself is
- * the key, and attention_fold_backward never reads it).
+ * gradient, += the column sums of d_qv over all its rows.
  */
-void projection_backward(float *d_u, float *d_p, float *d_b, const float *d_qkv,
+void projection_backward(float *d_u, float *d_p, float *d_b, const float *d_qv,
                          const int32_t *rows_start, const int32_t *rows, int32_t n_distinct,
                          const float *ratings, int additive, const int32_t *hist_len, int B,
                          int L, int n);
@@ -190,20 +188,20 @@ void linear_bias_backward(float *d_b, const float *d_out, int n, int out_dim);
  * (x_j Wk_h + bk_h)^T = (x_i Wq_h Wk_h^T + bq_h Wk_h^T) x_j^T plus terms
  * that are the same for every key j of query i, which the softmax cancels.
  * So the folded query is x_i Wq_h Wk_h^T + bq_h Wk_h^T, and the key is the
- * row x_j itself, for every head: no product for the keys.
+ * row x_j itself, for every head: no product for the keys, and no copy of
+ * them (attention_forward_folded reads x's rows).
  *
- * attention_fold_forward: w [d, 3 H d] = (Wq_h Wk_h^T) | (unused) |
- * (Wv_h Wo_h), head by head in each part, and b [3 H d] = bq_h Wk_h^T | 0 |
- * bv_h Wo_h, from wqkv, bqkv and wo [H d, d].  attention_fold_backward adds
- * to the gradients of wqkv, bqkv and wo those of w and b (d_w, d_b; their
- * key columns unread) through that map; bk gets none, as it has none.
- * fold_projection_forward: out [n, 3 H d] = the rows in [n, d] times w's
- * query and value columns, and each row copied to every head's key;
- * fold_projection_backward: d_in [n, d] (written; NULL: skipped) and d_w's
- * query and value columns (added to) from d_out.
+ * attention_fold_forward: w [d, 2 H d] = (Wq_h Wk_h^T) | (Wv_h Wo_h), head
+ * by head in each part, and b [2 H d] = bq_h Wk_h^T | bv_h Wo_h, from wqkv,
+ * bqkv and wo [H d, d].  attention_fold_backward adds to the gradients of
+ * wqkv, bqkv and wo those of w and b (d_w, d_b) through that map; bk gets
+ * none, as it has none.
+ * fold_projection_forward: out [n, 2 H d] = the rows in [n, d] times w;
+ * fold_projection_backward: d_in [n, d] (written; NULL: skipped) and d_w
+ * (added to) from d_out.
  * heads_sum_forward: out [n, d] = bias + the sum of ctx's H blocks of d
  * columns, in the order of the heads.  Its backward: every head's context
- * gets d_out (attention_backward_shared reads it so), the bias d_out's
+ * gets d_out (attention_backward_folded reads it so), the bias d_out's
  * column sums (linear_bias_backward).
  */
 void attention_fold_forward(float *w, float *b, const float *wqkv, const float *bqkv,
@@ -290,11 +288,22 @@ void attention_forward_inference(float *ctx, float *probs, const float *qkv,
 void attention_backward(float *d_qkv, float *d_probs, const float *d_ctx,
                         const float *probs, const float *mask, const float *qkv,
                         int B, int L, int H, int dk);
-/* The same with one gradient [B, L, dk] for every head's context: that of
- * heads_sum_forward's output (training's folded attention). */
-void attention_backward_shared(float *d_qkv, float *d_probs, const float *d_out,
-                               const float *probs, const float *mask, const float *qkv,
-                               int B, int L, int H, int dk);
+/*
+ * Training's folded attention (attention_fold_forward): as attention_forward,
+ * with the queries and values in qv [B, L, 2 H dk] (rows [q | v]) and every
+ * head's keys x's rows [B, L, dk], in the same order of operations (the
+ * same bits as attention_forward on rows [q | x per head | v]).  Its
+ * backward takes one gradient [B, L, dk] for every head's context (that of
+ * heads_sum_forward's output), writes d_qv in full and adds the keys'
+ * gradient to d_x (which holds x's gradient from its other uses), head by
+ * head: d_x + (head 0's sum), then + (head 1's sum), ...
+ */
+void attention_forward_folded(float *ctx, float *probs, float *mask, const float *qv,
+                              const float *x, const int32_t *hist_len, int B, int L, int H,
+                              int dk, float p, BstRng *rng);
+void attention_backward_folded(float *d_qv, float *d_x, float *d_probs, const float *d_out,
+                               const float *probs, const float *mask, const float *qv,
+                               const float *x, int B, int L, int H, int dk);
 
 /*
  * Factor term of biased matrix factorisation:

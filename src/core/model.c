@@ -710,11 +710,11 @@ static void acts_layout(BstActs *a, const BstConfig *c, size_t N, BstActsKind ki
     a->ugin = distinct_rows && G ? carve_packed(cv, NL * (d + G)) : NULL;
     a->ugpre = distinct_rows && G ? carve_packed(cv, NL * d) : NULL;
     a->uenc = distinct_rows ? carve_packed(cv, NL * d) : NULL;
-    a->uqkv = distinct_rows ? carve_packed(cv, NL * 3 * hd) : NULL;
-    a->pqkv = distinct_rows ? carve_packed(cv, L * 3 * hd) : NULL;
+    a->uqv = distinct_rows ? carve_packed(cv, NL * 2 * hd) : NULL;
+    a->pqv = distinct_rows ? carve_packed(cv, L * 2 * hd) : NULL;
     a->dpos = kind == BST_ACTS_GRADIENTS ? carve_packed(cv, L * d) : NULL;
-    a->fold_w = distinct_rows ? carve_packed(cv, d * 3 * hd) : NULL;
-    a->fold_b = distinct_rows ? carve_packed(cv, 3 * hd) : NULL;
+    a->fold_w = distinct_rows ? carve_packed(cv, d * 2 * hd) : NULL;
+    a->fold_b = distinct_rows ? carve_packed(cv, 2 * hd) : NULL;
     a->slot = backward_reads ? (int32_t *)carve_packed(cv, NL) : NULL;
     a->distinct = backward_reads ? (int32_t *)carve_packed(cv, NL) : NULL;
     a->rows_start = backward_reads ? (int32_t *)carve_packed(cv, NL + 1) : NULL;
@@ -879,13 +879,13 @@ float bst_forward(const BstModel *m, BstActs *a, const BstBatch *b, int training
         sequence_forward(a->x, a->enc, b->ratings, p->pos_emb,
                          c->rating_add ? p->rating_w : NULL, b->hist_len, B, L, d);
         attention_fold_forward(a->fold_w, a->fold_b, p->wqkv, p->bqkv, p->wo, d, H);
-        fold_projection_forward(a->uqkv, a->uenc, a->fold_w, U, d, H);
-        fold_projection_forward(a->pqkv, p->pos_emb, a->fold_w, L - 1, d, H);
+        fold_projection_forward(a->uqv, a->uenc, a->fold_w, U, d, H);
+        fold_projection_forward(a->pqv, p->pos_emb, a->fold_w, L - 1, d, H);
         if (c->rating_add)
-            fold_projection_forward(a->pqkv + (size_t)(L - 1) * 3 * hd, p->rating_w, a->fold_w, 1,
+            fold_projection_forward(a->pqv + (size_t)(L - 1) * 2 * hd, p->rating_w, a->fold_w, 1,
                                     d, H);
-        projection_forward(a->qkv, a->uqkv, a->pqkv, a->fold_b, a->slot, b->ratings,
-                           c->rating_add, B, L, 3 * hd);
+        projection_forward(a->qkv, a->uqv, a->pqv, a->fold_b, a->slot, b->ratings,
+                           c->rating_add, B, L, 2 * hd);
     } else {
         if (G > 0) {
             embedding_forward(a->gin, d + G, b->movies, p->movie_emb, movie_rows, BL, d);
@@ -902,8 +902,8 @@ float bst_forward(const BstModel *m, BstActs *a, const BstBatch *b, int training
 
     /* Self-attention block. */
     if (training)
-        attention_forward(a->ctx, a->probs, a->probs_mask, a->qkv, b->hist_len, B, L, H, key_dim,
-                          pd, drop_rng);
+        attention_forward_folded(a->ctx, a->probs, a->probs_mask, a->qkv, a->x, b->hist_len, B, L,
+                                 H, key_dim, pd, drop_rng);
     else
         attention_forward_inference(a->ctx, a->probs, a->qkv, b->hist_len, B, L, H, key_dim);
     /* Training's values went through the output projection already. */
@@ -1048,31 +1048,33 @@ void bst_backward(const BstModel *m, const BstActs *a, BstActs *da, BstParams *g
                                 a->x1, da->res2, a->res1, a->ln1_mean, a->ln1_rstd, p->ln1_g,
                                 a->attn_mask, BL, d, c->leaky_slope);
     linear_bias_backward(g->bo, da->attn, BL, d);
-    attention_backward_shared(da->qkv, da->probs, da->attn, a->probs, a->probs_mask, a->qkv,
-                              B, L, H, key_dim);
+    /* The keys are x's rows: their gradient joins x's from the residual
+     * (da->res1), which sequence_backward takes below. */
+    attention_backward_folded(da->qkv, da->res1, da->probs, da->attn, a->probs, a->probs_mask,
+                              a->qkv, a->x, B, L, H, key_dim);
 
     /* The fused projection, as the forward built it: through the distinct
      * movies' projections and the positions'. */
-    const int U = a->n_distinct, n3 = 3 * hd;
-    memset(da->fold_w, 0, (size_t)d * n3 * sizeof(float));
-    memset(da->fold_b, 0, (size_t)n3 * sizeof(float));
-    projection_backward(da->uqkv, da->pqkv, da->fold_b, da->qkv, a->rows_start, a->rows, U,
-                        b->ratings, c->rating_add, b->hist_len, B, L, n3);
-    fold_projection_backward(da->uenc, da->fold_w, da->uqkv, a->uenc, a->fold_w, U, d, H);
-    fold_projection_backward(da->dpos, da->fold_w, da->pqkv, p->pos_emb, a->fold_w, L - 1, d, H);
+    const int U = a->n_distinct, n2 = 2 * hd;
+    memset(da->fold_w, 0, (size_t)d * n2 * sizeof(float));
+    memset(da->fold_b, 0, (size_t)n2 * sizeof(float));
+    projection_backward(da->uqv, da->pqv, da->fold_b, da->qkv, a->rows_start, a->rows, U,
+                        b->ratings, c->rating_add, b->hist_len, B, L, n2);
+    fold_projection_backward(da->uenc, da->fold_w, da->uqv, a->uenc, a->fold_w, U, d, H);
+    fold_projection_backward(da->dpos, da->fold_w, da->pqv, p->pos_emb, a->fold_w, L - 1, d, H);
     add_inplace(g->pos_emb, da->dpos, (size_t)(L - 1) * d);
     if (c->rating_add) {
         float *d_rating = da->dpos + (size_t)(L - 1) * d;
-        fold_projection_backward(d_rating, da->fold_w, da->pqkv + (size_t)(L - 1) * n3,
+        fold_projection_backward(d_rating, da->fold_w, da->pqv + (size_t)(L - 1) * n2,
                                  p->rating_w, a->fold_w, 1, d, H);
         add_inplace(g->rating_w, d_rating, (size_t)d);
     }
     attention_fold_backward(g->wqkv, g->bqkv, g->wo, da->fold_w, da->fold_b, p->wqkv, p->bqkv,
                             p->wo, d, H);
 
-    /* x's residual: into the positions and each row's encoding, and those
-     * into their distinct movie's (padding rows have none, and add their
-     * zeros to slot 0). */
+    /* x's gradient (the residual's and the keys'): into the positions and
+     * each row's encoding, and those into their distinct movie's (padding
+     * rows have none, and add their zeros to slot 0). */
     sequence_backward(da->enc, g->pos_emb, c->rating_add ? g->rating_w : NULL, da->res1,
                       b->ratings, b->hist_len, B, L, d);
     embedding_backward(da->uenc, da->enc, d, a->slot, U, BL, d);

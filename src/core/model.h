@@ -300,8 +300,9 @@ typedef struct BstActs {
     float *gpre;                      /* [N, L, d] genre Dense, before its ReLU (forward) */
     float *enc;                       /* [N, L, d] encoded movies */
     float *x;                         /* [N, L, d] sequence input (forward) */
-    float *qkv;                       /* [N, L, 3*H*dk] rows [q | k | v]; training's folded:
-                                       * [x Wq Wk^T + bq Wk^T | x per head | x Wv Wo + bv Wo] */
+    float *qkv;                       /* [N, L, 3*H*dk] rows [q | k | v]; training's folded,
+                                       * [N, L, 2*H*dk]: [x Wq Wk^T + bq Wk^T | x Wv Wo + bv Wo]
+                                       * (the keys are x's rows) */
     float *probs;                     /* [N, H, L, L] softmax (grads: scratch) */
     float *probs_mask;                /* [N, H, L, L] attention dropout factors (training) */
     float *ctx;                       /* [N, L, H*dk] (forward; training's in the output's space) */
@@ -332,22 +333,22 @@ typedef struct BstActs {
     int32_t *target_idx;              /* [N] target movie index */
     /* Training: the batch's distinct movies, each encoded and projected
      * once (model.c, bst_forward).  Gradient instances hold the gradients
-     * of uenc (ugin, ugpre), uqkv and pqkv, and dpos. */
+     * of uenc (ugin, ugpre), uqv and pqv, and dpos. */
     int32_t n_distinct;
     int32_t *slot;                    /* [N, L] a position's distinct movie; -1: padding */
     int32_t *distinct;                /* [N*L] their vocabulary indices, first seen first */
     int32_t *rows_start, *rows;       /* [N*L + 1], [N*L] each one's positions, in order */
     int32_t *slot_of_movie;           /* [n_movies + 1] scratch, all -1 between batches */
     float *ugin, *ugpre, *uenc;       /* [N*L, d + n_genres], [N*L, d], [N*L, d] */
-    float *uqkv;                      /* [N*L, 3*H*dk] uenc times fold_w (keys: uenc) */
-    float *pqkv;                      /* [L, 3*H*dk] pos_emb (rows < L-1), rating_w, alike */
-    float *dpos;                      /* [L, d] (gradients) pqkv's gradient back through it */
+    float *uqv;                       /* [N*L, 2*H*dk] uenc times fold_w */
+    float *pqv;                       /* [L, 2*H*dk] pos_emb (rows < L-1), rating_w, alike */
+    float *dpos;                      /* [L, d] (gradients) pqv's gradient back through it */
     /* Training's fused projection with the keys folded into the queries
      * and the output projection into the values (layers.h,
-     * attention_fold_forward), which uqkv and pqkv are products of;
+     * attention_fold_forward), which uqv and pqv are products of;
      * gradient instances: its gradients. */
-    float *fold_w;                    /* [d, 3*H*dk] */
-    float *fold_b;                    /* [3*H*dk] */
+    float *fold_w;                    /* [d, 2*H*dk] */
+    float *fold_b;                    /* [2*H*dk] */
     float *slab;
 } BstActs;
 

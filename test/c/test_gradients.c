@@ -674,6 +674,73 @@ static void test_attention_order(int L, int DK, BstRng *rng)
     free(r_i_probs);
 }
 
+/*
+ * Training's folded attention against the plain one, bit for bit: on rows
+ * [q | x per head | v] and with every head's context gradient the shared
+ * one, attention_forward and attention_backward give what
+ * attention_forward_folded (queries and values in [q | v] rows, keys x's
+ * rows) and attention_backward_folded give; the folded backward's keys'
+ * gradient is the heads' ones added to what d_x held, head by head.  Widths
+ * with a partial last chunk (whose columns the chunk before it added to
+ * must be added to once) and under 16 (the loops without vectors).
+ */
+static void test_attention_folded(int L, int DK, BstRng *rng)
+{
+    enum { B = 4, H = 3 };
+    const int HD = H * DK, S = 3 * HD, S2 = 2 * HD;
+    const int32_t hist_len[B] = {L - 1, 1, 0, L - 2};
+    const size_t rows = (size_t)B * L, n_qkv = rows * S, n_qv = rows * S2, n_x = rows * DK,
+                 n_ctx = rows * HD, n_p = (size_t)B * H * L * L;
+    float *qkv = new_floats(n_qkv), *qv = new_floats(n_qv), *x = new_floats(n_x),
+          *up = new_floats(n_x), *up_heads = new_floats(n_ctx), *ctx = new_floats(n_ctx),
+          *f_ctx = new_floats(n_ctx), *probs = new_floats(n_p), *f_probs = new_floats(n_p),
+          *mask = new_floats(n_p), *f_mask = new_floats(n_p), *dqkv = new_floats(n_qkv),
+          *f_dqv = new_floats(n_qv), *d_x = new_floats(n_x), *want_dx = new_floats(n_x),
+          *dprobs = new_floats(n_p);
+    fill_uniform(qv, n_qv, -1.5f, 1.5f, rng);
+    fill_uniform(x, n_x, -1.5f, 1.5f, rng);
+    fill_uniform(up, n_x, -1, 1, rng);
+    fill_uniform(d_x, n_x, -1, 1, rng);
+    memcpy(want_dx, d_x, n_x * sizeof(float));
+    for (size_t r = 0; r < rows; r++)
+        for (int h = 0; h < H; h++) {
+            memcpy(qkv + r * S + h * DK, qv + r * S2 + h * DK, DK * sizeof(float));
+            memcpy(qkv + r * S + HD + h * DK, x + r * DK, DK * sizeof(float));
+            memcpy(qkv + r * S + 2 * HD + h * DK, qv + r * S2 + HD + h * DK, DK * sizeof(float));
+            memcpy(up_heads + r * HD + h * DK, up + r * DK, DK * sizeof(float));
+        }
+    BstRng drop;
+    bst_rng_seed(&drop, 5);
+    attention_forward(ctx, probs, mask, qkv, hist_len, B, L, H, DK, 0.3f, &drop);
+    attention_backward(dqkv, dprobs, up_heads, probs, mask, qkv, B, L, H, DK);
+    bst_rng_seed(&drop, 5);
+    attention_forward_folded(f_ctx, f_probs, f_mask, qv, x, hist_len, B, L, H, DK, 0.3f, &drop);
+    attention_backward_folded(f_dqv, d_x, dprobs, up, f_probs, f_mask, qv, x, B, L, H, DK);
+
+    int same_dqv = 1;
+    for (size_t r = 0; r < rows; r++) {
+        for (int h = 0; h < H; h++) {
+            same_dqv &= memcmp(f_dqv + r * S2 + h * DK, dqkv + r * S + h * DK,
+                               DK * sizeof(float)) == 0;
+            same_dqv &= memcmp(f_dqv + r * S2 + HD + h * DK, dqkv + r * S + 2 * HD + h * DK,
+                               DK * sizeof(float)) == 0;
+            for (int c = 0; c < DK; c++)
+                want_dx[r * DK + c] += dqkv[r * S + HD + h * DK + c];
+        }
+    }
+    CHECK(memcmp(f_probs, probs, n_p * sizeof(float)) == 0 &&
+              memcmp(f_mask, mask, n_p * sizeof(float)) == 0 &&
+              memcmp(f_ctx, ctx, n_ctx * sizeof(float)) == 0,
+          "folded attention (L %d, dk %d): forward not the plain one's", L, DK);
+    CHECK(same_dqv, "folded attention (L %d, dk %d): d_qv not the plain d_qkv's", L, DK);
+    CHECK(memcmp(d_x, want_dx, n_x * sizeof(float)) == 0,
+          "folded attention (L %d, dk %d): d_x not the keys' gradients added head by head", L,
+          DK);
+    free(qkv); free(qv); free(x); free(up); free(up_heads); free(ctx); free(f_ctx);
+    free(probs); free(f_probs); free(mask); free(f_mask); free(dqkv); free(f_dqv); free(d_x);
+    free(want_dx); free(dprobs);
+}
+
 /* v16_exp within one unit in the last place of e^x (in double) on every
  * 4099th float of [-87.3, 88]; its ends; e^0 = 1. */
 static void test_exp16(void)
@@ -1215,6 +1282,10 @@ static void check_all(BstSimd simd, const char *core)
         test_attention_order(4, 62, &rng);
         test_attention_order(4, 20, &rng);
         test_attention_order(5, 13, &rng);
+        test_attention_folded(4, 62, &rng);
+        test_attention_folded(4, 20, &rng);
+        test_attention_folded(7, 31, &rng);
+        test_attention_folded(5, 13, &rng);
         test_exp16();
         test_sequence(0, &rng);
         test_sequence(1, &rng);

@@ -1967,18 +1967,21 @@ static void test_evaluate_chunks(BstRng *rng)
  *   (this check's data: 1e-4 after 5 steps with one order of the
  *   projection's sums, 2e-2 with another; other data: the reverse), which
  *   says nothing about the kernels.  Measured: 5.9e-5.
- * - after 2 epochs, the held-out MSE within 10% (relative).  By then two
+ * - after 2 epochs, the held-out MSE within 25% (relative).  By then two
  *   trainings whose first steps differ in the last bits have drifted apart
- *   (predictions 0.03 apart on average), so only their quality compares.
- *   Measured: 0.2842 (Prescott) vs 0.2616 (SkylakeX), 8.6%, and 0.2711
- *   (Haswell); with another order of the fused projection's sums 0.2575 vs
- *   0.2544, and one kernel on 1, 2 and 3 threads 0.2508 .. 0.2567.  The first
- *   two checks are the sharp ones: they cover every sgemm variant of the
- *   forward and the backward pass.
+ *   (predictions 0.03 apart on average), so only their quality compares,
+ *   and it depends on the drift's luck: with the keys read from x (the
+ *   tenth session), seven correct kernels gave 0.2412 (SkylakeX,
+ *   Cooperlake) .. 0.2757 (Prescott), 14% apart, and before that change
+ *   five gave 0.2412 .. 0.2752 (Haswell), where the 10% this check had
+ *   allowed passed only for the pair it compares.  The first two checks are
+ *   the sharp ones: they cover every sgemm variant of the forward and the
+ *   backward pass.
  * A wrong kernel gives errors of the order of the ratings themselves.
  */
 #define KERNELS_CHILD_ARG "--kernels-child"
 enum { KERNELS_SHORT_STEPS = 2, KERNELS_EPOCHS = 2 };
+#define KERNELS_MSE_TOLERANCE 0.25
 
 static void kernels_child(const Data *train, const Data *eval)
 {
@@ -2115,7 +2118,9 @@ static void test_kernels_agree(int32_t n_eval)
         CHECK(untrained <= 1e-4, "kernels: untrained predictions differ by %.3e", untrained);
         CHECK(short_trained <= 1e-3, "kernels: predictions after %d steps differ by %.3e",
               KERNELS_SHORT_STEPS, short_trained);
-        CHECK(mse <= 0.10, "kernels: held-out MSE differs by %.1f%%", 100.0 * mse);
+        CHECK(mse <= KERNELS_MSE_TOLERANCE,
+              "kernels: held-out MSE differs by %.1f%% (allowed %.0f%%)", 100.0 * mse,
+              100.0 * KERNELS_MSE_TOLERANCE);
     }
     free(base.untrained);
     free(base.short_trained);
