@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "bst_alloc.h"
+#include "layers.h"
 #include "parallel.h"
 
 struct BstTrainer {
@@ -19,13 +20,21 @@ struct BstTrainer {
      * share the slab layout, so a tensor's offset locates it in each. */
     BstTensor tensors[BST_MAX_TENSORS];
     int n_tensors;
+    /* Adam: each tensor's rows by movie or by user (ROWS_DENSE: neither),
+     * and its row width. */
+    int tensor_rows[BST_MAX_TENSORS];
+    size_t tensor_width[BST_MAX_TENSORS];
     BstActs acts, dacts;
     BstRng rng;
     /* Distinct movie_emb rows touched by the current batch, so that Adagrad's
      * update (and clearing) of the table costs O(batch), not O(vocabulary).
-     * Adam updates, and clears, the whole table anyway. */
+     * Adam updates every row, but takes the gradient of the others (zero)
+     * from L1 rather than the slab, and clears only the batch's; the
+     * batch's users alike for the tables by user. */
     uint8_t *row_seen;       /* [n_movies + 1] */
     int32_t *rows;           /* [batch_size * L] */
+    uint8_t *user_seen;      /* [n_users + 1] */
+    int32_t *user_rows;      /* [batch_size] */
     int state_given;         /* acc and acc2 moved out (bst_trainer_give_state) */
 };
 
@@ -50,6 +59,39 @@ const char *bst_train_options_check(const BstTrainOptions *o)
     if (o->batch_size < 1 || o->batch_size > 65536)
         return "batch size must be between 1 and 65536";
     return NULL;
+}
+
+/*
+ * The tensors whose rows only the batch's movies or users get gradients in:
+ * the embeddings by movie and by user, their factors and bias terms (the
+ * backward adds to the rows of the batch's movies, of its targets and of
+ * its users; every other row's gradient stays 0).
+ */
+enum { ROWS_DENSE = 0, ROWS_BY_MOVIE = 1, ROWS_BY_USER = 2 };
+
+static int tensor_rows(const BstConfig *c, const BstTensor *x, size_t *width)
+{
+    static const char *const by_movie[] = {"movie_emb", "movie_factors", "movie_bias"};
+    static const char *const by_user[] = {"user_emb", "user_factors", "user_bias"};
+    for (int i = 0; i < 3; i++) {
+        if (strcmp(x->name, by_movie[i]) == 0) {
+            *width = x->size / ((size_t)c->n_movies + 1);
+            return ROWS_BY_MOVIE;
+        }
+        if (strcmp(x->name, by_user[i]) == 0) {
+            *width = x->size / ((size_t)c->n_users + 1);
+            return ROWS_BY_USER;
+        }
+    }
+    *width = 0;
+    return ROWS_DENSE;
+}
+
+static int g_sparse_adam = 1;
+
+void bst_trainer_set_sparse_adam(int on)
+{
+    g_sparse_adam = on != 0;
 }
 
 static void fill(float *x, size_t n, float value)
@@ -151,7 +193,8 @@ size_t bst_trainer_memory_bytes(const BstConfig *cfg, const BstTrainOptions *o)
            bst_acts_memory_bytes(cfg, o->batch_size, BST_ACTS_TRAINING) +
            bst_acts_memory_bytes(cfg, o->batch_size, BST_ACTS_GRADIENTS) +
            ((size_t)cfg->n_movies + 1) * sizeof(uint8_t) +
-           (size_t)o->batch_size * cfg->seq_len * sizeof(int32_t);
+           (size_t)o->batch_size * cfg->seq_len * sizeof(int32_t) +
+           ((size_t)cfg->n_users + 1) * sizeof(uint8_t) + (size_t)o->batch_size * sizeof(int32_t);
 }
 
 BstTrainer *bst_trainer_create(BstModel *m, const BstTrainOptions *o)
@@ -173,6 +216,8 @@ BstTrainer *bst_trainer_create(BstModel *m, const BstTrainOptions *o)
         if (bst_params_alloc(&t->acc2, c) != 0)
             goto fail;
         t->n_tensors = bst_param_tensors(c, &m->params, t->tensors);
+        for (int i = 0; i < t->n_tensors; i++)
+            t->tensor_rows[i] = tensor_rows(c, &t->tensors[i], &t->tensor_width[i]);
     } else {
         fill(t->acc.slab, t->acc.size, BST_ADAGRAD_INITIAL_ACCUMULATOR);
     }
@@ -181,7 +226,9 @@ BstTrainer *bst_trainer_create(BstModel *m, const BstTrainOptions *o)
         goto fail;
     t->row_seen = bst_alloc_zero((size_t)c->n_movies + 1, sizeof(uint8_t));
     t->rows = bst_alloc((size_t)o->batch_size * c->seq_len * sizeof(int32_t));
-    if (!t->row_seen || !t->rows)
+    t->user_seen = bst_alloc_zero((size_t)c->n_users + 1, sizeof(uint8_t));
+    t->user_rows = bst_alloc((size_t)o->batch_size * sizeof(int32_t));
+    if (!t->row_seen || !t->rows || !t->user_seen || !t->user_rows)
         goto fail;
     return t;
 fail:
@@ -272,6 +319,8 @@ void bst_trainer_free(BstTrainer *t)
     bst_acts_free(&t->dacts);
     bst_free(t->row_seen);
     bst_free(t->rows);
+    bst_free(t->user_seen);
+    bst_free(t->user_rows);
     bst_free(t);
 }
 
@@ -288,6 +337,22 @@ static int32_t collect_rows(BstTrainer *t, const BstBatch *b)
         if (!t->row_seen[r]) {
             t->row_seen[r] = 1;
             t->rows[count++] = r;
+        }
+    }
+    return count;
+}
+
+/* The batch's distinct user rows (as bst_forward maps them), marked in
+ * user_seen; their number. */
+static int32_t collect_users(BstTrainer *t, const BstBatch *b)
+{
+    const int32_t n_rows = t->model->cfg.n_users + 1;
+    int32_t count = 0;
+    for (int32_t i = 0; i < b->n; i++) {
+        const int32_t r = bst_row_or_zero(b->users ? b->users[i] : 0, n_rows);
+        if (!t->user_seen[r]) {
+            t->user_seen[r] = 1;
+            t->user_rows[count++] = r;
         }
     }
     return count;
@@ -330,6 +395,42 @@ static void adam_range(BstTrainer *t, size_t lo, size_t hi, float step, float de
     memset(g, 0, (hi - lo) * sizeof(float));
 }
 
+/* A zero gradient in L1, for the rows that the batch left at 0. */
+enum { ZERO_GRAD_FLOATS = 1024 };
+static const float zero_grad[ZERO_GRAD_FLOATS];
+
+/* Entries [lo, hi), whose gradient is 0: the same update, the same bits,
+ * without reading or clearing the slab's zeros. */
+static void adam_range_untouched(BstTrainer *t, size_t lo, size_t hi, float step, float decay)
+{
+    for (size_t a = lo; a < hi; a += ZERO_GRAD_FLOATS) {
+        const size_t n = hi - a < ZERO_GRAD_FLOATS ? hi - a : ZERO_GRAD_FLOATS;
+        bst_adam_update(t->model->params.slab + a, t->acc.slab + a, t->acc2.slab + a,
+                        zero_grad, n, step, decay);
+    }
+}
+
+/* Entries [lo, hi) of a tensor by rows (from start, of width floats; seen:
+ * the rows the batch touched), in runs of rows alike. */
+static void adam_rows(BstTrainer *t, size_t start, size_t width, const uint8_t *seen, size_t lo,
+                      size_t hi, float step, float decay)
+{
+    for (size_t a = lo; a < hi;) {
+        const size_t row = (a - start) / width;
+        const int touched = seen[row];
+        size_t end = start + (row + 1) * width;
+        while (end < hi && seen[(end - start) / width] == touched)
+            end += width;
+        if (end > hi)
+            end = hi;
+        if (touched)
+            adam_range(t, a, end, step, decay);
+        else
+            adam_range_untouched(t, a, end, step, decay);
+        a = end;
+    }
+}
+
 /* Slab entries [lo, hi) through Adam: each tensor's part of them with its
  * own weight decay (AdamW decays kernels and embeddings only). */
 static void adam_tensors(BstTrainer *t, size_t lo, size_t hi, float step)
@@ -343,7 +444,12 @@ static void adam_tensors(BstTrainer *t, size_t lo, size_t hi, float step)
             continue;
         const float decay = t->opt.optimizer == BST_OPT_ADAMW && t->tensors[i].decay
                                 ? t->lr * t->opt.weight_decay : 0.0f;
-        adam_range(t, a, b, step, decay);
+        if (!g_sparse_adam || t->tensor_rows[i] == ROWS_DENSE)
+            adam_range(t, a, b, step, decay);
+        else
+            adam_rows(t, start, t->tensor_width[i],
+                      t->tensor_rows[i] == ROWS_BY_MOVIE ? t->row_seen : t->user_seen, a, b,
+                      step, decay);
     }
 }
 
@@ -383,10 +489,17 @@ float bst_train_step(BstTrainer *t, const BstBatch *b, double *abs_err_sum)
     } else {
         /* Adam's moments decay even under a zero gradient: the whole table
          * moves.  One parallel loop over the whole slab (a region per
-         * tensor cost more in waking threads than the small ones' work). */
+         * tensor cost more in waking threads than the small ones' work);
+         * the rows outside the batch read their zero gradient from L1
+         * (adam_tensors), a third less memory traffic for the tables. */
         const float step = bst_adam_step_size(t->lr, t->step);
         const size_t n = t->grads.size;
+        const int32_t n_rows = collect_rows(t, b), n_users = collect_users(t, b);
         PARALLEL_FOR(n, 16, 8.0 * n, lo, hi, adam_tensors(t, lo, hi, step));
+        for (int32_t i = 0; i < n_rows; i++)
+            t->row_seen[t->rows[i]] = 0;
+        for (int32_t i = 0; i < n_users; i++)
+            t->user_seen[t->user_rows[i]] = 0;
     }
     return loss;
 }

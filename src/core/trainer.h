@@ -80,6 +80,10 @@ void bst_trainer_free(BstTrainer *t);
 /* Whether every gradient is zero, as it is between any two steps: each
  * update clears the gradient it consumed (for the tests). */
 int bst_trainer_grads_clear(const BstTrainer *t);
+/* Tests: 0 makes Adam read every row's gradient from the slab, as it did
+ * before it took the zero gradient of the rows outside a batch from L1;
+ * the same bits either way. */
+void bst_trainer_set_sparse_adam(int on);
 /* The learning rate of the following steps (a schedule's current value). */
 void bst_trainer_set_learning_rate(BstTrainer *t, float lr);
 /*

@@ -968,6 +968,71 @@ static BstModel *feature_model(int L_model, uint64_t seed)
 }
 
 /*
+ * Adam takes the zero gradient of the rows a batch leaves alone (of the
+ * tables by movie and by user) from L1 instead of the slab: the weights
+ * and the moments after two epochs of AdamW are those of reading every
+ * row's gradient from the slab, bit for bit, on 1 and 2 threads.  Batches
+ * of 4 windows (at most 16 of the 30 movies) of one user of six (0, the
+ * unknown one, among them), so that most rows of each table are left alone
+ * in each step.  And the gradient is all zero after each step.
+ */
+static void test_sparse_adam(const Data *train)
+{
+    enum { USERS = 6, TB = 4, WINDOWS = 400 };
+    int32_t users[TB];
+    int all_clear = 1;
+    for (int threads = 1; threads <= 2; threads++) {
+        use_threads(threads);
+        unsigned char *out[2];
+        size_t len[2];
+        float *moments[2];
+        size_t n_moments = 0;
+        for (int sparse = 0; sparse < 2; sparse++) {
+            bst_trainer_set_sparse_adam(sparse);
+            BstModel *m = feature_model(L, 21);
+            BstTrainOptions o = {BST_OPT_ADAMW, 0.01f, TB, 21, 0.01f};
+            BstTrainer *t = m ? bst_trainer_create(m, &o) : NULL;
+            CHECK(t != NULL, "sparse adam: create");
+            if (!t)
+                return;
+            for (int e = 0; e < 2; e++)
+                for (int32_t s = 0; s < WINDOWS; s += TB) {
+                    BstBatch b = slice(train, s, TB);
+                    for (int32_t i = 0; i < b.n; i++)
+                        users[i] = (s / TB) % USERS;
+                    b.users = users;
+                    bst_train_step(t, &b, NULL);
+                    all_clear &= bst_trainer_grads_clear(t);
+                }
+            len[sparse] = bst_model_serialized_size(m);
+            out[sparse] = malloc(len[sparse]);
+            bst_model_serialize(m, out[sparse]);
+            BstTrainState *st = bst_train_state_create(&m->cfg, BST_OPT_ADAMW, 21);
+            CHECK(st && bst_trainer_copy_state(t, st) == 0, "sparse adam: the trainer's state");
+            n_moments = st ? st->size : 0;
+            moments[sparse] = malloc(2 * n_moments * sizeof(float) + 1);
+            if (st) {
+                memcpy(moments[sparse], st->slot[0], n_moments * sizeof(float));
+                memcpy(moments[sparse] + n_moments, st->slot[1], n_moments * sizeof(float));
+            }
+            bst_train_state_free(st);
+            bst_trainer_free(t);
+            bst_model_free(m);
+        }
+        CHECK(len[0] == len[1] && memcmp(out[0], out[1], len[0]) == 0,
+              "sparse adam, %d thread(s): other weights than reading every gradient", threads);
+        CHECK(memcmp(moments[0], moments[1], 2 * n_moments * sizeof(float)) == 0,
+              "sparse adam, %d thread(s): other moments than reading every gradient", threads);
+        free(out[0]), free(out[1]), free(moments[0]), free(moments[1]);
+    }
+    CHECK(all_clear, "sparse adam: a gradient left non-zero after a step");
+    printf("  Adam with the untouched rows' zero gradients from L1: the same weights and "
+           "moments\n");
+    bst_trainer_set_sparse_adam(1);
+    use_threads(1);
+}
+
+/*
  * Padding is invisible: a window of 3 history items in a model of 8
  * positions predicts the same bits whatever the 4 padded slots hold, and
  * the same as in a batch beside full windows.
@@ -2486,6 +2551,7 @@ int main(int argc, char **argv)
     test_determinism(&train);
     test_update_shares(&train);
     test_simd_copies(&train);
+    test_sparse_adam(&train);
     test_serialization(&train, &eval);
     test_format_v1();
     test_format_v2();
