@@ -633,14 +633,12 @@ void fold_projection_backward(float *d_in, float *d_w, const float *d_out, const
                               const float *w, int n, int d, int H)
 {
     const double flops = 2.0 * n * d * 2 * H * d;
-    if (d_in)
-        PARALLEL_FOR_PAIR((size_t)n, SGEMM_GRAIN, flops, r0, r1,
-                          fold_projection_input_rows(d_in, d_out, w, r0, r1, d, H),
-                          (size_t)2 * H * d, SGEMM_GRAIN, flops, c0, c1,
-                          fold_projection_param_cols(d_w, d_out, in, n, d, H, c0, c1));
-    else
-        PARALLEL_FOR((size_t)2 * H * d, SGEMM_GRAIN, flops, lo, hi,
-                     fold_projection_param_cols(d_w, d_out, in, n, d, H, lo, hi));
+    /* Without d_in, no rows for the first loop: it runs on one thread and
+     * does nothing, and the columns' loop runs alone. */
+    PARALLEL_FOR_PAIR(d_in ? (size_t)n : 0, SGEMM_GRAIN, flops, r0, r1,
+                      fold_projection_input_rows(d_in, d_out, w, r0, r1, d, H),
+                      (size_t)2 * H * d, SGEMM_GRAIN, flops, c0, c1,
+                      fold_projection_param_cols(d_w, d_out, in, n, d, H, c0, c1));
 }
 
 /* Windows [b0, b1). */
@@ -766,15 +764,12 @@ void linear_backward(float *d_in, float *d_w, float *d_b, const float *d_out,
                      const float *in, const float *w, int n, int in_dim, int out_dim)
 {
     const double flops = 2.0 * n * in_dim * out_dim;
-    if (d_in)
-        PARALLEL_FOR_PAIR((size_t)n, SGEMM_GRAIN, flops, r0, r1,
-                          linear_backward_input_rows(d_in, d_out, w, r0, r1, in_dim, out_dim),
-                          (size_t)out_dim, SGEMM_GRAIN, flops, c0, c1,
-                          linear_backward_param_cols(d_w, d_b, d_out, in, n, in_dim, out_dim, c0,
-                                                     c1));
-    else
-        PARALLEL_FOR((size_t)out_dim, SGEMM_GRAIN, flops, lo, hi,
-                     linear_backward_param_cols(d_w, d_b, d_out, in, n, in_dim, out_dim, lo, hi));
+    /* Without d_in, as fold_projection_backward. */
+    PARALLEL_FOR_PAIR(d_in ? (size_t)n : 0, SGEMM_GRAIN, flops, r0, r1,
+                      linear_backward_input_rows(d_in, d_out, w, r0, r1, in_dim, out_dim),
+                      (size_t)out_dim, SGEMM_GRAIN, flops, c0, c1,
+                      linear_backward_param_cols(d_w, d_b, d_out, in, n, in_dim, out_dim, c0,
+                                                 c1));
 }
 
 BST_SIMD_INLINE void layernorm_forward_rows_generic(float *out, float *mean, float *rstd,
@@ -1356,7 +1351,7 @@ BST_SIMD_INLINE float weight_at(const float *a, const float *b, size_t stride, i
  * two AVX ones). */
 BST_SIMD_INLINE void weighted_chunk(float *restrict out, const float *wa, const float *wb,
                                     size_t w_stride, const float *rows, size_t row_stride,
-                                    int count, int c, const int width)
+                                    int count, int c, const int width, int add)
 {
     float acc[16];
     for (int t = 0; t < width; t++)
@@ -1366,7 +1361,11 @@ BST_SIMD_INLINE void weighted_chunk(float *restrict out, const float *wa, const 
         for (int t = 0; t < width; t++)
             acc[t] += w * rows[n * row_stride + c + t];
     }
-    memcpy(out + c, acc, (size_t)width * sizeof(float));
+    if (add)
+        for (int t = 0; t < width; t++)
+            out[c + t] += acc[t];
+    else
+        memcpy(out + c, acc, (size_t)width * sizeof(float));
 }
 
 /* The most rows of a window that window_mix takes (below): their L x L
@@ -1374,27 +1373,28 @@ BST_SIMD_INLINE void weighted_chunk(float *restrict out, const float *wa, const 
  * than 16 floats, take weighted_rows. */
 #define WEIGHTED_FEW 64
 
-/* Chunks of 16, 8 and 4 columns, then single ones. */
+/* Chunks of 16, 8 and 4 columns, then single ones.  With add, the sums
+ * are added to out (out + the sum, as window_mix's add). */
 BST_SIMD_INLINE void weighted_rows(float *restrict out, const float *wa, const float *wb,
                                    size_t w_stride, const float *rows, size_t row_stride,
-                                   int count, int dk)
+                                   int count, int dk, int add)
 {
     int c = 0;
     for (; c + 16 <= dk; c += 16)
-        weighted_chunk(out, wa, wb, w_stride, rows, row_stride, count, c, 16);
+        weighted_chunk(out, wa, wb, w_stride, rows, row_stride, count, c, 16, add);
     if (c + 8 <= dk) {
-        weighted_chunk(out, wa, wb, w_stride, rows, row_stride, count, c, 8);
+        weighted_chunk(out, wa, wb, w_stride, rows, row_stride, count, c, 8, add);
         c += 8;
     }
     if (c + 4 <= dk) {
-        weighted_chunk(out, wa, wb, w_stride, rows, row_stride, count, c, 4);
+        weighted_chunk(out, wa, wb, w_stride, rows, row_stride, count, c, 4, add);
         c += 4;
     }
     for (; c < dk; c++) {
         float acc = 0.0f;
         for (int n = 0; n < count; n++)
             acc += weight_at(wa, wb, w_stride, n) * rows[n * row_stride + c];
-        out[c] = acc;
+        out[c] = add ? out[c] + acc : acc;
     }
 }
 
@@ -1703,7 +1703,7 @@ BST_SIMD_INLINE void attention_forward_body(float *ctx, float *probs, float *mas
             }
             for (int i = 0; i < L; i++)
                 weighted_rows(out + (size_t)i * hd, pr + (size_t)i * L,
-                              mk ? mk + (size_t)i * L : NULL, 1, v, in.stride, L, dk);
+                              mk ? mk + (size_t)i * L : NULL, 1, v, in.stride, L, dk, 0);
         }
     }
 }
@@ -1830,20 +1830,11 @@ BST_SIMD_INLINE void attention_backward_body(AttentionGrads d, float *d_probs, c
             }
             for (int j = 0; j < L; j++) {
                 weighted_rows(d_v + (size_t)j * d.stride, pr + j, mk + j, (size_t)L, g, g_stride,
-                              L, dk);
+                              L, dk, 0);
                 weighted_rows(d_q + (size_t)j * d.stride, ds + (size_t)j * L, NULL, 1, k,
-                              in.k_stride, L, dk);
-                float *d_kj = d_k + (size_t)j * d.k_stride;
-                if (!add_keys) {
-                    weighted_rows(d_kj, ds + j, NULL, (size_t)L, q, in.stride, L, dk);
-                    continue;
-                }
-                for (int c = 0; c < dk; c++) {
-                    float acc = 0.0f;
-                    for (int i = 0; i < L; i++)
-                        acc += ds[(size_t)i * L + j] * q[(size_t)i * in.stride + c];
-                    d_kj[c] += acc;
-                }
+                              in.k_stride, L, dk, 0);
+                weighted_rows(d_k + (size_t)j * d.k_stride, ds + j, NULL, (size_t)L, q, in.stride,
+                              L, dk, add_keys);
             }
         }
     }

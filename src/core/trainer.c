@@ -324,38 +324,42 @@ void bst_trainer_free(BstTrainer *t)
     bst_free(t);
 }
 
-/* Same out-of-range -> OOV mapping as the embedding layer. */
-static int32_t collect_rows(BstTrainer *t, const BstBatch *b)
+/*
+ * The distinct rows of n indices (idx NULL: all 0) into rows, each marked
+ * in seen, mapped as the forward maps them (bst_row_or_zero); their number.
+ * unmark_rows clears the marks for the next batch.
+ */
+static int32_t mark_rows(uint8_t *seen, int32_t *rows, const int32_t *idx, size_t n,
+                         int32_t n_rows)
 {
-    const int32_t n_rows = t->model->cfg.n_movies + 1;
-    const size_t n = (size_t)b->n * t->model->cfg.seq_len;
     int32_t count = 0;
     for (size_t i = 0; i < n; i++) {
-        int32_t r = b->movies[i];
-        if (r < 0 || r >= n_rows)
-            r = 0;
-        if (!t->row_seen[r]) {
-            t->row_seen[r] = 1;
-            t->rows[count++] = r;
+        const int32_t r = bst_row_or_zero(idx ? idx[i] : 0, n_rows);
+        if (!seen[r]) {
+            seen[r] = 1;
+            rows[count++] = r;
         }
     }
     return count;
 }
 
-/* The batch's distinct user rows (as bst_forward maps them), marked in
- * user_seen; their number. */
+static void unmark_rows(uint8_t *seen, const int32_t *rows, int32_t count)
+{
+    for (int32_t i = 0; i < count; i++)
+        seen[rows[i]] = 0;
+}
+
+/* The batch's movies (every position's) and its users. */
+static int32_t collect_rows(BstTrainer *t, const BstBatch *b)
+{
+    return mark_rows(t->row_seen, t->rows, b->movies, (size_t)b->n * t->model->cfg.seq_len,
+                     t->model->cfg.n_movies + 1);
+}
+
 static int32_t collect_users(BstTrainer *t, const BstBatch *b)
 {
-    const int32_t n_rows = t->model->cfg.n_users + 1;
-    int32_t count = 0;
-    for (int32_t i = 0; i < b->n; i++) {
-        const int32_t r = bst_row_or_zero(b->users ? b->users[i] : 0, n_rows);
-        if (!t->user_seen[r]) {
-            t->user_seen[r] = 1;
-            t->user_rows[count++] = r;
-        }
-    }
-    return count;
+    return mark_rows(t->user_seen, t->user_rows, b->users, (size_t)b->n,
+                     t->model->cfg.n_users + 1);
 }
 
 /*
@@ -484,8 +488,7 @@ float bst_train_step(BstTrainer *t, const BstBatch *b, double *abs_err_sum)
          * of the dense rest's (adagrad_entries). */
         const size_t n_rows = (size_t)collect_rows(t, b), n = n_rows * d + dense;
         PARALLEL_FOR(n, 16, 4.0 * n, lo, hi, adagrad_entries(t, n_rows, emb, lo, hi));
-        for (size_t i = 0; i < n_rows; i++)
-            t->row_seen[t->rows[i]] = 0;
+        unmark_rows(t->row_seen, t->rows, (int32_t)n_rows);
     } else {
         /* Adam's moments decay even under a zero gradient: the whole table
          * moves.  One parallel loop over the whole slab (a region per
@@ -496,10 +499,8 @@ float bst_train_step(BstTrainer *t, const BstBatch *b, double *abs_err_sum)
         const size_t n = t->grads.size;
         const int32_t n_rows = collect_rows(t, b), n_users = collect_users(t, b);
         PARALLEL_FOR(n, 16, 8.0 * n, lo, hi, adam_tensors(t, lo, hi, step));
-        for (int32_t i = 0; i < n_rows; i++)
-            t->row_seen[t->rows[i]] = 0;
-        for (int32_t i = 0; i < n_users; i++)
-            t->user_seen[t->user_rows[i]] = 0;
+        unmark_rows(t->row_seen, t->rows, n_rows);
+        unmark_rows(t->user_seen, t->user_rows, n_users);
     }
     return loss;
 }

@@ -77,6 +77,13 @@ static void both_arrive(unsigned k)
         ;
 }
 
+/* n floats from a cache line's start (aligned_alloc wants a size that is
+ * a multiple of the alignment). */
+static float *floats_on_lines(size_t n)
+{
+    return aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64);
+}
+
 /* Share s of the product's rows, one OpenBLAS call. */
 static void gemm_share(int s)
 {
@@ -216,13 +223,9 @@ int main(void)
     free(copy);
 
     openblas_set_num_threads(1);  /* as the core runs it: one thread per call */
-    /* aligned_alloc wants a multiple of the alignment. */
-    const size_t a_bytes = ((size_t)GEMM_M * GEMM_K * sizeof(float) + 63) / 64 * 64;
-    const size_t b_bytes = ((size_t)GEMM_K * GEMM_N * sizeof(float) + 63) / 64 * 64;
-    const size_t c_bytes = ((size_t)GEMM_M * GEMM_N * sizeof(float) + 63) / 64 * 64;
-    g_a = aligned_alloc(64, a_bytes);
-    g_b = aligned_alloc(64, b_bytes);
-    g_c = aligned_alloc(64, c_bytes);
+    g_a = floats_on_lines((size_t)GEMM_M * GEMM_K);
+    g_b = floats_on_lines((size_t)GEMM_K * GEMM_N);
+    g_c = floats_on_lines((size_t)GEMM_M * GEMM_N);
     if (!g_a || !g_b || !g_c)
         return 1;
     for (size_t i = 0; i < (size_t)GEMM_M * GEMM_K; i++)
