@@ -33,9 +33,10 @@
  * So a window's prediction does not depend on the windows it is computed
  * with, nor on the thread count (threads take whole windows), nor on the
  * instruction set: AVX-512, AVX2 and the portable fmaf loop give the same
- * bits (test_train.c checks).  Everything else here is plain C compiled for
- * the baseline instruction set, where no multiply-add is contracted, so it
- * computes the same on every CPU too.
+ * bits (test_train.c checks).  Everything else here is plain C, compiled
+ * once per instruction set too (frozen_windows_for) with no multiply-add
+ * contracted: its loops are element-wise or sum in lanes written out, so
+ * it computes the same on every CPU.
  */
 #include "infer.h"
 
@@ -55,6 +56,11 @@
 #define INFER_X86 1
 #include <immintrin.h>
 #endif
+
+/* The helpers of a window's forward pass: inlined into each copy of it
+ * (frozen_windows_for), so that each compiles them for its own instruction
+ * set. */
+#define WINDOW_INLINE static inline __attribute__((always_inline))
 
 /* Windows per thread share of a batch: a share's fixed costs (waking a
  * thread) are about one window's. */
@@ -437,9 +443,12 @@ void bst_kernels_fill(BstKernels *k, const BstModel *m)
     }
 }
 
+typedef void (*WindowsFn)(BstFrozen *f, const BstBatch *b, size_t lo, size_t hi);
+
 struct BstFrozen {
     const BstModel *model;
     MatmulFn matmul;                  /* the instruction set of the creation */
+    WindowsFn windows;                /* the same, for the rest of the pass */
     int32_t max_batch;
     int has_table;
     double window_flops;              /* roughly, for the thread split */
@@ -533,7 +542,7 @@ size_t bst_frozen_memory_bytes(const BstConfig *cfg, int32_t max_batch, size_t t
 
 /* ----------------------------------------------------------- precomputation */
 
-static void leaky_relu_row(float *out, const float *in, size_t n, float slope)
+WINDOW_INLINE void leaky_relu_row(float *out, const float *in, size_t n, float slope)
 {
     /* leaky_relu_forward's formula, so that slope 0 is its ReLU bit for bit. */
     for (size_t i = 0; i < n; i++) {
@@ -605,6 +614,8 @@ static void precompute(BstFrozen *f)
     }
 }
 
+static WindowsFn frozen_windows_for(BstInferIsa isa);
+
 BstFrozen *bst_frozen_create(const BstModel *m, int32_t max_batch, size_t table_budget)
 {
     const BstConfig *c = &m->cfg;
@@ -617,6 +628,7 @@ BstFrozen *bst_frozen_create(const BstModel *m, int32_t max_batch, size_t table_
         return NULL;
     f->model = m;
     f->matmul = matmul_for(isa);
+    f->windows = frozen_windows_for(isa);
     f->max_batch = batch;
     f->has_table = bst_frozen_table_bytes(c) <= table_budget;
     Carver cv = {NULL, 0};
@@ -671,71 +683,66 @@ void bst_frozen_free(BstFrozen *f)
 
 /*
  * Reductions in eight lanes, as layers.c's dot8 and sum8 (eight partial
- * sums, then a fixed tree), written with vector types so that the compiler
+ * sums, then a fixed tree), written with a vector type so that the compiler
  * keeps the lanes in registers: the arithmetic of each lane is fixed, hence
- * the same bits whatever the vector width.
+ * the same bits whatever the vector width (two SSE registers, or one AVX).
  */
-typedef float Lanes4 __attribute__((vector_size(16)));
+typedef float Lanes8 __attribute__((vector_size(32)));
 
-static inline Lanes4 load4(const float *p)
+WINDOW_INLINE Lanes8 load8(const float *p)
 {
-    Lanes4 v;
+    Lanes8 v;
     memcpy(&v, p, sizeof(v));
     return v;
 }
 
-static inline float lanes_total(Lanes4 lo, Lanes4 hi, float tail)
+WINDOW_INLINE float lanes_total(Lanes8 v, float tail)
 {
-    return tail + ((lo[0] + hi[0]) + (lo[1] + hi[1])) + ((lo[2] + hi[2]) + (lo[3] + hi[3]));
+    return tail + ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
 }
 
-static float dot_lanes(const float *restrict a, const float *restrict b, int n)
+WINDOW_INLINE float dot_lanes(const float *restrict a, const float *restrict b, int n)
 {
-    Lanes4 lo = {0}, hi = {0};
+    Lanes8 acc = {0};
     int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        lo += load4(a + i) * load4(b + i);
-        hi += load4(a + i + 4) * load4(b + i + 4);
-    }
+    for (; i + 8 <= n; i += 8)
+        acc += load8(a + i) * load8(b + i);
     float s = 0.0f;
     for (; i < n; i++)
         s += a[i] * b[i];
-    return lanes_total(lo, hi, s);
+    return lanes_total(acc, s);
 }
 
-static float sum_lanes(const float *restrict a, int n)
+WINDOW_INLINE float sum_lanes(const float *restrict a, int n)
 {
-    Lanes4 lo = {0}, hi = {0};
+    Lanes8 acc = {0};
     int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        lo += load4(a + i);
-        hi += load4(a + i + 4);
-    }
+    for (; i + 8 <= n; i += 8)
+        acc += load8(a + i);
     float s = 0.0f;
     for (; i < n; i++)
         s += a[i];
-    return lanes_total(lo, hi, s);
+    return lanes_total(acc, s);
 }
 
 /* Sum of (a - m)^2. */
-static float sumsq_centered_lanes(const float *restrict a, float m, int n)
+WINDOW_INLINE float sumsq_centered_lanes(const float *restrict a, float m, int n)
 {
-    Lanes4 lo = {0}, hi = {0};
-    const Lanes4 mv = {m, m, m, m};
+    Lanes8 acc = {0};
+    const Lanes8 mv = {m, m, m, m, m, m, m, m};
     int i = 0;
     for (; i + 8 <= n; i += 8) {
-        const Lanes4 u = load4(a + i) - mv, v = load4(a + i + 4) - mv;
-        lo += u * u;
-        hi += v * v;
+        const Lanes8 u = load8(a + i) - mv;
+        acc += u * u;
     }
     float s = 0.0f;
     for (; i < n; i++)
         s += (a[i] - m) * (a[i] - m);
-    return lanes_total(lo, hi, s);
+    return lanes_total(acc, s);
 }
 
 /* layernorm_forward's arithmetic for one row. */
-static void layernorm_row(float *restrict out, const float *restrict x,
+WINDOW_INLINE void layernorm_row(float *restrict out, const float *restrict x,
                           const float *restrict gamma, const float *restrict beta, int d,
                           float eps)
 {
@@ -748,35 +755,35 @@ static void layernorm_row(float *restrict out, const float *restrict x,
 
 /* Row helpers: restrict lets them vectorise (a store through a float
  * pointer could otherwise change any other array, or f's fields). */
-static void row_target(float *restrict q, const float *restrict t, const float *restrict bc,
+WINDOW_INLINE void row_target(float *restrict q, const float *restrict t, const float *restrict bc,
                        size_t n)
 {
     for (size_t j = 0; j < n; j++)
         q[j] = t[j] + bc[j];
 }
 
-static void row_multiply(float *restrict q, const float *restrict t, const float *restrict pp,
+WINDOW_INLINE void row_multiply(float *restrict q, const float *restrict t, const float *restrict pp,
                          float r, const float *restrict bc, size_t n)
 {
     for (size_t j = 0; j < n; j++)
         q[j] = (t[j] + pp[j]) * r + bc[j];
 }
 
-static void row_add(float *restrict q, const float *restrict t, const float *restrict pp, float r,
+WINDOW_INLINE void row_add(float *restrict q, const float *restrict t, const float *restrict pp, float r,
                     const float *restrict rp, const float *restrict bc, size_t n)
 {
     for (size_t j = 0; j < n; j++)
         q[j] = t[j] + pp[j] + r * rp[j] + bc[j];
 }
 
-static void x_multiply(float *restrict x, const float *restrict e, const float *restrict pe,
+WINDOW_INLINE void x_multiply(float *restrict x, const float *restrict e, const float *restrict pe,
                        float r, int d)
 {
     for (int j = 0; j < d; j++)
         x[j] = (e[j] + pe[j]) * r;
 }
 
-static void x_add(float *restrict x, const float *restrict e, const float *restrict pe, float r,
+WINDOW_INLINE void x_add(float *restrict x, const float *restrict e, const float *restrict pe, float r,
                   const float *restrict rw, int d)
 {
     for (int j = 0; j < d; j++)
@@ -784,21 +791,21 @@ static void x_add(float *restrict x, const float *restrict e, const float *restr
 }
 
 /* a += p v */
-static void axpy(float *restrict a, float p, const float *restrict v, int d)
+WINDOW_INLINE void axpy(float *restrict a, float p, const float *restrict v, int d)
 {
     for (int j = 0; j < d; j++)
         a[j] += p * v[j];
 }
 
 /* acc = a + acc */
-static void add_to(float *restrict acc, const float *restrict a, int d)
+WINDOW_INLINE void add_to(float *restrict acc, const float *restrict a, int d)
 {
     for (int j = 0; j < d; j++)
         acc[j] = a[j] + acc[j];
 }
 
 /* BatchNorm with the moving statistics, then LeakyReLU, in place. */
-static void bn_leaky(float *restrict h, const float *restrict mean, const float *restrict k,
+WINDOW_INLINE void bn_leaky(float *restrict h, const float *restrict mean, const float *restrict k,
                      const float *restrict beta, int units, float slope)
 {
     for (int j = 0; j < units; j++) {
@@ -810,7 +817,7 @@ static void bn_leaky(float *restrict h, const float *restrict mean, const float 
 /* Asks for the cache lines of bytes at p: the rows of a window's movies
  * are scattered over tables of megabytes, and fetching them all at once
  * overlaps their misses instead of taking them one after another. */
-static void prefetch_bytes(const void *p, size_t bytes)
+WINDOW_INLINE void prefetch_bytes(const void *p, size_t bytes)
 {
     const char *c = p;
     for (size_t i = 0; i < bytes; i += 64) {
@@ -820,7 +827,7 @@ static void prefetch_bytes(const void *p, size_t bytes)
     }
 }
 
-static void prefetch_window(const BstFrozen *f, const BstBatch *b, size_t w)
+WINDOW_INLINE void prefetch_window(const BstFrozen *f, const BstBatch *b, size_t w)
 {
     const BstConfig *c = &f->model->cfg;
     const int L = c->seq_len, d = c->embed_dim;
@@ -835,7 +842,7 @@ static void prefetch_window(const BstFrozen *f, const BstBatch *b, size_t w)
 }
 
 /* Windows [lo, hi) of b, start to end. */
-static void frozen_windows(BstFrozen *f, const BstBatch *b, size_t lo, size_t hi)
+WINDOW_INLINE void frozen_windows(BstFrozen *f, const BstBatch *b, size_t lo, size_t hi)
 {
     const BstModel *m = f->model;
     const BstConfig *c = &m->cfg;
@@ -849,9 +856,10 @@ static void frozen_windows(BstFrozen *f, const BstBatch *b, size_t lo, size_t hi
     const size_t n = hi - lo, row_lo = lo * (size_t)L;
 
     /* The rows of the valid positions: the sequence input x, and [q | k |
-     * vo] from the table (or below, from x). */
+     * vo] from the table (or below, from x).  Each window asks for the next
+     * one's rows; the first's would come no sooner than its own loads ask
+     * (a single prediction ran faster without). */
     size_t row = row_lo;
-    prefetch_window(f, b, lo);
     for (size_t w = lo; w < hi; w++) {
         const int first = bst_first_valid(b->hist_len, w, L);
         if (w + 1 < hi)
@@ -993,11 +1001,49 @@ static void frozen_windows(BstFrozen *f, const BstBatch *b, size_t lo, size_t hi
                     : (pred[r] > c->rating_max ? c->rating_max : pred[r]);
 }
 
+/*
+ * Copies of the pass for the instruction set of fused_matmul: the loops
+ * over a row's floats run in wider vectors.  The same bits in each: those
+ * loops are element-wise, the reductions' lanes are written out, and no
+ * multiply-add is contracted (-ffp-contract=off).
+ */
+#ifdef INFER_X86
+__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma"))) static void
+frozen_windows_avx512(BstFrozen *f, const BstBatch *b, size_t lo, size_t hi)
+{
+    frozen_windows(f, b, lo, hi);
+}
+
+AVX2_FN static void frozen_windows_avx2(BstFrozen *f, const BstBatch *b, size_t lo, size_t hi)
+{
+    frozen_windows(f, b, lo, hi);
+}
+#endif
+
+static void frozen_windows_baseline(BstFrozen *f, const BstBatch *b, size_t lo, size_t hi)
+{
+    frozen_windows(f, b, lo, hi);
+}
+
+static WindowsFn frozen_windows_for(BstInferIsa isa)
+{
+    switch (isa) {
+#ifdef INFER_X86
+    case BST_ISA_AVX512:
+        return frozen_windows_avx512;
+    case BST_ISA_AVX2:
+        return frozen_windows_avx2;
+#endif
+    default:
+        return frozen_windows_baseline;
+    }
+}
+
 void bst_frozen_forward(BstFrozen *f, const BstBatch *b, float *out)
 {
     if (b->n < 1 || b->n > f->max_batch)
         return;
     PARALLEL_FOR((size_t)b->n, FROZEN_GRAIN, f->window_flops * b->n, lo, hi,
-                 frozen_windows(f, b, lo, hi));
+                 f->windows(f, b, lo, hi));
     memcpy(out, f->pred, (size_t)b->n * sizeof(float));
 }

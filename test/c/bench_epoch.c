@@ -5,7 +5,9 @@
  *
  *   ./bench_epoch [threads...] [adam]     default: 1 2
  *
- * Also the attention's own loops (layers.c) on one batch at that shape,
+ * Also the frozen predictor (infer.c, the extension's bst_predict) one window
+ * at a time over distinct windows, the per-row path of a query scoring a
+ * table; and the attention's own loops (layers.c) on one batch at that shape,
  * forward and backward with dropout, the best of several rounds: the
  * part of an epoch that is neither sgemm nor memory traffic, timed alone
  * because an epoch's time moves more than it is on a shared machine.
@@ -28,7 +30,29 @@
 #include "bench_util.h"
 #include "test_util.h"
 
-enum { N_MOVIES = 3883, L = 4, N_WINDOWS = 424000, BATCH = 265 };
+enum { N_MOVIES = 3883, L = 4, N_WINDOWS = 424000, BATCH = 265, ONE_BY_ONE = 50000 };
+
+/* Best microseconds a window of the frozen predictor (the extension's
+ * bst_predict) takes one at a time, over ONE_BY_ONE distinct windows, 5
+ * rounds: the per-row path of SELECT bst_predict(...) FROM windows. */
+static double frozen_one_by_one_us(const BstModel *m, const int32_t *movies,
+                                   const float *ratings, float *out)
+{
+    BstPredictor *p = bst_predictor_create_frozen(m, 256, BST_PREDICTOR_TABLE_BUDGET);
+    double best = 1e30;
+    for (int round = 0; round < 5 && p; round++) {
+        const double t0 = now();
+        for (int32_t i = 0; i < ONE_BY_ONE; i++) {
+            BstBatch one = {1, movies + (size_t)i * L, ratings + (size_t)i * (L - 1), NULL,
+                            NULL, NULL};
+            bst_predict(p, &one, out + i);
+        }
+        const double t = now() - t0;
+        best = t < best ? t : best;
+    }
+    bst_predictor_free(p);
+    return best / ONE_BY_ONE * 1e6;
+}
 
 /* Best microseconds of training's attention (attention_forward_folded and
  * attention_backward_folded) on a batch of windows at the benchmark's
@@ -146,6 +170,7 @@ int main(int argc, char **argv)
             lat[k] = (now() - t0) / lat_reps[k] * 1e6;
         }
 
+        const double frozen_us = frozen_one_by_one_us(m, movies, ratings, out);
         double att_fwd, att_bwd;
         attention_us(&cfg, &att_fwd, &att_bwd);
         printf("threads %d: epoch %.2f s, %.0f windows/s, %.1f GFLOP/s (loss %.3f, mae %.3f); "
@@ -154,6 +179,9 @@ int main(int argc, char **argv)
                threads[ti], train_s, N_WINDOWS / train_s, N_WINDOWS * flops.train / train_s * 1e-9,
                loss / steps, abs_err / N_WINDOWS, pred_s, N_WINDOWS / pred_s, lat[0], lat[1],
                att_fwd, att_bwd);
+        printf("threads %d: the frozen predictor, one window at a time: %.2f us a window (best "
+               "of 5 rounds over %d windows)\n",
+               threads[ti], frozen_us, ONE_BY_ONE);
         free(out);
         bst_predictor_free(p);
         bst_trainer_free(t);
