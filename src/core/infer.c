@@ -743,8 +743,8 @@ WINDOW_INLINE float sumsq_centered_lanes(const float *restrict a, float m, int n
 
 /* layernorm_forward's arithmetic for one row. */
 WINDOW_INLINE void layernorm_row(float *restrict out, const float *restrict x,
-                          const float *restrict gamma, const float *restrict beta, int d,
-                          float eps)
+                                 const float *restrict gamma, const float *restrict beta, int d,
+                                 float eps)
 {
     const float m = sum_lanes(x, d) / (float)d;
     const float v = sumsq_centered_lanes(x, m, d) / (float)d;
@@ -755,36 +755,37 @@ WINDOW_INLINE void layernorm_row(float *restrict out, const float *restrict x,
 
 /* Row helpers: restrict lets them vectorise (a store through a float
  * pointer could otherwise change any other array, or f's fields). */
-WINDOW_INLINE void row_target(float *restrict q, const float *restrict t, const float *restrict bc,
-                       size_t n)
+WINDOW_INLINE void row_target(float *restrict q, const float *restrict t,
+                              const float *restrict bc, size_t n)
 {
     for (size_t j = 0; j < n; j++)
         q[j] = t[j] + bc[j];
 }
 
-WINDOW_INLINE void row_multiply(float *restrict q, const float *restrict t, const float *restrict pp,
-                         float r, const float *restrict bc, size_t n)
+WINDOW_INLINE void row_multiply(float *restrict q, const float *restrict t,
+                                const float *restrict pp, float r, const float *restrict bc,
+                                size_t n)
 {
     for (size_t j = 0; j < n; j++)
         q[j] = (t[j] + pp[j]) * r + bc[j];
 }
 
-WINDOW_INLINE void row_add(float *restrict q, const float *restrict t, const float *restrict pp, float r,
-                    const float *restrict rp, const float *restrict bc, size_t n)
+WINDOW_INLINE void row_add(float *restrict q, const float *restrict t, const float *restrict pp,
+                           float r, const float *restrict rp, const float *restrict bc, size_t n)
 {
     for (size_t j = 0; j < n; j++)
         q[j] = t[j] + pp[j] + r * rp[j] + bc[j];
 }
 
-WINDOW_INLINE void x_multiply(float *restrict x, const float *restrict e, const float *restrict pe,
-                       float r, int d)
+WINDOW_INLINE void x_multiply(float *restrict x, const float *restrict e,
+                              const float *restrict pe, float r, int d)
 {
     for (int j = 0; j < d; j++)
         x[j] = (e[j] + pe[j]) * r;
 }
 
-WINDOW_INLINE void x_add(float *restrict x, const float *restrict e, const float *restrict pe, float r,
-                  const float *restrict rw, int d)
+WINDOW_INLINE void x_add(float *restrict x, const float *restrict e, const float *restrict pe,
+                         float r, const float *restrict rw, int d)
 {
     for (int j = 0; j < d; j++)
         x[j] = e[j] + pe[j] + r * rw[j];
@@ -805,8 +806,9 @@ WINDOW_INLINE void add_to(float *restrict acc, const float *restrict a, int d)
 }
 
 /* BatchNorm with the moving statistics, then LeakyReLU, in place. */
-WINDOW_INLINE void bn_leaky(float *restrict h, const float *restrict mean, const float *restrict k,
-                     const float *restrict beta, int units, float slope)
+WINDOW_INLINE void bn_leaky(float *restrict h, const float *restrict mean,
+                            const float *restrict k, const float *restrict beta, int units,
+                            float slope)
 {
     for (int j = 0; j < units; j++) {
         const float v = (h[j] - mean[j]) * k[j] + beta[j];
