@@ -48,6 +48,7 @@
 #include "carve.h"
 #include "layers.h"
 #include "parallel.h"
+#include "simd.h"
 
 /* BST_NO_SIMD_KERNELS: only the portable kernels, always used (the fuzzing
  * build: clang's sanitizers and coverage take many minutes over the
@@ -1004,19 +1005,21 @@ WINDOW_INLINE void frozen_windows(BstFrozen *f, const BstBatch *b, size_t lo, si
 }
 
 /*
- * Copies of the pass for the instruction set of fused_matmul: the loops
- * over a row's floats run in wider vectors.  The same bits in each: those
- * loops are element-wise, the reductions' lanes are written out, and no
- * multiply-add is contracted (-ffp-contract=off).
+ * Copies of the pass for the instruction set of fused_matmul, built for the
+ * targets of the core's other loops (simd.h): the loops over a row's floats
+ * run in wider vectors.  The same bits in each: those loops are
+ * element-wise, the reductions' lanes are written out, and no multiply-add
+ * is contracted (-ffp-contract=off).
  */
 #ifdef INFER_X86
-__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma"))) static void
-frozen_windows_avx512(BstFrozen *f, const BstBatch *b, size_t lo, size_t hi)
+BST_TARGET_AVX512 static void frozen_windows_avx512(BstFrozen *f, const BstBatch *b, size_t lo,
+                                                    size_t hi)
 {
     frozen_windows(f, b, lo, hi);
 }
 
-AVX2_FN static void frozen_windows_avx2(BstFrozen *f, const BstBatch *b, size_t lo, size_t hi)
+BST_TARGET_AVX2 static void frozen_windows_avx2(BstFrozen *f, const BstBatch *b, size_t lo,
+                                                size_t hi)
 {
     frozen_windows(f, b, lo, hi);
 }

@@ -43,10 +43,14 @@ const char *bst_simd_name(BstSimd s);
 /* BST_NO_SIMD_KERNELS (the fuzzing build): the generic copy only. */
 #if (defined(__x86_64__) || defined(__i386__)) && !defined(BST_NO_SIMD_KERNELS)
 #define BST_SIMD_COPIES 1
+/* The instruction sets of the copies: what bst_cpu_features' avx512 and
+ * avx2_fma guarantee (blas.c). */
+#define BST_TARGET_AVX512 \
+    __attribute__((target("avx512f,avx512cd,avx512bw,avx512dq,avx512vl,avx2,fma")))
+#define BST_TARGET_AVX2 __attribute__((target("avx2,fma")))
 #define BST_SIMD_DISPATCH(name, params, args)                                           \
-    __attribute__((target("avx512f,avx512cd,avx512bw,avx512dq,avx512vl,avx2,fma")))     \
-    static void name##_avx512 params { name##_generic args; }                           \
-    __attribute__((target("avx2,fma"))) static void name##_avx2 params                  \
+    BST_TARGET_AVX512 static void name##_avx512 params { name##_generic args; }         \
+    BST_TARGET_AVX2 static void name##_avx2 params                                      \
     {                                                                                   \
         name##_generic args;                                                            \
     }                                                                                   \
