@@ -975,6 +975,8 @@ BstFitStatus bst_fit_continue(BstModel *m, const BstData *data, const BstFitOpti
             }
             loss_sum += (double)loss * count;
         }
+        /* Validation, the snapshot and the caller read every row. */
+        bst_trainer_sync(f.trainer);
         s.epoch = epoch;
         s.loss = loss_sum / (double)f.n_train;
         s.mae = abs_sum / (double)f.n_train;

@@ -29,5 +29,11 @@ float bst_adam_step_size(float lr, int64_t t);
  * Loshchilov & Hutter); 0 gives Adam. */
 void bst_adam_update(float *w, float *m, float *v, const float *g, size_t n, float step,
                      float decay);
+/* k steps of bst_adam_update with a zero gradient, the same bits: step s
+ * (0-based) with step size steps[s] and decay lrs[s] * weight_decay (0 for
+ * plain Adam, as the trainer computes the decay).  For rows that the
+ * trainer left alone for k steps and brings up to date at once. */
+void bst_adam_replay(float *w, float *m, float *v, size_t n, const float *steps,
+                     const float *lrs, float weight_decay, int k);
 
 #endif

@@ -20,8 +20,8 @@ struct BstTrainer {
      * share the slab layout, so a tensor's offset locates it in each. */
     BstTensor tensors[BST_MAX_TENSORS];
     int n_tensors;
-    /* Adam: each tensor's rows by movie or by user (ROWS_DENSE: neither),
-     * and its row width. */
+    /* Adam: each tensor's deferred rows, by movie or by user (ROWS_DENSE:
+     * the tensor is updated whole at every step), and their width. */
     int tensor_rows[BST_MAX_TENSORS];
     size_t tensor_width[BST_MAX_TENSORS];
     BstActs acts, dacts;
@@ -35,6 +35,21 @@ struct BstTrainer {
     int32_t *rows;           /* [batch_size * L] */
     uint8_t *user_seen;      /* [n_users + 1] */
     int32_t *user_rows;      /* [batch_size] */
+    /*
+     * Adam's deferred rows.  A row by movie or by user that a batch leaves
+     * alone has a zero gradient, and its step would only decay its moments
+     * and weights: reading and writing the whole table every step for that
+     * (18 MB of moments and weights a step in the default configuration)
+     * is bound by memory on some CPUs.  So those steps wait in the
+     * history, and a row takes them all at once (bst_adam_replay, the same
+     * bits) before a batch reads it, or at bst_trainer_sync.
+     */
+    int lazy;                /* Adam, rows deferred (bst_trainer_set_sparse_adam) */
+    int64_t *movie_synced;   /* [n_movies + 1]: the step each row is at */
+    int64_t *user_synced;    /* [n_users + 1] */
+    float *hist_step;        /* [BST_ADAM_HISTORY_STEPS]: step hist_base + 1 + i's size */
+    float *hist_lr;          /* [BST_ADAM_HISTORY_STEPS]: and its learning rate */
+    int64_t hist_base;       /* every row is at least at this step */
     int state_given;         /* acc and acc2 moved out (bst_trainer_give_state) */
 };
 
@@ -88,6 +103,8 @@ static int tensor_rows(const BstConfig *c, const BstTensor *x, size_t *width)
 }
 
 static int g_sparse_adam = 1;
+
+static void lazy_restart(BstTrainer *t);
 
 void bst_trainer_set_sparse_adam(int on)
 {
@@ -194,7 +211,11 @@ size_t bst_trainer_memory_bytes(const BstConfig *cfg, const BstTrainOptions *o)
            bst_acts_memory_bytes(cfg, o->batch_size, BST_ACTS_GRADIENTS) +
            ((size_t)cfg->n_movies + 1) * sizeof(uint8_t) +
            (size_t)o->batch_size * cfg->seq_len * sizeof(int32_t) +
-           ((size_t)cfg->n_users + 1) * sizeof(uint8_t) + (size_t)o->batch_size * sizeof(int32_t);
+           ((size_t)cfg->n_users + 1) * sizeof(uint8_t) + (size_t)o->batch_size * sizeof(int32_t) +
+           (o->optimizer == BST_OPT_ADAGRAD
+                ? 0
+                : ((size_t)cfg->n_movies + (size_t)cfg->n_users + 2) * sizeof(int64_t) +
+                      2 * BST_ADAM_HISTORY_STEPS * sizeof(float));
 }
 
 BstTrainer *bst_trainer_create(BstModel *m, const BstTrainOptions *o)
@@ -216,8 +237,20 @@ BstTrainer *bst_trainer_create(BstModel *m, const BstTrainOptions *o)
         if (bst_params_alloc(&t->acc2, c) != 0)
             goto fail;
         t->n_tensors = bst_param_tensors(c, &m->params, t->tensors);
-        for (int i = 0; i < t->n_tensors; i++)
+        for (int i = 0; i < t->n_tensors; i++) {
             t->tensor_rows[i] = tensor_rows(c, &t->tensors[i], &t->tensor_width[i]);
+            /* Narrow rows (the biases) cost more to replay one by one than
+             * their whole tensor costs to update. */
+            if (t->tensor_width[i] < BST_ADAM_DEFER_MIN_WIDTH)
+                t->tensor_rows[i] = ROWS_DENSE;
+        }
+        t->lazy = g_sparse_adam;
+        t->movie_synced = bst_alloc_zero((size_t)c->n_movies + 1, sizeof(int64_t));
+        t->user_synced = bst_alloc_zero((size_t)c->n_users + 1, sizeof(int64_t));
+        t->hist_step = bst_alloc(BST_ADAM_HISTORY_STEPS * sizeof(float));
+        t->hist_lr = bst_alloc(BST_ADAM_HISTORY_STEPS * sizeof(float));
+        if (!t->movie_synced || !t->user_synced || !t->hist_step || !t->hist_lr)
+            goto fail;
     } else {
         fill(t->acc.slab, t->acc.size, BST_ADAGRAD_INITIAL_ACCUMULATOR);
     }
@@ -273,19 +306,22 @@ int bst_trainer_set_state(BstTrainer *t, const BstTrainState *s)
 {
     if (!state_fits(t, s))
         return -1;
+    bst_trainer_sync(t);
     for (int k = 0; k < bst_optimizer_slots(s->optimizer); k++)
         memcpy(trainer_slot(t, k), s->slot[k], s->size * sizeof(float));
     t->step = s->step;
+    lazy_restart(t);
     /* Another seed's stream would not be this seed's continued. */
     if (s->seed == t->opt.seed)
         t->rng = s->dropout_rng;
     return 0;
 }
 
-int bst_trainer_copy_state(const BstTrainer *t, BstTrainState *s)
+int bst_trainer_copy_state(BstTrainer *t, BstTrainState *s)
 {
     if (!state_fits(t, s))
         return -1;
+    bst_trainer_sync(t);
     for (int k = 0; k < bst_optimizer_slots(s->optimizer); k++)
         memcpy(s->slot[k], trainer_slot(t, k), s->size * sizeof(float));
     copy_counters(t, s);
@@ -296,6 +332,7 @@ int bst_trainer_give_state(BstTrainer *t, BstTrainState *s)
 {
     if (t->state_given || s->slot[0] || s->slot[1])
         return -1;
+    bst_trainer_sync(t);
     s->optimizer = t->opt.optimizer;
     s->size = t->model->params.size;
     s->slot[0] = t->acc.slab;
@@ -321,6 +358,10 @@ void bst_trainer_free(BstTrainer *t)
     bst_free(t->rows);
     bst_free(t->user_seen);
     bst_free(t->user_rows);
+    bst_free(t->movie_synced);
+    bst_free(t->user_synced);
+    bst_free(t->hist_step);
+    bst_free(t->hist_lr);
     bst_free(t);
 }
 
@@ -399,44 +440,22 @@ static void adam_range(BstTrainer *t, size_t lo, size_t hi, float step, float de
     memset(g, 0, (hi - lo) * sizeof(float));
 }
 
-/* A zero gradient in L1, for the rows that the batch left at 0. */
-enum { ZERO_GRAD_FLOATS = 1024 };
-static const float zero_grad[ZERO_GRAD_FLOATS];
-
-/* Entries [lo, hi), whose gradient is 0: the same update, the same bits,
- * without reading or clearing the slab's zeros. */
-static void adam_range_untouched(BstTrainer *t, size_t lo, size_t hi, float step, float decay)
+/* Tensor i's weight decay (AdamW decays kernels and embeddings only), and
+ * its decay at a step of learning rate lr: lr * that, as a replay of the
+ * step computes it too (bst_adam_replay). */
+static float tensor_weight_decay(const BstTrainer *t, int i)
 {
-    for (size_t a = lo; a < hi; a += ZERO_GRAD_FLOATS) {
-        const size_t n = hi - a < ZERO_GRAD_FLOATS ? hi - a : ZERO_GRAD_FLOATS;
-        bst_adam_update(t->model->params.slab + a, t->acc.slab + a, t->acc2.slab + a,
-                        zero_grad, n, step, decay);
-    }
+    return t->opt.optimizer == BST_OPT_ADAMW && t->tensors[i].decay ? t->opt.weight_decay : 0.0f;
 }
 
-/* Entries [lo, hi) of a tensor by rows (from start, of width floats; seen:
- * the rows the batch touched), in runs of rows alike. */
-static void adam_rows(BstTrainer *t, size_t start, size_t width, const uint8_t *seen, size_t lo,
-                      size_t hi, float step, float decay)
+static float tensor_decay(const BstTrainer *t, int i)
 {
-    for (size_t a = lo; a < hi;) {
-        const size_t row = (a - start) / width;
-        const int touched = seen[row];
-        size_t end = start + (row + 1) * width;
-        while (end < hi && seen[(end - start) / width] == touched)
-            end += width;
-        if (end > hi)
-            end = hi;
-        if (touched)
-            adam_range(t, a, end, step, decay);
-        else
-            adam_range_untouched(t, a, end, step, decay);
-        a = end;
-    }
+    return t->lr * tensor_weight_decay(t, i);
 }
 
-/* Slab entries [lo, hi) through Adam: each tensor's part of them with its
- * own weight decay (AdamW decays kernels and embeddings only). */
+/* Slab entries [lo, hi) through Adam, every row at every step: each
+ * tensor's part of them with its own decay. */
+
 static void adam_tensors(BstTrainer *t, size_t lo, size_t hi, float step)
 {
     const float *slab = t->model->params.slab;
@@ -444,17 +463,128 @@ static void adam_tensors(BstTrainer *t, size_t lo, size_t hi, float step)
         const size_t start = (size_t)(t->tensors[i].data - slab);
         const size_t end = start + t->tensors[i].size;
         const size_t a = start > lo ? start : lo, b = end < hi ? end : hi;
-        if (a >= b)
-            continue;
-        const float decay = t->opt.optimizer == BST_OPT_ADAMW && t->tensors[i].decay
-                                ? t->lr * t->opt.weight_decay : 0.0f;
-        if (!g_sparse_adam || t->tensor_rows[i] == ROWS_DENSE)
-            adam_range(t, a, b, step, decay);
-        else
-            adam_rows(t, start, t->tensor_width[i],
-                      t->tensor_rows[i] == ROWS_BY_MOVIE ? t->row_seen : t->user_seen, a, b,
-                      step, decay);
+        if (a < b)
+            adam_range(t, a, b, step, tensor_decay(t, i));
     }
+}
+
+/*
+ * Adam's deferred rows (BstTrainer.lazy) go through three passes, each one
+ * parallel loop over one list of floats: tensor by tensor, a deferred
+ * tensor's rows (the batch's, in the order of t->rows or t->user_rows, or
+ * every row for LAZY_SYNC) of its row width, and for LAZY_UPDATE the dense
+ * tensors whole.
+ *   LAZY_CATCH_UP, before a batch reads its rows: each takes the steps it
+ *     was left out of;
+ *   LAZY_UPDATE, after the backward: the step, with the batch's gradients,
+ *     for its rows and the dense tensors;
+ *   LAZY_SYNC: every row takes the steps it was left out of.
+ */
+typedef enum { LAZY_CATCH_UP, LAZY_UPDATE, LAZY_SYNC } LazyPass;
+
+/* Tensor i's rows in a pass: their count, and their list (NULL: all). */
+static size_t pass_rows(const BstTrainer *t, int i, LazyPass pass, int32_t n_rows,
+                        int32_t n_users, const int32_t **rows)
+{
+    const int by_movie = t->tensor_rows[i] == ROWS_BY_MOVIE;
+    if (pass == LAZY_SYNC) {
+        *rows = NULL;
+        return (size_t)(by_movie ? t->model->cfg.n_movies : t->model->cfg.n_users) + 1;
+    }
+    *rows = by_movie ? t->rows : t->user_rows;
+    return (size_t)(by_movie ? n_rows : n_users);
+}
+
+static size_t pass_size(const BstTrainer *t, LazyPass pass, int32_t n_rows, int32_t n_users)
+{
+    size_t n = 0;
+    const int32_t *rows;
+    for (int i = 0; i < t->n_tensors; i++)
+        if (t->tensor_rows[i] != ROWS_DENSE)
+            n += pass_rows(t, i, pass, n_rows, n_users, &rows) * t->tensor_width[i];
+        else if (pass == LAZY_UPDATE)
+            n += t->tensors[i].size;
+    return n;
+}
+
+/* Slab entries [lo, hi) (a part of row r of tensor i) from the step row r
+ * is at to t->step. */
+static void catch_up(BstTrainer *t, int i, int32_t r, size_t lo, size_t hi)
+{
+    const int64_t at = (t->tensor_rows[i] == ROWS_BY_MOVIE ? t->movie_synced : t->user_synced)[r];
+    bst_adam_replay(t->model->params.slab + lo, t->acc.slab + lo, t->acc2.slab + lo, hi - lo,
+                    t->hist_step + (at - t->hist_base), t->hist_lr + (at - t->hist_base),
+                    tensor_weight_decay(t, i), (int)(t->step - at));
+}
+
+/* Entries [lo, hi) of a pass's list. */
+static void pass_entries(BstTrainer *t, LazyPass pass, int32_t n_rows, int32_t n_users,
+                         float step, size_t lo, size_t hi)
+{
+    const float *slab = t->model->params.slab;
+    size_t base = 0; /* the list's offset of tensor i */
+    for (int i = 0; i < t->n_tensors && base < hi; i++) {
+        const size_t start = (size_t)(t->tensors[i].data - slab);
+        if (t->tensor_rows[i] == ROWS_DENSE) {
+            if (pass != LAZY_UPDATE)
+                continue;
+            const size_t end = base + t->tensors[i].size;
+            const size_t a = base > lo ? base : lo, b = end < hi ? end : hi;
+            if (a < b)
+                adam_range(t, start + a - base, start + b - base, step, tensor_decay(t, i));
+            base = end;
+            continue;
+        }
+        const int32_t *rows;
+        const size_t width = t->tensor_width[i];
+        const size_t count = pass_rows(t, i, pass, n_rows, n_users, &rows);
+        const size_t end = base + count * width;
+        for (size_t j = lo > base ? (lo - base) / width : 0; j < count && base + j * width < hi;
+             j++) {
+            const size_t row_lo = base + j * width;
+            const size_t a = lo > row_lo ? lo - row_lo : 0;
+            const size_t b = hi < row_lo + width ? hi - row_lo : width;
+            const int32_t r = rows ? rows[j] : (int32_t)j;
+            const size_t at = start + (size_t)r * width;
+            if (pass == LAZY_UPDATE)
+                adam_range(t, at + a, at + b, step, tensor_decay(t, i));
+            else
+                catch_up(t, i, r, at + a, at + b);
+        }
+        base = end;
+    }
+}
+
+static void lazy_pass(BstTrainer *t, LazyPass pass, int32_t n_rows, int32_t n_users, float step)
+{
+    const size_t n = pass_size(t, pass, n_rows, n_users);
+    /* A replay's cost grows with its steps; a pass's work is no finer. */
+    PARALLEL_FOR(n, 16, 8.0 * n, lo, hi, pass_entries(t, pass, n_rows, n_users, step, lo, hi));
+    /* The batch's rows are at this step now. */
+    for (int32_t i = 0; i < n_rows; i++)
+        t->movie_synced[t->rows[i]] = t->step;
+    for (int32_t i = 0; i < n_users; i++)
+        t->user_synced[t->user_rows[i]] = t->step;
+}
+
+/* Every row at t->step, and the history empty. */
+static void lazy_restart(BstTrainer *t)
+{
+    if (!t->lazy)
+        return;
+    for (int32_t r = 0; r <= t->model->cfg.n_movies; r++)
+        t->movie_synced[r] = t->step;
+    for (int32_t r = 0; r <= t->model->cfg.n_users; r++)
+        t->user_synced[r] = t->step;
+    t->hist_base = t->step;
+}
+
+void bst_trainer_sync(BstTrainer *t)
+{
+    if (!t->lazy || t->state_given || t->step == t->hist_base)
+        return;
+    lazy_pass(t, LAZY_SYNC, 0, 0, 0.0f);
+    lazy_restart(t);
 }
 
 float bst_train_step(BstTrainer *t, const BstBatch *b, double *abs_err_sum)
@@ -463,6 +593,13 @@ float bst_train_step(BstTrainer *t, const BstBatch *b, double *abs_err_sum)
         return NAN;
     BstModel *m = t->model;
     const size_t d = (size_t)m->cfg.embed_dim;
+    const int adagrad = t->opt.optimizer == BST_OPT_ADAGRAD;
+
+    /* The batch's movies and users; under Adam, their deferred rows take the
+     * steps they were left out of before the forward reads them. */
+    const int32_t n_rows = collect_rows(t, b), n_users = adagrad ? 0 : collect_users(t, b);
+    if (t->lazy)
+        lazy_pass(t, LAZY_CATCH_UP, n_rows, n_users, 0.0f);
 
     float loss = bst_forward(m, &t->acts, b, 1, &t->rng);
     if (abs_err_sum) {
@@ -481,26 +618,30 @@ float bst_train_step(BstTrainer *t, const BstBatch *b, double *abs_err_sum)
 
     /* Each update also restores the all-zero gradient invariant. */
     t->step++;
-    if (t->opt.optimizer == BST_OPT_ADAGRAD) {
+    if (adagrad) {
         /* Rows outside the batch have zero gradient, which Adagrad maps to no
          * change at all: updating only the touched rows is exact.  The rows
          * are distinct, so threads can take any ranges of their floats and
          * of the dense rest's (adagrad_entries). */
-        const size_t n_rows = (size_t)collect_rows(t, b), n = n_rows * d + dense;
-        PARALLEL_FOR(n, 16, 4.0 * n, lo, hi, adagrad_entries(t, n_rows, emb, lo, hi));
-        unmark_rows(t->row_seen, t->rows, (int32_t)n_rows);
+        const size_t n = (size_t)n_rows * d + dense;
+        PARALLEL_FOR(n, 16, 4.0 * n, lo, hi, adagrad_entries(t, (size_t)n_rows, emb, lo, hi));
+    } else if (t->lazy) {
+        /* Adam's moments decay even under a zero gradient, so every row
+         * takes every step: the batch's now, the others when a batch reads
+         * them (or at bst_trainer_sync), from the history. */
+        const float step = bst_adam_step_size(t->lr, t->step);
+        t->hist_step[t->step - t->hist_base - 1] = step;
+        t->hist_lr[t->step - t->hist_base - 1] = t->lr;
+        lazy_pass(t, LAZY_UPDATE, n_rows, n_users, step);
+        if (t->step - t->hist_base == BST_ADAM_HISTORY_STEPS)
+            bst_trainer_sync(t);
     } else {
-        /* Adam's moments decay even under a zero gradient: the whole table
-         * moves.  One parallel loop over the whole slab (a region per
-         * tensor cost more in waking threads than the small ones' work);
-         * the rows outside the batch read their zero gradient from L1
-         * (adam_tensors), a third less memory traffic for the tables. */
+        /* Every row at every step (bst_trainer_set_sparse_adam(0)). */
         const float step = bst_adam_step_size(t->lr, t->step);
         const size_t n = t->grads.size;
-        const int32_t n_rows = collect_rows(t, b), n_users = collect_users(t, b);
         PARALLEL_FOR(n, 16, 8.0 * n, lo, hi, adam_tensors(t, lo, hi, step));
-        unmark_rows(t->row_seen, t->rows, n_rows);
-        unmark_rows(t->user_seen, t->user_rows, n_users);
     }
+    unmark_rows(t->row_seen, t->rows, n_rows);
+    unmark_rows(t->user_seen, t->user_rows, n_users);
     return loss;
 }

@@ -80,10 +80,23 @@ void bst_trainer_free(BstTrainer *t);
 /* Whether every gradient is zero, as it is between any two steps: each
  * update clears the gradient it consumed (for the tests). */
 int bst_trainer_grads_clear(const BstTrainer *t);
-/* Tests: 0 makes Adam read every row's gradient from the slab, as it did
- * before it took the zero gradient of the rows outside a batch from L1;
- * the same bits either way. */
+/* Tests: 0 makes the trainers created after it update every row of Adam's
+ * tables at every step, reading every row's gradient from the slab;
+ * 1 (the default) updates the rows a batch leaves alone only when a later
+ * batch reads them, or at bst_trainer_sync.  The same bits either way. */
 void bst_trainer_set_sparse_adam(int on);
+/* The steps a row can be left behind: when the history of steps is full,
+ * the trainer syncs every row (bst_trainer_sync) and starts it again. */
+#define BST_ADAM_HISTORY_STEPS 4096
+/* Tables whose rows are narrower than this many floats are updated whole
+ * at every step. */
+#define BST_ADAM_DEFER_MIN_WIDTH 16
+/* Brings every row of the model that Adam's steps left behind up to date
+ * (see bst_trainer_set_sparse_adam): after it, the model's weights are
+ * those of every step so far.  Before anything but bst_train_step reads
+ * the model; bst_trainer_copy_state, _give_state and _set_state sync
+ * themselves. */
+void bst_trainer_sync(BstTrainer *t);
 /* The learning rate of the following steps (a schedule's current value). */
 void bst_trainer_set_learning_rate(BstTrainer *t, float lr);
 /*
@@ -95,7 +108,7 @@ void bst_trainer_set_learning_rate(BstTrainer *t, float lr);
 int bst_trainer_set_state(BstTrainer *t, const BstTrainState *s);
 /* Copies the trainer's state into s (of the same optimizer and shape; its
  * epochs left as they are): 0, or -1 as bst_trainer_set_state. */
-int bst_trainer_copy_state(const BstTrainer *t, BstTrainState *s);
+int bst_trainer_copy_state(BstTrainer *t, BstTrainState *s);
 /* Moves the trainer's slots into s (whose slots must be NULL), without a
  * copy, and fills its counters as bst_trainer_copy_state; the trainer
  * steps no more (bst_train_step returns NaN).  0, or -1 when already

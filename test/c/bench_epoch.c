@@ -154,6 +154,7 @@ int main(int argc, char **argv)
             BstBatch b = {n, movies + (size_t)s * L, ratings + (size_t)s * (L - 1), targets + s, NULL, NULL};
             loss += bst_train_step(t, &b, &abs_err);
         }
+        bst_trainer_sync(t); /* Adam: the epoch's deferred rows, in its time */
         double train_s = now() - t0;
 
         BstPredictor *p = bst_predictor_create(m, BATCH);
