@@ -968,73 +968,106 @@ static BstModel *feature_model(int L_model, uint64_t seed)
     return feature_model_of(&cfg, seed);
 }
 
+/* AdamW over the windows of train for EPOCHS epochs of batches of TB of
+ * one user each, with the trainer's rows deferred or not: the serialized
+ * model and both moments (malloc'd), and whether every step left the
+ * gradient clear. */
+enum { SA_USERS = 6, SA_TB = 4, SA_WINDOWS = 400,
+       /* Past the history's steps, so that it fills and every row syncs. */
+       SA_EPOCHS = BST_ADAM_HISTORY_STEPS / (SA_WINDOWS / SA_TB) + 2 };
+
+static unsigned char *sparse_adam_run(const Data *train, const BstConfig *cfg, int deferred,
+                                      size_t *len, float **moments, size_t *n_moments,
+                                      int *all_clear)
+{
+    int32_t users[SA_TB];
+    bst_trainer_set_sparse_adam(deferred);
+    BstModel *m = feature_model_of(cfg, 21);
+    BstTrainOptions o = {BST_OPT_ADAMW, 0.01f, SA_TB, 21, 0.01f};
+    BstTrainer *t = m ? bst_trainer_create(m, &o) : NULL;
+    bst_trainer_set_sparse_adam(1);
+    CHECK(t != NULL, "sparse adam: create");
+    if (!t) {
+        bst_model_free(m);
+        return NULL;
+    }
+    for (int e = 0; e < SA_EPOCHS; e++)
+        for (int32_t s = 0; s < SA_WINDOWS; s += SA_TB) {
+            BstBatch b = slice(train, s, SA_TB);
+            for (int32_t i = 0; i < b.n; i++)
+                users[i] = (s / SA_TB) % SA_USERS;
+            b.users = users;
+            bst_train_step(t, &b, NULL);
+            *all_clear &= bst_trainer_grads_clear(t);
+        }
+    bst_trainer_sync(t);
+    *len = bst_model_serialized_size(m);
+    unsigned char *out = malloc(*len);
+    bst_model_serialize(m, out);
+    BstTrainState *st = bst_train_state_create(&m->cfg, BST_OPT_ADAMW, 21);
+    CHECK(st && bst_trainer_copy_state(t, st) == 0, "sparse adam: the trainer's state");
+    *n_moments = st ? st->size : 0;
+    *moments = malloc(2 * *n_moments * sizeof(float) + 1);
+    if (st) {
+        memcpy(*moments, st->slot[0], *n_moments * sizeof(float));
+        memcpy(*moments + *n_moments, st->slot[1], *n_moments * sizeof(float));
+    }
+    bst_train_state_free(st);
+    bst_trainer_free(t);
+    bst_model_free(m);
+    return out;
+}
+
 /*
- * Adam updates the rows a batch leaves alone (of the tables by movie and by
- * user) only when a later batch reads them, taking the steps they missed
- * at once, or at bst_trainer_sync: the weights and the moments after 42
- * epochs of AdamW (4,200 steps, so that the history of 4,096 fills and
- * every row syncs on the way) are those of updating every row at every
- * step, bit for bit, on 1 and 2 threads.  Batches
- * of 4 windows (at most 16 of the 30 movies) of one user of six (0, the
- * unknown one, among them), so that most rows of each table are left alone
- * in each step.  And the gradient is all zero after each step.
+ * AdamW defers the rows a batch leaves alone (of the tables by movie and by
+ * user, at least BST_ADAM_DEFER_MIN_WIDTH floats wide), and a row takes the
+ * steps it missed at once when a later batch reads it, or at
+ * bst_trainer_sync: the weights and both moments after 42 epochs (4,200
+ * steps, so that the history of 4,096 fills and every row syncs on the
+ * way) are those of updating every row at every step, bit for bit, with
+ * every copy of the replay this CPU runs (simd.h), on 1 and 2 threads.
+ * Rows of 20, 17 and 16 floats (the movies' and users' embeddings and
+ * factors): whole vectors and partial ones.  Batches of 4 windows (at most
+ * 16 of the 30 movies) of one user of six (0, the unknown one, among
+ * them), so that most rows of each table are left alone in each step.
+ * And the gradient is all zero after each step.
  */
 static void test_sparse_adam(const Data *train)
 {
-    enum { USERS = 6, TB = 4, WINDOWS = 400,
-           EPOCHS = BST_ADAM_HISTORY_STEPS / (WINDOWS / TB) + 2 };
-    int32_t users[TB];
-    int all_clear = 1;
+    const BstSimd in_use = bst_simd();
+    BstConfig cfg;
+    feature_config(&cfg, L);
+    cfg.embed_dim = 20;
+    cfg.user_dim = 17;
+    cfg.n_factors = BST_ADAM_DEFER_MIN_WIDTH;
+    int all_clear = 1, copies = 0;
     for (int threads = 1; threads <= 2; threads++) {
         use_threads(threads);
-        unsigned char *out[2];
-        size_t len[2];
-        float *moments[2];
-        size_t n_moments = 0;
-        for (int sparse = 0; sparse < 2; sparse++) {
-            bst_trainer_set_sparse_adam(sparse);
-            BstModel *m = feature_model(L, 21);
-            BstTrainOptions o = {BST_OPT_ADAMW, 0.01f, TB, 21, 0.01f};
-            BstTrainer *t = m ? bst_trainer_create(m, &o) : NULL;
-            CHECK(t != NULL, "sparse adam: create");
-            if (!t)
-                return;
-            /* Past the history's steps, so that it fills and every row syncs. */
-            for (int e = 0; e < EPOCHS; e++)
-                for (int32_t s = 0; s < WINDOWS; s += TB) {
-                    BstBatch b = slice(train, s, TB);
-                    for (int32_t i = 0; i < b.n; i++)
-                        users[i] = (s / TB) % USERS;
-                    b.users = users;
-                    bst_train_step(t, &b, NULL);
-                    all_clear &= bst_trainer_grads_clear(t);
-                }
-            bst_trainer_sync(t);
-            len[sparse] = bst_model_serialized_size(m);
-            out[sparse] = malloc(len[sparse]);
-            bst_model_serialize(m, out[sparse]);
-            BstTrainState *st = bst_train_state_create(&m->cfg, BST_OPT_ADAMW, 21);
-            CHECK(st && bst_trainer_copy_state(t, st) == 0, "sparse adam: the trainer's state");
-            n_moments = st ? st->size : 0;
-            moments[sparse] = malloc(2 * n_moments * sizeof(float) + 1);
-            if (st) {
-                memcpy(moments[sparse], st->slot[0], n_moments * sizeof(float));
-                memcpy(moments[sparse] + n_moments, st->slot[1], n_moments * sizeof(float));
-            }
-            bst_train_state_free(st);
-            bst_trainer_free(t);
-            bst_model_free(m);
+        size_t len_every, n_every;
+        float *every_moments;
+        unsigned char *every = sparse_adam_run(train, &cfg, 0, &len_every, &every_moments,
+                                               &n_every, &all_clear);
+        for (int simd = BST_SIMD_GENERIC; simd <= BST_SIMD_AVX512; simd++) {
+            if (bst_simd_force((BstSimd)simd) != 0)
+                continue;
+            size_t len, n;
+            float *moments;
+            unsigned char *w = sparse_adam_run(train, &cfg, 1, &len, &moments, &n, &all_clear);
+            CHECK(w && every && len == len_every && memcmp(w, every, len) == 0,
+                  "sparse adam, %s replay, %d thread(s): other weights than updating every row "
+                  "at every step", bst_simd_name((BstSimd)simd), threads);
+            CHECK(n == n_every && memcmp(moments, every_moments, 2 * n * sizeof(float)) == 0,
+                  "sparse adam, %s replay, %d thread(s): other moments than updating every row "
+                  "at every step", bst_simd_name((BstSimd)simd), threads);
+            copies += threads == 1;
+            free(w), free(moments);
         }
-        CHECK(len[0] == len[1] && memcmp(out[0], out[1], len[0]) == 0,
-              "sparse adam, %d thread(s): other weights than updating every row at every step", threads);
-        CHECK(memcmp(moments[0], moments[1], 2 * n_moments * sizeof(float)) == 0,
-              "sparse adam, %d thread(s): other moments than updating every row at every step", threads);
-        free(out[0]), free(out[1]), free(moments[0]), free(moments[1]);
+        bst_simd_force(in_use);
+        free(every), free(every_moments);
     }
     CHECK(all_clear, "sparse adam: a gradient left non-zero after a step");
-    printf("  Adam with the untouched rows deferred: the same weights and "
-           "moments\n");
-    bst_trainer_set_sparse_adam(1);
+    printf("  AdamW with the rows outside each batch deferred (%d copies of the replay): the "
+           "same weights and moments as every row at every step\n", copies);
     use_threads(1);
 }
 
