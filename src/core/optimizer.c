@@ -1,7 +1,6 @@
 #include "optimizer.h"
 
 #include <math.h>
-#include <string.h>
 
 #include "simd.h"
 #include "vec16.h"

@@ -44,7 +44,7 @@ struct BstTrainer {
      * history, and a row takes them all at once (bst_adam_replay, the same
      * bits) before a batch reads it, or at bst_trainer_sync.
      */
-    int lazy;                /* Adam, rows deferred (bst_trainer_set_sparse_adam) */
+    int defer;               /* Adam, rows deferred (bst_trainer_set_sparse_adam) */
     int64_t *movie_synced;   /* [n_movies + 1]: the step each row is at */
     int64_t *user_synced;    /* [n_users + 1] */
     float *hist_step;        /* [BST_ADAM_HISTORY_STEPS]: step hist_base + 1 + i's size */
@@ -104,7 +104,7 @@ static int tensor_rows(const BstConfig *c, const BstTensor *x, size_t *width)
 
 static int g_sparse_adam = 1;
 
-static void lazy_restart(BstTrainer *t);
+static void deferred_restart(BstTrainer *t);
 
 void bst_trainer_set_sparse_adam(int on)
 {
@@ -244,7 +244,7 @@ BstTrainer *bst_trainer_create(BstModel *m, const BstTrainOptions *o)
             if (t->tensor_width[i] < BST_ADAM_DEFER_MIN_WIDTH)
                 t->tensor_rows[i] = ROWS_DENSE;
         }
-        t->lazy = g_sparse_adam;
+        t->defer = g_sparse_adam;
         t->movie_synced = bst_alloc_zero((size_t)c->n_movies + 1, sizeof(int64_t));
         t->user_synced = bst_alloc_zero((size_t)c->n_users + 1, sizeof(int64_t));
         t->hist_step = bst_alloc(BST_ADAM_HISTORY_STEPS * sizeof(float));
@@ -310,7 +310,7 @@ int bst_trainer_set_state(BstTrainer *t, const BstTrainState *s)
     for (int k = 0; k < bst_optimizer_slots(s->optimizer); k++)
         memcpy(trainer_slot(t, k), s->slot[k], s->size * sizeof(float));
     t->step = s->step;
-    lazy_restart(t);
+    deferred_restart(t);
     /* Another seed's stream would not be this seed's continued. */
     if (s->seed == t->opt.seed)
         t->rng = s->dropout_rng;
@@ -469,25 +469,25 @@ static void adam_tensors(BstTrainer *t, size_t lo, size_t hi, float step)
 }
 
 /*
- * Adam's deferred rows (BstTrainer.lazy) go through three passes, each one
+ * Adam's deferred rows (BstTrainer.defer) go through three passes, each one
  * parallel loop over one list of floats: tensor by tensor, a deferred
  * tensor's rows (the batch's, in the order of t->rows or t->user_rows, or
- * every row for LAZY_SYNC) of its row width, and for LAZY_UPDATE the dense
+ * every row for DEFER_SYNC) of its row width, and for DEFER_UPDATE the dense
  * tensors whole.
- *   LAZY_CATCH_UP, before a batch reads its rows: each takes the steps it
+ *   DEFER_CATCH_UP, before a batch reads its rows: each takes the steps it
  *     was left out of;
- *   LAZY_UPDATE, after the backward: the step, with the batch's gradients,
+ *   DEFER_UPDATE, after the backward: the step, with the batch's gradients,
  *     for its rows and the dense tensors;
- *   LAZY_SYNC: every row takes the steps it was left out of.
+ *   DEFER_SYNC: every row takes the steps it was left out of.
  */
-typedef enum { LAZY_CATCH_UP, LAZY_UPDATE, LAZY_SYNC } LazyPass;
+typedef enum { DEFER_CATCH_UP, DEFER_UPDATE, DEFER_SYNC } DeferredPass;
 
 /* Tensor i's rows in a pass: their count, and their list (NULL: all). */
-static size_t pass_rows(const BstTrainer *t, int i, LazyPass pass, int32_t n_rows,
+static size_t pass_rows(const BstTrainer *t, int i, DeferredPass pass, int32_t n_rows,
                         int32_t n_users, const int32_t **rows)
 {
     const int by_movie = t->tensor_rows[i] == ROWS_BY_MOVIE;
-    if (pass == LAZY_SYNC) {
+    if (pass == DEFER_SYNC) {
         *rows = NULL;
         return (size_t)(by_movie ? t->model->cfg.n_movies : t->model->cfg.n_users) + 1;
     }
@@ -495,14 +495,14 @@ static size_t pass_rows(const BstTrainer *t, int i, LazyPass pass, int32_t n_row
     return (size_t)(by_movie ? n_rows : n_users);
 }
 
-static size_t pass_size(const BstTrainer *t, LazyPass pass, int32_t n_rows, int32_t n_users)
+static size_t pass_size(const BstTrainer *t, DeferredPass pass, int32_t n_rows, int32_t n_users)
 {
     size_t n = 0;
     const int32_t *rows;
     for (int i = 0; i < t->n_tensors; i++)
         if (t->tensor_rows[i] != ROWS_DENSE)
             n += pass_rows(t, i, pass, n_rows, n_users, &rows) * t->tensor_width[i];
-        else if (pass == LAZY_UPDATE)
+        else if (pass == DEFER_UPDATE)
             n += t->tensors[i].size;
     return n;
 }
@@ -518,7 +518,7 @@ static void catch_up(BstTrainer *t, int i, int32_t r, size_t lo, size_t hi)
 }
 
 /* Entries [lo, hi) of a pass's list. */
-static void pass_entries(BstTrainer *t, LazyPass pass, int32_t n_rows, int32_t n_users,
+static void pass_entries(BstTrainer *t, DeferredPass pass, int32_t n_rows, int32_t n_users,
                          float step, size_t lo, size_t hi)
 {
     const float *slab = t->model->params.slab;
@@ -526,7 +526,7 @@ static void pass_entries(BstTrainer *t, LazyPass pass, int32_t n_rows, int32_t n
     for (int i = 0; i < t->n_tensors && base < hi; i++) {
         const size_t start = (size_t)(t->tensors[i].data - slab);
         if (t->tensor_rows[i] == ROWS_DENSE) {
-            if (pass != LAZY_UPDATE)
+            if (pass != DEFER_UPDATE)
                 continue;
             const size_t end = base + t->tensors[i].size;
             const size_t a = base > lo ? base : lo, b = end < hi ? end : hi;
@@ -546,7 +546,7 @@ static void pass_entries(BstTrainer *t, LazyPass pass, int32_t n_rows, int32_t n
             const size_t b = hi < row_lo + width ? hi - row_lo : width;
             const int32_t r = rows ? rows[j] : (int32_t)j;
             const size_t at = start + (size_t)r * width;
-            if (pass == LAZY_UPDATE)
+            if (pass == DEFER_UPDATE)
                 adam_range(t, at + a, at + b, step, tensor_decay(t, i));
             else
                 catch_up(t, i, r, at + a, at + b);
@@ -555,7 +555,8 @@ static void pass_entries(BstTrainer *t, LazyPass pass, int32_t n_rows, int32_t n
     }
 }
 
-static void lazy_pass(BstTrainer *t, LazyPass pass, int32_t n_rows, int32_t n_users, float step)
+static void deferred_pass(BstTrainer *t, DeferredPass pass, int32_t n_rows, int32_t n_users,
+                          float step)
 {
     const size_t n = pass_size(t, pass, n_rows, n_users);
     /* A replay's cost grows with its steps; a pass's work is no finer. */
@@ -568,9 +569,9 @@ static void lazy_pass(BstTrainer *t, LazyPass pass, int32_t n_rows, int32_t n_us
 }
 
 /* Every row at t->step, and the history empty. */
-static void lazy_restart(BstTrainer *t)
+static void deferred_restart(BstTrainer *t)
 {
-    if (!t->lazy)
+    if (!t->defer)
         return;
     for (int32_t r = 0; r <= t->model->cfg.n_movies; r++)
         t->movie_synced[r] = t->step;
@@ -581,10 +582,10 @@ static void lazy_restart(BstTrainer *t)
 
 void bst_trainer_sync(BstTrainer *t)
 {
-    if (!t->lazy || t->state_given || t->step == t->hist_base)
+    if (!t->defer || t->state_given || t->step == t->hist_base)
         return;
-    lazy_pass(t, LAZY_SYNC, 0, 0, 0.0f);
-    lazy_restart(t);
+    deferred_pass(t, DEFER_SYNC, 0, 0, 0.0f);
+    deferred_restart(t);
 }
 
 float bst_train_step(BstTrainer *t, const BstBatch *b, double *abs_err_sum)
@@ -598,8 +599,8 @@ float bst_train_step(BstTrainer *t, const BstBatch *b, double *abs_err_sum)
     /* The batch's movies and users; under Adam, their deferred rows take the
      * steps they were left out of before the forward reads them. */
     const int32_t n_rows = collect_rows(t, b), n_users = adagrad ? 0 : collect_users(t, b);
-    if (t->lazy)
-        lazy_pass(t, LAZY_CATCH_UP, n_rows, n_users, 0.0f);
+    if (t->defer)
+        deferred_pass(t, DEFER_CATCH_UP, n_rows, n_users, 0.0f);
 
     float loss = bst_forward(m, &t->acts, b, 1, &t->rng);
     if (abs_err_sum) {
@@ -625,14 +626,14 @@ float bst_train_step(BstTrainer *t, const BstBatch *b, double *abs_err_sum)
          * of the dense rest's (adagrad_entries). */
         const size_t n = (size_t)n_rows * d + dense;
         PARALLEL_FOR(n, 16, 4.0 * n, lo, hi, adagrad_entries(t, (size_t)n_rows, emb, lo, hi));
-    } else if (t->lazy) {
+    } else if (t->defer) {
         /* Adam's moments decay even under a zero gradient, so every row
          * takes every step: the batch's now, the others when a batch reads
          * them (or at bst_trainer_sync), from the history. */
         const float step = bst_adam_step_size(t->lr, t->step);
         t->hist_step[t->step - t->hist_base - 1] = step;
         t->hist_lr[t->step - t->hist_base - 1] = t->lr;
-        lazy_pass(t, LAZY_UPDATE, n_rows, n_users, step);
+        deferred_pass(t, DEFER_UPDATE, n_rows, n_users, step);
         if (t->step - t->hist_base == BST_ADAM_HISTORY_STEPS)
             bst_trainer_sync(t);
     } else {
