@@ -58,17 +58,6 @@ void bst_adam_update(float *w, float *m, float *v, const float *g, size_t n, flo
     adam_update(w, m, v, g, n, step, decay);
 }
 
-/* The lanes of a v16f vector's square roots: each copy of the loop
- * (simd.h) compiles it to its own vector instruction (one vsqrtps on
- * AVX-512), correctly rounded as sqrtf is, so the same bits. */
-BST_SIMD_INLINE v16f v16_sqrt(v16f x)
-{
-    v16f r;
-    for (int l = 0; l < 16; l++)
-        r[l] = sqrtf(x[l]);
-    return r;
-}
-
 /* Floats [0, c) of p as a vector (c < 16: the rest zeros, no NaN, no
  * subnormal), and back. */
 BST_SIMD_INLINE v16f replay_load(const float *p, size_t c)

@@ -44,7 +44,6 @@ struct BstTrainer {
      * history, and a row takes them all at once (bst_adam_replay, the same
      * bits) before a batch reads it, or at bst_trainer_sync.
      */
-    int defer;               /* Adam, rows deferred (bst_trainer_set_sparse_adam) */
     int64_t *movie_synced;   /* [n_movies + 1]: the step each row is at */
     int64_t *user_synced;    /* [n_users + 1] */
     float *hist_step;        /* [BST_ADAM_HISTORY_STEPS]: step hist_base + 1 + i's size */
@@ -241,10 +240,9 @@ BstTrainer *bst_trainer_create(BstModel *m, const BstTrainOptions *o)
             t->tensor_rows[i] = tensor_rows(c, &t->tensors[i], &t->tensor_width[i]);
             /* Narrow rows (the biases) cost more to replay one by one than
              * their whole tensor costs to update. */
-            if (t->tensor_width[i] < BST_ADAM_DEFER_MIN_WIDTH)
+            if (!g_sparse_adam || t->tensor_width[i] < BST_ADAM_DEFER_MIN_WIDTH)
                 t->tensor_rows[i] = ROWS_DENSE;
         }
-        t->defer = g_sparse_adam;
         t->movie_synced = bst_alloc_zero((size_t)c->n_movies + 1, sizeof(int64_t));
         t->user_synced = bst_alloc_zero((size_t)c->n_users + 1, sizeof(int64_t));
         t->hist_step = bst_alloc(BST_ADAM_HISTORY_STEPS * sizeof(float));
@@ -453,23 +451,8 @@ static float tensor_decay(const BstTrainer *t, int i)
     return t->lr * tensor_weight_decay(t, i);
 }
 
-/* Slab entries [lo, hi) through Adam, every row at every step: each
- * tensor's part of them with its own decay. */
-
-static void adam_tensors(BstTrainer *t, size_t lo, size_t hi, float step)
-{
-    const float *slab = t->model->params.slab;
-    for (int i = 0; i < t->n_tensors; i++) {
-        const size_t start = (size_t)(t->tensors[i].data - slab);
-        const size_t end = start + t->tensors[i].size;
-        const size_t a = start > lo ? start : lo, b = end < hi ? end : hi;
-        if (a < b)
-            adam_range(t, a, b, step, tensor_decay(t, i));
-    }
-}
-
 /*
- * Adam's deferred rows (BstTrainer.defer) go through three passes, each one
+ * Adam's deferred rows (BstTrainer.tensor_rows) go through three passes, each one
  * parallel loop over one list of floats: tensor by tensor, a deferred
  * tensor's rows (the batch's, in the order of t->rows or t->user_rows, or
  * every row for DEFER_SYNC) of its row width, and for DEFER_UPDATE the dense
@@ -571,7 +554,7 @@ static void deferred_pass(BstTrainer *t, DeferredPass pass, int32_t n_rows, int3
 /* Every row at t->step, and the history empty. */
 static void deferred_restart(BstTrainer *t)
 {
-    if (!t->defer)
+    if (t->opt.optimizer == BST_OPT_ADAGRAD)
         return;
     for (int32_t r = 0; r <= t->model->cfg.n_movies; r++)
         t->movie_synced[r] = t->step;
@@ -582,7 +565,7 @@ static void deferred_restart(BstTrainer *t)
 
 void bst_trainer_sync(BstTrainer *t)
 {
-    if (!t->defer || t->state_given || t->step == t->hist_base)
+    if (t->opt.optimizer == BST_OPT_ADAGRAD || t->state_given || t->step == t->hist_base)
         return;
     deferred_pass(t, DEFER_SYNC, 0, 0, 0.0f);
     deferred_restart(t);
@@ -599,7 +582,7 @@ float bst_train_step(BstTrainer *t, const BstBatch *b, double *abs_err_sum)
     /* The batch's movies and users; under Adam, their deferred rows take the
      * steps they were left out of before the forward reads them. */
     const int32_t n_rows = collect_rows(t, b), n_users = adagrad ? 0 : collect_users(t, b);
-    if (t->defer)
+    if (!adagrad)
         deferred_pass(t, DEFER_CATCH_UP, n_rows, n_users, 0.0f);
 
     float loss = bst_forward(m, &t->acts, b, 1, &t->rng);
@@ -626,7 +609,7 @@ float bst_train_step(BstTrainer *t, const BstBatch *b, double *abs_err_sum)
          * of the dense rest's (adagrad_entries). */
         const size_t n = (size_t)n_rows * d + dense;
         PARALLEL_FOR(n, 16, 4.0 * n, lo, hi, adagrad_entries(t, (size_t)n_rows, emb, lo, hi));
-    } else if (t->defer) {
+    } else {
         /* Adam's moments decay even under a zero gradient, so every row
          * takes every step: the batch's now, the others when a batch reads
          * them (or at bst_trainer_sync), from the history. */
@@ -636,11 +619,6 @@ float bst_train_step(BstTrainer *t, const BstBatch *b, double *abs_err_sum)
         deferred_pass(t, DEFER_UPDATE, n_rows, n_users, step);
         if (t->step - t->hist_base == BST_ADAM_HISTORY_STEPS)
             bst_trainer_sync(t);
-    } else {
-        /* Every row at every step (bst_trainer_set_sparse_adam(0)). */
-        const float step = bst_adam_step_size(t->lr, t->step);
-        const size_t n = t->grads.size;
-        PARALLEL_FOR(n, 16, 8.0 * n, lo, hi, adam_tensors(t, lo, hi, step));
     }
     unmark_rows(t->row_seen, t->rows, n_rows);
     unmark_rows(t->user_seen, t->user_rows, n_users);

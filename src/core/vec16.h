@@ -15,6 +15,7 @@
 #ifndef BST_VEC16_H
 #define BST_VEC16_H
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -33,6 +34,17 @@ BST_SIMD_INLINE v16f v16_load(const float *p)
 BST_SIMD_INLINE void v16_store(float *p, v16f v)
 {
     memcpy(p, &v, sizeof(v));
+}
+
+/* The lanes of a v16f vector's square roots: each copy of the loop
+ * (simd.h) compiles it to its own vector instruction (one vsqrtps on
+ * AVX-512), correctly rounded as sqrtf is, so the same bits. */
+BST_SIMD_INLINE v16f v16_sqrt(v16f x)
+{
+    v16f r;
+    for (int l = 0; l < 16; l++)
+        r[l] = sqrtf(x[l]);
+    return r;
 }
 
 /* Lanes where m is all ones from a, the others from b. */
