@@ -234,7 +234,7 @@ typedef struct Worker {
     alignas(64) Waiter start;          /* bumped for each region, and to quit */
     atomic_bool quit;
     pthread_t thread;
-    /* Where and in which region it last ran a share (for stalled()). */
+    /* Where and in which region it last ran a share (for region_outcome()). */
     atomic_int cpu;
     _Atomic uint64_t ran_generation;
 } Worker;
@@ -465,7 +465,12 @@ __attribute__((visibility("hidden"))) void GOMP_parallel(void (*fn)(void *), voi
  * 2 threads slower than 1.  So a region is a stall when the starting thread
  * waited STALL_NS or more for the workers, or when every worker that ran a
  * share of it ran on the starting thread's core, or when the workers ran no
- * share of IDLE_HELPER_REGIONS regions in a row (woken in vain).  A stall
+ * share of IDLE_HELPER_REGIONS regions in a row (woken in vain; the count
+ * then starts again, and it starts again after each solo period too, whose
+ * first regions wake workers that went to sleep: counted on, a streak of
+ * such regions once made every region after it a stall, and each solo
+ * period's first regions, so that runs on the idle 2-core VM went alone
+ * for more than half their regions, test/c/bench_regions).  A stall
  * costs about as much as 20-50 regions run alone, so the starting thread
  * goes alone only while stalls are that frequent: when a stall finds them
  * at one in STALL_RATE_SOLO regions with helpers or more (an average over
@@ -493,7 +498,6 @@ __attribute__((visibility("hidden"))) void GOMP_parallel(void (*fn)(void *), voi
 #define CLEAN_REGIONS_RESET 256
 
 static BstStallPolicy g_policy;
-static unsigned g_idle_helper_streak;  /* regions in a row whose helpers ran no share */
 
 void bst_stall_policy_reset(BstStallPolicy *p)
 {
@@ -501,6 +505,7 @@ void bst_stall_policy_reset(BstStallPolicy *p)
     p->solo_next = SOLO_REGIONS_MIN;
     p->clean_streak = 0;
     p->stall_rate = 0;
+    p->unhelped_streak = 0;
 }
 
 int bst_stall_policy_helpers(BstStallPolicy *p)
@@ -509,6 +514,7 @@ int bst_stall_policy_helpers(BstStallPolicy *p)
         bst_stall_policy_reset(p);
     if (p->solo_left == 0)
         return 1;
+    p->unhelped_streak = 0;
     /* Regions run alone say nothing of the workers, so the rate that sent
      * the thread alone would still be there when the helpers come back;
      * and the first region with them, whose worker wakes from its sleep,
@@ -522,8 +528,17 @@ int bst_stall_policy_helpers(BstStallPolicy *p)
     return 0;
 }
 
-void bst_stall_policy_note(BstStallPolicy *p, int stall)
+void bst_stall_policy_note(BstStallPolicy *p, BstRegionOutcome outcome)
 {
+    int stall;
+    if (outcome == BST_REGION_UNHELPED) {
+        stall = ++p->unhelped_streak >= IDLE_HELPER_REGIONS;
+        if (stall)
+            p->unhelped_streak = 0;
+    } else {
+        p->unhelped_streak = 0;
+        stall = outcome == BST_REGION_STALLED;
+    }
     p->stall_rate +=
         (stall ? 65536u / STALL_RATE_REGIONS : 0u) - p->stall_rate / STALL_RATE_REGIONS;
     if (!stall) {
@@ -543,14 +558,13 @@ void bst_stall_policy_note(BstStallPolicy *p, int stall)
 static void forget_stalls(void)
 {
     bst_stall_policy_reset(&g_policy);
-    g_idle_helper_streak = 0;
 }
 
-/* Whether the region just run with `helpers` workers was a stall (above). */
-static int stalled(uint64_t waited_ns, int helpers)
+/* How the region just run with `helpers` workers went (above). */
+static BstRegionOutcome region_outcome(uint64_t waited_ns, int helpers)
 {
     if (waited_ns >= STALL_NS)
-        return 1;
+        return BST_REGION_STALLED;
     /* The workers wrote these before their last increment of g_finished. */
     const int cpu = sched_getcpu();
     int ran = 0, elsewhere = 0;
@@ -562,9 +576,8 @@ static int stalled(uint64_t waited_ns, int helpers)
         }
     }
     if (ran == 0)
-        return ++g_idle_helper_streak >= IDLE_HELPER_REGIONS;
-    g_idle_helper_streak = 0;
-    return elsewhere == 0;
+        return BST_REGION_UNHELPED;
+    return elsewhere == 0 ? BST_REGION_STALLED : BST_REGION_HELPED;
 }
 
 /*
@@ -630,7 +643,7 @@ void GOMP_parallel(void (*fn)(void *), void *data, unsigned num_threads, unsigne
 #endif
     if (helpers > 0)
         bst_stall_policy_note(&g_policy,
-                              stalled(wait_start ? clock_ns() - wait_start : 0, helpers));
+                              region_outcome(wait_start ? clock_ns() - wait_start : 0, helpers));
     atomic_flag_clear(&g_busy);
 }
 

@@ -242,12 +242,20 @@ typedef struct BstStallPolicy {
     unsigned solo_next;                /* length of the next solo period */
     unsigned clean_streak;             /* regions with helpers in a row without a stall */
     unsigned stall_rate;               /* stalls per region with helpers, x 65536, averaged */
+    unsigned unhelped_streak;          /* regions with helpers in a row that they left alone */
 } BstStallPolicy;
+
+/* How a region with helpers went. */
+typedef enum BstRegionOutcome {
+    BST_REGION_HELPED,                 /* a worker ran a share, on another core */
+    BST_REGION_UNHELPED,               /* the workers ran no share: woken in vain */
+    BST_REGION_STALLED                 /* held up, or every worker on the starting core */
+} BstRegionOutcome;
 
 void bst_stall_policy_reset(BstStallPolicy *p);
 /* Whether the next region may have helpers (0: it runs alone). */
 int bst_stall_policy_helpers(BstStallPolicy *p);
-/* After a region that had helpers: whether it was a stall. */
-void bst_stall_policy_note(BstStallPolicy *p, int stall);
+/* After a region that had helpers: how it went. */
+void bst_stall_policy_note(BstStallPolicy *p, BstRegionOutcome outcome);
 
 #endif
