@@ -465,12 +465,12 @@ __attribute__((visibility("hidden"))) void GOMP_parallel(void (*fn)(void *), voi
  * 2 threads slower than 1.  So a region is a stall when the starting thread
  * waited STALL_NS or more for the workers, or when every worker that ran a
  * share of it ran on the starting thread's core, or when the workers ran no
- * share of IDLE_HELPER_REGIONS regions in a row (woken in vain; the count
- * then starts again, and it starts again after each solo period too, whose
- * first regions wake workers that went to sleep: counted on, a streak of
- * such regions once made every region after it a stall, and each solo
- * period's first regions, so that runs on the idle 2-core VM went alone
- * for more than half their regions, test/c/bench_regions).  A stall
+ * share of IDLE_HELPER_REGIONS regions in a row (woken in vain).  That
+ * count starts again after each stall, so at the end of each solo period
+ * too, whose first regions wake workers that went to sleep: when it did
+ * not, every region a worker missed after a first streak was a stall, and
+ * runs on the idle 2-core VM went alone for up to all their regions
+ * (test/c/bench_regions).  A stall
  * costs about as much as 20-50 regions run alone, so the starting thread
  * goes alone only while stalls are that frequent: when a stall finds them
  * at one in STALL_RATE_SOLO regions with helpers or more (an average over
@@ -514,7 +514,6 @@ int bst_stall_policy_helpers(BstStallPolicy *p)
         bst_stall_policy_reset(p);
     if (p->solo_left == 0)
         return 1;
-    p->unhelped_streak = 0;
     /* Regions run alone say nothing of the workers, so the rate that sent
      * the thread alone would still be there when the helpers come back;
      * and the first region with them, whose worker wakes from its sleep,
@@ -530,6 +529,7 @@ int bst_stall_policy_helpers(BstStallPolicy *p)
 
 void bst_stall_policy_note(BstStallPolicy *p, BstRegionOutcome outcome)
 {
+    /* Every stall restarts the streak, so a solo period starts with none. */
     int stall;
     if (outcome == BST_REGION_UNHELPED) {
         stall = ++p->unhelped_streak >= IDLE_HELPER_REGIONS;

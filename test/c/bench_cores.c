@@ -18,7 +18,19 @@
  *   both at once, as a parallel region runs them.  Work that never leaves a
  *   core would take as long at once as alone; the ratio is what the machine
  *   charges for running both, a limit on what two threads can gain (the
- *   kernels: OPENBLAS_CORETYPE, as scripts/bench_threads.sh sets it).
+ *   kernels: OPENBLAS_CORETYPE, as scripts/bench_threads.sh sets it);
+ * - a training step's activations streamed through each core: each thread
+ *   copies 4 MB into 4 MB of its own (a step of the Keras model writes some
+ *   8 MB of activations and its backward reads them back), one core at a
+ *   time, then both at once.  Copies that stay in each core's cache share
+ *   nothing; a ratio above 1 says that the two vCPUs share the way to
+ *   memory (or a cache), which the element-wise layers, unlike the
+ *   products, live on;
+ * - a batch of activations (as above) rewritten by the core that wrote it,
+ *   after the other core has read it (as a weight gradient's loop, split by
+ *   columns, reads every row of a layer's input) and when it has not: a
+ *   line the other core holds must be taken back from it before it is
+ *   written.
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -34,6 +46,9 @@
 enum { ROUND_TRIPS = 200000, ROUNDS = 400, FLOATS = 265 * 256 };
 /* The product's shape and the core's split of its rows (bst_share, grain 8). */
 enum { GEMM_M = 265, GEMM_K = 248, GEMM_N = 256, GEMM_SPLIT = 136, GEMM_ROUNDS = 2000 };
+/* The streamed copy: bytes each way, per core. */
+enum { STREAM_BYTES = 4 << 20, STREAM_ROUNDS = 200 };
+_Static_assert((int)STREAM_ROUNDS <= (int)GEMM_ROUNDS, "the rounds' times share g_start and g_end");
 
 void openblas_set_num_threads(int n);
 
@@ -62,8 +77,10 @@ static void pin(int cpu)
     pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
 }
 
-/* The product's operands, and each round's start and end on each core. */
+/* The product's operands, each core's streamed buffers, and each round's
+ * start and end on each core. */
 static float *g_a, *g_b, *g_c;
+static char *g_stream_src[2], *g_stream_dst[2];
 static double g_start[2][GEMM_ROUNDS], g_end[2][GEMM_ROUNDS];
 static _Atomic unsigned g_arrived;
 
@@ -93,17 +110,69 @@ static void gemm_share(int s)
                 GEMM_N);
 }
 
-/* Thread s: the rounds, its share timed in each round it runs; one at a
+/* Rewriting the batch (g_buf) on the first core, the second core reading
+ * it before each round or not; the seconds of the rewrites. */
+static int g_rewrite_shared;
+static float *g_rewrite_copy;
+static double g_rewrite_seconds;
+
+static void *rewrite_thread(void *arg)
+{
+    const int s = (int)(size_t)arg;
+    unsigned arrivals = 0;
+    pin(g_cpu[s]);
+    for (int r = 0; r < ROUNDS; r++) {
+        both_arrive(++arrivals);
+        if (s == 1 && g_rewrite_shared) {
+            memcpy(g_rewrite_copy, g_buf, FLOATS * sizeof(float));
+            kept(g_rewrite_copy);
+        }
+        both_arrive(++arrivals);
+        if (s == 0) {
+            const double t0 = now();
+            for (int i = 0; i < FLOATS; i++)
+                g_buf[i] = (float)(r + i);
+            kept(g_buf);
+            g_rewrite_seconds += now() - t0;
+        }
+    }
+    both_arrive(++arrivals);
+    return NULL;
+}
+
+/* The mean seconds of a rewrite, the other core reading the batch before
+ * each or not. */
+static double rewrite_seconds(int shared)
+{
+    g_rewrite_shared = shared;
+    g_rewrite_seconds = 0.0;
+    atomic_store(&g_arrived, 0);
+    pthread_t second;
+    if (pthread_create(&second, NULL, rewrite_thread, (void *)(size_t)1) != 0)
+        exit(1);
+    rewrite_thread((void *)(size_t)0);
+    pthread_join(second, NULL);
+    return g_rewrite_seconds / ROUNDS;
+}
+
+/* Core s's copy of its own buffer. */
+static void stream_share(int s)
+{
+    memcpy(g_stream_dst[s], g_stream_src[s], STREAM_BYTES);
+    kept(g_stream_dst[s]);
+}
+
+/* Thread s: the rounds, its work timed in each round it runs; one at a
  * time (even rounds share 0, odd rounds share 1, the other core waiting) or
  * both at once. */
-static void gemm_rounds(int s, int at_once, unsigned *arrivals)
+static void timed_rounds(void (*work)(int), int rounds, int s, int at_once, unsigned *arrivals)
 {
-    for (int r = 0; r < GEMM_ROUNDS; r++) {
+    for (int r = 0; r < rounds; r++) {
         both_arrive(++*arrivals);
         g_start[s][r] = g_end[s][r] = 0.0;
         if (at_once || (r & 1) == s) {
             g_start[s][r] = now();
-            gemm_share(s);
+            work(s);
             g_end[s][r] = now();
         }
     }
@@ -113,38 +182,61 @@ static void gemm_rounds(int s, int at_once, unsigned *arrivals)
 /* The mean time of share s alone, or of a round at once: from the first
  * start to the last end (a parallel region lasts until its slower share is
  * done). */
-static double mean_alone(int s)
+static double mean_alone(int s, int rounds)
 {
     double sum = 0.0;
-    for (int r = s; r < GEMM_ROUNDS; r += 2)
+    for (int r = s; r < rounds; r += 2)
         sum += g_end[s][r] - g_start[s][r];
-    return sum / (GEMM_ROUNDS / 2);
+    return sum / (rounds / 2);
 }
 
-static double mean_at_once(void)
+static double mean_at_once(int rounds)
 {
     double sum = 0.0;
-    for (int r = 0; r < GEMM_ROUNDS; r++) {
+    for (int r = 0; r < rounds; r++) {
         const double start = g_start[0][r] < g_start[1][r] ? g_start[0][r] : g_start[1][r];
         const double end = g_end[0][r] > g_end[1][r] ? g_end[0][r] : g_end[1][r];
         sum += end - start;
     }
-    return sum / GEMM_ROUNDS;
+    return sum / rounds;
 }
 
 static double g_alone[2];
+static void (*g_work)(int);
+static int g_rounds;
 
-static void *gemm_thread(void *arg)
+/* Thread s of a measurement of g_work: alone, then at once. */
+static void *timed_thread(void *arg)
 {
     const int s = (int)(size_t)arg;
     unsigned arrivals = 0;
     pin(g_cpu[s]);
-    gemm_share(s);  /* warm: OpenBLAS's buffers, the operands in cache */
-    gemm_rounds(s, 0, &arrivals);
+    g_work(s);  /* warm: OpenBLAS's buffers, the operands in cache, the pages */
+    timed_rounds(g_work, g_rounds, s, 0, &arrivals);
     /* Both threads have passed the last arrival: the alone rounds are final. */
-    g_alone[s] = mean_alone(s);
-    gemm_rounds(s, 1, &arrivals);
+    g_alone[s] = mean_alone(s, g_rounds);
+    timed_rounds(g_work, g_rounds, s, 1, &arrivals);
     return NULL;
+}
+
+/* g_work on both cores, alone then at once: the at-once time over the
+ * slower alone (its alone times in *alone0, *alone1). */
+static double at_once_ratio(void (*work)(int), int rounds, double *alone0, double *alone1,
+                            double *together)
+{
+    g_work = work;
+    g_rounds = rounds;
+    atomic_store(&g_arrived, 0);
+    pthread_t second;
+    if (pthread_create(&second, NULL, timed_thread, (void *)(size_t)1) != 0)
+        exit(1);
+    timed_thread((void *)(size_t)0);
+    pthread_join(second, NULL);
+    *alone0 = g_alone[0];
+    *alone1 = g_alone[1];
+    *together = mean_at_once(rounds);
+    /* One at a time, a region would last as long as the slower share. */
+    return *together / (g_alone[0] > g_alone[1] ? g_alone[0] : g_alone[1]);
 }
 
 static void wait_turn(int turn)
@@ -219,6 +311,12 @@ int main(void)
            "copied at %.1f GB/s, copied again from the reader's cache at %.1f GB/s\n",
            g_cpu[0], g_cpu[1], round_trip * 1e9, FLOATS * sizeof(float) / 1024,
            bytes / remote * 1e-9, bytes / local * 1e-9);
+    g_rewrite_copy = copy;
+    const double unshared = rewrite_seconds(0), shared = rewrite_seconds(1);
+    const double batch = FLOATS * sizeof(float);
+    printf("the same batch rewritten by the core that wrote it: %.1f us (%.1f GB/s) after the "
+           "other core read it, %.1f us (%.1f GB/s) when it did not\n",
+           shared * 1e6, batch / shared * 1e-9, unshared * 1e6, batch / unshared * 1e-9);
     free(g_buf);
     free(copy);
 
@@ -232,21 +330,35 @@ int main(void)
         g_a[i] = (float)(i % 7) * 0.1f;
     for (size_t i = 0; i < (size_t)GEMM_K * GEMM_N; i++)
         g_b[i] = (float)(i % 5) * 0.1f;
-    pthread_t second;
-    if (pthread_create(&second, NULL, gemm_thread, (void *)(size_t)1) != 0)
-        return 1;
-    gemm_thread((void *)(size_t)0);
-    pthread_join(second, NULL);
-    /* One at a time, a region would last as long as the slower share. */
-    const double alone = g_alone[0] > g_alone[1] ? g_alone[0] : g_alone[1];
-    const double together = mean_at_once();
+    double alone0, alone1, together;
+    double ratio = at_once_ratio(gemm_share, GEMM_ROUNDS, &alone0, &alone1, &together);
     printf("the first dense layer's product (%d x %d x %d) in 2 row shares (%d + %d rows), one "
            "OpenBLAS call each on its core: %.0f and %.0f us one at a time, %.0f us both at once "
            "(first start to last end): %.2fx the slower share alone\n",
-           GEMM_M, GEMM_K, GEMM_N, GEMM_SPLIT, GEMM_M - GEMM_SPLIT, g_alone[0] * 1e6,
-           g_alone[1] * 1e6, together * 1e6, together / alone);
+           GEMM_M, GEMM_K, GEMM_N, GEMM_SPLIT, GEMM_M - GEMM_SPLIT, alone0 * 1e6, alone1 * 1e6,
+           together * 1e6, ratio);
     free(g_a);
     free(g_b);
     free(g_c);
+
+    for (int k = 0; k < 2; k++) {
+        g_stream_src[k] = aligned_alloc(64, STREAM_BYTES);
+        g_stream_dst[k] = aligned_alloc(64, STREAM_BYTES);
+        if (!g_stream_src[k] || !g_stream_dst[k])
+            return 1;
+        memset(g_stream_src[k], k + 1, STREAM_BYTES);
+        memset(g_stream_dst[k], 0, STREAM_BYTES);
+    }
+    ratio = at_once_ratio(stream_share, STREAM_ROUNDS, &alone0, &alone1, &together);
+    const double moved = 2.0 * STREAM_BYTES;  /* read and written */
+    printf("a step's activations streamed through each core (memcpy of %d MB into %d MB of its "
+           "own): %.0f and %.0f us one at a time (%.1f and %.1f GB/s), %.0f us both at once: "
+           "%.2fx the slower alone\n",
+           STREAM_BYTES >> 20, STREAM_BYTES >> 20, alone0 * 1e6, alone1 * 1e6,
+           moved / alone0 * 1e-9, moved / alone1 * 1e-9, together * 1e6, ratio);
+    for (int k = 0; k < 2; k++) {
+        free(g_stream_src[k]);
+        free(g_stream_dst[k]);
+    }
     return 0;
 }

@@ -710,7 +710,8 @@ static void test_stall_policy(void)
             continue;
         }
         unhelped_with++;
-        const int missed = i < 12 || since_solo++ < 2 || i % 5 == 0;
+        const int waking = since_solo++ < 2;
+        const int missed = i < 12 || waking || i % 5 == 0;
         bst_stall_policy_note(&p, missed ? BST_REGION_UNHELPED : BST_REGION_HELPED);
     }
     CHECK(unhelped_with > n * 99 / 100,
