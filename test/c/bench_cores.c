@@ -110,6 +110,18 @@ static void gemm_share(int s)
                 GEMM_N);
 }
 
+/* fn on both cores at once, pinned by itself: its argument 1 in a new
+ * thread, 0 in this one; their arrivals (both_arrive) counted from 0. */
+static void on_both_cores(void *(*fn)(void *))
+{
+    atomic_store(&g_arrived, 0);
+    pthread_t second;
+    if (pthread_create(&second, NULL, fn, (void *)(size_t)1) != 0)
+        exit(1);
+    fn((void *)(size_t)0);
+    pthread_join(second, NULL);
+}
+
 /* Rewriting the batch (g_buf) on the first core, the second core reading
  * it before each round or not; the seconds of the rewrites. */
 static int g_rewrite_shared;
@@ -146,12 +158,7 @@ static double rewrite_seconds(int shared)
 {
     g_rewrite_shared = shared;
     g_rewrite_seconds = 0.0;
-    atomic_store(&g_arrived, 0);
-    pthread_t second;
-    if (pthread_create(&second, NULL, rewrite_thread, (void *)(size_t)1) != 0)
-        exit(1);
-    rewrite_thread((void *)(size_t)0);
-    pthread_join(second, NULL);
+    on_both_cores(rewrite_thread);
     return g_rewrite_seconds / ROUNDS;
 }
 
@@ -226,12 +233,7 @@ static double at_once_ratio(void (*work)(int), int rounds, double *alone0, doubl
 {
     g_work = work;
     g_rounds = rounds;
-    atomic_store(&g_arrived, 0);
-    pthread_t second;
-    if (pthread_create(&second, NULL, timed_thread, (void *)(size_t)1) != 0)
-        exit(1);
-    timed_thread((void *)(size_t)0);
-    pthread_join(second, NULL);
+    on_both_cores(timed_thread);
     *alone0 = g_alone[0];
     *alone1 = g_alone[1];
     *together = mean_at_once(rounds);

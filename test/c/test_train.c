@@ -623,21 +623,68 @@ static void test_pool_lifecycle(const Data *eval)
     bst_model_free(m);
 }
 
-/* Regions out of n that a stall policy lets helpers run, when every
- * `every`-th region with helpers stalls (0: none). */
-static int helper_regions(int n, int every)
+/* How a region with helpers goes in a scenario: region i, the helped-th
+ * with helpers (from 1), since_solo regions with helpers before it since
+ * the last solo period (or since the start). */
+typedef BstRegionOutcome (*StallScenario)(int i, int helped, int since_solo);
+
+/* Regions out of n that a fresh stall policy lets helpers run, each one
+ * going as the scenario says. */
+static int regions_with_helpers(int n, StallScenario outcome)
 {
     BstStallPolicy p;
     bst_stall_policy_reset(&p);
-    int helped = 0;
+    int helped = 0, since_solo = 0;
     for (int i = 0; i < n; i++) {
-        if (!bst_stall_policy_helpers(&p))
+        if (!bst_stall_policy_helpers(&p)) {
+            since_solo = 0;
             continue;
+        }
         helped++;
-        bst_stall_policy_note(&p, every > 0 && helped % every == 0 ? BST_REGION_STALLED
-                                                                   : BST_REGION_HELPED);
+        bst_stall_policy_note(&p, outcome(i, helped, since_solo++));
     }
     return helped;
+}
+
+/* Every g_stall_every-th region with helpers stalls (0: none). */
+static int g_stall_every;
+static BstRegionOutcome every_nth_stalls(int i, int helped, int since_solo)
+{
+    (void)i;
+    (void)since_solo;
+    return g_stall_every > 0 && helped % g_stall_every == 0 ? BST_REGION_STALLED
+                                                            : BST_REGION_HELPED;
+}
+
+static int helper_regions(int n, int every)
+{
+    g_stall_every = every;
+    return regions_with_helpers(n, every_nth_stalls);
+}
+
+/* A burst of stalls in the first 64 regions, then only the first region
+ * with helpers after each solo period (its worker wakes from sleep). */
+static BstRegionOutcome passing_burst(int i, int helped, int since_solo)
+{
+    (void)helped;
+    return (i < 64 && i % 8 == 0) || since_solo == 0 ? BST_REGION_STALLED : BST_REGION_HELPED;
+}
+
+/* Workers that miss regions, as on the idle 2-core VM: the new worker
+ * misses the first 12 (it is not running yet), each solo period's first 2
+ * (its worker wakes from sleep), and then one region in 5. */
+static BstRegionOutcome missing_now_and_then(int i, int helped, int since_solo)
+{
+    (void)helped;
+    return i < 12 || since_solo < 2 || i % 5 == 0 ? BST_REGION_UNHELPED : BST_REGION_HELPED;
+}
+
+static BstRegionOutcome never_helping(int i, int helped, int since_solo)
+{
+    (void)i;
+    (void)helped;
+    (void)since_solo;
+    return BST_REGION_UNHELPED;
 }
 
 /*
@@ -680,51 +727,19 @@ static void test_stall_policy(void)
         }
     CHECK(solo > 19000 && back > 0 && back <= 1024,
           "busy spell: %d of 20000 alone; helpers back after %d regions", solo, back);
-    /* A burst of stalls that passes, after which only the first region of
-     * helpers after each solo period stalls (its worker wakes from sleep):
-     * helpers again for good, not alone for ever longer periods. */
-    bst_stall_policy_reset(&p);
-    int with = 0, cold = 0;
-    for (i = 0; i < n; i++) {
-        if (!bst_stall_policy_helpers(&p)) {
-            cold = 1;
-            continue;
-        }
-        with++;
-        bst_stall_policy_note(&p, (i < 64 && i % 8 == 0) || cold ? BST_REGION_STALLED
-                                                                 : BST_REGION_HELPED);
-        cold = 0;
-    }
+    /* A burst of stalls that passes: helpers again for good, not alone for
+     * ever longer periods. */
+    const int with = regions_with_helpers(n, passing_burst);
     CHECK(with > n * 9 / 10, "a passing burst of stalls: helpers in %d of %d regions", with, n);
-    /* Workers that miss regions, as on the idle 2-core VM: the new worker
-     * misses the first 12 (it is not running yet), each solo period's
-     * first 2 (its worker wakes from sleep), and then one region in 5.
-     * Only IDLE_HELPER_REGIONS missed in a row are a stall, and the count
+    /* Only IDLE_HELPER_REGIONS missed in a row are a stall, and the count
      * starts again after each: so helpers for good, not regions that are
      * all stalls once a streak has been seen. */
-    bst_stall_policy_reset(&p);
-    int unhelped_with = 0, since_solo = 0;
-    for (i = 0; i < n; i++) {
-        if (!bst_stall_policy_helpers(&p)) {
-            since_solo = 0;
-            continue;
-        }
-        unhelped_with++;
-        const int waking = since_solo++ < 2;
-        const int missed = i < 12 || waking || i % 5 == 0;
-        bst_stall_policy_note(&p, missed ? BST_REGION_UNHELPED : BST_REGION_HELPED);
-    }
+    const int unhelped_with = regions_with_helpers(n, missing_now_and_then);
     CHECK(unhelped_with > n * 99 / 100,
           "workers missing a region now and then: helpers in %d of %d regions", unhelped_with,
           n);
     /* Workers that never take a share are stalls all the same. */
-    bst_stall_policy_reset(&p);
-    int never_with = 0;
-    for (i = 0; i < n; i++)
-        if (bst_stall_policy_helpers(&p)) {
-            never_with++;
-            bst_stall_policy_note(&p, BST_REGION_UNHELPED);
-        }
+    const int never_with = regions_with_helpers(n, never_helping);
     CHECK(never_with < n / 10, "workers that never run a share: helpers in %d of %d regions",
           never_with, n);
     printf("stall policy: helpers in %d, %d, %d, %d of %d regions with a stall in none, 1,000, 100, 8\n",
