@@ -764,10 +764,11 @@ void linear_backward(float *d_in, float *d_w, float *d_b, const float *d_out,
                      const float *in, const float *w, int n, int in_dim, int out_dim)
 {
     const double flops = 2.0 * n * in_dim * out_dim;
-    /* Without d_in, as fold_projection_backward. */
+    /* Without d_in, as fold_projection_backward; without d_w, as the
+     * transformer's window shares (model.c). */
     PARALLEL_FOR_PAIR(d_in ? (size_t)n : 0, SGEMM_GRAIN, flops, r0, r1,
                       linear_backward_input_rows(d_in, d_out, w, r0, r1, in_dim, out_dim),
-                      (size_t)out_dim, SGEMM_GRAIN, flops, c0, c1,
+                      d_w ? (size_t)out_dim : 0, SGEMM_GRAIN, flops, c0, c1,
                       linear_backward_param_cols(d_w, d_b, d_out, in, n, in_dim, out_dim, c0,
                                                  c1));
 }
@@ -1128,14 +1129,18 @@ BST_SIMD_INLINE void dropout_mask_range(float *mask, size_t lo, size_t hi, float
         mask[i] = ((uint32_t)(bst_rng_at(key, i / 2) >> 40) >= threshold) ? scale : 0.0f;
 }
 
-/* One stream per call, drawn in the calling thread; p = 0 when disabled. */
-static float dropout_stream(float p, BstRng *rng, uint64_t *key)
+/*
+ * One stream per call, drawn in the calling thread; p = 0 when disabled.
+ * A call on units from `first` on of a whole (even: two units a draw) takes
+ * the whole's stream from there, so it draws the whole's mask there.
+ */
+static float dropout_stream(float p, BstRng *rng, size_t first, uint64_t *key)
 {
     if (rng == NULL || p <= 0.0f) {
         *key = 0;
         return 0.0f;
     }
-    *key = bst_rng_next(rng);
+    *key = bst_rng_skip(bst_rng_next(rng), first / 2);
     return p;
 }
 
@@ -1162,7 +1167,7 @@ void dropout_forward(float *out, float *mask, const float *in, size_t n, float p
                      BstRng *rng)
 {
     uint64_t key;
-    p = dropout_stream(p, rng, &key);
+    p = dropout_stream(p, rng, 0, &key);
     PARALLEL_FOR(n, ELT_GRAIN, (p > 0.0f ? 4.0 : 1.0) * n, lo, hi,
                  dropout_forward_range(out, mask, in, lo, hi, p, key));
 }
@@ -1218,10 +1223,10 @@ static void residual_layernorm_rows(float *res, float *mask, float *out, float *
 void residual_layernorm_forward(float *res, float *mask, float *out, float *mean, float *rstd,
                                 float *act, const float *branch, const float *x,
                                 const float *gamma, const float *beta, int n, int d, float p,
-                                BstRng *rng, float eps, float slope)
+                                BstRng *rng, size_t row0, float eps, float slope)
 {
     uint64_t key;
-    p = dropout_stream(p, rng, &key);
+    p = dropout_stream(p, rng, row0 * d, &key);
     PARALLEL_FOR((size_t)n, 1, 10.0 * n * d, lo, hi,
                  residual_layernorm_rows(res, mask, out, mean, rstd, act, branch, x, gamma, beta,
                                          lo, hi, d, p, key, eps, slope));
@@ -1250,21 +1255,24 @@ void residual_layernorm_backward(float *d_branch, float *d_res, float *d_gamma, 
                                  int n, int d, float slope)
 {
     /* The parameters' sums read d_out: after the rows when those write it
-     * (d_act), else beside them. */
+     * (d_act), else beside them.  Without d_branch no row is computed, and
+     * without d_gamma no sum (model.c's window shares run the rows, then
+     * the sums over every row). */
+    const size_t rows = d_branch ? (size_t)n : 0, cols = d_gamma ? (size_t)d : 0;
     if (d_act) {
-        PARALLEL_FOR((size_t)n, 1, 10.0 * n * d, lo, hi,
+        PARALLEL_FOR(rows, 1, 10.0 * n * d, lo, hi,
                      residual_layernorm_input_rows(d_branch, d_res, d_out, d_act, out, d_skip,
                                                    res, mean, rstd, gamma, mask, lo, hi, d,
                                                    slope));
-        PARALLEL_FOR((size_t)d, 1, 4.0 * n * d, lo, hi,
+        PARALLEL_FOR(cols, 1, 4.0 * n * d, lo, hi,
                      layernorm_backward_param_cols(d_gamma, d_beta, d_out, res, mean, rstd, n, d,
                                                    lo, hi));
     } else {
-        PARALLEL_FOR_PAIR((size_t)n, 1, 10.0 * n * d, r0, r1,
+        PARALLEL_FOR_PAIR(rows, 1, 10.0 * n * d, r0, r1,
                           residual_layernorm_input_rows(d_branch, d_res, d_out, d_act, out,
                                                         d_skip, res, mean, rstd, gamma, mask, r0,
                                                         r1, d, slope),
-                          (size_t)d, 1, 4.0 * n * d, c0, c1,
+                          cols, 1, 4.0 * n * d, c0, c1,
                           layernorm_backward_param_cols(d_gamma, d_beta, d_out, res, mean, rstd,
                                                         n, d, c0, c1));
     }
@@ -1283,7 +1291,7 @@ void leaky_relu_dropout_forward(float *act, float *out, float *mask, const float
                                 float slope, float p, BstRng *rng)
 {
     uint64_t key;
-    p = dropout_stream(p, rng, &key);
+    p = dropout_stream(p, rng, 0, &key);
     PARALLEL_FOR(n, ELT_GRAIN, (p > 0.0f ? 5.0 : 2.0) * n, lo, hi,
                  leaky_relu_dropout_range(act, out, mask, in, lo, hi, slope, p, key));
 }
@@ -1303,7 +1311,7 @@ void batchnorm_activation_forward(float *out, float *mean, float *var, float *ac
                                   float p, BstRng *rng)
 {
     uint64_t key;
-    p = dropout_stream(p, rng, &key);
+    p = dropout_stream(p, rng, 0, &key);
     /* The statistics need every row: shares of the features.  The rest
      * goes by rows, each thread's rows still in its cache for the next
      * layer's product, which splits by rows too. */
@@ -1740,10 +1748,10 @@ BST_SIMD_DISPATCH(attention_forward_windows_1_0,
 
 static void attention_forward_rows(float *ctx, float *probs, float *mask, AttentionRows in,
                                    const int32_t *hist_len, int B, int L, int H, int dk, float p,
-                                   BstRng *rng)
+                                   BstRng *rng, size_t window0)
 {
     uint64_t key;
-    p = dropout_stream(p, rng, &key);
+    p = dropout_stream(p, rng, window0 * H * L * L, &key);
     PARALLEL_FOR((size_t)B, 1, 4.0 * B * H * L * L * dk, lo, hi,
                  attention_forward_windows(ctx, probs, mask, in, hist_len, lo, hi, L, H, dk, p,
                                            key));
@@ -1754,15 +1762,15 @@ void attention_forward(float *ctx, float *probs, float *mask, const float *qkv,
                        BstRng *rng)
 {
     attention_forward_rows(ctx, probs, mask, attention_rows_qkv(qkv, H, dk), hist_len, B, L, H,
-                           dk, p, rng);
+                           dk, p, rng, 0);
 }
 
 void attention_forward_folded(float *ctx, float *probs, float *mask, const float *qv,
                               const float *x, const int32_t *hist_len, int B, int L, int H,
-                              int dk, float p, BstRng *rng)
+                              int dk, float p, BstRng *rng, size_t window0)
 {
     attention_forward_rows(ctx, probs, mask, attention_rows_folded(qv, x, H, dk), hist_len, B,
-                           L, H, dk, p, rng);
+                           L, H, dk, p, rng, window0);
 }
 
 void attention_forward_inference(float *ctx, float *probs, const float *qkv,

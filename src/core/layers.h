@@ -97,7 +97,8 @@ void bias_backward(float *d_global, float *d_user_bias, float *d_movie_bias, con
 /* out[n, out_dim] = in[n, in_dim] . w[in_dim, out_dim] + b (b may be NULL). */
 void linear_forward(float *out, const float *in, const float *w, const float *b,
                     int n, int in_dim, int out_dim);
-/* d_in may be NULL when the input needs no gradient; d_b may be NULL. */
+/* d_in may be NULL when the input needs no gradient; d_b may be NULL; d_w
+ * NULL computes d_in alone (d_b then unused). */
 void linear_backward(float *d_in, float *d_w, float *d_b, const float *d_out,
                      const float *in, const float *w, int n, int in_dim, int out_dim);
 
@@ -240,7 +241,10 @@ void batchnorm_activation_forward(float *out, float *mean, float *var, float *ac
  * A transformer block's residual step, as dropout_forward, res += x and
  * layernorm_forward in turn (the same bits) in one parallel loop over the n
  * rows of d: res = dropout(branch) + x (mask: the dropout factors, one draw
- * from rng; res may be branch itself when rng is NULL, as in prediction),
+ * from rng; res may be branch itself when rng is NULL, as in prediction;
+ * the rows are rows row0.. of a batch, row0 * d even, and draw the
+ * batch's mask there, so that a call on a share of the batch's rows gives
+ * the bits a call on all of them would),
  * out = LayerNorm(res) (mean and rstd kept unless NULL), and
  * when act is not NULL act = leaky_relu(out, slope), the next layer's input.
  * residual_layernorm_backward is its backward from d_out, the gradient of
@@ -248,12 +252,14 @@ void batchnorm_activation_forward(float *out, float *mean, float *var, float *ac
  * backward of d_act, the gradient of act, plus d_skip, the gradient out gets
  * as the next residual's x): d_res, the gradient of res and so of x (the
  * caller adds it where x came from), d_branch = d_res * mask, and d_gamma,
- * d_beta added to.
+ * d_beta added to.  The backward in two calls: d_gamma NULL computes the
+ * rows alone (d_branch, d_res, d_out), d_branch NULL the parameters' sums
+ * alone (from d_out as the first call left it).
  */
 void residual_layernorm_forward(float *res, float *mask, float *out, float *mean, float *rstd,
                                 float *act, const float *branch, const float *x,
                                 const float *gamma, const float *beta, int n, int d, float p,
-                                BstRng *rng, float eps, float slope);
+                                BstRng *rng, size_t row0, float eps, float slope);
 void residual_layernorm_backward(float *d_branch, float *d_res, float *d_gamma, float *d_beta,
                                  float *d_out, const float *d_act, const float *out,
                                  const float *d_skip, const float *res, const float *mean,
@@ -296,11 +302,13 @@ void attention_backward(float *d_qkv, float *d_probs, const float *d_ctx,
  * backward takes one gradient [B, L, dk] for every head's context (that of
  * heads_sum_forward's output), writes d_qv in full and adds the keys'
  * gradient to d_x (which holds x's gradient from its other uses), head by
- * head: d_x + (head 0's sum), then + (head 1's sum), ...
+ * head: d_x + (head 0's sum), then + (head 1's sum), ...  The windows are
+ * windows window0.. of a batch (window0 * H * L * L even), as row0 in
+ * residual_layernorm_forward.
  */
 void attention_forward_folded(float *ctx, float *probs, float *mask, const float *qv,
                               const float *x, const int32_t *hist_len, int B, int L, int H,
-                              int dk, float p, BstRng *rng);
+                              int dk, float p, BstRng *rng, size_t window0);
 void attention_backward_folded(float *d_qv, float *d_x, float *d_probs, const float *d_out,
                                const float *probs, const float *mask, const float *qv,
                                const float *x, int B, int L, int H, int dk);

@@ -828,6 +828,125 @@ static void distinct_movies(BstActs *a, const BstBatch *b, int L, int32_t movie_
     a->n_distinct = n;
 }
 
+/*
+ * Training's transformer block after the fold, window by window.  Each
+ * step from the sequence x to the MLP's input is row by row, so a thread
+ * can run all of them on its share of the windows, one parallel region for
+ * the whole chain, and in blocks of WINDOW_BLOCK windows, all the steps on
+ * one block before the next: a block's rows stay in its core's L2 cache
+ * from step to step, and no thread waits for another between steps.
+ * (Split step by step over the whole batch, each step read its rows back
+ * from memory or the other core's cache, at some 500 ns a line on a 2-vCPU
+ * VM, and the steps' waits added up: two threads took 1.5-2.6 times their
+ * half of one thread's time on these loops, test/c/bench_regions.)  The
+ * steps are the same functions, called on the block's rows (nested in the
+ * region, they run in its thread), and the dropout masks are drawn by
+ * position in the batch (row0 and window0 in layers.h): a block starts at
+ * an even window (WINDOW_GRAIN), and every block draws the step's keys
+ * from its own copy of the generator, so that the bits do not depend on
+ * the blocks or the threads.
+ */
+#define WINDOW_GRAIN 2
+#define WINDOW_BLOCK 32
+
+/* The block's forward FLOPs after the fold, roughly (whether to split). */
+static double window_forward_flops(const BstConfig *c, int B)
+{
+    const double rows = (double)B * c->seq_len, d = c->embed_dim, H = c->heads;
+    return rows * (2.0 * d * d + 4.0 * H * c->seq_len * d + 30.0 * d + 4.0 * H * d);
+}
+
+/* Windows [w0, w1) from the sequence to the MLP's input. */
+static void windows_forward(const BstModel *m, BstActs *a, const BstBatch *b, size_t w0,
+                            size_t w1, BstRng *drop)
+{
+    const BstConfig *c = &m->cfg;
+    const BstParams *p = &m->params;
+    const int L = c->seq_len, d = c->embed_dim, H = c->heads, U = a->n_distinct;
+    const int hd = H * d, in0 = bst_config_mlp_input(c);
+    const int n = (int)(w1 - w0), rows = n * L;
+    const size_t r0 = w0 * (size_t)L, o = r0 * d, HLL = (size_t)H * L * L;
+    const float pd = c->dropout;
+    const float *ratings = b->ratings + w0 * (size_t)(L - 1);
+    const int32_t *hist_len = b->hist_len ? b->hist_len + w0 : NULL;
+    float *qv = a->qkv + r0 * 2 * hd, *ctx = a->ctx + r0 * hd;
+
+    /* Padding rows (slot -1) read slot 0; sequence_forward zeroes them. */
+    embedding_forward(a->enc + o, d, a->slot + r0, a->uenc, U, rows, d);
+    sequence_forward(a->x + o, a->enc + o, ratings, p->pos_emb,
+                     c->rating_add ? p->rating_w : NULL, hist_len, n, L, d);
+    projection_forward(qv, a->uqv, a->pqv, a->fold_b, a->slot + r0, ratings, c->rating_add, n,
+                       L, 2 * hd);
+    /* Self-attention; the values went through the output projection already. */
+    attention_forward_folded(ctx, a->probs + w0 * HLL, a->probs_mask + w0 * HLL, qv, a->x + o,
+                             hist_len, n, L, H, d, pd, drop, w0);
+    heads_sum_forward(a->attn + o, ctx, p->bo, rows, H, d);
+    /* x1 = LayerNorm(dropout(attn) + x), and the feed-forward's input. */
+    residual_layernorm_forward(a->res1 + o, a->attn_mask + o, a->x1 + o, a->ln1_mean + r0,
+                               a->ln1_rstd + r0, a->ffn_in + o, a->attn + o, a->x + o, p->ln1_g,
+                               p->ln1_b, rows, d, pd, drop, r0, c->ln_eps, c->leaky_slope);
+    /* Feed-forward block: y = LayerNorm(dropout(ffn) + x1). */
+    linear_forward(a->ffn + o, a->ffn_in + o, p->ffn_w, p->ffn_b, rows, d, d);
+    residual_layernorm_forward(a->res2 + o, a->ffn_mask + o, a->y + o, a->ln2_mean + r0,
+                               a->ln2_rstd + r0, NULL, a->ffn + o, a->x1 + o, p->ln2_g, p->ln2_b,
+                               rows, d, pd, drop, r0, c->ln_eps, 0.0f);
+    /* The MLP's input: the flattened sequence, padding zeroed. */
+    flatten_forward(a->mlp_in + w0 * (size_t)in0, in0, a->y + o, hist_len, n, L, d);
+}
+
+/* A thread's share of the windows, block by block; the block at window 0
+ * leaves in *rng_after the generator as the whole batch's steps left it. */
+static void window_share_forward(const BstModel *m, BstActs *a, const BstBatch *b, size_t w0,
+                                 size_t w1, const BstRng *rng, BstRng *rng_after)
+{
+    for (size_t s = w0; s < w1; s += WINDOW_BLOCK) {
+        BstRng r = rng ? *rng : (BstRng){{0}};
+        windows_forward(m, a, b, s, s + WINDOW_BLOCK < w1 ? s + WINDOW_BLOCK : w1,
+                        rng ? &r : NULL);
+        if (s == 0 && rng)
+            *rng_after = r;
+    }
+}
+
+/* Windows [w0, w1) back from the MLP input's gradient to the gradients of
+ * the folded queries and values (da->qkv) and of x (da->res1); the
+ * parameters' sums over every row are bst_backward's. */
+static void windows_backward(const BstModel *m, const BstActs *a, BstActs *da, const BstBatch *b,
+                             size_t w0, size_t w1)
+{
+    const BstConfig *c = &m->cfg;
+    const BstParams *p = &m->params;
+    const int L = c->seq_len, d = c->embed_dim, H = c->heads;
+    const int hd = H * d, in0 = bst_config_mlp_input(c);
+    const int n = (int)(w1 - w0), rows = n * L;
+    const size_t r0 = w0 * (size_t)L, o = r0 * d, HLL = (size_t)H * L * L;
+    const int32_t *hist_len = b->hist_len ? b->hist_len + w0 : NULL;
+
+    flatten_backward(da->y + o, da->mlp_in + w0 * (size_t)in0, in0, hist_len, n, L, d);
+    /* Feed-forward block; x1 feeds both the branch and the residual. */
+    residual_layernorm_backward(da->ffn + o, da->res2 + o, NULL, NULL, da->y + o, NULL, NULL, NULL,
+                                a->res2 + o, a->ln2_mean + r0, a->ln2_rstd + r0, p->ln2_g,
+                                a->ffn_mask + o, rows, d, 0.0f);
+    linear_backward(da->ffn_in + o, NULL, NULL, da->ffn + o, a->ffn_in + o, p->ffn_w, rows, d, d);
+    /* Attention block: x1's gradient from both of its uses, first. */
+    residual_layernorm_backward(da->attn + o, da->res1 + o, NULL, NULL, da->x1 + o,
+                                da->ffn_in + o, a->x1 + o, da->res2 + o, a->res1 + o,
+                                a->ln1_mean + r0, a->ln1_rstd + r0, p->ln1_g, a->attn_mask + o,
+                                rows, d, c->leaky_slope);
+    /* The keys are x's rows: their gradient joins x's from the residual
+     * (da->res1), which sequence_backward takes after. */
+    attention_backward_folded(da->qkv + r0 * 2 * hd, da->res1 + o, da->probs + w0 * HLL,
+                              da->attn + o, a->probs + w0 * HLL, a->probs_mask + w0 * HLL,
+                              a->qkv + r0 * 2 * hd, a->x + o, n, L, H, d);
+}
+
+static void window_share_backward(const BstModel *m, const BstActs *a, BstActs *da,
+                                  const BstBatch *b, size_t w0, size_t w1)
+{
+    for (size_t s = w0; s < w1; s += WINDOW_BLOCK)
+        windows_backward(m, a, da, b, s, s + WINDOW_BLOCK < w1 ? s + WINDOW_BLOCK : w1);
+}
+
 float bst_forward(const BstModel *m, BstActs *a, const BstBatch *b, int training, BstRng *rng)
 {
     const BstConfig *c = &m->cfg;
@@ -874,18 +993,19 @@ float bst_forward(const BstModel *m, BstActs *a, const BstBatch *b, int training
         } else {
             embedding_forward(a->uenc, d, a->distinct, p->movie_emb, movie_rows, U, d);
         }
-        /* Padding rows (slot -1) read slot 0; sequence_forward zeroes them. */
-        embedding_forward(a->enc, d, a->slot, a->uenc, U, BL, d);
-        sequence_forward(a->x, a->enc, b->ratings, p->pos_emb,
-                         c->rating_add ? p->rating_w : NULL, b->hist_len, B, L, d);
         attention_fold_forward(a->fold_w, a->fold_b, p->wqkv, p->bqkv, p->wo, d, H);
         fold_projection_forward(a->uqv, a->uenc, a->fold_w, U, d, H);
         fold_projection_forward(a->pqv, p->pos_emb, a->fold_w, L - 1, d, H);
         if (c->rating_add)
             fold_projection_forward(a->pqv + (size_t)(L - 1) * 2 * hd, p->rating_w, a->fold_w, 1,
                                     d, H);
-        projection_forward(a->qkv, a->uqv, a->pqv, a->fold_b, a->slot, b->ratings,
-                           c->rating_add, B, L, 2 * hd);
+        /* The rest of the transformer block is row by row: each thread runs
+         * all of it on its share of the windows (window_share_forward). */
+        BstRng rng_after;
+        PARALLEL_FOR((size_t)B, WINDOW_GRAIN, window_forward_flops(c, B), w0, w1,
+                     window_share_forward(m, a, b, w0, w1, drop_rng, &rng_after));
+        if (drop_rng)
+            *drop_rng = rng_after;
     } else {
         if (G > 0) {
             embedding_forward(a->gin, d + G, b->movies, p->movie_emb, movie_rows, BL, d);
@@ -900,31 +1020,23 @@ float bst_forward(const BstModel *m, BstActs *a, const BstBatch *b, int training
         linear_forward(a->qkv, a->x, p->wqkv, p->bqkv, BL, d, 3 * hd);
     }
 
-    /* Self-attention block. */
-    if (training)
-        attention_forward_folded(a->ctx, a->probs, a->probs_mask, a->qkv, a->x, b->hist_len, B, L,
-                                 H, key_dim, pd, drop_rng);
-    else
+    if (!training) {
+        /* Self-attention block. */
         attention_forward_inference(a->ctx, a->probs, a->qkv, b->hist_len, B, L, H, key_dim);
-    /* Training's values went through the output projection already. */
-    if (training)
-        heads_sum_forward(a->attn, a->ctx, p->bo, BL, H, d);
-    else
         linear_forward(a->attn, a->ctx, p->wo, p->bo, BL, hd, d);
-    /* x1 = LayerNorm(dropout(attn) + x), and the feed-forward's input. */
-    residual_layernorm_forward(a->res1, a->attn_mask, a->x1, a->ln1_mean, a->ln1_rstd,
-                               a->ffn_in, a->attn, a->x, p->ln1_g, p->ln1_b, BL, d, pd,
-                               drop_rng, c->ln_eps, c->leaky_slope);
-
-    /* Feed-forward block: y = LayerNorm(dropout(ffn) + x1). */
-    linear_forward(a->ffn, a->ffn_in, p->ffn_w, p->ffn_b, BL, d, d);
-    residual_layernorm_forward(a->res2, a->ffn_mask, a->y, a->ln2_mean, a->ln2_rstd, NULL,
-                               a->ffn, a->x1, p->ln2_g, p->ln2_b, BL, d, pd, drop_rng,
-                               c->ln_eps, 0.0f);
-
-    /* MLP input: the flattened sequence, padding zeroed, then the user's
-     * embeddings. */
-    flatten_forward(a->mlp_in, in0, a->y, b->hist_len, B, L, d);
+        /* x1 = LayerNorm(attn + x), and the feed-forward's input. */
+        residual_layernorm_forward(a->res1, a->attn_mask, a->x1, a->ln1_mean, a->ln1_rstd,
+                                   a->ffn_in, a->attn, a->x, p->ln1_g, p->ln1_b, BL, d, pd,
+                                   NULL, 0, c->ln_eps, c->leaky_slope);
+        /* Feed-forward block: y = LayerNorm(ffn + x1). */
+        linear_forward(a->ffn, a->ffn_in, p->ffn_w, p->ffn_b, BL, d, d);
+        residual_layernorm_forward(a->res2, a->ffn_mask, a->y, a->ln2_mean, a->ln2_rstd, NULL,
+                                   a->ffn, a->x1, p->ln2_g, p->ln2_b, BL, d, pd, NULL, 0,
+                                   c->ln_eps, 0.0f);
+        /* MLP input: the flattened sequence, padding zeroed. */
+        flatten_forward(a->mlp_in, in0, a->y, b->hist_len, B, L, d);
+    }
+    /* Then the user's embeddings. */
     int col = L * d;
     if (c->user_dim > 0) {
         embedding_forward(a->mlp_in + col, in0, a->user_idx, p->user_emb, user_rows, B,
@@ -1021,8 +1133,7 @@ void bst_backward(const BstModel *m, const BstActs *a, BstActs *da, BstParams *g
                         i ? c->hidden[i - 1] : in0, u);
     }
 
-    /* MLP input: back into the sequence and the user's embeddings. */
-    flatten_backward(da->y, da->mlp_in, in0, b->hist_len, B, L, d);
+    /* MLP input: back into the user's embeddings, and the sequence (below). */
     int col = L * d;
     if (c->user_dim > 0) {
         embedding_backward(g->user_emb, da->mlp_in + col, in0, a->user_idx, user_rows, B,
@@ -1037,21 +1148,19 @@ void bst_backward(const BstModel *m, const BstActs *a, BstActs *da, BstParams *g
         col += c->feat_dim[k];
     }
 
-    /* Feed-forward block; x1 feeds both the branch and the residual. */
-    residual_layernorm_backward(da->ffn, da->res2, g->ln2_g, g->ln2_b, da->y, NULL, NULL, NULL,
+    /* The transformer block's rows, each thread on its share of the
+     * windows (window_share_backward), then the sums over every row that
+     * make its parameters' gradients, in the order the rows' loops had. */
+    PARALLEL_FOR((size_t)B, WINDOW_GRAIN, 2.0 * window_forward_flops(c, B), w0, w1,
+                 window_share_backward(m, a, da, b, w0, w1));
+    residual_layernorm_backward(NULL, NULL, g->ln2_g, g->ln2_b, da->y, NULL, NULL, NULL,
                                 a->res2, a->ln2_mean, a->ln2_rstd, p->ln2_g, a->ffn_mask, BL,
                                 d, 0.0f);
-    linear_backward(da->ffn_in, g->ffn_w, g->ffn_b, da->ffn, a->ffn_in, p->ffn_w, BL, d, d);
-
-    /* Attention block: x1's gradient from both of its uses, first. */
-    residual_layernorm_backward(da->attn, da->res1, g->ln1_g, g->ln1_b, da->x1, da->ffn_in,
-                                a->x1, da->res2, a->res1, a->ln1_mean, a->ln1_rstd, p->ln1_g,
+    linear_backward(NULL, g->ffn_w, g->ffn_b, da->ffn, a->ffn_in, p->ffn_w, BL, d, d);
+    residual_layernorm_backward(NULL, NULL, g->ln1_g, g->ln1_b, da->x1, da->ffn_in, a->x1,
+                                da->res2, a->res1, a->ln1_mean, a->ln1_rstd, p->ln1_g,
                                 a->attn_mask, BL, d, c->leaky_slope);
     linear_bias_backward(g->bo, da->attn, BL, d);
-    /* The keys are x's rows: their gradient joins x's from the residual
-     * (da->res1), which sequence_backward takes below. */
-    attention_backward_folded(da->qkv, da->res1, da->probs, da->attn, a->probs, a->probs_mask,
-                              a->qkv, a->x, B, L, H, key_dim);
 
     /* The fused projection, as the forward built it: through the distinct
      * movies' projections and the positions'. */

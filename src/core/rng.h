@@ -30,12 +30,23 @@ void bst_rng_shuffle_u32(BstRng *rng, uint32_t *a, size_t n);
  * thread can produce any part of the mask: the mask does not depend on how
  * the work is split.
  */
+#define BST_RNG_GAMMA 0x9e3779b97f4a7c15ULL
 static inline uint64_t bst_rng_at(uint64_t key, uint64_t i)
 {
-    uint64_t z = key + (i + 1) * 0x9e3779b97f4a7c15ULL;
+    uint64_t z = key + (i + 1) * BST_RNG_GAMMA;
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
     return z ^ (z >> 31);
+}
+
+/*
+ * The key of the same stream from output n on: bst_rng_at(bst_rng_skip(key,
+ * n), i) == bst_rng_at(key, n + i), since the counter enters linearly.  A
+ * call on a part of a batch draws the part of the whole batch's mask.
+ */
+static inline uint64_t bst_rng_skip(uint64_t key, uint64_t n)
+{
+    return key + n * BST_RNG_GAMMA;
 }
 
 #endif

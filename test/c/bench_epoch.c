@@ -84,7 +84,7 @@ static void attention_us(const BstConfig *cfg, double *fwd, double *bwd)
         double t0 = now(), t;
         do {
             attention_forward_folded(ctx, probs, mask, qv, x, hist_len, BATCH, L, H, dk, 0.1f,
-                                     &rng);
+                                     &rng, 0);
             reps++;
         } while ((t = now() - t0) < 0.1);
         *fwd = t / reps < *fwd ? t / reps : *fwd;

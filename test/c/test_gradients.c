@@ -714,7 +714,7 @@ static void test_attention_folded(int L, int DK, BstRng *rng)
     attention_forward(ctx, probs, mask, qkv, hist_len, B, L, H, DK, 0.3f, &drop);
     attention_backward(dqkv, dprobs, up_heads, probs, mask, qkv, B, L, H, DK);
     bst_rng_seed(&drop, 5);
-    attention_forward_folded(f_ctx, f_probs, f_mask, qv, x, hist_len, B, L, H, DK, 0.3f, &drop);
+    attention_forward_folded(f_ctx, f_probs, f_mask, qv, x, hist_len, B, L, H, DK, 0.3f, &drop, 0);
     attention_backward_folded(f_dqv, d_x, dprobs, up, f_probs, f_mask, qv, x, B, L, H, DK);
 
     int same_dqv = 1;
@@ -1035,7 +1035,7 @@ static void test_fused_layers(BstRng *rng)
         memset(dg2, 0, sizeof(dg2));
         memset(db2, 0, sizeof(db2));
         residual_layernorm_forward(res1, m1, o1, lm1, lr1, with_act ? a1 : NULL, in, x, g, beta,
-                                   N, D, p, &r1, eps, slope);
+                                   N, D, p, &r1, 0, eps, slope);
         memcpy(dout1, up, sizeof(dout1));
         residual_layernorm_backward(d1, dres1, dg1, db1, dout1, with_act ? up2 : NULL, o1, x,
                                     res1, lm1, lr1, g, m1, N, D, slope);
