@@ -644,6 +644,17 @@ size_t bst_model_num_params(const BstModel *m)
 
 /* ------------------------------------------------------------- activations */
 
+/* The window shares of a training step (bst_forward's region after the
+ * fold), at most this many whatever the thread count, and the floats of
+ * each one's parameter sums: the LayerNorms' gains and shifts, the
+ * feed-forward's weights and bias, and bo. */
+#define WINDOW_SHARES_MAX 8
+static size_t share_grad_floats(const BstConfig *c)
+{
+    const size_t d = (size_t)c->embed_dim;
+    return d * d + 6 * d;
+}
+
 /* Activations are carved packed (carve.h), so that an inference slab is
  * exactly max_batch times that of one window (model.h); aligning each
  * buffer's start measured no faster in training (bench_epoch, 1 thread,
@@ -715,6 +726,9 @@ static void acts_layout(BstActs *a, const BstConfig *c, size_t N, BstActsKind ki
     a->dpos = kind == BST_ACTS_GRADIENTS ? carve_packed(cv, L * d) : NULL;
     a->fold_w = distinct_rows ? carve_packed(cv, d * 2 * hd) : NULL;
     a->fold_b = distinct_rows ? carve_packed(cv, 2 * hd) : NULL;
+    a->share_grads = kind == BST_ACTS_GRADIENTS
+                         ? carve_packed(cv, WINDOW_SHARES_MAX * share_grad_floats(c))
+                         : NULL;
     a->slot = backward_reads ? (int32_t *)carve_packed(cv, NL) : NULL;
     a->distinct = backward_reads ? (int32_t *)carve_packed(cv, NL) : NULL;
     a->rows_start = backward_reads ? (int32_t *)carve_packed(cv, NL + 1) : NULL;
@@ -940,11 +954,75 @@ static void windows_backward(const BstModel *m, const BstActs *a, BstActs *da, c
                               a->qkv + r0 * 2 * hd, a->x + o, n, L, H, d);
 }
 
-static void window_share_backward(const BstModel *m, const BstActs *a, BstActs *da,
-                                  const BstBatch *b, size_t w0, size_t w1)
+/* A share's parameter sums, in the order of share_grads' layout. */
+typedef struct ShareGrads {
+    float *ln2_g, *ln2_b, *ffn_w, *ffn_b, *ln1_g, *ln1_b, *bo;
+} ShareGrads;
+
+static ShareGrads share_grads(const BstConfig *c, float *base)
 {
-    for (size_t s = w0; s < w1; s += WINDOW_BLOCK)
-        windows_backward(m, a, da, b, s, s + WINDOW_BLOCK < w1 ? s + WINDOW_BLOCK : w1);
+    const size_t d = (size_t)c->embed_dim;
+    ShareGrads s;
+    s.ln2_g = base;
+    s.ln2_b = s.ln2_g + d;
+    s.ffn_w = s.ln2_b + d;
+    s.ffn_b = s.ffn_w + d * d;
+    s.ln1_g = s.ffn_b + d;
+    s.ln1_b = s.ln1_g + d;
+    s.bo = s.ln1_b + d;
+    return s;
+}
+
+/*
+ * The share's rows back, block by block, each block's parameter sums added
+ * to the share's own (da->share_grads, slot bst_team_thread()): the sums
+ * read only the share's rows, which no other core then reads, so that the
+ * next step's writes to them find them in this core's cache alone
+ * (test/c/bench_cores: a batch rewritten after the other core read it).
+ */
+static void window_share_backward(const BstModel *m, const BstActs *a, BstActs *da,
+                                  const BstBatch *b, size_t w0, size_t w1, int *ran)
+{
+    const BstConfig *c = &m->cfg;
+    const BstParams *p = &m->params;
+    const int L = c->seq_len, d = c->embed_dim;
+    const int share = bst_team_thread();
+    float *base = da->share_grads + (size_t)share * share_grad_floats(c);
+    const ShareGrads g = share_grads(c, base);
+    memset(base, 0, share_grad_floats(c) * sizeof(float));
+    for (size_t s = w0; s < w1; s += WINDOW_BLOCK) {
+        const size_t e = s + WINDOW_BLOCK < w1 ? s + WINDOW_BLOCK : w1;
+        windows_backward(m, a, da, b, s, e);
+        const size_t r0 = s * (size_t)L, o = r0 * d;
+        const int rows = (int)(e - s) * L;
+        residual_layernorm_backward(NULL, NULL, g.ln2_g, g.ln2_b, da->y + o, NULL, NULL, NULL,
+                                    a->res2 + o, a->ln2_mean + r0, a->ln2_rstd + r0, p->ln2_g,
+                                    a->ffn_mask + o, rows, d, 0.0f);
+        linear_backward(NULL, g.ffn_w, g.ffn_b, da->ffn + o, a->ffn_in + o, p->ffn_w, rows, d, d);
+        residual_layernorm_backward(NULL, NULL, g.ln1_g, g.ln1_b, da->x1 + o, da->ffn_in + o,
+                                    a->x1 + o, da->res2 + o, a->res1 + o, a->ln1_mean + r0,
+                                    a->ln1_rstd + r0, p->ln1_g, a->attn_mask + o, rows, d,
+                                    c->leaky_slope);
+        linear_bias_backward(g.bo, da->attn + o, rows, d);
+    }
+    ran[share] = 1;
+}
+
+/* Shares of the batch's windows: even, and at most WINDOW_SHARES_MAX. */
+static size_t window_share_grain(int B)
+{
+    size_t g = ((size_t)B + WINDOW_SHARES_MAX - 1) / WINDOW_SHARES_MAX;
+    g += g & 1;
+    return g < WINDOW_GRAIN ? WINDOW_GRAIN : g;
+}
+
+/* dst += each share's part, shares in order. */
+static void add_shares(float *dst, const float *parts, size_t part_floats, size_t offset,
+                       size_t n, const int *ran)
+{
+    for (int s = 0; s < WINDOW_SHARES_MAX; s++)
+        if (ran[s])
+            add_inplace(dst, parts + (size_t)s * part_floats + offset, n);
 }
 
 float bst_forward(const BstModel *m, BstActs *a, const BstBatch *b, int training, BstRng *rng)
@@ -1002,7 +1080,7 @@ float bst_forward(const BstModel *m, BstActs *a, const BstBatch *b, int training
         /* The rest of the transformer block is row by row: each thread runs
          * all of it on its share of the windows (window_share_forward). */
         BstRng rng_after;
-        PARALLEL_FOR((size_t)B, WINDOW_GRAIN, window_forward_flops(c, B), w0, w1,
+        PARALLEL_FOR((size_t)B, window_share_grain(B), window_forward_flops(c, B), w0, w1,
                      window_share_forward(m, a, b, w0, w1, drop_rng, &rng_after));
         if (drop_rng)
             *drop_rng = rng_after;
@@ -1151,16 +1229,23 @@ void bst_backward(const BstModel *m, const BstActs *a, BstActs *da, BstParams *g
     /* The transformer block's rows, each thread on its share of the
      * windows (window_share_backward), then the sums over every row that
      * make its parameters' gradients, in the order the rows' loops had. */
-    PARALLEL_FOR((size_t)B, WINDOW_GRAIN, 2.0 * window_forward_flops(c, B), w0, w1,
-                 window_share_backward(m, a, da, b, w0, w1));
-    residual_layernorm_backward(NULL, NULL, g->ln2_g, g->ln2_b, da->y, NULL, NULL, NULL,
-                                a->res2, a->ln2_mean, a->ln2_rstd, p->ln2_g, a->ffn_mask, BL,
-                                d, 0.0f);
-    linear_backward(NULL, g->ffn_w, g->ffn_b, da->ffn, a->ffn_in, p->ffn_w, BL, d, d);
-    residual_layernorm_backward(NULL, NULL, g->ln1_g, g->ln1_b, da->x1, da->ffn_in, a->x1,
-                                da->res2, a->res1, a->ln1_mean, a->ln1_rstd, p->ln1_g,
-                                a->attn_mask, BL, d, c->leaky_slope);
-    linear_bias_backward(g->bo, da->attn, BL, d);
+    int ran[WINDOW_SHARES_MAX] = {0};
+    PARALLEL_FOR((size_t)B, window_share_grain(B), 2.0 * window_forward_flops(c, B), w0, w1,
+                 window_share_backward(m, a, da, b, w0, w1, ran));
+    {
+        const size_t pf = share_grad_floats(c), dd = (size_t)d * d;
+        const float *parts = da->share_grads;
+        const ShareGrads at = share_grads(c, da->share_grads);
+#define SHARE_OFFSET(f) ((size_t)(at.f - parts))
+        add_shares(g->ln2_g, parts, pf, SHARE_OFFSET(ln2_g), (size_t)d, ran);
+        add_shares(g->ln2_b, parts, pf, SHARE_OFFSET(ln2_b), (size_t)d, ran);
+        add_shares(g->ffn_w, parts, pf, SHARE_OFFSET(ffn_w), dd, ran);
+        add_shares(g->ffn_b, parts, pf, SHARE_OFFSET(ffn_b), (size_t)d, ran);
+        add_shares(g->ln1_g, parts, pf, SHARE_OFFSET(ln1_g), (size_t)d, ran);
+        add_shares(g->ln1_b, parts, pf, SHARE_OFFSET(ln1_b), (size_t)d, ran);
+        add_shares(g->bo, parts, pf, SHARE_OFFSET(bo), (size_t)d, ran);
+#undef SHARE_OFFSET
+    }
 
     /* The fused projection, as the forward built it: through the distinct
      * movies' projections and the positions'. */

@@ -349,6 +349,9 @@ typedef struct BstActs {
      * gradient instances: its gradients. */
     float *fold_w;                    /* [d, 2*H*dk] */
     float *fold_b;                    /* [2*H*dk] */
+    /* Gradient instances: each window share's own sums of the transformer
+     * block's parameter gradients (model.c, window_share_backward). */
+    float *share_grads;
     float *slab;
 } BstActs;
 
