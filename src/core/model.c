@@ -644,15 +644,31 @@ size_t bst_model_num_params(const BstModel *m)
 
 /* ------------------------------------------------------------- activations */
 
-/* The window shares of a training step (bst_forward's region after the
- * fold), at most this many whatever the thread count, and the floats of
- * each one's parameter sums: the LayerNorms' gains and shifts, the
- * feed-forward's weights and bias, and bo. */
+/*
+ * The window shares of a training step (bst_forward's region after the
+ * fold) sum the transformer block's parameter gradients into sums of their
+ * own (share_grads): the LayerNorms' gains and shifts, the feed-forward's
+ * weights and bias, and bo, share_grad_floats each.  At most
+ * WINDOW_SHARES_MAX shares whatever the thread count, and their sums take
+ * at most as many floats as the batch's sequence (N * L * d, one of the
+ * several dozen buffers of that size): a share then has at least as many
+ * rows as its d x d sum has rows, and a wide model's sums cannot outgrow
+ * its activations.  Fewer than 2 affordable: no sums of their own, and
+ * the parameters' sums run over every row after the region, split by
+ * columns (window_shares 0).
+ */
 #define WINDOW_SHARES_MAX 8
 static size_t share_grad_floats(const BstConfig *c)
 {
     const size_t d = (size_t)c->embed_dim;
     return d * d + 6 * d;
+}
+
+static int window_shares(const BstConfig *c, size_t N)
+{
+    const size_t fit = N * (size_t)c->seq_len * (size_t)c->embed_dim / share_grad_floats(c);
+    const size_t n = fit < WINDOW_SHARES_MAX ? fit : WINDOW_SHARES_MAX;
+    return n >= 2 ? (int)n : 0;
 }
 
 /* Activations are carved packed (carve.h), so that an inference slab is
@@ -726,8 +742,9 @@ static void acts_layout(BstActs *a, const BstConfig *c, size_t N, BstActsKind ki
     a->dpos = kind == BST_ACTS_GRADIENTS ? carve_packed(cv, L * d) : NULL;
     a->fold_w = distinct_rows ? carve_packed(cv, d * 2 * hd) : NULL;
     a->fold_b = distinct_rows ? carve_packed(cv, 2 * hd) : NULL;
-    a->share_grads = kind == BST_ACTS_GRADIENTS
-                         ? carve_packed(cv, WINDOW_SHARES_MAX * share_grad_floats(c))
+    a->window_shares = distinct_rows ? window_shares(c, N) : 0;
+    a->share_grads = kind == BST_ACTS_GRADIENTS && a->window_shares
+                         ? carve_packed(cv, (size_t)a->window_shares * share_grad_floats(c))
                          : NULL;
     a->slot = backward_reads ? (int32_t *)carve_packed(cv, NL) : NULL;
     a->distinct = backward_reads ? (int32_t *)carve_packed(cv, NL) : NULL;
@@ -862,6 +879,12 @@ static void distinct_movies(BstActs *a, const BstBatch *b, int L, int32_t movie_
  */
 #define WINDOW_GRAIN 2
 #define WINDOW_BLOCK 32
+static size_t g_window_block = WINDOW_BLOCK;
+
+void bst_set_window_block(int windows)
+{
+    g_window_block = windows <= 0 ? WINDOW_BLOCK : (size_t)(windows + (windows & 1));
+}
 
 /* The block's forward FLOPs after the fold, roughly (whether to split). */
 static double window_forward_flops(const BstConfig *c, int B)
@@ -913,9 +936,9 @@ static void windows_forward(const BstModel *m, BstActs *a, const BstBatch *b, si
 static void window_share_forward(const BstModel *m, BstActs *a, const BstBatch *b, size_t w0,
                                  size_t w1, const BstRng *rng, BstRng *rng_after)
 {
-    for (size_t s = w0; s < w1; s += WINDOW_BLOCK) {
+    for (size_t s = w0; s < w1; s += g_window_block) {
         BstRng r = rng ? *rng : (BstRng){{0}};
-        windows_forward(m, a, b, s, s + WINDOW_BLOCK < w1 ? s + WINDOW_BLOCK : w1,
+        windows_forward(m, a, b, s, s + g_window_block < w1 ? s + g_window_block : w1,
                         rng ? &r : NULL);
         if (s == 0 && rng)
             *rng_after = r;
@@ -973,56 +996,77 @@ static ShareGrads share_grads(const BstConfig *c, float *base)
     return s;
 }
 
+/* Rows [r0, r0 + rows) of the transformer block's parameter gradients,
+ * added to g, from the gradients windows_backward left. */
+static void transformer_param_backward(const BstModel *m, const BstActs *a, const BstActs *da,
+                                       ShareGrads g, size_t r0, int rows)
+{
+    const BstConfig *c = &m->cfg;
+    const BstParams *p = &m->params;
+    const int d = c->embed_dim;
+    const size_t o = r0 * d;
+    residual_layernorm_backward(NULL, NULL, g.ln2_g, g.ln2_b, da->y + o, NULL, NULL, NULL,
+                                a->res2 + o, a->ln2_mean + r0, a->ln2_rstd + r0, p->ln2_g,
+                                a->ffn_mask + o, rows, d, 0.0f);
+    linear_backward(NULL, g.ffn_w, g.ffn_b, da->ffn + o, a->ffn_in + o, p->ffn_w, rows, d, d);
+    residual_layernorm_backward(NULL, NULL, g.ln1_g, g.ln1_b, da->x1 + o, da->ffn_in + o,
+                                a->x1 + o, da->res2 + o, a->res1 + o, a->ln1_mean + r0,
+                                a->ln1_rstd + r0, p->ln1_g, a->attn_mask + o, rows, d,
+                                c->leaky_slope);
+    linear_bias_backward(g.bo, da->attn + o, rows, d);
+}
+
 /*
  * The share's rows back, block by block, each block's parameter sums added
  * to the share's own (da->share_grads, slot bst_team_thread()): the sums
  * read only the share's rows, which no other core then reads, so that the
  * next step's writes to them find them in this core's cache alone
  * (test/c/bench_cores: a batch rewritten after the other core read it).
+ * Without share sums (window_shares 0), the rows alone.  *team: the
+ * number of shares (the region's threads), for the sums' reduction.
  */
 static void window_share_backward(const BstModel *m, const BstActs *a, BstActs *da,
-                                  const BstBatch *b, size_t w0, size_t w1, int *ran)
+                                  const BstBatch *b, size_t w0, size_t w1, int *team)
 {
     const BstConfig *c = &m->cfg;
-    const BstParams *p = &m->params;
-    const int L = c->seq_len, d = c->embed_dim;
-    const int share = bst_team_thread();
-    float *base = da->share_grads + (size_t)share * share_grad_floats(c);
-    const ShareGrads g = share_grads(c, base);
-    memset(base, 0, share_grad_floats(c) * sizeof(float));
-    for (size_t s = w0; s < w1; s += WINDOW_BLOCK) {
-        const size_t e = s + WINDOW_BLOCK < w1 ? s + WINDOW_BLOCK : w1;
-        windows_backward(m, a, da, b, s, e);
-        const size_t r0 = s * (size_t)L, o = r0 * d;
-        const int rows = (int)(e - s) * L;
-        residual_layernorm_backward(NULL, NULL, g.ln2_g, g.ln2_b, da->y + o, NULL, NULL, NULL,
-                                    a->res2 + o, a->ln2_mean + r0, a->ln2_rstd + r0, p->ln2_g,
-                                    a->ffn_mask + o, rows, d, 0.0f);
-        linear_backward(NULL, g.ffn_w, g.ffn_b, da->ffn + o, a->ffn_in + o, p->ffn_w, rows, d, d);
-        residual_layernorm_backward(NULL, NULL, g.ln1_g, g.ln1_b, da->x1 + o, da->ffn_in + o,
-                                    a->x1 + o, da->res2 + o, a->res1 + o, a->ln1_mean + r0,
-                                    a->ln1_rstd + r0, p->ln1_g, a->attn_mask + o, rows, d,
-                                    c->leaky_slope);
-        linear_bias_backward(g.bo, da->attn + o, rows, d);
+    const int L = c->seq_len;
+    float *base = da->share_grads
+                      ? da->share_grads + (size_t)bst_team_thread() * share_grad_floats(c)
+                      : NULL;
+    ShareGrads g = {0};
+    if (base) {
+        g = share_grads(c, base);
+        memset(base, 0, share_grad_floats(c) * sizeof(float));
     }
-    ran[share] = 1;
+    for (size_t s = w0; s < w1; s += g_window_block) {
+        const size_t e = s + g_window_block < w1 ? s + g_window_block : w1;
+        windows_backward(m, a, da, b, s, e);
+        if (base)
+            transformer_param_backward(m, a, da, g, s * (size_t)L, (int)(e - s) * L);
+    }
+    if (bst_team_thread() == 0)
+        *team = bst_team_size();
 }
 
-/* Shares of the batch's windows: even, and at most WINDOW_SHARES_MAX. */
-static size_t window_share_grain(int B)
+/* Shares of the batch's windows: even, and at most `shares` of them (any
+ * number for 0). */
+static size_t window_share_grain(int B, int shares)
 {
-    size_t g = ((size_t)B + WINDOW_SHARES_MAX - 1) / WINDOW_SHARES_MAX;
+    size_t g = shares > 0 ? ((size_t)B + shares - 1) / shares : WINDOW_GRAIN;
     g += g & 1;
     return g < WINDOW_GRAIN ? WINDOW_GRAIN : g;
 }
 
-/* dst += each share's part, shares in order. */
-static void add_shares(float *dst, const float *parts, size_t part_floats, size_t offset,
-                       size_t n, const int *ran)
+/* into += part, field by field. */
+static void add_share_grads(ShareGrads into, ShareGrads part, size_t d)
 {
-    for (int s = 0; s < WINDOW_SHARES_MAX; s++)
-        if (ran[s])
-            add_inplace(dst, parts + (size_t)s * part_floats + offset, n);
+    add_inplace(into.ln2_g, part.ln2_g, d);
+    add_inplace(into.ln2_b, part.ln2_b, d);
+    add_inplace(into.ffn_w, part.ffn_w, d * d);
+    add_inplace(into.ffn_b, part.ffn_b, d);
+    add_inplace(into.ln1_g, part.ln1_g, d);
+    add_inplace(into.ln1_b, part.ln1_b, d);
+    add_inplace(into.bo, part.bo, d);
 }
 
 float bst_forward(const BstModel *m, BstActs *a, const BstBatch *b, int training, BstRng *rng)
@@ -1080,7 +1124,8 @@ float bst_forward(const BstModel *m, BstActs *a, const BstBatch *b, int training
         /* The rest of the transformer block is row by row: each thread runs
          * all of it on its share of the windows (window_share_forward). */
         BstRng rng_after;
-        PARALLEL_FOR((size_t)B, window_share_grain(B), window_forward_flops(c, B), w0, w1,
+        PARALLEL_FOR((size_t)B, window_share_grain(B, a->window_shares),
+                     window_forward_flops(c, B), w0, w1,
                      window_share_forward(m, a, b, w0, w1, drop_rng, &rng_after));
         if (drop_rng)
             *drop_rng = rng_after;
@@ -1229,22 +1274,17 @@ void bst_backward(const BstModel *m, const BstActs *a, BstActs *da, BstParams *g
     /* The transformer block's rows, each thread on its share of the
      * windows (window_share_backward), then the sums over every row that
      * make its parameters' gradients, in the order the rows' loops had. */
-    int ran[WINDOW_SHARES_MAX] = {0};
-    PARALLEL_FOR((size_t)B, window_share_grain(B), 2.0 * window_forward_flops(c, B), w0, w1,
-                 window_share_backward(m, a, da, b, w0, w1, ran));
-    {
-        const size_t pf = share_grad_floats(c), dd = (size_t)d * d;
-        const float *parts = da->share_grads;
-        const ShareGrads at = share_grads(c, da->share_grads);
-#define SHARE_OFFSET(f) ((size_t)(at.f - parts))
-        add_shares(g->ln2_g, parts, pf, SHARE_OFFSET(ln2_g), (size_t)d, ran);
-        add_shares(g->ln2_b, parts, pf, SHARE_OFFSET(ln2_b), (size_t)d, ran);
-        add_shares(g->ffn_w, parts, pf, SHARE_OFFSET(ffn_w), dd, ran);
-        add_shares(g->ffn_b, parts, pf, SHARE_OFFSET(ffn_b), (size_t)d, ran);
-        add_shares(g->ln1_g, parts, pf, SHARE_OFFSET(ln1_g), (size_t)d, ran);
-        add_shares(g->ln1_b, parts, pf, SHARE_OFFSET(ln1_b), (size_t)d, ran);
-        add_shares(g->bo, parts, pf, SHARE_OFFSET(bo), (size_t)d, ran);
-#undef SHARE_OFFSET
+    int team = 1;
+    PARALLEL_FOR((size_t)B, window_share_grain(B, da->window_shares),
+                 2.0 * window_forward_flops(c, B), w0, w1,
+                 window_share_backward(m, a, da, b, w0, w1, &team));
+    const ShareGrads into = {g->ln2_g, g->ln2_b, g->ffn_w, g->ffn_b, g->ln1_g, g->ln1_b, g->bo};
+    if (da->share_grads) {
+        for (int s = 0; s < team; s++)
+            add_share_grads(into, share_grads(c, da->share_grads + s * share_grad_floats(c)),
+                            (size_t)d);
+    } else {
+        transformer_param_backward(m, a, da, into, 0, BL);
     }
 
     /* The fused projection, as the forward built it: through the distinct

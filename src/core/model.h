@@ -349,8 +349,10 @@ typedef struct BstActs {
      * gradient instances: its gradients. */
     float *fold_w;                    /* [d, 2*H*dk] */
     float *fold_b;                    /* [2*H*dk] */
-    /* Gradient instances: each window share's own sums of the transformer
-     * block's parameter gradients (model.c, window_share_backward). */
+    /* Training's window shares (model.c, window_shares): at most this
+     * many, 0 for any number; gradient instances: each one's own sums of
+     * the transformer block's parameter gradients, NULL when 0. */
+    int32_t window_shares;
     float *share_grads;
     float *slab;
 } BstActs;
@@ -388,6 +390,10 @@ void bst_update_bn_moving(BstModel *m, const BstActs *a);
  * into grads (zero them first), using da as gradient buffers. */
 void bst_backward(const BstModel *m, const BstActs *a, BstActs *da, BstParams *grads,
                   const BstBatch *b);
+/* Tests: training's transformer block runs its windows in blocks of this
+ * many (rounded up to even; 0: the default, 32).  Any size gives the same
+ * dropout masks, and values within rounding (model.c, WINDOW_BLOCK). */
+void bst_set_window_block(int windows);
 
 /* Prediction workspace: inference activations (BST_ACTS_INFERENCE) for
  * bst_predictor_batch_limit(cfg, max_batch) windows.  Batches of a few

@@ -790,9 +790,13 @@ static double net_loss(void *p)
 /*
  * Every parameter tensor's gradient of the MSE of batch against central
  * differences, in training mode without dropout; names printed as
- * prefix.tensor.  Returns the number of tensors checked.
+ * prefix.tensor.  share_sums: whether the batch is wide enough for the
+ * window shares' own sums of the transformer's parameter gradients
+ * (model.c, window_shares), else they are summed over every row at once;
+ * the two networks below check one way each.  Returns the number of
+ * tensors checked.
  */
-static int check_network(BstModel *m, const BstBatch *batch, const char *prefix)
+static int check_network(BstModel *m, const BstBatch *batch, const char *prefix, int share_sums)
 {
     const BstConfig *cfg = &m->cfg;
     BstActs acts, dacts;
@@ -801,6 +805,9 @@ static int check_network(BstModel *m, const BstBatch *batch, const char *prefix)
               bst_acts_alloc(&dacts, cfg, batch->n, BST_ACTS_GRADIENTS) == 0 &&
               bst_params_alloc(&grads, cfg) == 0,
           "allocation");
+    CHECK((dacts.share_grads != NULL) == share_sums && (dacts.window_shares >= 2) == share_sums,
+          "%s: %d window shares with sums of their own, expected %s", prefix,
+          dacts.window_shares, share_sums ? "2 or more" : "none");
     NetCase c = {.m = m, .acts = &acts, .batch = batch};
     net_loss(&c);
     bst_zero_grads(&grads);
@@ -894,7 +901,7 @@ static void test_network(BstRng *rng)
     }
     BstBatch batch = {.n = N, .movies = movies, .ratings = ratings, .targets = targets};
     printf("network (n_movies 7, d 5, L 4, heads 2, hidden {6,4}, batch 5, BN training, no dropout)\n");
-    check_network(m, &batch, "net");
+    check_network(m, &batch, "net", 0);
     bst_model_free(m);
 }
 
@@ -956,7 +963,7 @@ static void test_network_features(BstRng *rng)
                       .hist_len = hist_len, .users = users};
     printf("network with user id, sex/age/occupation, genres, bias and factor terms, padded "
            "windows\n");
-    check_network(m, &batch, "net+");
+    check_network(m, &batch, "net+", 1);
     const char *expected[] = {"user_emb", "sex_emb", "age_emb", "occ_emb", "genre_w", "genre_b",
                               "global_bias", "user_bias", "movie_bias", "user_factors",
                               "movie_factors", "rating_w"};
@@ -1152,9 +1159,10 @@ static size_t layer_outputs(float *out)
 
 /*
  * Training-mode forward (with dropout) and backward of a small network,
- * returning the predictions followed by every parameter gradient.
+ * returning the predictions followed by every parameter gradient (*values
+ * floats), then the dropout masks.
  */
-static float *net_outputs(size_t *len)
+static float *net_outputs(size_t *len, size_t *values)
 {
     BstConfig cfg;
     bst_config_default(&cfg, 40, 5);
@@ -1186,10 +1194,24 @@ static float *net_outputs(size_t *len)
     BstBatch batch = {.n = N, .movies = movies, .ratings = ratings, .targets = targets};
     bst_forward(m, &acts, &batch, 1, &rng);
     bst_backward(m, &acts, &dacts, &grads, &batch);
-    *len = N + grads.size;
-    float *out = new_floats(*len);
-    memcpy(out, acts.pred, N * sizeof(float));
-    memcpy(out + N, grads.slab, grads.size * sizeof(float));
+    /* The dropout masks after them (NET_VALUES below). */
+    const size_t nld = (size_t)N * L * cfg.embed_dim, hll = (size_t)N * cfg.heads * L * L;
+    size_t masks = hll + 2 * nld;
+    for (int i = 0; i < cfg.n_hidden; i++)
+        masks += (size_t)N * cfg.hidden[i];
+    *len = N + grads.size + masks;
+    float *out = new_floats(*len), *at = out;
+    memcpy(at, acts.pred, N * sizeof(float));
+    memcpy(at += N, grads.slab, grads.size * sizeof(float));
+    memcpy(at += grads.size, acts.probs_mask, hll * sizeof(float));
+    memcpy(at += hll, acts.attn_mask, nld * sizeof(float));
+    memcpy(at += nld, acts.ffn_mask, nld * sizeof(float));
+    at += nld;
+    for (int i = 0; i < cfg.n_hidden; i++) {
+        memcpy(at, acts.drop_mask[i], (size_t)N * cfg.hidden[i] * sizeof(float));
+        at += (size_t)N * cfg.hidden[i];
+    }
+    *values = N + grads.size;
     bst_acts_free(&acts);
     bst_acts_free(&dacts);
     bst_params_free(&grads);
@@ -1218,10 +1240,10 @@ static void test_thread_invariance(void)
 {
     enum { MAX_LAYER_OUT = 50000 };
     static float ref[MAX_LAYER_OUT], out[MAX_LAYER_OUT];
-    size_t n_ref, n_net_ref, n;
+    size_t n_ref, n_net_ref, n, values;
     bst_set_num_threads(1);
     n_ref = layer_outputs(ref);
-    float *net_ref = net_outputs(&n_net_ref);
+    float *net_ref = net_outputs(&n_net_ref, &values);
     bst_set_parallel_min_work(0.0);
     for (int threads = 2; threads <= 3; threads++) {
         bst_set_num_threads(threads);
@@ -1232,13 +1254,13 @@ static void test_thread_invariance(void)
         CHECK(n == n_ref && diff == 0, "layers on %d threads: %zu values differ from the serial run",
               threads, diff);
 
-        float *a = net_outputs(&n), *b = net_outputs(&n);
+        float *a = net_outputs(&n, &values), *b = net_outputs(&n, &values);
         size_t again = count_diff(a, b, n);
         CHECK(again == 0, "network on %d threads: %zu values differ run to run", threads, again);
         /* PARALLEL_FOR_PAIR's loops one region after the other: the same
          * shares, so the same bits. */
         bst_set_loop_pairs(0);
-        float *apart = net_outputs(&n);
+        float *apart = net_outputs(&n, &values);
         bst_set_loop_pairs(1);
         size_t unpaired = count_diff(a, apart, n);
         CHECK(unpaired == 0, "network on %d threads: %zu values differ with the paired loops apart",
@@ -1252,6 +1274,52 @@ static void test_thread_invariance(void)
     }
     free(net_ref);
     bst_set_parallel_min_work(BST_PAR_MIN_WORK_DEFAULT);
+}
+
+/*
+ * Training's transformer block runs its windows block by block (model.c,
+ * WINDOW_BLOCK), each block drawing its part of the batch's dropout masks
+ * by position: blocks of 2 windows, of 6, and the whole batch (the default
+ * 32 > 23) must draw the same masks, bit for bit, and give the same
+ * predictions and gradients within rounding (blocks change the sgemm
+ * shapes and the order of the parameters' sums), on 1 and 2 threads.
+ */
+static void test_window_blocks(void)
+{
+    size_t n_ref, values, n;
+    bst_set_num_threads(1);
+    float *ref = net_outputs(&n_ref, &values);
+    double scale = 0.0;
+    for (size_t i = 0; i < values; i++)
+        scale = fmax(scale, fabs((double)ref[i]));
+    bst_set_parallel_min_work(0.0);
+    for (int threads = 1; threads <= 2; threads++) {
+        bst_set_num_threads(threads);
+        for (int block = 2; block <= 6; block += 4) {
+            bst_set_window_block(block);
+            float *out = net_outputs(&n, &values);
+            bst_set_window_block(0);
+            double worst = 0.0;
+            for (size_t i = 0; i < values; i++)
+                worst = fmax(worst, fabs((double)out[i] - (double)ref[i]) /
+                                        (fabs((double)ref[i]) + 1e-3 * scale));
+            const size_t masks = count_diff(out + values, ref + values, n - values);
+            printf("blocks of %d windows on %d threads: masks differ at %zu of %zu, values by "
+                   "%.2e (relative)\n",
+                   block, threads, masks, n - values, worst);
+            CHECK(n == n_ref && masks == 0,
+                  "blocks of %d windows on %d threads: %zu dropout mask values differ", block,
+                  threads, masks);
+            CHECK(worst < 1e-4,
+                  "blocks of %d windows on %d threads: predictions and gradients differ by "
+                  "%.2e relative",
+                  block, threads, worst);
+            free(out);
+        }
+    }
+    bst_set_num_threads(1);
+    bst_set_parallel_min_work(BST_PAR_MIN_WORK_DEFAULT);
+    free(ref);
 }
 
 /* Every check, serially and then on 2 threads with the work threshold at 0
@@ -1312,5 +1380,6 @@ int main(void)
     bst_simd_force(in_use);
     bst_set_parallel_min_work(BST_PAR_MIN_WORK_DEFAULT);
     test_thread_invariance();
+    test_window_blocks();
     return test_summary("test_gradients");
 }
