@@ -1305,6 +1305,75 @@ static void batchnorm_activation_rows(float *out, float *act, float *drop, float
     leaky_relu_dropout_range(act, drop, mask, out, r0 * d, r1 * d, slope, p, key);
 }
 
+float dropout_key(float p, BstRng *rng, uint64_t *key)
+{
+    return dropout_stream(p, rng, 0, key);
+}
+
+/* Rows [r0, r1): the mean of each feature, and the sum of the squared
+ * deviations from it (two passes, as batchnorm_forward_cols). */
+BST_SIMD_INLINE void batchnorm_share_stats_generic(float *mean, float *m2, const float *in,
+                                                   size_t r0, size_t r1, int d)
+{
+    for (int c0 = 0; c0 < d; c0 += BN_BLOCK) {
+        const int w = d - c0 < BN_BLOCK ? d - c0 : BN_BLOCK;
+        float m[BN_BLOCK] = {0}, v[BN_BLOCK] = {0};
+        for (size_t r = r0; r < r1; r++) {
+            const float *x = in + r * d + c0;
+            for (int j = 0; j < w; j++)
+                m[j] += x[j];
+        }
+        for (int j = 0; j < w; j++)
+            m[j] /= (float)(r1 - r0);
+        for (size_t r = r0; r < r1; r++) {
+            const float *x = in + r * d + c0;
+            for (int j = 0; j < w; j++)
+                v[j] += (x[j] - m[j]) * (x[j] - m[j]);
+        }
+        for (int j = 0; j < w; j++) {
+            mean[c0 + j] = m[j];
+            m2[c0 + j] = v[j];
+        }
+    }
+}
+BST_SIMD_DISPATCH(batchnorm_share_stats,
+                  (float *mean, float *m2, const float *in, size_t r0, size_t r1, int d),
+                  (mean, m2, in, r0, r1, d))
+
+void batchnorm_share_stats_forward(float *mean, float *m2, const float *in, size_t r0,
+                                   size_t r1, int d)
+{
+    batchnorm_share_stats(mean, m2, in, r0, r1, d);
+}
+
+void batchnorm_combine_stats(float *mean, float *var, const float *share_mean,
+                             const float *share_m2, const size_t *share_rows, int shares,
+                             size_t stride, int d)
+{
+    for (int c = 0; c < d; c++) {
+        /* Chan, Golub and LeVeque's pairwise update, share after share. */
+        double n = (double)share_rows[0], mu = share_mean[c], m2 = share_m2[c];
+        for (int s = 1; s < shares; s++) {
+            const double ns = (double)share_rows[s], delta = share_mean[s * stride + c] - mu;
+            const double total = n + ns;
+            mu += delta * ns / total;
+            m2 += share_m2[s * stride + c] + delta * delta * n * ns / total;
+            n = total;
+        }
+        mean[c] = shares == 1 ? share_mean[c] : (float)mu;
+        var[c] = shares == 1 ? share_m2[c] / (float)n : (float)(m2 / n);
+    }
+}
+
+void batchnorm_activation_rows_forward(float *out, float *act, float *drop, float *mask,
+                                       const float *mean, const float *var, const float *in,
+                                       const float *gamma, const float *beta, int d, float eps,
+                                       float slope, float p, uint64_t key, size_t r0, size_t r1)
+{
+    batchnorm_activation_rows(out, act, drop, mask, mean, var, in, gamma, beta, d, eps, slope, p,
+                              key, r0, r1);
+}
+
 void batchnorm_activation_forward(float *out, float *mean, float *var, float *act, float *drop,
                                   float *mask, const float *in, const float *gamma,
                                   const float *beta, int n, int d, float eps, float slope,

@@ -226,6 +226,28 @@ void leaky_relu_dropout_forward(float *act, float *out, float *mask, const float
 void leaky_relu_dropout_backward(float *d_act, float *d_in, const float *d_out,
                                  const float *mask, const float *in, size_t n, float slope);
 /*
+ * BatchNorm by shares of the rows (model.c's MLP shares), so that no core
+ * reads another's rows: batchnorm_share_stats_forward takes rows [r0, r1)'s
+ * mean and sum of squared deviations from it; batchnorm_combine_stats adds
+ * the shares' up in share order (share s's at offset s * stride; Chan,
+ * Golub and LeVeque's pairwise update, in double) into the batch's mean
+ * and (biased) variance, one share giving batchnorm_forward's bits; then
+ * batchnorm_activation_rows_forward runs batchnorm_activation_forward's
+ * rows on [r0, r1) of the whole buffers, its dropout from a key that
+ * dropout_key drew once for the batch (it returns p, or 0 when disabled).
+ */
+float dropout_key(float p, BstRng *rng, uint64_t *key);
+void batchnorm_share_stats_forward(float *mean, float *m2, const float *in, size_t r0,
+                                   size_t r1, int d);
+void batchnorm_combine_stats(float *mean, float *var, const float *share_mean,
+                             const float *share_m2, const size_t *share_rows, int shares,
+                             size_t stride, int d);
+void batchnorm_activation_rows_forward(float *out, float *act, float *drop, float *mask,
+                                       const float *mean, const float *var, const float *in,
+                                       const float *gamma, const float *beta, int d, float eps,
+                                       float slope, float p, uint64_t key, size_t r0, size_t r1);
+
+/*
  * A hidden MLP layer after its product, in training: out = BatchNorm(in)
  * (batchnorm_forward: the batch statistics into mean and var), then act
  * and drop as leaky_relu_dropout_forward, the same bits as the three in

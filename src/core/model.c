@@ -719,6 +719,8 @@ static void acts_layout(BstActs *a, const BstConfig *c, size_t N, BstActsKind ki
         a->h[i] = carve_packed(cv, N * u);
         a->bn_mean[i] = backward_reads ? carve_packed(cv, u) : NULL;
         a->bn_var[i] = backward_reads ? carve_packed(cv, u) : NULL;
+        a->bn_share_mean[i] = backward_reads ? carve_packed(cv, WINDOW_SHARES_MAX * u) : NULL;
+        a->bn_share_m2[i] = backward_reads ? carve_packed(cv, WINDOW_SHARES_MAX * u) : NULL;
         a->bn[i] = carve_packed(cv, N * u);
         a->act[i] = carve_packed(cv, N * u);
         a->drop_mask[i] = backward_reads ? carve_packed(cv, N * u) : NULL;
@@ -1048,13 +1050,116 @@ static void window_share_backward(const BstModel *m, const BstActs *a, BstActs *
         *team = bst_team_size();
 }
 
-/* Shares of the batch's windows: even, and at most `shares` of them (any
- * number for 0). */
-static size_t window_share_grain(int B, int shares)
+/* Shares of the batch's windows for a training step's regions: even, and
+ * at most the window shares' count (WINDOW_SHARES_MAX when their sums did
+ * not fit). */
+static size_t window_share_grain(int B, const BstActs *a)
 {
-    size_t g = shares > 0 ? ((size_t)B + shares - 1) / shares : WINDOW_GRAIN;
+    const size_t shares = a->window_shares ? (size_t)a->window_shares : WINDOW_SHARES_MAX;
+    size_t g = ((size_t)B + shares - 1) / shares;
     g += g & 1;
     return g < WINDOW_GRAIN ? WINDOW_GRAIN : g;
+}
+
+/* Rows of each of the team's shares of B windows at grain (bst_share). */
+static void share_rows(size_t *rows, int B, size_t grain, int team)
+{
+    for (int s = 0; s < team; s++) {
+        size_t lo, hi;
+        bst_share((size_t)B, grain, s, team, &lo, &hi);
+        rows[s] = hi - lo;
+    }
+}
+
+/* The hidden layers' dropout: each layer's rate (0: none) and key. */
+typedef struct MlpDropout {
+    float p[BST_MAX_HIDDEN];
+    uint64_t key[BST_MAX_HIDDEN];
+} MlpDropout;
+
+/*
+ * Training's MLP by window shares, as the transformer block's: stage 0
+ * writes the share's user inputs into mlp_in and runs the first product,
+ * stage i (1..n_hidden) hidden layer i-1's BatchNorm, activation and
+ * dropout (its statistics combined from the shares' between the stages),
+ * then the next product (the output's at the last stage); each hidden
+ * product's rows also leave the share's statistics (slot
+ * bst_team_thread()).  So each core reads only its own rows, and a
+ * layer's three loops are one region.
+ */
+static void mlp_share_forward(const BstModel *m, BstActs *a, int B, int stage,
+                              const MlpDropout *drop, size_t w0, size_t w1, int *team)
+{
+    const BstConfig *c = &m->cfg;
+    const BstParams *p = &m->params;
+    const int in0 = bst_config_mlp_input(c), nh = c->n_hidden;
+    const int n = (int)(w1 - w0);
+    const float *in = a->mlp_in;
+    int in_dim = in0;
+    if (stage == 0) {
+        int col = c->seq_len * c->embed_dim;
+        if (c->user_dim > 0) {
+            embedding_forward(a->mlp_in + w0 * in0 + col, in0, a->user_idx + w0, p->user_emb,
+                              c->n_users + 1, n, c->user_dim);
+            col += c->user_dim;
+        }
+        for (int k = 0; k < BST_N_USER_FEATS; k++) {
+            if (c->feat_dim[k] == 0)
+                continue;
+            embedding_forward(a->mlp_in + w0 * in0 + col, in0, a->feat_idx + (size_t)k * B + w0,
+                              p->feat_emb[k], c->n_feat_values[k] + 1, n, c->feat_dim[k]);
+            col += c->feat_dim[k];
+        }
+    } else {
+        const int i = stage - 1, u = c->hidden[i];
+        batchnorm_activation_rows_forward(a->bn[i], a->act[i], a->drop[i], a->drop_mask[i],
+                                          a->bn_mean[i], a->bn_var[i], a->h[i], p->bn_g[i],
+                                          p->bn_b[i], u, c->bn_eps, c->leaky_slope, drop->p[i],
+                                          drop->key[i], w0, w1);
+        in = a->drop[i];
+        in_dim = u;
+    }
+    if (stage < nh) {
+        const int u = c->hidden[stage];
+        const size_t slot = (size_t)bst_team_thread() * u;
+        linear_forward(a->h[stage] + w0 * u, in + w0 * in_dim, p->mlp_w[stage], p->mlp_b[stage],
+                       n, in_dim, u);
+        batchnorm_share_stats_forward(a->bn_share_mean[stage] + slot,
+                                      a->bn_share_m2[stage] + slot, a->h[stage], w0, w1, u);
+    } else {
+        linear_forward(a->pred + w0, in + w0 * in_dim, p->out_w, p->out_b, n, in_dim, 1);
+    }
+    if (bst_team_thread() == 0)
+        *team = bst_team_size();
+}
+
+/* The forward FLOPs of stage `stage` (whether to split). */
+static double mlp_stage_flops(const BstConfig *c, int B, int stage)
+{
+    const int in = stage ? c->hidden[stage - 1] : bst_config_mlp_input(c);
+    const int out = stage < c->n_hidden ? c->hidden[stage] : 1;
+    return (double)B * (2.0 * in * out + 10.0 * in + 4.0 * out);
+}
+
+static void mlp_forward_shares(const BstModel *m, BstActs *a, int B, BstRng *rng)
+{
+    const BstConfig *c = &m->cfg;
+    const size_t grain = window_share_grain(B, a);
+    MlpDropout drop;
+    for (int i = 0; i < c->n_hidden; i++)
+        drop.p[i] = dropout_key(c->dropout, rng, &drop.key[i]);
+    for (int stage = 0; stage <= c->n_hidden; stage++) {
+        int team = 1;
+        PARALLEL_FOR((size_t)B, grain, mlp_stage_flops(c, B, stage), w0, w1,
+                     mlp_share_forward(m, a, B, stage, &drop, w0, w1, &team));
+        if (stage < c->n_hidden) {
+            size_t rows[WINDOW_SHARES_MAX];
+            share_rows(rows, B, grain, team);
+            batchnorm_combine_stats(a->bn_mean[stage], a->bn_var[stage],
+                                    a->bn_share_mean[stage], a->bn_share_m2[stage], rows, team,
+                                    (size_t)c->hidden[stage], c->hidden[stage]);
+        }
+    }
 }
 
 /* into += part, field by field. */
@@ -1124,7 +1229,7 @@ float bst_forward(const BstModel *m, BstActs *a, const BstBatch *b, int training
         /* The rest of the transformer block is row by row: each thread runs
          * all of it on its share of the windows (window_share_forward). */
         BstRng rng_after;
-        PARALLEL_FOR((size_t)B, window_share_grain(B, a->window_shares),
+        PARALLEL_FOR((size_t)B, window_share_grain(B, a),
                      window_forward_flops(c, B), w0, w1,
                      window_share_forward(m, a, b, w0, w1, drop_rng, &rng_after));
         if (drop_rng)
@@ -1159,42 +1264,40 @@ float bst_forward(const BstModel *m, BstActs *a, const BstBatch *b, int training
         /* MLP input: the flattened sequence, padding zeroed. */
         flatten_forward(a->mlp_in, in0, a->y, b->hist_len, B, L, d);
     }
-    /* Then the user's embeddings. */
-    int col = L * d;
-    if (c->user_dim > 0) {
-        embedding_forward(a->mlp_in + col, in0, a->user_idx, p->user_emb, user_rows, B,
-                          c->user_dim);
-        col += c->user_dim;
-    }
-    for (int k = 0; k < BST_N_USER_FEATS; k++) {
-        if (c->feat_dim[k] == 0)
-            continue;
-        embedding_forward(a->mlp_in + col, in0, a->feat_idx + (size_t)k * B, p->feat_emb[k],
-                          c->n_feat_values[k] + 1, B, c->feat_dim[k]);
-        col += c->feat_dim[k];
-    }
+    if (training) {
+        /* The MLP by window shares (mlp_forward_shares). */
+        mlp_forward_shares(m, a, B, drop_rng);
+    } else {
+        /* The user's embeddings, then the MLP. */
+        int col = L * d;
+        if (c->user_dim > 0) {
+            embedding_forward(a->mlp_in + col, in0, a->user_idx, p->user_emb, user_rows, B,
+                              c->user_dim);
+            col += c->user_dim;
+        }
+        for (int k = 0; k < BST_N_USER_FEATS; k++) {
+            if (c->feat_dim[k] == 0)
+                continue;
+            embedding_forward(a->mlp_in + col, in0, a->feat_idx + (size_t)k * B, p->feat_emb[k],
+                              c->n_feat_values[k] + 1, B, c->feat_dim[k]);
+            col += c->feat_dim[k];
+        }
 
-    const float *in = a->mlp_in;
-    int in_dim = in0;
-    for (int i = 0; i < c->n_hidden; i++) {
-        const int u = c->hidden[i];
-        const size_t bu = (size_t)B * u;
-        linear_forward(a->h[i], in, p->mlp_w[i], p->mlp_b[i], B, in_dim, u);
-        if (training) {
-            batchnorm_activation_forward(a->bn[i], a->bn_mean[i], a->bn_var[i], a->act[i],
-                                         a->drop[i], a->drop_mask[i], a->h[i], p->bn_g[i],
-                                         p->bn_b[i], B, u, c->bn_eps, c->leaky_slope, pd,
-                                         drop_rng);
-        } else {
+        const float *in = a->mlp_in;
+        int in_dim = in0;
+        for (int i = 0; i < c->n_hidden; i++) {
+            const int u = c->hidden[i];
+            const size_t bu = (size_t)B * u;
+            linear_forward(a->h[i], in, p->mlp_w[i], p->mlp_b[i], B, in_dim, u);
             batchnorm_forward_infer(a->bn[i], a->h[i], p->bn_g[i], p->bn_b[i],
                                     m->bn.moving_mean[i], m->bn.moving_var[i], B, u, c->bn_eps);
             leaky_relu_dropout_forward(a->act[i], a->drop[i], a->drop_mask[i], a->bn[i], bu,
-                                       c->leaky_slope, pd, drop_rng);
+                                       c->leaky_slope, pd, NULL);
+            in = a->drop[i];
+            in_dim = u;
         }
-        in = a->drop[i];
-        in_dim = u;
+        linear_forward(a->pred, in, p->out_w, p->out_b, B, in_dim, 1);
     }
-    linear_forward(a->pred, in, p->out_w, p->out_b, B, in_dim, 1);
     if (c->use_bias)
         bias_forward(a->pred, p->global_bias, p->user_bias, p->movie_bias, a->user_idx,
                      a->target_idx, user_rows, movie_rows, B);
@@ -1275,7 +1378,7 @@ void bst_backward(const BstModel *m, const BstActs *a, BstActs *da, BstParams *g
      * windows (window_share_backward), then the sums over every row that
      * make its parameters' gradients, in the order the rows' loops had. */
     int team = 1;
-    PARALLEL_FOR((size_t)B, window_share_grain(B, da->window_shares),
+    PARALLEL_FOR((size_t)B, window_share_grain(B, da),
                  2.0 * window_forward_flops(c, B), w0, w1,
                  window_share_backward(m, a, da, b, w0, w1, &team));
     const ShareGrads into = {g->ln2_g, g->ln2_b, g->ffn_w, g->ffn_b, g->ln1_g, g->ln1_b, g->bo};

@@ -322,6 +322,9 @@ typedef struct BstActs {
     float *h[BST_MAX_HIDDEN];         /* [N, hidden[i]] dense */
     float *bn_mean[BST_MAX_HIDDEN];   /* [hidden[i]] batch statistics (training) */
     float *bn_var[BST_MAX_HIDDEN];
+    /* [shares, hidden[i]] (training) each share's mean and sum of squared
+     * deviations, which make bn_mean and bn_var (model.c, mlp_share_forward) */
+    float *bn_share_mean[BST_MAX_HIDDEN], *bn_share_m2[BST_MAX_HIDDEN];
     float *bn[BST_MAX_HIDDEN];        /* [N, hidden[i]] batchnorm */
     float *act[BST_MAX_HIDDEN];       /* [N, hidden[i]] leaky_relu */
     float *drop_mask[BST_MAX_HIDDEN]; /* [N, hidden[i]] (training) */

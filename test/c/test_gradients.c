@@ -1279,22 +1279,21 @@ static void test_thread_invariance(void)
 /*
  * Training's transformer block runs its windows block by block (model.c,
  * WINDOW_BLOCK), each block drawing its part of the batch's dropout masks
- * by position: blocks of 2 windows, of 6, and the whole batch (the default
- * 32 > 23) must draw the same masks, bit for bit, and give the same
- * predictions and gradients within rounding (blocks change the sgemm
+ * by position: blocks of 2 windows and of 6 must draw the masks the whole
+ * batch in one block does (the default 32 > 23), bit for bit, and give the
+ * same predictions and gradients within rounding (blocks change the sgemm
  * shapes and the order of the parameters' sums), on 1 and 2 threads.
  */
 static void test_window_blocks(void)
 {
     size_t n_ref, values, n;
-    bst_set_num_threads(1);
-    float *ref = net_outputs(&n_ref, &values);
-    double scale = 0.0;
-    for (size_t i = 0; i < values; i++)
-        scale = fmax(scale, fabs((double)ref[i]));
     bst_set_parallel_min_work(0.0);
     for (int threads = 1; threads <= 2; threads++) {
         bst_set_num_threads(threads);
+        float *ref = net_outputs(&n_ref, &values);
+        double scale = 0.0;
+        for (size_t i = 0; i < values; i++)
+            scale = fmax(scale, fabs((double)ref[i]));
         for (int block = 2; block <= 6; block += 4) {
             bst_set_window_block(block);
             float *out = net_outputs(&n, &values);
@@ -1316,10 +1315,10 @@ static void test_window_blocks(void)
                   block, threads, worst);
             free(out);
         }
+        free(ref);
     }
     bst_set_num_threads(1);
     bst_set_parallel_min_work(BST_PAR_MIN_WORK_DEFAULT);
-    free(ref);
 }
 
 /* Every check, serially and then on 2 threads with the work threshold at 0
