@@ -1039,6 +1039,86 @@ BST_SIMD_DISPATCH(batchnorm_backward_cols,
                    float eps, size_t f0, size_t f1),
                   (d_in, d_gamma, d_beta, d_out, in, mean, var, gamma, n, d, eps, f0, f1))
 
+/* Rows [r0, r1): sum_g = the sum of d_out, sum_gx that of d_out times the
+ * normalised input (batchnorm_backward_cols's sums), by feature. */
+BST_SIMD_INLINE void batchnorm_backward_share_sums_generic(float *sum_g, float *sum_gx,
+                                                           const float *d_out, const float *in,
+                                                           const float *mean, const float *var,
+                                                           size_t r0, size_t r1, int d, float eps)
+{
+    for (int c0 = 0; c0 < d; c0 += BN_BLOCK) {
+        const int w = d - c0 < BN_BLOCK ? d - c0 : BN_BLOCK;
+        float s[BN_BLOCK], sg[BN_BLOCK] = {0}, sgx[BN_BLOCK] = {0};
+        for (int j = 0; j < w; j++)
+            s[j] = 1.0f / sqrtf(var[c0 + j] + eps);
+        const float *m = mean + c0;
+        for (size_t r = r0; r < r1; r++) {
+            const float *x = in + r * d + c0;
+            const float *g = d_out + r * d + c0;
+            for (int j = 0; j < w; j++) {
+                sg[j] += g[j];
+                sgx[j] += g[j] * (x[j] - m[j]) * s[j];
+            }
+        }
+        for (int j = 0; j < w; j++) {
+            sum_g[c0 + j] = sg[j];
+            sum_gx[c0 + j] = sgx[j];
+        }
+    }
+}
+BST_SIMD_DISPATCH(batchnorm_backward_share_sums,
+                  (float *sum_g, float *sum_gx, const float *d_out, const float *in,
+                   const float *mean, const float *var, size_t r0, size_t r1, int d, float eps),
+                  (sum_g, sum_gx, d_out, in, mean, var, r0, r1, d, eps))
+
+void batchnorm_backward_sums(float *sum_g, float *sum_gx, const float *d_out, const float *in,
+                             const float *mean, const float *var, size_t r0, size_t r1, int d,
+                             float eps)
+{
+    batchnorm_backward_share_sums(sum_g, sum_gx, d_out, in, mean, var, r0, r1, d, eps);
+}
+
+/* Rows [r0, r1) of d_in from the whole batch's sums (n rows). */
+BST_SIMD_INLINE void batchnorm_backward_share_rows_generic(float *d_in, const float *d_out,
+                                                           const float *in, const float *mean,
+                                                           const float *var, const float *gamma,
+                                                           const float *sum_g,
+                                                           const float *sum_gx, int n, size_t r0,
+                                                           size_t r1, int d, float eps)
+{
+    for (int c0 = 0; c0 < d; c0 += BN_BLOCK) {
+        const int w = d - c0 < BN_BLOCK ? d - c0 : BN_BLOCK;
+        float s[BN_BLOCK], k[BN_BLOCK];
+        for (int j = 0; j < w; j++) {
+            s[j] = 1.0f / sqrtf(var[c0 + j] + eps);
+            k[j] = gamma[c0 + j] * s[j] / (float)n;
+        }
+        const float *m = mean + c0, *sg = sum_g + c0, *sgx = sum_gx + c0;
+        for (size_t r = r0; r < r1; r++) {
+            const float *x = in + r * d + c0;
+            const float *g = d_out + r * d + c0;
+            float *dx = d_in + r * d + c0;
+            for (int j = 0; j < w; j++) {
+                float xhat = (x[j] - m[j]) * s[j];
+                dx[j] = k[j] * ((float)n * g[j] - sg[j] - xhat * sgx[j]);
+            }
+        }
+    }
+}
+BST_SIMD_DISPATCH(batchnorm_backward_share_rows,
+                  (float *d_in, const float *d_out, const float *in, const float *mean,
+                   const float *var, const float *gamma, const float *sum_g, const float *sum_gx,
+                   int n, size_t r0, size_t r1, int d, float eps),
+                  (d_in, d_out, in, mean, var, gamma, sum_g, sum_gx, n, r0, r1, d, eps))
+
+void batchnorm_backward_rows(float *d_in, const float *d_out, const float *in, const float *mean,
+                             const float *var, const float *gamma, const float *sum_g,
+                             const float *sum_gx, int n, size_t r0, size_t r1, int d, float eps)
+{
+    batchnorm_backward_share_rows(d_in, d_out, in, mean, var, gamma, sum_g, sum_gx, n, r0, r1, d,
+                                  eps);
+}
+
 void batchnorm_backward(float *d_in, float *d_gamma, float *d_beta, const float *d_out,
                         const float *in, const float *mean, const float *var,
                         const float *gamma, int n, int d, float eps)

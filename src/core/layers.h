@@ -248,6 +248,21 @@ void batchnorm_activation_rows_forward(float *out, float *act, float *drop, floa
                                        float slope, float p, uint64_t key, size_t r0, size_t r1);
 
 /*
+ * batchnorm_backward by shares of the rows: batchnorm_backward_sums takes
+ * rows [r0, r1)'s sums of d_out and of d_out times the normalised input
+ * (the gradients of beta and gamma, which the caller adds up over the
+ * shares in order, one share giving batchnorm_backward's bits), and
+ * batchnorm_backward_rows computes rows [r0, r1) of d_in from the whole
+ * batch's sums (n rows).
+ */
+void batchnorm_backward_sums(float *sum_g, float *sum_gx, const float *d_out, const float *in,
+                             const float *mean, const float *var, size_t r0, size_t r1, int d,
+                             float eps);
+void batchnorm_backward_rows(float *d_in, const float *d_out, const float *in, const float *mean,
+                             const float *var, const float *gamma, const float *sum_g,
+                             const float *sum_gx, int n, size_t r0, size_t r1, int d, float eps);
+
+/*
  * A hidden MLP layer after its product, in training: out = BatchNorm(in)
  * (batchnorm_forward: the batch statistics into mean and var), then act
  * and drop as leaky_relu_dropout_forward, the same bits as the three in

@@ -671,6 +671,32 @@ static int window_shares(const BstConfig *c, size_t N)
     return n >= 2 ? (int)n : 0;
 }
 
+/* The most shares a training step's regions split a batch into: the
+ * window shares', or WINDOW_SHARES_MAX when their sums did not fit. */
+static int step_shares(const BstActs *a)
+{
+    return a->window_shares ? a->window_shares : WINDOW_SHARES_MAX;
+}
+
+/*
+ * The MLP's parameter gradients, in a share's own sums (the shares after
+ * the first, which sums into the gradients themselves): each product's
+ * weights and bias, the output's last.  They are kept where all of them
+ * take at most half of the gradient instance's other buffers (Keras's
+ * model: 7 x 96,513 floats against 2.1 million), else the MLP's backward
+ * runs layer by layer, its parameters' sums split by columns.
+ */
+static size_t mlp_share_floats(const BstConfig *c)
+{
+    size_t n = 0;
+    int in = bst_config_mlp_input(c);
+    for (int i = 0; i < c->n_hidden; i++) {
+        n += (size_t)in * c->hidden[i] + c->hidden[i];
+        in = c->hidden[i];
+    }
+    return n + (size_t)in + 1;
+}
+
 /* Activations are carved packed (carve.h), so that an inference slab is
  * exactly max_batch times that of one window (model.h); aligning each
  * buffer's start measured no faster in training (bench_epoch, 1 thread,
@@ -721,6 +747,10 @@ static void acts_layout(BstActs *a, const BstConfig *c, size_t N, BstActsKind ki
         a->bn_var[i] = backward_reads ? carve_packed(cv, u) : NULL;
         a->bn_share_mean[i] = backward_reads ? carve_packed(cv, WINDOW_SHARES_MAX * u) : NULL;
         a->bn_share_m2[i] = backward_reads ? carve_packed(cv, WINDOW_SHARES_MAX * u) : NULL;
+        a->bn_share_sum_g[i] =
+            kind == BST_ACTS_GRADIENTS ? carve_packed(cv, WINDOW_SHARES_MAX * u) : NULL;
+        a->bn_share_sum_gx[i] =
+            kind == BST_ACTS_GRADIENTS ? carve_packed(cv, WINDOW_SHARES_MAX * u) : NULL;
         a->bn[i] = carve_packed(cv, N * u);
         a->act[i] = carve_packed(cv, N * u);
         a->drop_mask[i] = backward_reads ? carve_packed(cv, N * u) : NULL;
@@ -748,6 +778,12 @@ static void acts_layout(BstActs *a, const BstConfig *c, size_t N, BstActsKind ki
     a->share_grads = kind == BST_ACTS_GRADIENTS && a->window_shares
                          ? carve_packed(cv, (size_t)a->window_shares * share_grad_floats(c))
                          : NULL;
+    /* Last: the MLP's shares' sums, if they take at most half of the
+     * buffers above (mlp_share_floats). */
+    const size_t mlp_sums = (size_t)(step_shares(a) - 1) * mlp_share_floats(c);
+    a->mlp_share_grads = kind == BST_ACTS_GRADIENTS && 2 * mlp_sums <= cv->used
+                             ? carve_packed(cv, mlp_sums)
+                             : NULL;
     a->slot = backward_reads ? (int32_t *)carve_packed(cv, NL) : NULL;
     a->distinct = backward_reads ? (int32_t *)carve_packed(cv, NL) : NULL;
     a->rows_start = backward_reads ? (int32_t *)carve_packed(cv, NL + 1) : NULL;
@@ -1174,6 +1210,125 @@ static void add_share_grads(ShareGrads into, ShareGrads part, size_t d)
     add_inplace(into.bo, part.bo, d);
 }
 
+/* A share's MLP parameter gradients: layer i's product at i, the output's
+ * at n_hidden. */
+typedef struct MlpGrads {
+    float *w[BST_MAX_HIDDEN + 1], *b[BST_MAX_HIDDEN + 1];
+} MlpGrads;
+
+/* Share 0's are the gradients themselves; share s's, its own sums, in
+ * mlp_share_floats' order. */
+static MlpGrads mlp_grads(const BstConfig *c, BstParams *g, float *partials, int share)
+{
+    MlpGrads G;
+    const int nh = c->n_hidden;
+    if (share == 0) {
+        for (int i = 0; i < nh; i++) {
+            G.w[i] = g->mlp_w[i];
+            G.b[i] = g->mlp_b[i];
+        }
+        G.w[nh] = g->out_w;
+        G.b[nh] = g->out_b;
+        return G;
+    }
+    float *at = partials + (size_t)(share - 1) * mlp_share_floats(c);
+    int in = bst_config_mlp_input(c);
+    for (int i = 0; i <= nh; i++) {
+        const int out = i < nh ? c->hidden[i] : 1;
+        G.w[i] = at;
+        G.b[i] = at + (size_t)in * out;
+        at = G.b[i] + out;
+        in = out;
+    }
+    return G;
+}
+
+/*
+ * Training's MLP backward by window shares (mlp_share_forward's stages in
+ * reverse): stage j runs product j's backward on the share's rows (the
+ * output's at j = n_hidden; hidden product j's after its BatchNorm's rows,
+ * from the batch's sums combined between the stages), its parameters'
+ * gradients summed into the share's own (slot bst_team_thread(), zeroed
+ * here); then hidden layer j-1's dropout and activation backward and the
+ * share's sums for its BatchNorm, or at stage 0 the transformer block's
+ * backward on the same windows (window_share_backward).
+ */
+static void mlp_share_backward(const BstModel *m, const BstActs *a, BstActs *da, BstParams *g,
+                               const BstBatch *b, int stage, size_t w0, size_t w1, int *team)
+{
+    const BstConfig *c = &m->cfg;
+    const BstParams *p = &m->params;
+    const int B = b->n, nh = c->n_hidden, in0 = bst_config_mlp_input(c);
+    const int n = (int)(w1 - w0), share = bst_team_thread();
+    const int in_dim = stage ? c->hidden[stage - 1] : in0;
+    const int out = stage < nh ? c->hidden[stage] : 1;
+    const MlpGrads G = mlp_grads(c, g, da->mlp_share_grads, share);
+    if (share > 0) {
+        memset(G.w[stage], 0, (size_t)in_dim * out * sizeof(float));
+        memset(G.b[stage], 0, (size_t)out * sizeof(float));
+    }
+    const float *d_out = da->pred, *w = p->out_w;
+    if (stage < nh) {
+        batchnorm_backward_rows(da->h[stage], da->bn[stage], a->h[stage], a->bn_mean[stage],
+                                a->bn_var[stage], p->bn_g[stage], da->bn_share_sum_g[stage],
+                                da->bn_share_sum_gx[stage], B, w0, w1, out, c->bn_eps);
+        d_out = da->h[stage];
+        w = p->mlp_w[stage];
+    }
+    float *d_in = stage ? da->drop[stage - 1] : da->mlp_in;
+    const float *in = stage ? a->drop[stage - 1] : a->mlp_in;
+    linear_backward(d_in + w0 * in_dim, G.w[stage], G.b[stage], d_out + w0 * out,
+                    in + w0 * in_dim, w, n, in_dim, out);
+    if (stage > 0) {
+        const int i = stage - 1;
+        const size_t o = w0 * in_dim, slot = (size_t)share * in_dim;
+        leaky_relu_dropout_backward(da->act[i] + o, da->bn[i] + o, da->drop[i] + o,
+                                    a->drop_mask[i] + o, a->bn[i] + o, (size_t)n * in_dim,
+                                    c->leaky_slope);
+        batchnorm_backward_sums(da->bn_share_sum_g[i] + slot, da->bn_share_sum_gx[i] + slot,
+                                da->bn[i], a->h[i], a->bn_mean[i], a->bn_var[i], w0, w1, in_dim,
+                                c->bn_eps);
+        if (share == 0)
+            *team = bst_team_size();
+    } else {
+        window_share_backward(m, a, da, b, w0, w1, team);
+    }
+}
+
+/* The backward FLOPs of stage `stage` (whether to split); stage 0 adds
+ * the transformer block's. */
+static double mlp_stage_backward_flops(const BstConfig *c, int B, int stage)
+{
+    return 2.0 * mlp_stage_flops(c, B, stage) + (stage ? 0.0 : 2.0 * window_forward_flops(c, B));
+}
+
+/* Shares 1.. of the MLP's stage `stage` gradients added to share 0's (the
+ * gradients), in share order. */
+static void mlp_add_shares(const BstConfig *c, BstParams *g, float *partials, int stage, int team)
+{
+    const MlpGrads into = mlp_grads(c, g, partials, 0);
+    const size_t in = stage ? (size_t)c->hidden[stage - 1] : (size_t)bst_config_mlp_input(c);
+    const size_t out = stage < c->n_hidden ? (size_t)c->hidden[stage] : 1;
+    for (int s = 1; s < team; s++) {
+        const MlpGrads part = mlp_grads(c, g, partials, s);
+        add_inplace(into.w[stage], part.w[stage], in * out);
+        add_inplace(into.b[stage], part.b[stage], out);
+    }
+}
+
+/* Layer i's BatchNorm sums: shares 1.. added to share 0's, which become
+ * the batch's, and its parameters' gradients. */
+static void bn_add_shares(const BstConfig *c, BstActs *da, BstParams *g, int i, int team)
+{
+    const size_t u = (size_t)c->hidden[i];
+    for (int s = 1; s < team; s++) {
+        add_inplace(da->bn_share_sum_g[i], da->bn_share_sum_g[i] + s * u, u);
+        add_inplace(da->bn_share_sum_gx[i], da->bn_share_sum_gx[i] + s * u, u);
+    }
+    add_inplace(g->bn_g[i], da->bn_share_sum_gx[i], u);
+    add_inplace(g->bn_b[i], da->bn_share_sum_g[i], u);
+}
+
 float bst_forward(const BstModel *m, BstActs *a, const BstBatch *b, int training, BstRng *rng)
 {
     const BstConfig *c = &m->cfg;
@@ -1343,23 +1498,42 @@ void bst_backward(const BstModel *m, const BstActs *a, BstActs *da, BstParams *g
                         p->movie_factors, a->user_idx, a->target_idx, user_rows, movie_rows, B,
                         c->n_factors);
 
-    /* MLP, last layer first; layer i reads drop[i-1] (or mlp_in for i = 0). */
-    linear_backward(nh ? da->drop[nh - 1] : da->mlp_in, g->out_w, g->out_b, da->pred,
-                    nh ? a->drop[nh - 1] : a->mlp_in, p->out_w, B, nh ? c->hidden[nh - 1] : in0,
-                    1);
-    for (int i = nh - 1; i >= 0; i--) {
-        const int u = c->hidden[i];
-        const size_t bu = (size_t)B * u;
-        leaky_relu_dropout_backward(da->act[i], da->bn[i], da->drop[i], a->drop_mask[i],
-                                    a->bn[i], bu, c->leaky_slope);
-        batchnorm_backward(da->h[i], g->bn_g[i], g->bn_b[i], da->bn[i], a->h[i],
-                           a->bn_mean[i], a->bn_var[i], p->bn_g[i], B, u, c->bn_eps);
-        linear_backward(i ? da->drop[i - 1] : da->mlp_in, g->mlp_w[i], g->mlp_b[i], da->h[i],
-                        i ? a->drop[i - 1] : a->mlp_in, p->mlp_w[i], B,
-                        i ? c->hidden[i - 1] : in0, u);
+    int team = 1;
+    if (da->mlp_share_grads) {
+        /* The MLP and the transformer block by window shares, last layer
+         * first (mlp_share_backward). */
+        const size_t grain = window_share_grain(B, da);
+        for (int stage = nh; stage >= 0; stage--) {
+            team = 1;
+            PARALLEL_FOR((size_t)B, grain, mlp_stage_backward_flops(c, B, stage), w0, w1,
+                         mlp_share_backward(m, a, da, g, b, stage, w0, w1, &team));
+            mlp_add_shares(c, g, da->mlp_share_grads, stage, team);
+            if (stage > 0)
+                bn_add_shares(c, da, g, stage - 1, team);
+        }
+    } else {
+        /* MLP, last layer first; layer i reads drop[i-1] (or mlp_in for i = 0). */
+        linear_backward(nh ? da->drop[nh - 1] : da->mlp_in, g->out_w, g->out_b, da->pred,
+                        nh ? a->drop[nh - 1] : a->mlp_in, p->out_w, B,
+                        nh ? c->hidden[nh - 1] : in0, 1);
+        for (int i = nh - 1; i >= 0; i--) {
+            const int u = c->hidden[i];
+            const size_t bu = (size_t)B * u;
+            leaky_relu_dropout_backward(da->act[i], da->bn[i], da->drop[i], a->drop_mask[i],
+                                        a->bn[i], bu, c->leaky_slope);
+            batchnorm_backward(da->h[i], g->bn_g[i], g->bn_b[i], da->bn[i], a->h[i],
+                               a->bn_mean[i], a->bn_var[i], p->bn_g[i], B, u, c->bn_eps);
+            linear_backward(i ? da->drop[i - 1] : da->mlp_in, g->mlp_w[i], g->mlp_b[i], da->h[i],
+                            i ? a->drop[i - 1] : a->mlp_in, p->mlp_w[i], B,
+                            i ? c->hidden[i - 1] : in0, u);
+        }
+        /* The transformer block's rows, each thread on its share of the
+         * windows (window_share_backward). */
+        PARALLEL_FOR((size_t)B, window_share_grain(B, da), 2.0 * window_forward_flops(c, B), w0,
+                     w1, window_share_backward(m, a, da, b, w0, w1, &team));
     }
 
-    /* MLP input: back into the user's embeddings, and the sequence (below). */
+    /* The MLP input's user columns: back into the user's embeddings. */
     int col = L * d;
     if (c->user_dim > 0) {
         embedding_backward(g->user_emb, da->mlp_in + col, in0, a->user_idx, user_rows, B,
@@ -1374,13 +1548,8 @@ void bst_backward(const BstModel *m, const BstActs *a, BstActs *da, BstParams *g
         col += c->feat_dim[k];
     }
 
-    /* The transformer block's rows, each thread on its share of the
-     * windows (window_share_backward), then the sums over every row that
-     * make its parameters' gradients, in the order the rows' loops had. */
-    int team = 1;
-    PARALLEL_FOR((size_t)B, window_share_grain(B, da),
-                 2.0 * window_forward_flops(c, B), w0, w1,
-                 window_share_backward(m, a, da, b, w0, w1, &team));
+    /* The sums over every row that make the transformer block's parameters'
+     * gradients: the shares' own, in share order, or all rows at once. */
     const ShareGrads into = {g->ln2_g, g->ln2_b, g->ffn_w, g->ffn_b, g->ln1_g, g->ln1_b, g->bo};
     if (da->share_grads) {
         for (int s = 0; s < team; s++)

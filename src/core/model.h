@@ -325,6 +325,10 @@ typedef struct BstActs {
     /* [shares, hidden[i]] (training) each share's mean and sum of squared
      * deviations, which make bn_mean and bn_var (model.c, mlp_share_forward) */
     float *bn_share_mean[BST_MAX_HIDDEN], *bn_share_m2[BST_MAX_HIDDEN];
+    /* [shares, hidden[i]] (gradients) each share's sums of the gradient of
+     * bn[i] and of it times the normalised h[i] (share 0's: the batch's
+     * once added up; model.c, mlp_share_backward) */
+    float *bn_share_sum_g[BST_MAX_HIDDEN], *bn_share_sum_gx[BST_MAX_HIDDEN];
     float *bn[BST_MAX_HIDDEN];        /* [N, hidden[i]] batchnorm */
     float *act[BST_MAX_HIDDEN];       /* [N, hidden[i]] leaky_relu */
     float *drop_mask[BST_MAX_HIDDEN]; /* [N, hidden[i]] (training) */
@@ -357,6 +361,10 @@ typedef struct BstActs {
      * the transformer block's parameter gradients, NULL when 0. */
     int32_t window_shares;
     float *share_grads;
+    /* Gradient instances: shares 1.. own sums of the MLP's parameter
+     * gradients (share 0 sums into the gradients), NULL where they do not
+     * fit (model.c, mlp_share_floats) */
+    float *mlp_share_grads;
     float *slab;
 } BstActs;
 

@@ -791,9 +791,10 @@ static double net_loss(void *p)
  * Every parameter tensor's gradient of the MSE of batch against central
  * differences, in training mode without dropout; names printed as
  * prefix.tensor.  share_sums: whether the batch is wide enough for the
- * window shares' own sums of the transformer's parameter gradients
- * (model.c, window_shares), else they are summed over every row at once;
- * the two networks below check one way each.  Returns the number of
+ * window shares' own sums of the transformer's and the MLP's parameter
+ * gradients (model.c, window_shares and mlp_share_floats; the MLP then
+ * runs by shares too), else they are summed over every row at once; the
+ * two networks below check one way each.  Returns the number of
  * tensors checked.
  */
 static int check_network(BstModel *m, const BstBatch *batch, const char *prefix, int share_sums)
@@ -808,6 +809,9 @@ static int check_network(BstModel *m, const BstBatch *batch, const char *prefix,
     CHECK((dacts.share_grads != NULL) == share_sums && (dacts.window_shares >= 2) == share_sums,
           "%s: %d window shares with sums of their own, expected %s", prefix,
           dacts.window_shares, share_sums ? "2 or more" : "none");
+    CHECK((dacts.mlp_share_grads != NULL) == share_sums,
+          "%s: the MLP's shares %s sums of their own", prefix,
+          dacts.mlp_share_grads ? "have" : "have no");
     NetCase c = {.m = m, .acts = &acts, .batch = batch};
     net_loss(&c);
     bst_zero_grads(&grads);
@@ -869,7 +873,7 @@ static void test_network(BstRng *rng)
     cfg.embed_dim = 5;
     cfg.heads = 2;
     cfg.n_hidden = 2;
-    cfg.hidden[0] = 6;
+    cfg.hidden[0] = 40; /* wide for its batch: the MLP runs layer by layer */
     cfg.hidden[1] = 4;
     cfg.dropout = 0.0f;
     int32_t ids[7] = {3, 10, 11, 20, 50, 51, 99};
@@ -900,7 +904,7 @@ static void test_network(BstRng *rng)
             fill_uniform(t[i].data, t[i].size, 0.5f, 1.5f, rng);
     }
     BstBatch batch = {.n = N, .movies = movies, .ratings = ratings, .targets = targets};
-    printf("network (n_movies 7, d 5, L 4, heads 2, hidden {6,4}, batch 5, BN training, no dropout)\n");
+    printf("network (n_movies 7, d 5, L 4, heads 2, hidden {40,4}, batch 5, BN training, no dropout)\n");
     check_network(m, &batch, "net", 0);
     bst_model_free(m);
 }
