@@ -890,7 +890,6 @@ BST_SIMD_INLINE void batchnorm_forward_cols_generic(float *out, float *mean, flo
                                                     const float *beta, int n, int d, float eps,
                                                     size_t f0, size_t f1)
 {
-    /* out NULL: the statistics only (batchnorm_activation_forward). */
     for (size_t c0 = f0; c0 < f1; c0 += BN_BLOCK) {
         const int w = f1 - c0 < BN_BLOCK ? (int)(f1 - c0) : BN_BLOCK;
         float m[BN_BLOCK] = {0}, v[BN_BLOCK] = {0}, k[BN_BLOCK];
@@ -912,8 +911,6 @@ BST_SIMD_INLINE void batchnorm_forward_cols_generic(float *out, float *mean, flo
             mean[c0 + j] = m[j];
             var[c0 + j] = v[j];
         }
-        if (!out)
-            continue;
         for (int r = 0; r < n; r++) {
             const float *x = in + (size_t)r * d + c0;
             float *o = out + (size_t)r * d + c0;
@@ -1452,23 +1449,6 @@ void batchnorm_activation_rows_forward(float *out, float *act, float *drop, floa
 {
     batchnorm_activation_rows(out, act, drop, mask, mean, var, in, gamma, beta, d, eps, slope, p,
                               key, r0, r1);
-}
-
-void batchnorm_activation_forward(float *out, float *mean, float *var, float *act, float *drop,
-                                  float *mask, const float *in, const float *gamma,
-                                  const float *beta, int n, int d, float eps, float slope,
-                                  float p, BstRng *rng)
-{
-    uint64_t key;
-    p = dropout_stream(p, rng, 0, &key);
-    /* The statistics need every row: shares of the features.  The rest
-     * goes by rows, each thread's rows still in its cache for the next
-     * layer's product, which splits by rows too. */
-    PARALLEL_FOR((size_t)d, BN_BLOCK, 4.0 * n * d, lo, hi,
-                 batchnorm_forward_cols(NULL, mean, var, in, gamma, beta, n, d, eps, lo, hi));
-    PARALLEL_FOR((size_t)n, 1, 7.0 * n * d, lo, hi,
-                 batchnorm_activation_rows(out, act, drop, mask, mean, var, in, gamma, beta, d,
-                                           eps, slope, p, key, lo, hi));
 }
 
 static void leaky_relu_dropout_backward_range(float *d_act, float *d_in, const float *d_out,

@@ -226,15 +226,17 @@ void leaky_relu_dropout_forward(float *act, float *out, float *mask, const float
 void leaky_relu_dropout_backward(float *d_act, float *d_in, const float *d_out,
                                  const float *mask, const float *in, size_t n, float slope);
 /*
- * BatchNorm by shares of the rows (model.c's MLP shares), so that no core
- * reads another's rows: batchnorm_share_stats_forward takes rows [r0, r1)'s
- * mean and sum of squared deviations from it; batchnorm_combine_stats adds
- * the shares' up in share order (share s's at offset s * stride; Chan,
- * Golub and LeVeque's pairwise update, in double) into the batch's mean
- * and (biased) variance, one share giving batchnorm_forward's bits; then
- * batchnorm_activation_rows_forward runs batchnorm_activation_forward's
- * rows on [r0, r1) of the whole buffers, its dropout from a key that
- * dropout_key drew once for the batch (it returns p, or 0 when disabled).
+ * A hidden MLP layer after its product, in training, by shares of the rows
+ * (model.c's MLP shares), so that no core reads another's rows:
+ * batchnorm_share_stats_forward takes rows [r0, r1)'s mean and sum of
+ * squared deviations from it; batchnorm_combine_stats adds the shares' up
+ * in share order (share s's at offset s * stride; Chan, Golub and
+ * LeVeque's pairwise update, in double) into the batch's mean and (biased)
+ * variance, one share giving batchnorm_forward's bits; then
+ * batchnorm_activation_rows_forward computes rows [r0, r1) of out =
+ * BatchNorm(in), then act and drop as leaky_relu_dropout_forward (the same
+ * bits as the three in turn), its dropout from a key that dropout_key drew
+ * once for the batch (it returns p, or 0 when disabled).
  */
 float dropout_key(float p, BstRng *rng, uint64_t *key);
 void batchnorm_share_stats_forward(float *mean, float *m2, const float *in, size_t r0,
@@ -261,18 +263,6 @@ void batchnorm_backward_sums(float *sum_g, float *sum_gx, const float *d_out, co
 void batchnorm_backward_rows(float *d_in, const float *d_out, const float *in, const float *mean,
                              const float *var, const float *gamma, const float *sum_g,
                              const float *sum_gx, int n, size_t r0, size_t r1, int d, float eps);
-
-/*
- * A hidden MLP layer after its product, in training: out = BatchNorm(in)
- * (batchnorm_forward: the batch statistics into mean and var), then act
- * and drop as leaky_relu_dropout_forward, the same bits as the three in
- * turn; a parallel loop over features for the statistics, one over rows
- * for the rest.
- */
-void batchnorm_activation_forward(float *out, float *mean, float *var, float *act, float *drop,
-                                  float *mask, const float *in, const float *gamma,
-                                  const float *beta, int n, int d, float eps, float slope,
-                                  float p, BstRng *rng);
 
 /*
  * A transformer block's residual step, as dropout_forward, res += x and

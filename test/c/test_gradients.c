@@ -1022,17 +1022,71 @@ static void test_fused_layers(BstRng *rng)
               same_bits(d1, d2, ND) && same_bits(e1, e2, ND),
           "leaky_relu_dropout: not the bits of leaky_relu and dropout in turn");
 
-    /* BatchNorm, activation and dropout. */
-    bst_rng_seed(&r1, seed);
-    bst_rng_seed(&r2, seed);
-    batchnorm_activation_forward(bn1, mean1, var1, a1, o1, m1, in, g, beta, N, D, eps, slope, p,
-                                 &r1);
-    batchnorm_forward(bn2, mean2, var2, in, g, beta, N, D, eps);
-    leaky_relu_forward(a2, bn2, ND, slope);
-    dropout_forward(o2, m2, a2, ND, p, &r2);
-    CHECK(same_bits(bn1, bn2, ND) && same_bits(mean1, mean2, D) && same_bits(var1, var2, D) &&
-              same_bits(a1, a2, ND) && same_bits(o1, o2, ND) && same_bits(m1, m2, ND),
-          "batchnorm_activation: not the bits of batchnorm, leaky_relu and dropout in turn");
+    /* BatchNorm, activation and dropout by shares of the rows (model.c's
+     * MLP shares): one share gives the bits of batchnorm_forward,
+     * leaky_relu and dropout in turn, and of batchnorm_backward; three
+     * uneven shares the same within rounding, and the same masks. */
+    {
+        static float sm[3 * D], sm2[3 * D], sg[3 * D], sgx[3 * D], dx1[ND], dx2[ND];
+        const size_t cut[][4] = {{0, N, 0, 0}, {0, 5, 6, 23}};
+        const int n_shares[] = {1, 3};
+        for (int k = 0; k < 2; k++) {
+            const int S = n_shares[k];
+            size_t rows[3];
+            uint64_t key;
+            bst_rng_seed(&r1, seed);
+            bst_rng_seed(&r2, seed);
+            const float pk = dropout_key(p, &r1, &key);
+            for (int t = 0; t < S; t++) {
+                const size_t lo = k ? cut[1][t] : 0, hi = k ? cut[1][t + 1] : N;
+                rows[t] = hi - lo;
+                batchnorm_share_stats_forward(sm + t * D, sm2 + t * D, in, lo, hi, D);
+            }
+            batchnorm_combine_stats(mean1, var1, sm, sm2, rows, S, D, D);
+            for (int t = 0; t < S; t++) {
+                const size_t lo = k ? cut[1][t] : 0, hi = k ? cut[1][t + 1] : N;
+                batchnorm_activation_rows_forward(bn1, a1, o1, m1, mean1, var1, in, g, beta, D,
+                                                  eps, slope, pk, key, lo, hi);
+                batchnorm_backward_sums(sg + t * D, sgx + t * D, up, in, mean1, var1, lo, hi, D,
+                                        eps);
+            }
+            for (int t = 1; t < S; t++) {
+                add_inplace(sg, sg + t * D, D);
+                add_inplace(sgx, sgx + t * D, D);
+            }
+            for (int t = 0; t < S; t++) {
+                const size_t lo = k ? cut[1][t] : 0, hi = k ? cut[1][t + 1] : N;
+                batchnorm_backward_rows(dx1, up, in, mean1, var1, g, sg, sgx, N, lo, hi, D, eps);
+            }
+            batchnorm_forward(bn2, mean2, var2, in, g, beta, N, D, eps);
+            leaky_relu_forward(a2, bn2, ND, slope);
+            dropout_forward(o2, m2, a2, ND, p, &r2);
+            memset(dg2, 0, sizeof(dg2));
+            memset(db2, 0, sizeof(db2));
+            batchnorm_backward(dx2, dg2, db2, up, in, mean2, var2, g, N, D, eps);
+            if (S == 1) {
+                CHECK(same_bits(bn1, bn2, ND) && same_bits(mean1, mean2, D) &&
+                          same_bits(var1, var2, D) && same_bits(a1, a2, ND) &&
+                          same_bits(o1, o2, ND) && same_bits(m1, m2, ND) &&
+                          same_bits(dx1, dx2, ND) && same_bits(sgx, dg2, D) &&
+                          same_bits(sg, db2, D),
+                      "batchnorm by one share: not the bits of batchnorm, leaky_relu and "
+                      "dropout in turn, and of batchnorm_backward");
+            } else {
+                double worst = 0.0;
+                for (int i = 0; i < D; i++)
+                    worst = fmax(worst, fmax(fabs(mean1[i] - mean2[i]),
+                                             fabs(var1[i] - var2[i]) / var2[i]));
+                for (int i = 0; i < ND; i++)
+                    worst = fmax(worst, fmax(fabs(o1[i] - o2[i]), fabs(dx1[i] - dx2[i])));
+                for (int i = 0; i < D; i++)
+                    worst = fmax(worst, fmax(fabs(sg[i] - db2[i]), fabs(sgx[i] - dg2[i])));
+                CHECK(same_bits(m1, m2, ND) && worst < 1e-5,
+                      "batchnorm by three shares: %.2e from the whole batch's (masks %s)",
+                      worst, same_bits(m1, m2, ND) ? "the same" : "differ");
+            }
+        }
+    }
 
     /* The residual step, with and without the next layer's activation
      * (whose backward then comes first, with the skip gradient). */
