@@ -790,14 +790,15 @@ static double net_loss(void *p)
 /*
  * Every parameter tensor's gradient of the MSE of batch against central
  * differences, in training mode without dropout; names printed as
- * prefix.tensor.  share_sums: whether the batch is wide enough for the
- * window shares' own sums of the transformer's and the MLP's parameter
- * gradients (model.c, window_shares and mlp_share_floats; the MLP then
- * runs by shares too), else they are summed over every row at once; the
- * two networks below check one way each.  Returns the number of
- * tensors checked.
+ * prefix.tensor.  window_sums, mlp_sums: whether the batch is wide enough
+ * for the window shares' own sums of the transformer's and of the MLP's
+ * parameter gradients (model.c, window_shares and mlp_share_floats; the
+ * MLP then runs by shares too), else they are summed over every row at
+ * once; the networks below check each way.  Returns the number of tensors
+ * checked.
  */
-static int check_network(BstModel *m, const BstBatch *batch, const char *prefix, int share_sums)
+static int check_network(BstModel *m, const BstBatch *batch, const char *prefix, int window_sums,
+                         int mlp_sums)
 {
     const BstConfig *cfg = &m->cfg;
     BstActs acts, dacts;
@@ -806,12 +807,12 @@ static int check_network(BstModel *m, const BstBatch *batch, const char *prefix,
               bst_acts_alloc(&dacts, cfg, batch->n, BST_ACTS_GRADIENTS) == 0 &&
               bst_params_alloc(&grads, cfg) == 0,
           "allocation");
-    CHECK((dacts.share_grads != NULL) == share_sums && (dacts.window_shares >= 2) == share_sums,
+    CHECK((dacts.share_grads != NULL) == window_sums &&
+              (dacts.window_shares >= 2) == window_sums,
           "%s: %d window shares with sums of their own, expected %s", prefix,
-          dacts.window_shares, share_sums ? "2 or more" : "none");
-    CHECK((dacts.mlp_share_grads != NULL) == share_sums,
-          "%s: the MLP's shares %s sums of their own", prefix,
-          dacts.mlp_share_grads ? "have" : "have no");
+          dacts.window_shares, window_sums ? "2 or more" : "none");
+    CHECK((dacts.mlp_share_grads != NULL) == mlp_sums, "%s: the MLP's shares %s sums of their own",
+          prefix, dacts.mlp_share_grads ? "have" : "have no");
     NetCase c = {.m = m, .acts = &acts, .batch = batch};
     net_loss(&c);
     bst_zero_grads(&grads);
@@ -868,45 +869,54 @@ static int check_network(BstModel *m, const BstBatch *batch, const char *prefix,
 
 static void test_network(BstRng *rng)
 {
-    BstConfig cfg;
-    bst_config_default(&cfg, 7, 4);
-    cfg.embed_dim = 5;
-    cfg.heads = 2;
-    cfg.n_hidden = 2;
-    cfg.hidden[0] = 40; /* wide for its batch: the MLP runs layer by layer */
-    cfg.hidden[1] = 4;
-    cfg.dropout = 0.0f;
-    int32_t ids[7] = {3, 10, 11, 20, 50, 51, 99};
-    BstModel *m = bst_model_create(&cfg, ids, 1234);
-    CHECK(m != NULL, "model create");
-    if (!m)
-        return;
-    enum { N = 5, L = 4 };
-    int32_t movies[N * L];
-    float ratings[N * (L - 1)], targets[N];
-    for (int i = 0; i < N * L; i++)
-        movies[i] = (int32_t)(bst_rng_next(rng) % 8);  /* includes OOV row 0 */
-    fill_uniform(ratings, N * (L - 1), 1.0f, 5.0f, rng);
-    fill_uniform(targets, N, 1.0f, 5.0f, rng);
-    /* Keras' initial embeddings (+-0.05) make every attention score ~0 and
-     * the Q/K gradients tiny; larger embeddings give the softmax something to
-     * do.  Norm parameters are moved off their 1/0 initial values so their
-     * paths are exercised, and the attention's biases off 0 (training folds
-     * bv Wo into its values: a zero bv would hide that term of wo's
-     * gradient). */
-    BstTensor t[BST_MAX_TENSORS];
-    int nt = bst_param_tensors(&cfg, &m->params, t);
-    for (int i = 0; i < nt; i++) {
-        if (strstr(t[i].name, "_emb"))
-            fill_uniform(t[i].data, t[i].size, -1.0f, 1.0f, rng);
-        else if (strstr(t[i].name, "_g") || strstr(t[i].name, "_b") || strcmp(t[i].name, "bqkv") == 0 ||
-                 strcmp(t[i].name, "bo") == 0)
-            fill_uniform(t[i].data, t[i].size, 0.5f, 1.5f, rng);
+    /* Hidden {40, 4}, wide for its batch: the MLP runs layer by layer;
+     * no hidden layer: the output's product by shares. */
+    for (int hidden = 1; hidden >= 0; hidden--) {
+        BstConfig cfg;
+        bst_config_default(&cfg, 7, 4);
+        cfg.embed_dim = 5;
+        cfg.heads = 2;
+        cfg.n_hidden = hidden ? 2 : 0;
+        cfg.hidden[0] = 40;
+        cfg.hidden[1] = 4;
+        cfg.dropout = 0.0f;
+        int32_t ids[7] = {3, 10, 11, 20, 50, 51, 99};
+        /* Without hidden layers, seed 1234 puts a feed-forward input of
+         * one wqkv difference across LeakyReLU's kink (5e-2 at NET_STEP,
+         * 4e-4 at 1e-3): another seed. */
+        BstModel *m = bst_model_create(&cfg, ids, hidden ? 1234 : 4321);
+        CHECK(m != NULL, "model create");
+        if (!m)
+            return;
+        enum { N = 5, L = 4 };
+        int32_t movies[N * L];
+        float ratings[N * (L - 1)], targets[N];
+        for (int i = 0; i < N * L; i++)
+            movies[i] = (int32_t)(bst_rng_next(rng) % 8); /* includes OOV row 0 */
+        fill_uniform(ratings, N * (L - 1), 1.0f, 5.0f, rng);
+        fill_uniform(targets, N, 1.0f, 5.0f, rng);
+        /* Keras' initial embeddings (+-0.05) make every attention score ~0
+         * and the Q/K gradients tiny; larger embeddings give the softmax
+         * something to do.  Norm parameters are moved off their 1/0
+         * initial values so their paths are exercised, and the attention's
+         * biases off 0 (training folds bv Wo into its values: a zero bv
+         * would hide that term of wo's gradient). */
+        BstTensor t[BST_MAX_TENSORS];
+        int nt = bst_param_tensors(&cfg, &m->params, t);
+        for (int i = 0; i < nt; i++) {
+            if (strstr(t[i].name, "_emb"))
+                fill_uniform(t[i].data, t[i].size, -1.0f, 1.0f, rng);
+            else if (strstr(t[i].name, "_g") || strstr(t[i].name, "_b") ||
+                     strcmp(t[i].name, "bqkv") == 0 || strcmp(t[i].name, "bo") == 0)
+                fill_uniform(t[i].data, t[i].size, 0.5f, 1.5f, rng);
+        }
+        BstBatch batch = {.n = N, .movies = movies, .ratings = ratings, .targets = targets};
+        printf("network (n_movies 7, d 5, L 4, heads 2, hidden %s, batch 5, BN training, no "
+               "dropout)\n",
+               hidden ? "{40,4}" : "none");
+        check_network(m, &batch, hidden ? "net" : "net0", 0, !hidden);
+        bst_model_free(m);
     }
-    BstBatch batch = {.n = N, .movies = movies, .ratings = ratings, .targets = targets};
-    printf("network (n_movies 7, d 5, L 4, heads 2, hidden {40,4}, batch 5, BN training, no dropout)\n");
-    check_network(m, &batch, "net", 0);
-    bst_model_free(m);
 }
 
 /*
@@ -967,7 +977,7 @@ static void test_network_features(BstRng *rng)
                       .hist_len = hist_len, .users = users};
     printf("network with user id, sex/age/occupation, genres, bias and factor terms, padded "
            "windows\n");
-    check_network(m, &batch, "net+", 1);
+    check_network(m, &batch, "net+", 1, 1);
     const char *expected[] = {"user_emb", "sex_emb", "age_emb", "occ_emb", "genre_w", "genre_b",
                               "global_bias", "user_bias", "movie_bias", "user_factors",
                               "movie_factors", "rating_w"};
