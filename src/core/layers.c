@@ -704,8 +704,9 @@ void bias_backward(float *d_global, float *d_user_bias, float *d_movie_bias, con
  * 62 x 558 at most) OpenBLAS's own threading spends more time waiting than
  * computing.  Each thread instead makes one single-threaded sgemm call on its
  * block of the output: rows of Y = X W + b and of dX = dY W^T, columns of
- * dW = X^T dY (the sum over the batch stays inside one call, so no thread
- * ever adds into another's output).  Whether an element comes out the same
+ * dW = X^T dY (the sum over a call's rows stays inside one sgemm call, so
+ * no thread ever adds into another's output; model.c's window shares call
+ * this on their own rows, into sums of their own).  Whether an element comes out the same
  * in a block as in the whole product is up to the BLAS kernels (parallel.h).
  */
 

@@ -1248,8 +1248,9 @@ static MlpGrads mlp_grads(const BstConfig *c, BstParams *g, float *partials, int
  * reverse): stage j runs product j's backward on the share's rows (the
  * output's at j = n_hidden; hidden product j's after its BatchNorm's rows,
  * from the batch's sums combined between the stages), its parameters'
- * gradients summed into the share's own (slot bst_team_thread(), zeroed
- * here); then hidden layer j-1's dropout and activation backward and the
+ * gradients summed into the share's own (mlp_grads: share 0's are the
+ * gradients, share s's are slot s - 1 of mlp_share_grads, zeroed here);
+ * then hidden layer j-1's dropout and activation backward and the
  * share's sums for its BatchNorm, or at stage 0 the transformer block's
  * backward on the same windows (window_share_backward).
  */

@@ -357,8 +357,10 @@ typedef struct BstActs {
     float *fold_w;                    /* [d, 2*H*dk] */
     float *fold_b;                    /* [2*H*dk] */
     /* Training's window shares (model.c, window_shares): at most this
-     * many, 0 for any number; gradient instances: each one's own sums of
-     * the transformer block's parameter gradients, NULL when 0. */
+     * many; 0 when their sums of the transformer block's parameter
+     * gradients do not fit (then at most WINDOW_SHARES_MAX shares, summed
+     * over every row after the region); gradient instances: those sums,
+     * one per share, NULL when 0. */
     int32_t window_shares;
     float *share_grads;
     /* Gradient instances: shares 1.. own sums of the MLP's parameter

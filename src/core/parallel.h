@@ -6,13 +6,18 @@
  * ranges, one per thread, and each thread runs the same serial code on its
  * range: rows for row-wise layers and for Y = X W / dX = dY W^T, columns for
  * the reductions over the batch (dW = X^T dY, bias and norm-parameter
- * gradients, BatchNorm statistics, embedding scatter-add).  No value is ever
- * summed across threads and the shares depend only on the sizes and the
- * thread count, so training is bit-for-bit deterministic for a given seed and
- * thread count.  Beyond that, the core's own kernels compute each output
- * element by the same operations in the same order whatever the thread count
- * (dropout masks come from counter-based streams, bst_rng_at, which any
- * thread can evaluate at any position).  Only the BLAS may round an element
+ * gradients, embedding scatter-add).  The layers themselves never sum a
+ * value across threads: each computes an output element by the same
+ * operations in the same order whatever the thread count (dropout masks
+ * come from counter-based streams, bst_rng_at, which any thread can
+ * evaluate at any position).  Training's step is the exception, by design:
+ * its transformer block and MLP run by shares of the windows, each share
+ * summing its own rows into sums of its own (BatchNorm statistics, the
+ * parameters' gradients), added up in share order after each region
+ * (model.c, window shares), so those sums round differently for another
+ * share count.  The shares depend only on the sizes and the thread count,
+ * so training is bit-for-bit deterministic for a given seed and thread
+ * count.  Only the BLAS may round an element
  * of a product differently depending on the block it is asked for: OpenBLAS's
  * AVX2 kernels do (last-bit differences between thread counts); its AVX-512
  * kernels mostly do not, but a block narrower than their 16 columns can take
@@ -131,7 +136,9 @@ static inline void bst_share(size_t n, size_t grain, int t, int nt, size_t *lo, 
  * path never touches the pool.  The shares are those of the thread count
  * asked for, whichever threads run them (fewer, even the calling thread
  * alone, when the pool could not create them all or the machine is busy), so
- * the results depend on the thread count only.
+ * the results depend on the thread count only.  (One exception: a region
+ * started while another application thread holds the pool runs as a single
+ * share, the bits of one thread; a PostgreSQL backend has one thread.)
  *
  *     PARALLEL_FOR((size_t)rows, 1, (double)rows * d, lo, hi,
  *                  layer_rows(out, in, lo, hi, d));   // lo, hi: size_t

@@ -1296,13 +1296,14 @@ static size_t count_diff(const float *a, const float *b, size_t n)
 }
 
 /*
- * The core's own kernels never sum a value across threads (see parallel.h),
- * so splitting them must not change a single bit: run them serially, then on
+ * The core's layers never sum a value across threads (see parallel.h), so
+ * splitting them must not change a single bit: run them serially, then on
  * 2 and 3 threads with every loop forced parallel.  The network adds sgemm
- * blocks, whose rounding is the BLAS's business: OpenBLAS's AVX-512 kernels
- * compute an element the same way in any block, its AVX2 ones do not.  So
- * for the network only run-to-run equality is required; equality with the
- * serial run is reported.
+ * blocks, whose rounding is the BLAS's business (OpenBLAS's AVX-512
+ * kernels compute an element the same way in any block, its AVX2 ones do
+ * not), and the training step's window shares, whose sums add up in share
+ * order (model.c).  So for the network only run-to-run equality is
+ * required; equality with the serial run is reported.
  */
 static void test_thread_invariance(void)
 {
@@ -1335,7 +1336,7 @@ static void test_thread_invariance(void)
               threads, unpaired);
         free(apart);
         printf("network on %d threads: %zu of %zu values differ from 1 thread "
-               "(allowed: sgemm block rounding)\n",
+               "(allowed: sgemm blocks and the shares' sums)\n",
                threads, count_diff(a, net_ref, n), n);
         free(a);
         free(b);
