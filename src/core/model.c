@@ -1091,7 +1091,7 @@ static void window_share_backward(const BstModel *m, const BstActs *a, BstActs *
  * not fit). */
 static size_t window_share_grain(int B, const BstActs *a)
 {
-    const size_t shares = a->window_shares ? (size_t)a->window_shares : WINDOW_SHARES_MAX;
+    const size_t shares = (size_t)step_shares(a);
     size_t g = ((size_t)B + shares - 1) / shares;
     g += g & 1;
     return g < WINDOW_GRAIN ? WINDOW_GRAIN : g;
@@ -1104,6 +1104,28 @@ static void share_rows(size_t *rows, int B, size_t grain, int team)
         size_t lo, hi;
         bst_share((size_t)B, grain, s, team, &lo, &hi);
         rows[s] = hi - lo;
+    }
+}
+
+/* Windows [w0, w1) of mlp_in's user columns, after the sequence's: the
+ * user's id and feature embeddings (B: the batch, feat_idx's stride). */
+static void user_inputs_forward(const BstModel *m, BstActs *a, int B, size_t w0, size_t w1)
+{
+    const BstConfig *c = &m->cfg;
+    const BstParams *p = &m->params;
+    const int in0 = bst_config_mlp_input(c), n = (int)(w1 - w0);
+    int col = c->seq_len * c->embed_dim;
+    if (c->user_dim > 0) {
+        embedding_forward(a->mlp_in + w0 * in0 + col, in0, a->user_idx + w0, p->user_emb,
+                          c->n_users + 1, n, c->user_dim);
+        col += c->user_dim;
+    }
+    for (int k = 0; k < BST_N_USER_FEATS; k++) {
+        if (c->feat_dim[k] == 0)
+            continue;
+        embedding_forward(a->mlp_in + w0 * in0 + col, in0, a->feat_idx + (size_t)k * B + w0,
+                          p->feat_emb[k], c->n_feat_values[k] + 1, n, c->feat_dim[k]);
+        col += c->feat_dim[k];
     }
 }
 
@@ -1133,19 +1155,7 @@ static void mlp_share_forward(const BstModel *m, BstActs *a, int B, int stage,
     const float *in = a->mlp_in;
     int in_dim = in0;
     if (stage == 0) {
-        int col = c->seq_len * c->embed_dim;
-        if (c->user_dim > 0) {
-            embedding_forward(a->mlp_in + w0 * in0 + col, in0, a->user_idx + w0, p->user_emb,
-                              c->n_users + 1, n, c->user_dim);
-            col += c->user_dim;
-        }
-        for (int k = 0; k < BST_N_USER_FEATS; k++) {
-            if (c->feat_dim[k] == 0)
-                continue;
-            embedding_forward(a->mlp_in + w0 * in0 + col, in0, a->feat_idx + (size_t)k * B + w0,
-                              p->feat_emb[k], c->n_feat_values[k] + 1, n, c->feat_dim[k]);
-            col += c->feat_dim[k];
-        }
+        user_inputs_forward(m, a, B, w0, w1);
     } else {
         const int i = stage - 1, u = c->hidden[i];
         batchnorm_activation_rows_forward(a->bn[i], a->act[i], a->drop[i], a->drop_mask[i],
@@ -1425,19 +1435,7 @@ float bst_forward(const BstModel *m, BstActs *a, const BstBatch *b, int training
         mlp_forward_shares(m, a, B, drop_rng);
     } else {
         /* The user's embeddings, then the MLP. */
-        int col = L * d;
-        if (c->user_dim > 0) {
-            embedding_forward(a->mlp_in + col, in0, a->user_idx, p->user_emb, user_rows, B,
-                              c->user_dim);
-            col += c->user_dim;
-        }
-        for (int k = 0; k < BST_N_USER_FEATS; k++) {
-            if (c->feat_dim[k] == 0)
-                continue;
-            embedding_forward(a->mlp_in + col, in0, a->feat_idx + (size_t)k * B, p->feat_emb[k],
-                              c->n_feat_values[k] + 1, B, c->feat_dim[k]);
-            col += c->feat_dim[k];
-        }
+        user_inputs_forward(m, a, B, 0, (size_t)B);
 
         const float *in = a->mlp_in;
         int in_dim = in0;
