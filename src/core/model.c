@@ -649,7 +649,7 @@ size_t bst_model_num_params(const BstModel *m)
  * fold) sum the transformer block's parameter gradients into sums of their
  * own (share_grads): the LayerNorms' gains and shifts, the feed-forward's
  * weights and bias, and bo, share_grad_floats each.  At most
- * WINDOW_SHARES_MAX shares whatever the thread count, and their sums take
+ * BST_WINDOW_SHARES_MAX shares whatever the thread count, and their sums take
  * at most as many floats as the batch's sequence (N * L * d, one of the
  * several dozen buffers of that size): a share then has at least as many
  * rows as its d x d sum has rows, and a wide model's sums cannot outgrow
@@ -657,7 +657,6 @@ size_t bst_model_num_params(const BstModel *m)
  * the parameters' sums run over every row after the region, split by
  * columns (window_shares 0).
  */
-#define WINDOW_SHARES_MAX 8
 static size_t share_grad_floats(const BstConfig *c)
 {
     const size_t d = (size_t)c->embed_dim;
@@ -667,25 +666,20 @@ static size_t share_grad_floats(const BstConfig *c)
 static int window_shares(const BstConfig *c, size_t N)
 {
     const size_t fit = N * (size_t)c->seq_len * (size_t)c->embed_dim / share_grad_floats(c);
-    const size_t n = fit < WINDOW_SHARES_MAX ? fit : WINDOW_SHARES_MAX;
+    const size_t n = fit < BST_WINDOW_SHARES_MAX ? fit : BST_WINDOW_SHARES_MAX;
     return n >= 2 ? (int)n : 0;
 }
 
 /* The most shares a training step's regions split a batch into: the
- * window shares', or WINDOW_SHARES_MAX when their sums did not fit. */
+ * window shares', or BST_WINDOW_SHARES_MAX when their sums did not fit. */
 static int step_shares(const BstActs *a)
 {
-    return a->window_shares ? a->window_shares : WINDOW_SHARES_MAX;
+    return a->window_shares ? a->window_shares : BST_WINDOW_SHARES_MAX;
 }
 
-/*
- * The MLP's parameter gradients, in a share's own sums (the shares after
+/* The MLP's parameter gradients, in a share's own sums (the shares after
  * the first, which sums into the gradients themselves): each product's
- * weights and bias, the output's last.  They are kept where all of them
- * take at most half of the gradient instance's other buffers (Keras's
- * model: 7 x 96,513 floats against 2.1 million), else the MLP's backward
- * runs layer by layer, its parameters' sums split by columns.
- */
+ * weights and bias, the output's last. */
 static size_t mlp_share_floats(const BstConfig *c)
 {
     size_t n = 0;
@@ -697,12 +691,24 @@ static size_t mlp_share_floats(const BstConfig *c)
     return n + (size_t)in + 1;
 }
 
+/* The fold's and the movies' parameter gradients, in a share's own sums
+ * (movie_share_backward, FoldGrads): fold_w's and fold_b's, the positions'
+ * projections' (pqv's L rows), the positions' and the rating weights'
+ * (L rows of d, as dpos), and the genre Dense's weights and bias. */
+static size_t fold_share_floats(const BstConfig *c)
+{
+    const size_t d = (size_t)c->embed_dim, n2 = 2 * (size_t)c->heads * d;
+    const size_t L = (size_t)c->seq_len, G = (size_t)c->n_genres;
+    return d * n2 + n2 + L * n2 + L * d + (G ? (d + G) * d + d : 0);
+}
+
 /* Activations are carved packed (carve.h), so that an inference slab is
  * exactly max_batch times that of one window (model.h); aligning each
  * buffer's start measured no faster in training (bench_epoch, 1 thread,
  * every slab on a cache line or not, alternated), whose products pack
  * their operands anyway. */
-static void acts_layout(BstActs *a, const BstConfig *c, size_t N, BstActsKind kind, Carver *cv)
+static void acts_layout_buffers(BstActs *a, const BstConfig *c, size_t N, BstActsKind kind,
+                                Carver *cv)
 {
     const size_t L = (size_t)c->seq_len, d = (size_t)c->embed_dim, H = (size_t)c->heads;
     const size_t hd = H * d, bld = N * L * d;
@@ -745,12 +751,12 @@ static void acts_layout(BstActs *a, const BstConfig *c, size_t N, BstActsKind ki
         a->h[i] = carve_packed(cv, N * u);
         a->bn_mean[i] = backward_reads ? carve_packed(cv, u) : NULL;
         a->bn_var[i] = backward_reads ? carve_packed(cv, u) : NULL;
-        a->bn_share_mean[i] = backward_reads ? carve_packed(cv, WINDOW_SHARES_MAX * u) : NULL;
-        a->bn_share_m2[i] = backward_reads ? carve_packed(cv, WINDOW_SHARES_MAX * u) : NULL;
+        a->bn_share_mean[i] = backward_reads ? carve_packed(cv, BST_WINDOW_SHARES_MAX * u) : NULL;
+        a->bn_share_m2[i] = backward_reads ? carve_packed(cv, BST_WINDOW_SHARES_MAX * u) : NULL;
         a->bn_share_sum_g[i] =
-            kind == BST_ACTS_GRADIENTS ? carve_packed(cv, WINDOW_SHARES_MAX * u) : NULL;
+            kind == BST_ACTS_GRADIENTS ? carve_packed(cv, BST_WINDOW_SHARES_MAX * u) : NULL;
         a->bn_share_sum_gx[i] =
-            kind == BST_ACTS_GRADIENTS ? carve_packed(cv, WINDOW_SHARES_MAX * u) : NULL;
+            kind == BST_ACTS_GRADIENTS ? carve_packed(cv, BST_WINDOW_SHARES_MAX * u) : NULL;
         a->bn[i] = carve_packed(cv, N * u);
         a->act[i] = carve_packed(cv, N * u);
         a->drop_mask[i] = backward_reads ? carve_packed(cv, N * u) : NULL;
@@ -778,18 +784,53 @@ static void acts_layout(BstActs *a, const BstConfig *c, size_t N, BstActsKind ki
     a->share_grads = kind == BST_ACTS_GRADIENTS && a->window_shares
                          ? carve_packed(cv, (size_t)a->window_shares * share_grad_floats(c))
                          : NULL;
-    /* Last: the MLP's shares' sums, if they take at most half of the
-     * buffers above (mlp_share_floats). */
-    const size_t mlp_sums = (size_t)(step_shares(a) - 1) * mlp_share_floats(c);
-    a->mlp_share_grads = kind == BST_ACTS_GRADIENTS && 2 * mlp_sums <= cv->used
-                             ? carve_packed(cv, mlp_sums)
-                             : NULL;
-    a->slot = backward_reads ? (int32_t *)carve_packed(cv, NL) : NULL;
-    a->distinct = backward_reads ? (int32_t *)carve_packed(cv, NL) : NULL;
-    a->rows_start = backward_reads ? (int32_t *)carve_packed(cv, NL + 1) : NULL;
-    a->rows = backward_reads ? (int32_t *)carve_packed(cv, NL) : NULL;
-    a->slot_of_movie =
-        backward_reads ? (int32_t *)carve_packed(cv, (size_t)c->n_movies + 1) : NULL;
+}
+
+/*
+ * A training step's partial sums, those of shares 1.. of the MLP's and of
+ * the fold's parameter gradients, are kept where they take at most half of
+ * a gradient instance's other buffers (Keras's model: 7 x (96,513 +
+ * 25,172) floats against 2.1 million).  Then each window share also
+ * encodes and projects its own windows' distinct movies (share_movies),
+ * and the MLP runs by shares; else the batch's distinct movies are
+ * encoded once, and the MLP runs layer by layer, its parameters' sums
+ * split by columns.  Training and gradient instances decide alike, from
+ * the configuration and N alone.
+ */
+static int step_sums_fit(const BstConfig *c, size_t N)
+{
+    BstActs g;
+    Carver cv = {NULL, 0};
+    acts_layout_buffers(&g, c, N, BST_ACTS_GRADIENTS, &cv);
+    const size_t sums =
+        (size_t)(step_shares(&g) - 1) * (mlp_share_floats(c) + fold_share_floats(c));
+    return 2 * sums <= cv.used;
+}
+
+/* Each share's own slot_of_movie where shares have movies of their own. */
+static size_t movie_scratch(const BstActs *a, const BstConfig *c)
+{
+    return ((size_t)c->n_movies + 1) * (size_t)(a->share_movies ? step_shares(a) : 1);
+}
+
+static void acts_layout(BstActs *a, const BstConfig *c, size_t N, BstActsKind kind, Carver *cv)
+{
+    acts_layout_buffers(a, c, N, kind, cv);
+    a->share_movies = kind != BST_ACTS_INFERENCE && step_sums_fit(c, N);
+    const int sums = kind == BST_ACTS_GRADIENTS && a->share_movies;
+    const size_t partials = (size_t)(step_shares(a) - 1);
+    a->mlp_share_grads = sums ? carve_packed(cv, partials * mlp_share_floats(c)) : NULL;
+    a->movie_share_grads = sums ? carve_packed(cv, partials * fold_share_floats(c)) : NULL;
+
+    /* Training's index lists: int32 in float-sized slots.  A share's
+     * rows_start has one entry more than its rows (movie_shares). */
+    const int lists = kind == BST_ACTS_TRAINING;
+    const size_t NL = N * (size_t)c->seq_len;
+    a->slot = lists ? (int32_t *)carve_packed(cv, NL) : NULL;
+    a->distinct = lists ? (int32_t *)carve_packed(cv, NL) : NULL;
+    a->rows_start = lists ? (int32_t *)carve_packed(cv, NL + BST_WINDOW_SHARES_MAX + 1) : NULL;
+    a->rows = lists ? (int32_t *)carve_packed(cv, NL) : NULL;
+    a->slot_of_movie = lists ? (int32_t *)carve_packed(cv, movie_scratch(a, c)) : NULL;
 }
 
 int32_t bst_windows_within(size_t budget, size_t per_window, int32_t seq_len, int32_t max_batch)
@@ -842,7 +883,7 @@ int bst_acts_alloc(BstActs *a, const BstConfig *cfg, int32_t max_batch, BstActsK
     cv.used = 0;
     acts_layout(a, cfg, (size_t)max_batch, kind, &cv);
     if (a->slot_of_movie)
-        for (int32_t m = 0; m <= cfg->n_movies; m++)
+        for (size_t m = 0; m < movie_scratch(a, cfg); m++)
             a->slot_of_movie[m] = -1;
     a->slab = slab;
     a->max_batch = max_batch;
@@ -859,42 +900,95 @@ void bst_acts_free(BstActs *a)
 /* ------------------------------------------------------- forward/backward */
 
 /*
- * A training batch's distinct movies: each position's slot (-1 for
- * padding), the movies in the order first seen, and each one's positions
- * in increasing order (a counting sort by slot: rows_start counts, then
- * serves as the cursor, then is shifted back).
+ * The distinct movies of windows [w0, w1) (a share's, or the batch's):
+ * each position's slot among them (-1 for padding), the movies in the
+ * order first seen (distinct, from row r0 = w0 L), and each one's
+ * positions in increasing order, counted from r0 (rows, from row r0, and
+ * rows_start: a counting sort by slot, rows_start counts, then serves as
+ * the cursor, then is shifted back).  slot_of_movie: all -1, and so left.
+ * Returns their number.
  */
-static void distinct_movies(BstActs *a, const BstBatch *b, int L, int32_t movie_rows)
+static int32_t distinct_movies(BstActs *a, const BstBatch *b, int L, int32_t movie_rows,
+                               size_t w0, size_t w1, int32_t *slot_of_movie, int32_t *rows_start)
 {
-    const size_t BL = (size_t)b->n * L;
+    const size_t r0 = w0 * L, r1 = w1 * L;
+    int32_t *slot = a->slot, *distinct = a->distinct + r0, *rows = a->rows + r0;
     int32_t n = 0;
-    for (size_t row = 0; row < BL; row++) {
+    for (size_t row = r0; row < r1; row++) {
         if ((int)(row % L) < bst_first_valid(b->hist_len, row / L, L)) {
-            a->slot[row] = -1;
+            slot[row] = -1;
             continue;
         }
         const int32_t movie = bst_row_or_zero(b->movies[row], movie_rows);
-        if (a->slot_of_movie[movie] < 0) {
-            a->slot_of_movie[movie] = n;
-            a->distinct[n++] = movie;
+        if (slot_of_movie[movie] < 0) {
+            slot_of_movie[movie] = n;
+            distinct[n++] = movie;
         }
-        a->slot[row] = a->slot_of_movie[movie];
+        slot[row] = slot_of_movie[movie];
     }
     for (int32_t u = 0; u < n; u++)
-        a->slot_of_movie[a->distinct[u]] = -1;
-    memset(a->rows_start, 0, ((size_t)n + 1) * sizeof(int32_t));
-    for (size_t row = 0; row < BL; row++)
-        if (a->slot[row] >= 0)
-            a->rows_start[a->slot[row] + 1]++;
+        slot_of_movie[distinct[u]] = -1;
+    memset(rows_start, 0, ((size_t)n + 1) * sizeof(int32_t));
+    for (size_t row = r0; row < r1; row++)
+        if (slot[row] >= 0)
+            rows_start[slot[row] + 1]++;
     for (int32_t u = 0; u < n; u++)
-        a->rows_start[u + 1] += a->rows_start[u];
-    for (size_t row = 0; row < BL; row++)
-        if (a->slot[row] >= 0)
-            a->rows[a->rows_start[a->slot[row]]++] = (int32_t)row;
+        rows_start[u + 1] += rows_start[u];
+    for (size_t row = r0; row < r1; row++)
+        if (slot[row] >= 0)
+            rows[rows_start[slot[row]]++] = (int32_t)(row - r0);
     for (int32_t u = n; u > 0; u--)
-        a->rows_start[u] = a->rows_start[u - 1];
-    a->rows_start[0] = 0;
-    a->n_distinct = n;
+        rows_start[u] = rows_start[u - 1];
+    rows_start[0] = 0;
+    return n;
+}
+
+/*
+ * Movies [at, at + n) of the distinct lists: their encodings (the
+ * embedding, or Dense+ReLU over [embedding | genres]) and their fused
+ * projections, uqv = uenc fold_w.
+ */
+static void movies_forward(const BstModel *m, BstActs *a, size_t at, int n)
+{
+    const BstConfig *c = &m->cfg;
+    const BstParams *p = &m->params;
+    const int d = c->embed_dim, G = c->n_genres;
+    const int32_t movie_rows = c->n_movies + 1;
+    float *uenc = a->uenc + at * d;
+    if (G > 0) {
+        float *ugin = a->ugin + at * (d + G), *ugpre = a->ugpre + at * d;
+        embedding_forward(ugin, d + G, a->distinct + at, p->movie_emb, movie_rows, n, d);
+        embedding_forward(ugin + d, d + G, a->distinct + at, m->movie_genres, movie_rows, n, G);
+        linear_forward(ugpre, ugin, p->genre_w, p->genre_b, n, d + G, d);
+        leaky_relu_forward(uenc, ugpre, (size_t)n * d, 0.0f);
+    } else {
+        embedding_forward(uenc, d, a->distinct + at, p->movie_emb, movie_rows, n, d);
+    }
+    fold_projection_forward(a->uqv + at * 2 * c->heads * d, uenc, a->fold_w, n, d, c->heads);
+}
+
+/*
+ * Windows [w0, w1) of share s (share_movies): their own distinct movies,
+ * encoded and projected (movies_forward) from row w0 L of the lists, so
+ * that the rows that read them, and the backward's sums over them
+ * (movie_share_backward), stay in this core's cache.  (One list for the
+ * batch, split by columns or by movies, had each core read and rewrite
+ * rows the other wrote, at some 500 ns a line on a 2-vCPU VM:
+ * test/c/bench_cores.)  Movies in two shares are encoded twice: some 12%
+ * more of the fold's products on ML-1M's batches of 265 in 2 shares.
+ */
+static void share_movies_forward(const BstModel *m, BstActs *a, const BstBatch *b, size_t w0,
+                                 size_t w1, int s)
+{
+    const BstConfig *c = &m->cfg;
+    const size_t at = w0 * (size_t)c->seq_len;
+    int32_t *scratch = a->slot_of_movie + (size_t)s * (c->n_movies + 1);
+    const int32_t n = distinct_movies(a, b, c->seq_len, c->n_movies + 1, w0, w1, scratch,
+                                      a->rows_start + at + s);
+    movies_forward(m, a, at, n);
+    a->movie_share_w0[s] = (int32_t)w0;
+    a->movie_share_w1[s] = (int32_t)w1;
+    a->movie_share_n[s] = n;
 }
 
 /*
@@ -931,13 +1025,14 @@ static double window_forward_flops(const BstConfig *c, int B)
     return rows * (2.0 * d * d + 4.0 * H * c->seq_len * d + 30.0 * d + 4.0 * H * d);
 }
 
-/* Windows [w0, w1) from the sequence to the MLP's input. */
+/* Windows [w0, w1) from the sequence to the MLP's input; their movies are
+ * the U of the distinct lists from row at. */
 static void windows_forward(const BstModel *m, BstActs *a, const BstBatch *b, size_t w0,
-                            size_t w1, BstRng *drop)
+                            size_t w1, BstRng *drop, size_t at, int U)
 {
     const BstConfig *c = &m->cfg;
     const BstParams *p = &m->params;
-    const int L = c->seq_len, d = c->embed_dim, H = c->heads, U = a->n_distinct;
+    const int L = c->seq_len, d = c->embed_dim, H = c->heads;
     const int hd = H * d, in0 = bst_config_mlp_input(c);
     const int n = (int)(w1 - w0), rows = n * L;
     const size_t r0 = w0 * (size_t)L, o = r0 * d, HLL = (size_t)H * L * L;
@@ -947,11 +1042,11 @@ static void windows_forward(const BstModel *m, BstActs *a, const BstBatch *b, si
     float *qv = a->qkv + r0 * 2 * hd, *ctx = a->ctx + r0 * hd;
 
     /* Padding rows (slot -1) read slot 0; sequence_forward zeroes them. */
-    embedding_forward(a->enc + o, d, a->slot + r0, a->uenc, U, rows, d);
+    embedding_forward(a->enc + o, d, a->slot + r0, a->uenc + at * d, U, rows, d);
     sequence_forward(a->x + o, a->enc + o, ratings, p->pos_emb,
                      c->rating_add ? p->rating_w : NULL, hist_len, n, L, d);
-    projection_forward(qv, a->uqv, a->pqv, a->fold_b, a->slot + r0, ratings, c->rating_add, n,
-                       L, 2 * hd);
+    projection_forward(qv, a->uqv + at * 2 * hd, a->pqv, a->fold_b, a->slot + r0, ratings,
+                       c->rating_add, n, L, 2 * hd);
     /* Self-attention; the values went through the output projection already. */
     attention_forward_folded(ctx, a->probs + w0 * HLL, a->probs_mask + w0 * HLL, qv, a->x + o,
                              hist_len, n, L, H, d, pd, drop, w0);
@@ -969,15 +1064,26 @@ static void windows_forward(const BstModel *m, BstActs *a, const BstBatch *b, si
     flatten_forward(a->mlp_in + w0 * (size_t)in0, in0, a->y + o, hist_len, n, L, d);
 }
 
-/* A thread's share of the windows, block by block; the block at window 0
- * leaves in *rng_after the generator as the whole batch's steps left it. */
+/* A thread's share of the windows (first its own movies, share_movies),
+ * block by block; the block at window 0 leaves in *rng_after the
+ * generator as the whole batch's steps left it. */
 static void window_share_forward(const BstModel *m, BstActs *a, const BstBatch *b, size_t w0,
                                  size_t w1, const BstRng *rng, BstRng *rng_after)
 {
+    size_t at = 0;
+    int n_movies = a->n_distinct;
+    if (a->share_movies) {
+        const int share = bst_team_thread();
+        share_movies_forward(m, a, b, w0, w1, share);
+        at = w0 * (size_t)m->cfg.seq_len;
+        n_movies = a->movie_share_n[share];
+        if (share == 0)
+            a->movie_shares = bst_team_size();
+    }
     for (size_t s = w0; s < w1; s += g_window_block) {
         BstRng r = rng ? *rng : (BstRng){{0}};
         windows_forward(m, a, b, s, s + g_window_block < w1 ? s + g_window_block : w1,
-                        rng ? &r : NULL);
+                        rng ? &r : NULL, at, n_movies);
         if (s == 0 && rng)
             *rng_after = r;
     }
@@ -1054,6 +1160,118 @@ static void transformer_param_backward(const BstModel *m, const BstActs *a, cons
     linear_bias_backward(g.bo, da->attn + o, rows, d);
 }
 
+/* A share's sums of the fold's and the movies' parameter gradients. */
+typedef struct FoldGrads {
+    float *fold_w, *fold_b, *pqv, *pos, *rating_w, *genre_w, *genre_b;
+} FoldGrads;
+
+/* Share 0's are the gradients themselves (the fold's in da, the
+ * parameters' in g); share s's, slot s - 1 of movie_share_grads, in
+ * fold_share_floats' order. */
+static FoldGrads fold_grads(const BstConfig *c, BstActs *da, BstParams *g, int share)
+{
+    if (share == 0)
+        return (FoldGrads){da->fold_w, da->fold_b, da->pqv, g->pos_emb, g->rating_w, g->genre_w,
+                           g->genre_b};
+    const size_t d = (size_t)c->embed_dim, n2 = 2 * (size_t)c->heads * d;
+    const size_t L = (size_t)c->seq_len, G = (size_t)c->n_genres;
+    FoldGrads F;
+    F.fold_w = da->movie_share_grads + (size_t)(share - 1) * fold_share_floats(c);
+    F.fold_b = F.fold_w + d * n2;
+    F.pqv = F.fold_b + n2;
+    F.pos = F.pqv + L * n2;
+    F.rating_w = F.pos + (L - 1) * d;
+    F.genre_w = G ? F.pos + L * d : NULL;
+    F.genre_b = G ? F.genre_w + (d + G) * d : NULL;
+    return F;
+}
+
+/*
+ * Movie share fs back (share_movies_forward): its rows' gradients of the
+ * folded queries and values (da->qkv) into its distinct movies' (da->uqv)
+ * and the positions' (pqv), and x's (da->res1) into its movies'
+ * encodings (da->uenc), through the genre Dense where there is one; the
+ * fold's and the parameters' gradients into its sums (fold_grads, zeroed
+ * here).  The movie embeddings' rows are movie_shares_backward's, in share
+ * order.
+ */
+static void movie_share_backward(const BstModel *m, const BstActs *a, BstActs *da, BstParams *g,
+                                 const BstBatch *b, int fs)
+{
+    const BstConfig *c = &m->cfg;
+    const BstParams *p = &m->params;
+    const int L = c->seq_len, d = c->embed_dim, H = c->heads, G = c->n_genres, n2 = 2 * H * d;
+    const size_t w0 = (size_t)a->movie_share_w0[fs], at = w0 * L;
+    const int n = a->movie_share_w1[fs] - a->movie_share_w0[fs], U = a->movie_share_n[fs];
+    const float *ratings = b->ratings + w0 * (L - 1);
+    const int32_t *hist_len = b->hist_len ? b->hist_len + w0 : NULL;
+    const FoldGrads F = fold_grads(c, da, g, fs);
+    if (fs > 0) {
+        memset(F.fold_w, 0, fold_share_floats(c) * sizeof(float));
+    } else {
+        memset(F.fold_w, 0, (size_t)d * n2 * sizeof(float));
+        memset(F.fold_b, 0, (size_t)n2 * sizeof(float));
+    }
+    /* The share's rows count from its first (distinct_movies). */
+    projection_backward(da->uqv + at * n2, F.pqv, F.fold_b, da->qkv + at * n2,
+                        a->rows_start + at + fs, a->rows + at, U, ratings, c->rating_add,
+                        hist_len, n, L, n2);
+    fold_projection_backward(da->uenc + at * d, F.fold_w, da->uqv + at * n2, a->uenc + at * d,
+                             a->fold_w, U, d, H);
+    sequence_backward(da->enc + at * d, F.pos, c->rating_add ? F.rating_w : NULL,
+                      da->res1 + at * d, ratings, hist_len, n, L, d);
+    embedding_backward(da->uenc + at * d, da->enc + at * d, d, a->slot + at, U, n * L, d);
+    if (G > 0) {
+        leaky_relu_backward(da->ugpre + at * d, da->uenc + at * d, a->ugpre + at * d,
+                            (size_t)U * d, 0.0f);
+        linear_backward(da->ugin + at * (d + G), F.genre_w, F.genre_b, da->ugpre + at * d,
+                        a->ugin + at * (d + G), p->genre_w, U, d + G, d);
+    }
+}
+
+/*
+ * After the backward's region: the movie shares it did not run (a region
+ * split otherwise than the forward's ran none), then shares 1..'s sums
+ * added to share 0's and the movies' encodings' gradients into their
+ * embeddings' rows, in share order.
+ */
+static void movie_shares_backward(const BstModel *m, const BstActs *a, BstActs *da, BstParams *g,
+                                  const BstBatch *b)
+{
+    const BstConfig *c = &m->cfg;
+    const int L = c->seq_len, d = c->embed_dim, G = c->n_genres, n2 = 2 * c->heads * d;
+    const int shares = a->movie_shares;
+    int undone = 0;
+    for (int s = 0; s < shares; s++)
+        undone += !da->movie_share_done[s];
+    if (undone)
+        PARALLEL_FOR((size_t)shares, 1, 2.0 * window_forward_flops(c, b->n), s0, s1,
+                     for (size_t s = s0; s < s1; s++) if (!da->movie_share_done[s])
+                         movie_share_backward(m, a, da, g, b, (int)s));
+    const FoldGrads into = fold_grads(c, da, g, 0);
+    const int pqv_rows = c->rating_add ? L : L - 1;
+    for (int s = 1; s < shares; s++) {
+        const FoldGrads part = fold_grads(c, da, g, s);
+        add_inplace(into.fold_w, part.fold_w, (size_t)d * n2);
+        add_inplace(into.fold_b, part.fold_b, (size_t)n2);
+        add_inplace(into.pqv, part.pqv, (size_t)pqv_rows * n2);
+        add_inplace(into.pos, part.pos, (size_t)(L - 1) * d);
+        if (c->rating_add)
+            add_inplace(into.rating_w, part.rating_w, (size_t)d);
+        if (G > 0) {
+            add_inplace(into.genre_w, part.genre_w, (size_t)(d + G) * d);
+            add_inplace(into.genre_b, part.genre_b, (size_t)d);
+        }
+    }
+    for (int s = 0; s < shares; s++) {
+        const size_t at = (size_t)a->movie_share_w0[s] * L;
+        const float *d_src = G > 0 ? da->ugin + at * (d + G) : da->uenc + at * d;
+        embedding_backward(g->movie_emb, d_src, G > 0 ? d + G : d, a->distinct + at,
+                           c->n_movies + 1, a->movie_share_n[s], d);
+        da->movie_share_done[s] = 0;
+    }
+}
+
 /*
  * The share's rows back, block by block, each block's parameter sums added
  * to the share's own (da->share_grads, slot bst_team_thread()): the sums
@@ -1063,7 +1281,7 @@ static void transformer_param_backward(const BstModel *m, const BstActs *a, cons
  * Without share sums (window_shares 0), the rows alone.  *team: the
  * number of shares (the region's threads), for the sums' reduction.
  */
-static void window_share_backward(const BstModel *m, const BstActs *a, BstActs *da,
+static void window_share_backward(const BstModel *m, const BstActs *a, BstActs *da, BstParams *gp,
                                   const BstBatch *b, size_t w0, size_t w1, int *team)
 {
     const BstConfig *c = &m->cfg;
@@ -1082,12 +1300,19 @@ static void window_share_backward(const BstModel *m, const BstActs *a, BstActs *
         if (base)
             transformer_param_backward(m, a, da, g, s * (size_t)L, (int)(e - s) * L);
     }
-    if (bst_team_thread() == 0)
+    /* Its movies, where the forward's share had these windows. */
+    const int share = bst_team_thread();
+    if (a->share_movies && bst_team_size() == a->movie_shares &&
+        (size_t)a->movie_share_w0[share] == w0 && (size_t)a->movie_share_w1[share] == w1) {
+        movie_share_backward(m, a, da, gp, b, share);
+        da->movie_share_done[share] = 1;
+    }
+    if (share == 0)
         *team = bst_team_size();
 }
 
 /* Shares of the batch's windows for a training step's regions: even, and
- * at most the window shares' count (WINDOW_SHARES_MAX when their sums did
+ * at most the window shares' count (BST_WINDOW_SHARES_MAX when their sums did
  * not fit). */
 static size_t window_share_grain(int B, const BstActs *a)
 {
@@ -1199,7 +1424,7 @@ static void mlp_forward_shares(const BstModel *m, BstActs *a, int B, BstRng *rng
         PARALLEL_FOR((size_t)B, grain, mlp_stage_flops(c, B, stage), w0, w1,
                      mlp_share_forward(m, a, B, stage, &drop, w0, w1, &team));
         if (stage < c->n_hidden) {
-            size_t rows[WINDOW_SHARES_MAX];
+            size_t rows[BST_WINDOW_SHARES_MAX];
             share_rows(rows, B, grain, team);
             batchnorm_combine_stats(a->bn_mean[stage], a->bn_var[stage],
                                     a->bn_share_mean[stage], a->bn_share_m2[stage], rows, team,
@@ -1302,7 +1527,7 @@ static void mlp_share_backward(const BstModel *m, const BstActs *a, BstActs *da,
         if (share == 0)
             *team = bst_team_size();
     } else {
-        window_share_backward(m, a, da, b, w0, w1, team);
+        window_share_backward(m, a, da, g, b, w0, w1, team);
     }
 }
 
@@ -1376,18 +1601,13 @@ float bst_forward(const BstModel *m, BstActs *a, const BstBatch *b, int training
      * model's predictions have always had.
      */
     if (training) {
-        distinct_movies(a, b, L, movie_rows);
-        const int U = a->n_distinct;
-        if (G > 0) {
-            embedding_forward(a->ugin, d + G, a->distinct, p->movie_emb, movie_rows, U, d);
-            embedding_forward(a->ugin + d, d + G, a->distinct, m->movie_genres, movie_rows, U, G);
-            linear_forward(a->ugpre, a->ugin, p->genre_w, p->genre_b, U, d + G, d);
-            leaky_relu_forward(a->uenc, a->ugpre, (size_t)U * d, 0.0f);
-        } else {
-            embedding_forward(a->uenc, d, a->distinct, p->movie_emb, movie_rows, U, d);
-        }
         attention_fold_forward(a->fold_w, a->fold_b, p->wqkv, p->bqkv, p->wo, d, H);
-        fold_projection_forward(a->uqv, a->uenc, a->fold_w, U, d, H);
+        /* The batch's distinct movies, or each share's in its region. */
+        if (!a->share_movies) {
+            a->n_distinct = distinct_movies(a, b, L, movie_rows, 0, (size_t)B, a->slot_of_movie,
+                                            a->rows_start);
+            movies_forward(m, a, 0, a->n_distinct);
+        }
         fold_projection_forward(a->pqv, p->pos_emb, a->fold_w, L - 1, d, H);
         if (c->rating_add)
             fold_projection_forward(a->pqv + (size_t)(L - 1) * 2 * hd, p->rating_w, a->fold_w, 1,
@@ -1400,6 +1620,11 @@ float bst_forward(const BstModel *m, BstActs *a, const BstBatch *b, int training
                      window_share_forward(m, a, b, w0, w1, drop_rng, &rng_after));
         if (drop_rng)
             *drop_rng = rng_after;
+        if (a->share_movies) {
+            a->n_distinct = 0;
+            for (int s = 0; s < a->movie_shares; s++)
+                a->n_distinct += a->movie_share_n[s];
+        }
     } else {
         if (G > 0) {
             embedding_forward(a->gin, d + G, b->movies, p->movie_emb, movie_rows, BL, d);
@@ -1529,7 +1754,7 @@ void bst_backward(const BstModel *m, const BstActs *a, BstActs *da, BstParams *g
         /* The transformer block's rows, each thread on its share of the
          * windows (window_share_backward). */
         PARALLEL_FOR((size_t)B, window_share_grain(B, da), 2.0 * window_forward_flops(c, B), w0,
-                     w1, window_share_backward(m, a, da, b, w0, w1, &team));
+                     w1, window_share_backward(m, a, da, g, b, w0, w1, &team));
     }
 
     /* The MLP input's user columns: back into the user's embeddings. */
@@ -1559,13 +1784,18 @@ void bst_backward(const BstModel *m, const BstActs *a, BstActs *da, BstParams *g
     }
 
     /* The fused projection, as the forward built it: through the distinct
-     * movies' projections and the positions'. */
+     * movies' projections (each share's, or the batch's) and the
+     * positions'. */
     const int U = a->n_distinct, n2 = 2 * hd;
-    memset(da->fold_w, 0, (size_t)d * n2 * sizeof(float));
-    memset(da->fold_b, 0, (size_t)n2 * sizeof(float));
-    projection_backward(da->uqv, da->pqv, da->fold_b, da->qkv, a->rows_start, a->rows, U,
-                        b->ratings, c->rating_add, b->hist_len, B, L, n2);
-    fold_projection_backward(da->uenc, da->fold_w, da->uqv, a->uenc, a->fold_w, U, d, H);
+    if (a->share_movies) {
+        movie_shares_backward(m, a, da, g, b);
+    } else {
+        memset(da->fold_w, 0, (size_t)d * n2 * sizeof(float));
+        memset(da->fold_b, 0, (size_t)n2 * sizeof(float));
+        projection_backward(da->uqv, da->pqv, da->fold_b, da->qkv, a->rows_start, a->rows, U,
+                            b->ratings, c->rating_add, b->hist_len, B, L, n2);
+        fold_projection_backward(da->uenc, da->fold_w, da->uqv, a->uenc, a->fold_w, U, d, H);
+    }
     fold_projection_backward(da->dpos, da->fold_w, da->pqv, p->pos_emb, a->fold_w, L - 1, d, H);
     add_inplace(g->pos_emb, da->dpos, (size_t)(L - 1) * d);
     if (c->rating_add) {
@@ -1579,7 +1809,9 @@ void bst_backward(const BstModel *m, const BstActs *a, BstActs *da, BstParams *g
 
     /* x's gradient (the residual's and the keys'): into the positions and
      * each row's encoding, and those into their distinct movie's (padding
-     * rows have none, and add their zeros to slot 0). */
+     * rows have none, and add their zeros to slot 0); the shares did. */
+    if (a->share_movies)
+        return;
     sequence_backward(da->enc, g->pos_emb, c->rating_add ? g->rating_w : NULL, da->res1,
                       b->ratings, b->hist_len, B, L, d);
     embedding_backward(da->uenc, da->enc, d, a->slot, U, BL, d);

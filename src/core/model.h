@@ -288,6 +288,10 @@ typedef enum BstActsKind {
     BST_ACTS_INFERENCE = 2,
 } BstActsKind;
 
+/* The most window shares a training step's regions split a batch into,
+ * whatever the thread count (model.c, window_shares). */
+#define BST_WINDOW_SHARES_MAX 8
+
 /*
  * Activations for up to max_batch windows, laid out for one BstActsKind
  * (a training forward and its gradients are two instances).  Shapes use
@@ -358,15 +362,32 @@ typedef struct BstActs {
     float *fold_b;                    /* [2*H*dk] */
     /* Training's window shares (model.c, window_shares): at most this
      * many; 0 when their sums of the transformer block's parameter
-     * gradients do not fit (then at most WINDOW_SHARES_MAX shares, summed
+     * gradients do not fit (then at most BST_WINDOW_SHARES_MAX shares, summed
      * over every row after the region); gradient instances: those sums,
      * one per share, NULL when 0. */
     int32_t window_shares;
     float *share_grads;
+    /* Training and gradient instances: whether each window share encodes
+     * and projects its own windows' distinct movies (model.c,
+     * share_movies_forward), and takes its shares of the MLP's and the
+     * fold's parameter gradients, which the step's partial sums decide
+     * (model.c, step_sums_fit); else the batch's distinct movies, the MLP
+     * layer by layer. */
+    int32_t share_movies;
+    /* Training instances: the forward's movie shares, each one's windows
+     * [w0, w1) and distinct movies (its lists start at row w0 * seq_len of
+     * distinct, rows, uenc, uqv and the rest, its rows_start at that row
+     * plus its share index).  Gradient instances: which shares the
+     * backward's region ran (movie_share_done). */
+    int32_t movie_shares;
+    int32_t movie_share_w0[BST_WINDOW_SHARES_MAX], movie_share_w1[BST_WINDOW_SHARES_MAX];
+    int32_t movie_share_n[BST_WINDOW_SHARES_MAX];
+    int32_t movie_share_done[BST_WINDOW_SHARES_MAX];
     /* Gradient instances: shares 1.. own sums of the MLP's parameter
-     * gradients (share 0 sums into the gradients), NULL where they do not
-     * fit (model.c, mlp_share_floats) */
+     * gradients and of the fold's (share 0 sums into the gradients), NULL
+     * unless share_movies (model.c, mlp_share_floats, fold_share_floats) */
     float *mlp_share_grads;
+    float *movie_share_grads;
     float *slab;
 } BstActs;
 
@@ -400,7 +421,9 @@ float bst_forward(const BstModel *m, BstActs *a, const BstBatch *b, int training
 /* Moving-statistics update for a training-mode forward held in a. */
 void bst_update_bn_moving(BstModel *m, const BstActs *a);
 /* Backward of the last training-mode forward of the MSE loss: accumulates
- * into grads (zero them first), using da as gradient buffers. */
+ * into grads (zero them first), using da as gradient buffers (a
+ * BST_ACTS_GRADIENTS instance of a's max_batch, whose shares' sums match
+ * a's shares). */
 void bst_backward(const BstModel *m, const BstActs *a, BstActs *da, BstParams *grads,
                   const BstBatch *b);
 /* Tests: training's transformer block runs its windows in blocks of this

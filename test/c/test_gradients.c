@@ -787,6 +787,58 @@ static double net_loss(void *p)
     return s / c->batch->n;
 }
 
+/* The gradients of batch's MSE into grads (zeroed first), the forward on
+ * fwd_threads threads and the backward on bwd_threads. */
+static void net_gradients(BstModel *m, const BstBatch *batch, BstActs *acts, BstActs *dacts,
+                          BstParams *grads, int fwd_threads, int bwd_threads)
+{
+    const int threads = bst_get_num_threads();
+    bst_set_num_threads(fwd_threads);
+    bst_forward(m, acts, batch, 1, NULL);
+    bst_set_num_threads(bwd_threads);
+    bst_zero_grads(grads);
+    bst_backward(m, acts, dacts, grads, batch);
+    bst_set_num_threads(threads);
+}
+
+/*
+ * Each window share of the forward encodes its own movies, and the
+ * backward's share with the same windows takes them back (model.c,
+ * movie_share_backward); a backward split otherwise (another thread
+ * count) leaves them to movie_shares_backward.  Both ways must give the
+ * gradients of a backward split alike, within the rounding of the other
+ * sums' order (the MLP's and the window shares').
+ */
+static void check_movie_shares_apart(BstModel *m, const BstBatch *batch, const char *prefix,
+                                     BstActs *acts, BstActs *dacts)
+{
+    const int threads = bst_get_num_threads();
+    const BstConfig *cfg = &m->cfg;
+    BstParams ref, grads;
+    CHECK(bst_params_alloc(&ref, cfg) == 0 && bst_params_alloc(&grads, cfg) == 0, "allocation");
+    for (int fwd = 1; fwd <= threads; fwd += threads - 1) {
+        const int bwd = fwd == 1 ? threads : 1;
+        net_gradients(m, batch, acts, dacts, &ref, fwd, fwd);
+        const int shares = acts->movie_shares;
+        net_gradients(m, batch, acts, dacts, &grads, fwd, bwd);
+        double scale = 0.0, worst = 0.0;
+        for (size_t i = 0; i < ref.size; i++) {
+            scale = fmax(scale, fabs((double)ref.slab[i]));
+            worst = fmax(worst, fabs((double)grads.slab[i] - (double)ref.slab[i]));
+        }
+        printf("  %s: forward on %d thread(s) (%d movie shares), backward on %d: gradients within "
+               "%.2e of the backward on %d (max |grad| %.2e)\n",
+               prefix, fwd, shares, bwd, worst, fwd, scale);
+        CHECK(scale > 0.0 && worst <= 1e-5 * scale,
+              "%s: forward on %d thread(s), backward on %d: gradients differ by %.2e (max %.2e)",
+              prefix, fwd, bwd, worst, scale);
+        CHECK(fwd > 1 ? shares >= 2 : shares == 1, "%s: %d movie shares on %d thread(s)", prefix,
+              shares, fwd);
+    }
+    bst_params_free(&ref);
+    bst_params_free(&grads);
+}
+
 /*
  * Every parameter tensor's gradient of the MSE of batch against central
  * differences, in training mode without dropout; names printed as
@@ -811,8 +863,10 @@ static int check_network(BstModel *m, const BstBatch *batch, const char *prefix,
               (dacts.window_shares >= 2) == window_sums,
           "%s: %d window shares with sums of their own, expected %s", prefix,
           dacts.window_shares, window_sums ? "2 or more" : "none");
-    CHECK((dacts.mlp_share_grads != NULL) == mlp_sums, "%s: the MLP's shares %s sums of their own",
-          prefix, dacts.mlp_share_grads ? "have" : "have no");
+    CHECK((dacts.mlp_share_grads != NULL) == mlp_sums && acts.share_movies == mlp_sums &&
+              dacts.share_movies == mlp_sums && (dacts.movie_share_grads != NULL) == mlp_sums,
+          "%s: the MLP's and the movies' shares %s sums of their own", prefix,
+          dacts.mlp_share_grads ? "have" : "have no");
     NetCase c = {.m = m, .acts = &acts, .batch = batch};
     net_loss(&c);
     bst_zero_grads(&grads);
@@ -837,6 +891,9 @@ static int check_network(BstModel *m, const BstBatch *batch, const char *prefix,
         snprintf(what, sizeof(what), "%s.%.15s", prefix, t[i].name);
         check_grad(what, t[i].data, g[i].data, t[i].size, net_loss, &c, NET_STEP, 1e-2 * gmax);
     }
+
+    if (mlp_sums && bst_get_num_threads() > 1)
+        check_movie_shares_apart(m, batch, prefix, &acts, &dacts);
 
     /*
      * The finite differences above run training's forward, whose attention
@@ -869,8 +926,10 @@ static int check_network(BstModel *m, const BstBatch *batch, const char *prefix,
 
 static void test_network(BstRng *rng)
 {
-    /* Hidden {40, 4}, wide for its batch: the MLP runs layer by layer;
-     * no hidden layer: the output's product by shares. */
+    /* Hidden {40, 4}, wide for its batch of 5: the MLP runs layer by
+     * layer, and the batch's movies are encoded once; no hidden layer and
+     * a batch of 8: the output's product, the window shares and the
+     * movies by shares. */
     for (int hidden = 1; hidden >= 0; hidden--) {
         BstConfig cfg;
         bst_config_default(&cfg, 7, 4);
@@ -881,16 +940,20 @@ static void test_network(BstRng *rng)
         cfg.hidden[1] = 4;
         cfg.dropout = 0.0f;
         int32_t ids[7] = {3, 10, 11, 20, 50, 51, 99};
-        /* Without hidden layers, seed 1234 puts a feed-forward input of
-         * one wqkv difference across LeakyReLU's kink (5e-2 at NET_STEP,
-         * 4e-4 at 1e-3): another seed. */
-        BstModel *m = bst_model_create(&cfg, ids, hidden ? 1234 : 4321);
+        /* Without hidden layers, seed 1234 put a feed-forward input of one
+         * wqkv difference across LeakyReLU's kink (5e-2 at NET_STEP, 4e-4
+         * at 1e-3), and seed 4321 did on 8 windows (1.4e-2 at NET_STEP,
+         * 5.8e-3 at 3e-4, and the same errors with the batch's movies
+         * encoded once, not by shares): another seed. */
+        BstModel *m = bst_model_create(&cfg, ids, hidden ? 1234 : 5678);
         CHECK(m != NULL, "model create");
         if (!m)
             return;
-        enum { N = 5, L = 4 };
-        int32_t movies[N * L];
-        float ratings[N * (L - 1)], targets[N];
+        /* 8 windows: wide enough for the shares' own sums, in 2 shares (net0). */
+        enum { L = 4, N_MAX = 8 };
+        const int N = hidden ? 5 : 8;
+        int32_t movies[N_MAX * L];
+        float ratings[N_MAX * (L - 1)], targets[N_MAX];
         for (int i = 0; i < N * L; i++)
             movies[i] = (int32_t)(bst_rng_next(rng) % 8); /* includes OOV row 0 */
         fill_uniform(ratings, N * (L - 1), 1.0f, 5.0f, rng);
@@ -911,10 +974,10 @@ static void test_network(BstRng *rng)
                 fill_uniform(t[i].data, t[i].size, 0.5f, 1.5f, rng);
         }
         BstBatch batch = {.n = N, .movies = movies, .ratings = ratings, .targets = targets};
-        printf("network (n_movies 7, d 5, L 4, heads 2, hidden %s, batch 5, BN training, no "
+        printf("network (n_movies 7, d 5, L 4, heads 2, hidden %s, batch %d, BN training, no "
                "dropout)\n",
-               hidden ? "{40,4}" : "none");
-        check_network(m, &batch, hidden ? "net" : "net0", 0, !hidden);
+               hidden ? "{40,4}" : "none", N);
+        check_network(m, &batch, hidden ? "net" : "net0", !hidden, !hidden);
         bst_model_free(m);
     }
 }
