@@ -70,7 +70,8 @@ void bst_model_flops(const BstConfig *cfg, BstFlops *f);
 /*
  * The sgemm FLOPs of a training batch's forward pass (its backward's are
  * twice these): the counted ones, except that training encodes and
- * projects each of the batch's n_distinct distinct movies once instead of
+ * projects n_distinct movies, each of the batch's distinct movies once (or
+ * once in each window share it is in, BstActs.share_movies), instead of
  * every non-padding position (bst_forward), plus the positions' own
  * projections (L - 1 rows, one more with additive ratings); and that the
  * keys are folded into the queries and the output projection into the

@@ -1230,8 +1230,8 @@ static void movie_share_backward(const BstModel *m, const BstActs *a, BstActs *d
 }
 
 /*
- * After the backward's region: the movie shares it did not run (a region
- * split otherwise than the forward's ran none), then shares 1..'s sums
+ * After the backward's region: the movie shares it did not run (those
+ * whose windows its shares split otherwise), then shares 1..'s sums
  * added to share 0's and the movies' encodings' gradients into their
  * embeddings' rows, in share order.
  */
@@ -1713,6 +1713,11 @@ void bst_backward(const BstModel *m, const BstActs *a, BstActs *da, BstParams *g
     const int in0 = bst_config_mlp_input(c);
     const int nh = c->n_hidden;
 
+    /* A gradient instance of another batch size has other shares' sums
+     * (movie_share_backward writes slots by the forward's shares). */
+    if (a->kind != BST_ACTS_TRAINING || da->kind != BST_ACTS_GRADIENTS ||
+        da->max_batch != a->max_batch || B < 1 || B > a->max_batch)
+        return;
     mse_backward(da->pred, a->pred, b->targets, B);
     if (c->use_bias)
         bias_backward(g->global_bias, g->user_bias, g->movie_bias, da->pred, a->user_idx,

@@ -342,14 +342,20 @@ typedef struct BstActs {
     int32_t *user_idx;                /* [N] user vocabulary index */
     int32_t *feat_idx;                /* [BST_N_USER_FEATS, N] user feature value indices */
     int32_t *target_idx;              /* [N] target movie index */
-    /* Training: the batch's distinct movies, each encoded and projected
-     * once (model.c, bst_forward).  Gradient instances hold the gradients
-     * of uenc (ugin, ugpre), uqv and pqv, and dpos. */
+    /* Training: the batch's distinct movies, or with share_movies each
+     * window share's, each encoded and projected once (model.c,
+     * bst_forward).  A share's lists start at its first row (w0 L; its
+     * rows_start at that row plus its share index), its slots and rows
+     * count within it.  n_distinct: the movies encoded, over the shares.
+     * Gradient instances hold the gradients of uenc (ugin, ugpre), uqv
+     * and pqv, and dpos. */
     int32_t n_distinct;
     int32_t *slot;                    /* [N, L] a position's distinct movie; -1: padding */
     int32_t *distinct;                /* [N*L] their vocabulary indices, first seen first */
-    int32_t *rows_start, *rows;       /* [N*L + 1], [N*L] each one's positions, in order */
-    int32_t *slot_of_movie;           /* [n_movies + 1] scratch, all -1 between batches */
+    int32_t *rows_start, *rows;       /* [N*L + BST_WINDOW_SHARES_MAX + 1], [N*L] each one's
+                                       * positions, in order */
+    int32_t *slot_of_movie;           /* [n_movies + 1] scratch for each share (one without
+                                       * share_movies), all -1 between batches */
     float *ugin, *ugpre, *uenc;       /* [N*L, d + n_genres], [N*L, d], [N*L, d] */
     float *uqv;                       /* [N*L, 2*H*dk] uenc times fold_w */
     float *pqv;                       /* [L, 2*H*dk] pos_emb (rows < L-1), rating_w, alike */
@@ -421,9 +427,10 @@ float bst_forward(const BstModel *m, BstActs *a, const BstBatch *b, int training
 /* Moving-statistics update for a training-mode forward held in a. */
 void bst_update_bn_moving(BstModel *m, const BstActs *a);
 /* Backward of the last training-mode forward of the MSE loss: accumulates
- * into grads (zero them first), using da as gradient buffers (a
+ * into grads (zero them first), using da as gradient buffers: a
  * BST_ACTS_GRADIENTS instance of a's max_batch, whose shares' sums match
- * a's shares). */
+ * a's shares (else nothing is computed, and grads are left as they
+ * were). */
 void bst_backward(const BstModel *m, const BstActs *a, BstActs *da, BstParams *grads,
                   const BstBatch *b);
 /* Tests: training's transformer block runs its windows in blocks of this

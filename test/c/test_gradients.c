@@ -895,6 +895,20 @@ static int check_network(BstModel *m, const BstBatch *batch, const char *prefix,
     if (mlp_sums && bst_get_num_threads() > 1)
         check_movie_shares_apart(m, batch, prefix, &acts, &dacts);
 
+    /* A gradient instance of another batch size has other shares' sums:
+     * the backward computes nothing (model.h), where it wrote past them. */
+    BstActs wider;
+    CHECK(bst_acts_alloc(&wider, cfg, 8 * batch->n, BST_ACTS_GRADIENTS) == 0, "allocation");
+    net_gradients(m, batch, &acts, &dacts, &grads, 1, 1);
+    bst_zero_grads(&grads);
+    bst_backward(m, &acts, &wider, &grads, batch);
+    size_t nonzero = 0;
+    for (size_t i = 0; i < grads.size; i++)
+        nonzero += grads.slab[i] != 0.0f;
+    CHECK(nonzero == 0, "%s: a gradient instance of 8 times the batch: %zu gradients written",
+          prefix, nonzero);
+    bst_acts_free(&wider);
+
     /*
      * The finite differences above run training's forward, whose attention
      * is folded (layers.h, attention_fold_forward): a fold wrong alike in
