@@ -1187,46 +1187,72 @@ static FoldGrads fold_grads(const BstConfig *c, BstActs *da, BstParams *g, int s
 }
 
 /*
- * Movie share fs back (share_movies_forward): its rows' gradients of the
- * folded queries and values (da->qkv) into its distinct movies' (da->uqv)
- * and the positions' (pqv), and x's (da->res1) into its movies'
- * encodings (da->uenc), through the genre Dense where there is one; the
- * fold's and the parameters' gradients into its sums (fold_grads, zeroed
- * here).  The movie embeddings' rows are movie_shares_backward's, in share
- * order.
+ * The movies of windows [w0, w1) back (a share's, or the batch's: n of
+ * the distinct lists from row at = w0 L, their positions' counts from
+ * starts): the rows' gradients of the folded queries and values
+ * (da->qkv) into the movies' (da->uqv) and the positions' (pqv), and x's
+ * (da->res1) into the movies' encodings (da->uenc; padding rows have
+ * none, and add their zeros to slot 0), through the genre Dense where
+ * there is one; the fold's and the parameters' gradients added to F
+ * (whose fold_w and fold_b the caller zeroed; pqv is written).
  */
-static void movie_share_backward(const BstModel *m, const BstActs *a, BstActs *da, BstParams *g,
-                                 const BstBatch *b, int fs)
+static void movies_backward(const BstModel *m, const BstActs *a, BstActs *da, const BstBatch *b,
+                            size_t w0, size_t w1, const int32_t *starts, int n,
+                            const FoldGrads *F)
 {
     const BstConfig *c = &m->cfg;
     const BstParams *p = &m->params;
     const int L = c->seq_len, d = c->embed_dim, H = c->heads, G = c->n_genres, n2 = 2 * H * d;
-    const size_t w0 = (size_t)a->movie_share_w0[fs], at = w0 * L;
-    const int n = a->movie_share_w1[fs] - a->movie_share_w0[fs], U = a->movie_share_n[fs];
+    const size_t at = w0 * L;
+    const int windows = (int)(w1 - w0);
     const float *ratings = b->ratings + w0 * (L - 1);
     const int32_t *hist_len = b->hist_len ? b->hist_len + w0 : NULL;
+    /* The rows count from the windows' first (distinct_movies). */
+    projection_backward(da->uqv + at * n2, F->pqv, F->fold_b, da->qkv + at * n2, starts,
+                        a->rows + at, n, ratings, c->rating_add, hist_len, windows, L, n2);
+    fold_projection_backward(da->uenc + at * d, F->fold_w, da->uqv + at * n2, a->uenc + at * d,
+                             a->fold_w, n, d, H);
+    sequence_backward(da->enc + at * d, F->pos, c->rating_add ? F->rating_w : NULL,
+                      da->res1 + at * d, ratings, hist_len, windows, L, d);
+    embedding_backward(da->uenc + at * d, da->enc + at * d, d, a->slot + at, n, windows * L, d);
+    if (G > 0) {
+        leaky_relu_backward(da->ugpre + at * d, da->uenc + at * d, a->ugpre + at * d,
+                            (size_t)n * d, 0.0f);
+        linear_backward(da->ugin + at * (d + G), F->genre_w, F->genre_b, da->ugpre + at * d,
+                        a->ugin + at * (d + G), p->genre_w, n, d + G, d);
+    }
+}
+
+/* Movies [at, at + n) of the distinct lists: their encodings' gradients
+ * (through the genre Dense's input where there is one) into their
+ * embeddings' rows. */
+static void movie_emb_backward(const BstModel *m, const BstActs *a, const BstActs *da,
+                               BstParams *g, size_t at, int n)
+{
+    const int d = m->cfg.embed_dim, G = m->cfg.n_genres;
+    const float *d_src = G > 0 ? da->ugin + at * (d + G) : da->uenc + at * d;
+    embedding_backward(g->movie_emb, d_src, G > 0 ? d + G : d, a->distinct + at,
+                       m->cfg.n_movies + 1, n, d);
+}
+
+/* Movie share fs back (share_movies_forward, movies_backward), into its
+ * sums (fold_grads, zeroed here).  The movie embeddings' rows are
+ * movie_shares_backward's, in share order. */
+static void movie_share_backward(const BstModel *m, const BstActs *a, BstActs *da, BstParams *g,
+                                 const BstBatch *b, int fs)
+{
+    const BstConfig *c = &m->cfg;
+    const int n2 = 2 * c->heads * c->embed_dim;
+    const size_t w0 = (size_t)a->movie_share_w0[fs], at = w0 * c->seq_len;
     const FoldGrads F = fold_grads(c, da, g, fs);
     if (fs > 0) {
         memset(F.fold_w, 0, fold_share_floats(c) * sizeof(float));
     } else {
-        memset(F.fold_w, 0, (size_t)d * n2 * sizeof(float));
+        memset(F.fold_w, 0, (size_t)c->embed_dim * n2 * sizeof(float));
         memset(F.fold_b, 0, (size_t)n2 * sizeof(float));
     }
-    /* The share's rows count from its first (distinct_movies). */
-    projection_backward(da->uqv + at * n2, F.pqv, F.fold_b, da->qkv + at * n2,
-                        a->rows_start + at + fs, a->rows + at, U, ratings, c->rating_add,
-                        hist_len, n, L, n2);
-    fold_projection_backward(da->uenc + at * d, F.fold_w, da->uqv + at * n2, a->uenc + at * d,
-                             a->fold_w, U, d, H);
-    sequence_backward(da->enc + at * d, F.pos, c->rating_add ? F.rating_w : NULL,
-                      da->res1 + at * d, ratings, hist_len, n, L, d);
-    embedding_backward(da->uenc + at * d, da->enc + at * d, d, a->slot + at, U, n * L, d);
-    if (G > 0) {
-        leaky_relu_backward(da->ugpre + at * d, da->uenc + at * d, a->ugpre + at * d,
-                            (size_t)U * d, 0.0f);
-        linear_backward(da->ugin + at * (d + G), F.genre_w, F.genre_b, da->ugpre + at * d,
-                        a->ugin + at * (d + G), p->genre_w, U, d + G, d);
-    }
+    movies_backward(m, a, da, b, w0, (size_t)a->movie_share_w1[fs], a->rows_start + at + fs,
+                    a->movie_share_n[fs], &F);
 }
 
 /*
@@ -1264,10 +1290,7 @@ static void movie_shares_backward(const BstModel *m, const BstActs *a, BstActs *
         }
     }
     for (int s = 0; s < shares; s++) {
-        const size_t at = (size_t)a->movie_share_w0[s] * L;
-        const float *d_src = G > 0 ? da->ugin + at * (d + G) : da->uenc + at * d;
-        embedding_backward(g->movie_emb, d_src, G > 0 ? d + G : d, a->distinct + at,
-                           c->n_movies + 1, a->movie_share_n[s], d);
+        movie_emb_backward(m, a, da, g, (size_t)a->movie_share_w0[s] * L, a->movie_share_n[s]);
         da->movie_share_done[s] = 0;
     }
 }
@@ -1707,7 +1730,7 @@ void bst_backward(const BstModel *m, const BstActs *a, BstActs *da, BstParams *g
 {
     const BstConfig *c = &m->cfg;
     const BstParams *p = &m->params;
-    const int B = b->n, L = c->seq_len, d = c->embed_dim, H = c->heads, G = c->n_genres;
+    const int B = b->n, L = c->seq_len, d = c->embed_dim, H = c->heads;
     const int key_dim = d, hd = H * key_dim, BL = B * L;
     const int32_t movie_rows = c->n_movies + 1, user_rows = c->n_users + 1;
     const int in0 = bst_config_mlp_input(c);
@@ -1795,11 +1818,11 @@ void bst_backward(const BstModel *m, const BstActs *a, BstActs *da, BstParams *g
     if (a->share_movies) {
         movie_shares_backward(m, a, da, g, b);
     } else {
+        const FoldGrads F = fold_grads(c, da, g, 0);
         memset(da->fold_w, 0, (size_t)d * n2 * sizeof(float));
         memset(da->fold_b, 0, (size_t)n2 * sizeof(float));
-        projection_backward(da->uqv, da->pqv, da->fold_b, da->qkv, a->rows_start, a->rows, U,
-                            b->ratings, c->rating_add, b->hist_len, B, L, n2);
-        fold_projection_backward(da->uenc, da->fold_w, da->uqv, a->uenc, a->fold_w, U, d, H);
+        movies_backward(m, a, da, b, 0, (size_t)B, a->rows_start, U, &F);
+        movie_emb_backward(m, a, da, g, 0, U);
     }
     fold_projection_backward(da->dpos, da->fold_w, da->pqv, p->pos_emb, a->fold_w, L - 1, d, H);
     add_inplace(g->pos_emb, da->dpos, (size_t)(L - 1) * d);
@@ -1811,23 +1834,6 @@ void bst_backward(const BstModel *m, const BstActs *a, BstActs *da, BstParams *g
     }
     attention_fold_backward(g->wqkv, g->bqkv, g->wo, da->fold_w, da->fold_b, p->wqkv, p->bqkv,
                             p->wo, d, H);
-
-    /* x's gradient (the residual's and the keys'): into the positions and
-     * each row's encoding, and those into their distinct movie's (padding
-     * rows have none, and add their zeros to slot 0); the shares did. */
-    if (a->share_movies)
-        return;
-    sequence_backward(da->enc, g->pos_emb, c->rating_add ? g->rating_w : NULL, da->res1,
-                      b->ratings, b->hist_len, B, L, d);
-    embedding_backward(da->uenc, da->enc, d, a->slot, U, BL, d);
-    if (G > 0) {
-        leaky_relu_backward(da->ugpre, da->uenc, a->ugpre, (size_t)U * d, 0.0f);
-        linear_backward(da->ugin, g->genre_w, g->genre_b, da->ugpre, a->ugin, p->genre_w, U,
-                        d + G, d);
-        embedding_backward(g->movie_emb, da->ugin, d + G, a->distinct, movie_rows, U, d);
-    } else {
-        embedding_backward(g->movie_emb, da->uenc, d, a->distinct, movie_rows, U, d);
-    }
 }
 
 /* -------------------------------------------------------------- prediction */
